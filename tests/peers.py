@@ -1,0 +1,88 @@
+"""Real TLS peers for the tests: OpenSSL, GnuTLS and curl as subprocesses.
+
+A missing tool is a test *failure*, never a silent skip: the suite's
+promise is that it talked to real peers. `.ci/run` installs them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+
+from twisted.trial.unittest import FailTest
+
+__all__ = ["require", "free_port", "wait_for_port", "Peer"]
+
+
+def require(tool: str) -> str:
+    """The path of *tool*; fails the test (not skips) when it is missing."""
+    path = shutil.which(tool)
+    if path is None:
+        raise FailTest(
+            f"{tool} is not installed: this test needs the real peer "
+            "(apt-get install openssl gnutls-bin curl; .ci/run does it)"
+        )
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on loopback that is free right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+    """Block until something accepts on *host*:*port*, or fail after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise FailTest(f"nothing listened on {host}:{port} within {timeout}s")
+
+
+class Peer:
+    """A peer process (e.g. ``openssl s_server``) run for one test.
+
+    Use as a context manager; it is killed on exit and its output kept in
+    :attr:`output` for assertions and failure messages.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: int | None = subprocess.PIPE,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        require(argv[0])
+        self.argv = list(argv)
+        self.output = b""
+        self.process = subprocess.Popen(
+            self.argv,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def __enter__(self) -> Peer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> bytes:
+        if self.process.poll() is None:
+            self.process.kill()
+        out, _ = self.process.communicate(timeout=10)
+        self.output += out or b""
+        return self.output

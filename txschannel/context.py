@@ -1,0 +1,664 @@
+"""The security context: Schannel's handshake loop as a sans-IO API.
+
+A context takes bytes the peer sent and returns bytes to send back; it never
+touches a socket, a clock or Twisted. The handshake is driven the way SSPI
+drives it::
+
+    step = client.initialize()             # token = ClientHello
+    while step.status is not Status.OK:
+        send(step.token)
+        step = client.initialize(step.extra + receive())
+    send(step.token)
+
+OpenSSL (through pyOpenSSL memory BIOs) does the cryptography. This module
+decides what OpenSSL sees: only complete TLS records, one at a time, so
+that the bytes after the last handshake record are returned to the caller
+untouched (``extra``), exactly as Schannel's SECBUFFER_EXTRA.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from OpenSSL import SSL
+
+from txschannel.credentials import Credentials, Verification
+from txschannel.records import HEADER_SIZE, MAX_PLAINTEXT, Framing, frame
+from txschannel.status import SecurityError, Status
+
+__all__ = [
+    "Attributes",
+    "ClientContext",
+    "SecurityContext",
+    "ServerContext",
+    "Step",
+    "StreamSizes",
+    "Unwrapped",
+]
+
+#: A fatal unexpected_message alert in the clear: what to tell a peer whose
+#: bytes are not TLS at all, before any keys exist.
+_PLAINTEXT_UNEXPECTED_MESSAGE = b"\x15\x03\x03\x00\x02\x02\x0a"
+_RECORD_OVERHEAD = 5 + 8 + 16 + 1 + 64  # header, explicit nonce, tag, type, slack
+_RECV_SIZE = MAX_PLAINTEXT + 1024
+
+
+class Step(NamedTuple):
+    """The result of one ``initialize`` or ``accept`` call.
+
+    :ivar status: OK, CONTINUE_NEEDED or INCOMPLETE_MESSAGE.
+    :ivar token: bytes to send to the peer now (possibly empty), whatever
+        the status.
+    :ivar extra: the input bytes that were not consumed. Before OK, a partial
+        record; after OK, whatever followed the handshake (for ``decrypt``).
+        Always put newly received bytes *after* these.
+    :ivar missing: bytes the next record still needs (0 when not waiting).
+    """
+
+    status: Status
+    token: bytes
+    extra: bytes
+    missing: int
+
+
+class Unwrapped(NamedTuple):
+    """The result of one ``decrypt`` call.
+
+    :ivar status: OK (at least one record was consumed), INCOMPLETE_MESSAGE
+        (no complete record yet) or CONTEXT_EXPIRED (the peer sent
+        close_notify).
+    :ivar data: the plaintext of every complete record.
+    :ivar extra: the unconsumed input: a partial record, or after
+        CONTEXT_EXPIRED whatever followed the close_notify.
+    :ivar missing: bytes the next record still needs (0 when unknown).
+    :ivar token: bytes to send to the peer (e.g. a TLS 1.3 KeyUpdate reply).
+    """
+
+    status: Status
+    data: bytes
+    extra: bytes
+    missing: int
+    token: bytes
+
+
+class StreamSizes(NamedTuple):
+    """SSPI's SecPkgContext_StreamSizes: framing cost of one record."""
+
+    header: int
+    trailer: int
+    maximum_message: int
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """What was negotiated (SSPI's QueryContextAttributes).
+
+    ``peer_certificate`` and ``peer_chain`` are ``cryptography``
+    certificates; the chain is as the peer sent it, leaf first.
+    """
+
+    protocol: str
+    cipher: str
+    cipher_bits: int
+    alpn: str | None
+    server_name: str | None
+    peer_certificate: x509.Certificate | None
+    peer_chain: tuple[x509.Certificate, ...]
+    session_reused: bool
+    stream_sizes: StreamSizes
+    group: str | None
+
+
+class _State(enum.Enum):
+    HANDSHAKE = "handshake"
+    ESTABLISHED = "established"
+    DEAD = "dead"
+    DELETED = "deleted"
+
+
+# OpenSSL reason strings (lower case, substrings) mapped to the most specific
+# status. Checked in order: the first match wins.
+_REASONS: tuple[tuple[str, Status], ...] = (
+    ("certificate expired", Status.CERT_EXPIRED),
+    ("unknown ca", Status.UNTRUSTED_ROOT),
+    ("certificate required", Status.NO_CREDENTIALS),
+    ("peer did not return a certificate", Status.NO_CREDENTIALS),
+    ("no application protocol", Status.APPLICATION_PROTOCOL_MISMATCH),
+    ("bad certificate", Status.CERT_UNKNOWN),
+    ("unsupported certificate", Status.CERT_UNKNOWN),
+    ("certificate revoked", Status.CERT_UNKNOWN),
+    ("certificate unknown", Status.CERT_UNKNOWN),
+    ("certificate verify failed", Status.CERT_UNKNOWN),
+    ("bad record mac", Status.MESSAGE_ALTERED),
+    ("decryption failed", Status.MESSAGE_ALTERED),
+    ("digest check failed", Status.MESSAGE_ALTERED),
+    ("decrypt error", Status.MESSAGE_ALTERED),
+    ("protocol version", Status.ALGORITHM_MISMATCH),
+    ("unsupported protocol", Status.ALGORITHM_MISMATCH),
+    ("no protocols available", Status.ALGORITHM_MISMATCH),
+    ("version too low", Status.ALGORITHM_MISMATCH),
+    ("wrong ssl version", Status.ALGORITHM_MISMATCH),
+    ("no shared cipher", Status.ALGORITHM_MISMATCH),
+    ("no cipher", Status.ALGORITHM_MISMATCH),
+    ("no shared signature", Status.ALGORITHM_MISMATCH),
+    ("no suitable", Status.ALGORITHM_MISMATCH),
+    ("insufficient security", Status.ALGORITHM_MISMATCH),
+    ("handshake failure", Status.ALGORITHM_MISMATCH),
+    ("internal error", Status.INTERNAL_ERROR),
+)
+
+
+def _openssl_reason(error: SSL.Error) -> str:
+    parts = []
+    for item in error.args[0] if error.args and isinstance(error.args[0], list) else []:
+        if isinstance(item, tuple) and item:
+            parts.append(str(item[-1]))
+    return "; ".join(parts) or "OpenSSL reported an error without a reason"
+
+
+def _status_for(reason: str) -> Status:
+    lowered = reason.lower()
+    for needle, status in _REASONS:
+        if needle in lowered:
+            return status
+    return Status.ILLEGAL_MESSAGE
+
+
+class SecurityContext:
+    """One TLS connection's state; use :class:`ClientContext` or :class:`ServerContext`.
+
+    The context consumes only complete TLS records and never keeps a partial
+    one: whatever it did not consume comes back as ``extra``. Any error is
+    raised as :class:`SecurityError`, after which the context is dead and
+    should be :meth:`delete`\\ d.
+    """
+
+    _is_client: bool
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        target_name: str | None = None,
+        *,
+        alpn: tuple[str | bytes, ...] | None = None,
+    ) -> None:
+        if credentials.is_client != self._is_client:
+            role = "client" if credentials.is_client else "server"
+            wanted = "client" if self._is_client else "server"
+            raise ValueError(
+                f"{type(self).__name__} needs {wanted} credentials, not {role} credentials"
+            )
+        self._credentials = credentials
+        self._target_name = target_name
+        self._state = _State.HANDSHAKE
+        self._started = False
+        self._ticket_seen = False
+        self._closed_by_peer = False
+        self._closed_by_us = False
+        self._twisted_failure: str | None = None
+        self._connection: SSL.Connection | None
+        self._verification = Verification(target_name, credentials.manual_validation)
+        if alpn is not None:
+            self._verification.alpn = tuple(
+                p.encode("ascii") if isinstance(p, str) else bytes(p) for p in alpn
+            )
+        twisted_connection = getattr(credentials, "_twisted_connection", None)
+        if twisted_connection is not None:
+            # Twisted's creators set their own app data (the "protocol") and
+            # report a name mismatch through its failVerification().
+            self._connection = twisted_connection(_TwistedShim(self))
+        else:
+            self._connection = SSL.Connection(credentials.openssl_context, None)
+            self._connection.set_app_data(self._verification)
+        self._configure(self._connection)
+
+    def _configure(self, connection: SSL.Connection) -> None:
+        raise NotImplementedError
+
+    # -- state ------------------------------------------------------------
+
+    @property
+    def established(self) -> bool:
+        """True once the handshake has returned OK (and until delete())."""
+        return self._state is _State.ESTABLISHED
+
+    @property
+    def credentials(self) -> Credentials:
+        """The credentials this context was made from."""
+        return self._credentials
+
+    @property
+    def target_name(self) -> str | None:
+        """The name the peer's certificate is checked against (client side)."""
+        return self._target_name
+
+    def _alive(self) -> SSL.Connection:
+        if self._state is _State.DELETED:
+            raise SecurityError(Status.INVALID_HANDLE, "the security context was deleted")
+        if self._state is _State.DEAD:
+            raise SecurityError(
+                Status.INVALID_HANDLE, "the security context failed earlier and must be deleted"
+            )
+        assert self._connection is not None
+        return self._connection
+
+    def delete(self) -> None:
+        """Free the context (DeleteSecurityContext); later calls raise INVALID_HANDLE."""
+        self._state = _State.DELETED
+        self._connection = None
+
+    # -- the handshake loop ----------------------------------------------
+
+    def _handshake(self, data: bytes | bytearray | memoryview) -> Step:
+        connection = self._alive()
+        if self._state is _State.ESTABLISHED:
+            return Step(Status.OK, b"", bytes(data), 0)
+        view = memoryview(data)
+        first_call = not self._started
+        self._started = True
+        framing = self._frame(view)
+        consumed = 0
+        done = False
+        if first_call and not framing.ends:
+            done = self._drive(connection)
+        for end in framing.ends:
+            connection.bio_write(view[consumed:end])
+            consumed = end
+            done = self._drive(connection)
+            if done:
+                break
+        token = self._drain(connection)
+        extra = bytes(view[consumed:])
+        if done:
+            self._state = _State.ESTABLISHED
+            self._on_established(connection)
+            return Step(Status.OK, token, extra, 0)
+        if extra or (not framing.ends and not first_call):
+            missing = framing.missing if extra else HEADER_SIZE
+            return Step(Status.INCOMPLETE_MESSAGE, token, extra, missing)
+        return Step(Status.CONTINUE_NEEDED, token, extra, 0)
+
+    def _frame(self, view: memoryview) -> Framing:
+        try:
+            return frame(view)
+        except SecurityError as e:
+            raise self._fail(e.status, e.reason, self._alert_for_garbage(view)) from None
+
+    def _alert_for_garbage(self, view: memoryview) -> bytes:
+        """Let OpenSSL judge bytes that are not TLS, so that its alert (if any,
+        and encrypted if keys exist) is what the peer gets."""
+        connection = self._alive()
+        try:
+            connection.bio_write(view)
+            if self._state is _State.ESTABLISHED:
+                connection.recv(_RECV_SIZE)
+            else:
+                connection.do_handshake()
+        except SSL.Error:
+            pass
+        token = self._drain(connection)
+        if not token and self._state is not _State.ESTABLISHED:
+            token = _PLAINTEXT_UNEXPECTED_MESSAGE
+        return token
+
+    def _drive(self, connection: SSL.Connection) -> bool:
+        try:
+            connection.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.ZeroReturnError:
+            raise self._fail(
+                Status.ILLEGAL_MESSAGE,
+                "the peer closed the connection (close_notify) during the handshake",
+                self._drain(connection),
+            ) from None
+        except SSL.Error as e:
+            raise self._fail_openssl(e) from None
+        if self._twisted_failure is not None:
+            raise self._fail(Status.WRONG_PRINCIPAL, self._twisted_failure, b"")
+        return True
+
+    def _on_established(self, connection: SSL.Connection) -> None:
+        pass
+
+    # -- errors -----------------------------------------------------------
+
+    def _fail_openssl(self, error: SSL.Error) -> SecurityError:
+        reason = _openssl_reason(error)
+        failure = self._verification.failure
+        if failure is not None:
+            status, detail = failure
+            reason = f"{detail} ({reason})"
+        else:
+            status = _status_for(reason)
+        if self._twisted_failure is not None:
+            status, reason = Status.WRONG_PRINCIPAL, self._twisted_failure
+        return self._fail(status, reason, self._drain(self._alive()))
+
+    def _fail(self, status: Status, reason: str, token: bytes) -> SecurityError:
+        self._state = _State.DEAD
+        if self._is_client:
+            self._credentials._forget_session(self._target_name)
+        return SecurityError(status, reason, token)
+
+    @staticmethod
+    def _drain(connection: SSL.Connection, size_hint: int = 0) -> bytes:
+        size = max(size_hint, 65536)
+        chunks = []
+        while True:
+            try:
+                chunk = connection.bio_read(size)
+            except SSL.WantReadError:
+                break
+            chunks.append(chunk)
+            if len(chunk) < size:
+                break
+        return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+    # -- traffic ----------------------------------------------------------
+
+    def _established_connection(self, operation: str) -> SSL.Connection:
+        connection = self._alive()
+        if self._state is not _State.ESTABLISHED:
+            raise SecurityError(
+                Status.INVALID_HANDLE, f"{operation}() before the handshake returned OK"
+            )
+        return connection
+
+    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Encrypt *data* (any size) into TLS records to send to the peer.
+
+        :raises SecurityError: INVALID_HANDLE before the handshake is done,
+            after delete() or after an error; CONTEXT_EXPIRED after shutdown().
+        """
+        connection = self._established_connection("encrypt")
+        if self._closed_by_us:
+            raise SecurityError(Status.CONTEXT_EXPIRED, "encrypt() after shutdown()")
+        size = len(data)
+        if not size:
+            return b""
+        try:
+            # pyOpenSSL enables partial writes: sendall loops over records.
+            connection.sendall(data)
+        except SSL.Error as e:
+            raise self._fail_openssl(e) from None
+        records = size // MAX_PLAINTEXT + 1
+        return self._drain(connection, size + records * _RECORD_OVERHEAD)
+
+    def decrypt(self, data: bytes | bytearray | memoryview) -> Unwrapped:
+        """Decrypt every complete record in *data*.
+
+        Post-handshake messages (TLS 1.3 session tickets, KeyUpdate) are
+        handled here; a reply, if any, is returned as ``token``.
+
+        :raises SecurityError: MESSAGE_ALTERED for a record that fails its
+            integrity check, ILLEGAL_MESSAGE for bytes that are not TLS, the
+            mapped status of a fatal alert from the peer, INVALID_HANDLE
+            before the handshake is done or after delete().
+        """
+        connection = self._established_connection("decrypt")
+        view = memoryview(data)
+        framing = self._frame(view)
+        if self._closed_by_peer:
+            return Unwrapped(Status.CONTEXT_EXPIRED, b"", bytes(view), 0, b"")
+        plaintext: list[bytes] = []
+        consumed = 0
+        status = Status.OK if framing.ends else Status.INCOMPLETE_MESSAGE
+        handshake_message = False
+        for end in framing.ends:
+            connection.bio_write(view[consumed:end])
+            consumed = end
+            try:
+                while True:
+                    plaintext.append(connection.recv(_RECV_SIZE))
+                    if not connection.pending():
+                        break
+            except SSL.WantReadError:
+                handshake_message = True
+            except SSL.ZeroReturnError:
+                self._closed_by_peer = True
+                status = Status.CONTEXT_EXPIRED
+                break
+            except SSL.Error as e:
+                raise self._fail_openssl(e) from None
+        if handshake_message:
+            self._after_handshake_message(connection)
+        token = self._drain(connection)
+        missing = framing.missing if status is not Status.CONTEXT_EXPIRED else 0
+        return Unwrapped(status, b"".join(plaintext), bytes(view[consumed:]), missing, token)
+
+    def _after_handshake_message(self, connection: SSL.Connection) -> None:
+        pass
+
+    def shutdown(self) -> bytes:
+        """Return the close_notify token to send (ApplyControlToken + one more call).
+
+        Before the handshake is done there is nothing to close politely and
+        the token is empty. Calling it twice returns an empty token.
+        """
+        connection = self._alive()
+        if self._closed_by_us or self._state is not _State.ESTABLISHED:
+            self._closed_by_us = True
+            return b""
+        self._closed_by_us = True
+        try:
+            connection.shutdown()
+        except SSL.Error:
+            pass
+        return self._drain(connection)
+
+    # -- attributes -------------------------------------------------------
+
+    @property
+    def attributes(self) -> Attributes:
+        """The negotiated parameters (QueryContextAttributes).
+
+        :raises SecurityError: INVALID_HANDLE before the handshake is done or
+            after delete().
+        """
+        connection = self._established_connection("attributes")
+        protocol = connection.get_protocol_version_name()
+        cipher = connection.get_cipher_name() or ""
+        alpn = connection.get_alpn_proto_negotiated()
+        chain = connection.get_peer_cert_chain(as_cryptography=True) or []
+        peer = connection.get_peer_certificate(as_cryptography=True)
+        if self._is_client:
+            server_name = self._target_name
+        else:
+            raw = connection.get_servername()
+            server_name = raw.decode("ascii", "replace") if raw else None
+        group = connection.get_group_name()
+        return Attributes(
+            protocol=protocol,
+            cipher=cipher,
+            cipher_bits=connection.get_cipher_bits() or 0,
+            alpn=alpn.decode("ascii", "replace") if alpn else None,
+            server_name=server_name,
+            peer_certificate=peer,
+            peer_chain=tuple(chain),
+            session_reused=_session_reused(connection),
+            stream_sizes=_stream_sizes(protocol, cipher),
+            group=group,
+        )
+
+    def channel_binding(self, kind: str) -> bytes:
+        """Channel-binding data (RFC 5929, RFC 9266) for *kind*.
+
+        :param kind: ``"tls-exporter"``, ``"tls-server-end-point"`` or
+            ``"tls-unique"`` (TLS 1.2 only: RFC 9266 retires it for 1.3).
+        :raises ValueError: unknown *kind*, or one the protocol does not allow.
+        :raises SecurityError: INVALID_HANDLE before the handshake is done.
+        """
+        connection = self._established_connection("channel_binding")
+        if kind == "tls-exporter":
+            return connection.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+        if kind == "tls-server-end-point":
+            if self._is_client:
+                certificate = connection.get_peer_certificate(as_cryptography=True)
+            else:
+                own = connection.get_certificate()
+                certificate = own.to_cryptography() if own is not None else None
+            if certificate is None:
+                raise ValueError("tls-server-end-point: no server certificate")
+            return _end_point_hash(certificate)
+        if kind == "tls-unique":
+            if connection.get_protocol_version_name() == "TLSv1.3":
+                raise ValueError("tls-unique is not defined for TLS 1.3 (RFC 9266); "
+                                 "use tls-exporter")
+            # The first Finished message of the handshake: the client's in a
+            # full handshake, the server's in a resumed one.
+            ours_first = self._is_client != _session_reused(connection)
+            finished = connection.get_finished() if ours_first else connection.get_peer_finished()
+            if finished is None:
+                raise ValueError("tls-unique: no Finished message yet")
+            return finished
+        raise ValueError(
+            f"unknown channel binding {kind!r}: use tls-exporter, tls-server-end-point "
+            "or tls-unique"
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._state.value} target={self._target_name!r}>"
+
+
+def _stream_sizes(protocol: str, cipher: str) -> StreamSizes:
+    if protocol == "TLSv1.3":
+        return StreamSizes(HEADER_SIZE, 17, MAX_PLAINTEXT)
+    if "GCM" in cipher or "CCM" in cipher:
+        return StreamSizes(HEADER_SIZE + 8, 16, MAX_PLAINTEXT)
+    return StreamSizes(HEADER_SIZE, 16, MAX_PLAINTEXT)
+
+
+def _end_point_hash(certificate: x509.Certificate) -> bytes:
+    algorithm = certificate.signature_hash_algorithm
+    if algorithm is None or isinstance(algorithm, (hashes.MD5, hashes.SHA1)):
+        algorithm = hashes.SHA256()
+    digest = hashlib.new(algorithm.name)
+    digest.update(certificate.public_bytes(serialization.Encoding.DER))
+    return digest.digest()
+
+
+class _TwistedShim:
+    """Stands in for Twisted's TLS protocol as app data of a Connection made
+    by a Twisted creator: Twisted reports a bad peer name through it."""
+
+    def __init__(self, context: SecurityContext) -> None:
+        self._context = context
+
+    def failVerification(self, reason: object) -> None:
+        value = getattr(reason, "value", reason)
+        self._context._twisted_failure = f"certificate verification failed: {value}"
+
+
+class ClientContext(SecurityContext):
+    """The connecting side (InitializeSecurityContext).
+
+    :param credentials: from :meth:`Credentials.client`.
+    :param target_name: the host name (or IP address) the server's
+        certificate must match; it is also sent as SNI (host names only).
+        Required unless the credentials use ``manual_validation``.
+    :param alpn: protocols to offer on this connection instead of the
+        credentials' list.
+    :raises ValueError: server credentials, or no *target_name* where one is needed.
+    """
+
+    _is_client = True
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        target_name: str | None = None,
+        *,
+        alpn: tuple[str | bytes, ...] | None = None,
+    ) -> None:
+        if target_name is None:
+            target_name = credentials.hostname
+        if target_name is None and not credentials.manual_validation:
+            raise ValueError(
+                "target_name is required to check the server's certificate "
+                "(or use Credentials.client(manual_validation=True))"
+            )
+        super().__init__(credentials, target_name, alpn=alpn)
+
+    def _configure(self, connection: SSL.Connection) -> None:
+        connection.set_connect_state()
+        name = self._target_name
+        if name is not None and not _is_ip_address(name) and not getattr(
+            self._credentials, "_creator", None
+        ):
+            import idna
+
+            connection.set_tlsext_host_name(idna.encode(name.rstrip("."), uts46=True))
+        if self._verification.alpn is not None:
+            connection.set_alpn_protos(list(self._verification.alpn))
+        session = self._credentials._session_for(name)
+        if session is not None:
+            connection.set_session(session)
+
+    def initialize(self, data: bytes | bytearray | memoryview = b"") -> Step:
+        """One InitializeSecurityContext call.
+
+        The first call takes no input and returns the ClientHello as token.
+        Later calls take ``step.extra`` followed by the bytes received since.
+
+        :raises SecurityError: the handshake failed; send ``error.token``.
+        """
+        return self._handshake(data)
+
+    def _on_established(self, connection: SSL.Connection) -> None:
+        if connection.get_protocol_version_name() != "TLSv1.3":
+            self._credentials._remember_session(self._target_name, connection.get_session())
+
+    def _after_handshake_message(self, connection: SSL.Connection) -> None:
+        # TLS 1.3 session tickets arrive after the handshake: only now is
+        # the session worth keeping for the next context to this target.
+        self._credentials._remember_session(self._target_name, connection.get_session())
+
+
+class ServerContext(SecurityContext):
+    """The accepting side (AcceptSecurityContext).
+
+    :param credentials: from :meth:`Credentials.server`.
+    :param alpn: protocols to accept on this connection instead of the
+        credentials' list, in order of preference.
+    :raises ValueError: client credentials.
+    """
+
+    _is_client = False
+
+    def __init__(
+        self, credentials: Credentials, *, alpn: tuple[str | bytes, ...] | None = None
+    ) -> None:
+        super().__init__(credentials, None, alpn=alpn)
+
+    def _configure(self, connection: SSL.Connection) -> None:
+        connection.set_accept_state()
+
+    def accept(self, data: bytes | bytearray | memoryview) -> Step:
+        """One AcceptSecurityContext call, with ``step.extra`` + new bytes.
+
+        :raises SecurityError: the handshake failed; send ``error.token``.
+        """
+        return self._handshake(data)
+
+
+def _session_reused(connection: SSL.Connection) -> bool:
+    # pyOpenSSL has no wrapper for SSL_session_reused; its binding does.
+    from OpenSSL._util import lib
+
+    return bool(lib.SSL_session_reused(connection._ssl))
+
+
+def _is_ip_address(name: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

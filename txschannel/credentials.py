@@ -1,0 +1,630 @@
+"""Credentials: what SSPI's AcquireCredentialsHandle builds, once per configuration.
+
+A :class:`Credentials` owns one ``OpenSSL.SSL.Context`` (plus one per SNI
+host name on a server) and is shared by every connection made with it. All
+validation of certificates, keys and options happens here, at construction,
+so that a bad file is reported with its name before any peer connects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import types as asymmetric_types
+from OpenSSL import SSL, crypto
+
+from txschannel.status import Status
+
+__all__ = ["Credentials", "CertificateSource", "KeySource"]
+
+#: A certificate (or several, for a chain or trust roots): a path to a PEM
+#: file, PEM bytes, or ``cryptography`` certificate objects.
+CertificateSource = Union[str, "os.PathLike[str]", bytes, x509.Certificate]
+#: A private key: a path to a PEM file, PEM bytes, or a ``cryptography`` key.
+KeySource = Union[str, "os.PathLike[str]", bytes, asymmetric_types.CertificateIssuerPrivateKeyTypes]
+
+_VERSIONS = {
+    "TLSv1.2": SSL.TLS1_2_VERSION,
+    "TLSv1.3": SSL.TLS1_3_VERSION,
+}
+_INSECURE_VERSIONS = {"SSLv3", "TLSv1", "TLSv1.0", "TLSv1.1"}
+
+#: TLS 1.2 suites: forward-secret key exchange and AEAD only (Mozilla's
+#: "intermediate" profile). TLS 1.3 suites are all AEAD already.
+_TLS12_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+_SESSION_CACHE_SIZE = 1024
+_PEM_BLOCK = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL
+)
+
+# OpenSSL X509_V_ERR_* codes that have a more specific SSPI status.
+_VERIFY_STATUS = {
+    9: Status.CERT_EXPIRED,  # not yet valid: outside the validity period too
+    10: Status.CERT_EXPIRED,
+    2: Status.UNTRUSTED_ROOT,
+    18: Status.UNTRUSTED_ROOT,
+    19: Status.UNTRUSTED_ROOT,
+    20: Status.UNTRUSTED_ROOT,
+    21: Status.UNTRUSTED_ROOT,
+    62: Status.WRONG_PRINCIPAL,
+    64: Status.WRONG_PRINCIPAL,
+}
+_VERIFY_REASONS = {
+    2: "unable to get issuer certificate",
+    7: "certificate signature failure",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in certificate chain",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+    24: "invalid CA certificate",
+    26: "unsupported certificate purpose",
+    47: "permitted subtree violation (name constraints)",
+    48: "excluded subtree violation (name constraints)",
+}
+
+
+def _version(value: str | None, option: str) -> int | None:
+    if value is None:
+        return None
+    if value in _VERSIONS:
+        return _VERSIONS[value]
+    if value in _INSECURE_VERSIONS:
+        raise ValueError(
+            f"{option}={value!r}: TLS versions below 1.2 are not supported; "
+            f"use one of {', '.join(_VERSIONS)}"
+        )
+    raise ValueError(f"{option}={value!r}: unknown TLS version; use one of {', '.join(_VERSIONS)}")
+
+
+def _describe(source: object) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return f"file {os.fspath(source)!r}"
+    if isinstance(source, (bytes, bytearray)):
+        return "PEM data"
+    return type(source).__name__
+
+
+def _read(source: str | os.PathLike[str] | bytes, what: str) -> tuple[bytes, str]:
+    """Return the bytes of *source* and a name for it to use in errors."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source), f"{what} (PEM data)"
+    path = os.fspath(source)
+    label = f"{what} file {path!r}"
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(), label
+    except FileNotFoundError:
+        raise ValueError(f"{label} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"{label} is a folder, not a PEM file") from None
+    except PermissionError:
+        raise ValueError(f"{label} is not readable (permission denied)") from None
+    except OSError as e:
+        raise ValueError(f"{label} cannot be read: {e.strerror}") from None
+
+
+def _pem_blocks(data: bytes, label: str) -> list[tuple[str, bytes]]:
+    blocks = [(m.group(1).decode("ascii"), m.group(0)) for m in _PEM_BLOCK.finditer(data)]
+    if not blocks:
+        raise ValueError(f"{label} is not PEM: no '-----BEGIN ...-----' block found")
+    return blocks
+
+
+def _load_certificates(
+    sources: CertificateSource | Iterable[CertificateSource], what: str
+) -> list[x509.Certificate]:
+    """Every certificate named by *sources*, in order; at least one."""
+    if isinstance(sources, (str, os.PathLike, bytes, bytearray, x509.Certificate)):
+        sources = [sources]
+    certificates: list[x509.Certificate] = []
+    for source in sources:
+        if isinstance(source, x509.Certificate):
+            certificates.append(source)
+            continue
+        if not isinstance(source, (str, os.PathLike, bytes, bytearray)):
+            raise TypeError(f"{what}: expected a path, PEM bytes or a certificate, not {source!r}")
+        if not isinstance(source, (bytes, bytearray)) and Path(source).is_dir():
+            certificates.extend(_load_folder(Path(source), what))
+            continue
+        data, label = _read(source, what)
+        found = _certificates_in(data, label)
+        if not found:
+            raise ValueError(f"{label} holds no certificate (expected a 'BEGIN CERTIFICATE' block)")
+        certificates.extend(found)
+    if not certificates:
+        raise ValueError(f"{what}: no certificate given")
+    return certificates
+
+
+def _load_folder(folder: Path, what: str) -> list[x509.Certificate]:
+    certificates: list[x509.Certificate] = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in (".pem", ".crt", ".cer") and path.is_file():
+            data, label = _read(path, what)
+            certificates.extend(_certificates_in(data, label))
+    if not certificates:
+        raise ValueError(f"{what} folder {str(folder)!r} holds no .pem/.crt certificate files")
+    return certificates
+
+
+def _certificates_in(data: bytes, label: str) -> list[x509.Certificate]:
+    certificates = []
+    for kind, block in _pem_blocks(data, label):
+        if kind in ("CERTIFICATE", "TRUSTED CERTIFICATE", "X509 CERTIFICATE"):
+            try:
+                certificates.append(x509.load_pem_x509_certificate(block))
+            except ValueError as e:
+                raise ValueError(f"{label}: a certificate in it is damaged ({e})") from None
+    return certificates
+
+
+def _private_key_in(
+    data: bytes, label: str
+) -> asymmetric_types.CertificateIssuerPrivateKeyTypes | None:
+    for kind, block in _pem_blocks(data, label):
+        if kind.endswith("PRIVATE KEY"):
+            if kind == "ENCRYPTED PRIVATE KEY" or b"ENCRYPTED" in block[:200]:
+                raise ValueError(f"{label}: the private key is encrypted; give an unencrypted key")
+            try:
+                key = serialization.load_pem_private_key(block, password=None)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{label}: the private key in it is damaged ({e})") from None
+            return key  # type: ignore[return-value]
+    return None
+
+
+def _load_key(source: KeySource, what: str) -> asymmetric_types.CertificateIssuerPrivateKeyTypes:
+    if not isinstance(source, (str, os.PathLike, bytes, bytearray)):
+        return source
+    data, label = _read(source, what)
+    key = _private_key_in(data, label)
+    if key is None:
+        kinds = ", ".join(sorted({kind for kind, _ in _pem_blocks(data, label)}))
+        raise ValueError(f"{label} holds no private key (it holds: {kinds})")
+    return key
+
+
+def _public_der(key: Any) -> bytes:
+    return key.public_bytes(  # type: ignore[no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@dataclass
+class Identity:
+    """A certificate chain with its private key, checked to belong together."""
+
+    leaf: x509.Certificate
+    key: asymmetric_types.CertificateIssuerPrivateKeyTypes
+    chain: list[x509.Certificate] = field(default_factory=list)
+
+    @classmethod
+    def load(
+        cls,
+        certificate: CertificateSource | Sequence[CertificateSource],
+        private_key: KeySource | None = None,
+        chain: CertificateSource | Iterable[CertificateSource] = (),
+    ) -> Identity:
+        """Load and check a certificate, its key and its chain.
+
+        :raises ValueError: naming the file and the problem.
+        """
+        certificates = _load_certificates(certificate, "certificate")
+        if private_key is None:
+            key = None
+            if isinstance(certificate, (str, os.PathLike, bytes, bytearray)):
+                data, label = _read(certificate, "certificate")
+                key = _private_key_in(data, label)
+            if key is None:
+                raise ValueError(
+                    f"certificate {_describe(certificate)} holds no private key "
+                    "and no private key was given"
+                )
+        else:
+            key = _load_key(private_key, "private key")
+        leaf = certificates[0]
+        if _public_der(leaf.public_key()) != _public_der(key.public_key()):
+            raise ValueError(
+                f"private key {_describe(private_key if private_key is not None else certificate)} "
+                f"does not match the certificate {_describe(certificate)} "
+                f"(subject {leaf.subject.rfc4514_string()})"
+            )
+        extra = list(certificates[1:])
+        if chain:
+            extra.extend(_load_certificates(chain, "chain"))
+        return cls(leaf, key, extra)
+
+    def install(self, context: SSL.Context) -> None:
+        context.use_certificate(self.leaf)
+        context.use_privatekey(self.key)  # type: ignore[arg-type]
+        for certificate in self.chain:
+            context.add_extra_chain_cert(certificate)
+
+
+class Verification:
+    """Per-connection certificate judgement, reached from OpenSSL's callback.
+
+    OpenSSL's verify callback is set once on the shared ``SSL.Context``; the
+    per-connection facts (which name we expect, what went wrong) live here,
+    attached to each ``SSL.Connection`` as its app data.
+    """
+
+    def __init__(self, target_name: str | None, manual: bool) -> None:
+        self.target_name = target_name
+        self.manual = manual
+        self.failure: tuple[Status, str] | None = None
+        #: Per-connection ALPN choices on a server (None: the credentials').
+        self.alpn: tuple[bytes, ...] | None = None
+
+    def judge(self, certificate: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+        if self.manual:
+            return True
+        if not ok:
+            if self.failure is None:
+                subject = certificate.to_cryptography().subject.rfc4514_string()
+                reason = _VERIFY_REASONS.get(errno, f"verification error {errno}")
+                self.failure = (
+                    _VERIFY_STATUS.get(errno, Status.CERT_UNKNOWN),
+                    f"{reason}: {subject or '(empty subject)'} at depth {depth}",
+                )
+            return False
+        if depth == 0 and self.target_name is not None:
+            problem = _name_mismatch(certificate.to_cryptography(), self.target_name)
+            if problem is not None:
+                self.failure = (Status.WRONG_PRINCIPAL, problem)
+                return False
+        return True
+
+
+def _name_mismatch(certificate: x509.Certificate, name: str) -> str | None:
+    from service_identity import CertificateError, VerificationError
+    from service_identity.cryptography import (
+        verify_certificate_hostname,
+        verify_certificate_ip_address,
+    )
+
+    try:
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            verify_certificate_hostname(certificate, name)
+        else:
+            verify_certificate_ip_address(certificate, str(address))
+    except (VerificationError, CertificateError) as e:
+        try:
+            san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            names = [str(v) for v in san.value.get_values_for_type(x509.DNSName)] + [
+                str(v) for v in san.value.get_values_for_type(x509.IPAddress)
+            ]
+        except x509.ExtensionNotFound:
+            names = []
+        offered = ", ".join(names) if names else "no subjectAltName"
+        return f"certificate for {offered} does not match {name!r} ({e})"
+    return None
+
+
+def _verify_callback(
+    connection: SSL.Connection, certificate: crypto.X509, errno: int, depth: int, ok: int
+) -> bool:
+    verification = connection.get_app_data()
+    if not isinstance(verification, Verification):
+        return bool(ok)
+    return verification.judge(certificate, errno, depth, ok)
+
+
+class Credentials:
+    """A TLS configuration, built once and shared by every context made from it.
+
+    Use :meth:`client`, :meth:`server` or :meth:`from_twisted`; the
+    constructor is not public.
+    """
+
+    def __init__(
+        self,
+        context: SSL.Context,
+        *,
+        is_client: bool,
+        alpn: tuple[bytes, ...] = (),
+        manual_validation: bool = False,
+        sni: dict[str, SSL.Context] | None = None,
+        hostname: str | None = None,
+    ) -> None:
+        self.is_client = is_client
+        self.alpn = alpn
+        self.manual_validation = manual_validation
+        #: For credentials made from a Twisted client creator: its host name.
+        self.hostname = hostname
+        self._context = context
+        self._sni = sni or {}
+        self._sessions: OrderedDict[str, SSL.Session] = OrderedDict()
+
+    @property
+    def openssl_context(self) -> SSL.Context:
+        """The shared ``OpenSSL.SSL.Context``; do not change it once in use."""
+        return self._context
+
+    # -- constructors -----------------------------------------------------
+
+    @classmethod
+    def client(
+        cls,
+        *,
+        trust_roots: str | os.PathLike[str] | bytes | Sequence[x509.Certificate] = "system",
+        certificate: CertificateSource | None = None,
+        private_key: KeySource | None = None,
+        alpn: Sequence[str | bytes] = (),
+        minimum_version: str = "TLSv1.2",
+        maximum_version: str | None = None,
+        manual_validation: bool = False,
+    ) -> Credentials:
+        """Credentials for the connecting side (InitializeSecurityContext).
+
+        :param trust_roots: ``"system"`` for the operating system's store, or
+            a PEM file, a folder of PEM files, PEM bytes, or certificates.
+        :param certificate: a client certificate (PEM may include its key).
+        :param manual_validation: SSPI's ISC_REQ_MANUAL_CRED_VALIDATION: the
+            handshake does not judge the server's certificate or name; the
+            application must, from ``attributes.peer_certificate``.
+        :raises ValueError: a file is missing or unreadable, not PEM, the key
+            does not match the certificate, or an option is invalid.
+        """
+        context = _new_context(minimum_version, maximum_version)
+        if trust_roots == "system":
+            context.set_default_verify_paths()
+        else:
+            store = context.get_cert_store()
+            assert store is not None
+            for root in _load_certificates(trust_roots, "trust roots"):
+                store.add_cert(crypto.X509.from_cryptography(root))
+        if certificate is not None:
+            Identity.load(certificate, private_key).install(context)
+        elif private_key is not None:
+            raise ValueError("private_key was given without a certificate")
+        protocols = _alpn(alpn)
+        if protocols:
+            context.set_alpn_protos(list(protocols))
+        context.set_verify(SSL.VERIFY_PEER, _verify_callback)
+        return cls(
+            context, is_client=True, alpn=protocols, manual_validation=manual_validation
+        )
+
+    @classmethod
+    def server(
+        cls,
+        *,
+        certificate: CertificateSource | Sequence[CertificateSource],
+        private_key: KeySource | None = None,
+        chain: CertificateSource | Iterable[CertificateSource] = (),
+        client_ca: CertificateSource | Iterable[CertificateSource] | None = None,
+        require_client_certificate: bool = False,
+        alpn: Sequence[str | bytes] = (),
+        minimum_version: str = "TLSv1.2",
+        maximum_version: str | None = None,
+        sni: str | os.PathLike[str] | dict[str, CertificateSource] | None = None,
+    ) -> Credentials:
+        """Credentials for the accepting side (AcceptSecurityContext).
+
+        :param certificate: the server certificate; a PEM file may hold the
+            key and the chain too.
+        :param client_ca: CAs whose client certificates are accepted; with
+            it, clients are asked for a certificate.
+        :param require_client_certificate: refuse clients without one.
+        :param sni: a folder of ``<hostname>.pem`` files (key and chain
+            inside), or a mapping of host name to such a file, chosen by the
+            client's server name; *certificate* serves every other name.
+        :raises ValueError: a file is missing or unreadable, not PEM, a key
+            does not match its certificate, or an option is invalid.
+        """
+        if require_client_certificate and client_ca is None:
+            raise ValueError("require_client_certificate needs client_ca (which CAs to trust)")
+        identity = Identity.load(certificate, private_key, chain)
+        roots = None if client_ca is None else _load_certificates(client_ca, "client CA")
+        protocols = _alpn(alpn)
+
+        def build(identity: Identity) -> SSL.Context:
+            context = _new_context(minimum_version, maximum_version)
+            identity.install(context)
+            context.check_privatekey()
+            context.set_session_id(b"txschannel")
+            if roots is not None:
+                store = context.get_cert_store()
+                assert store is not None
+                for root in roots:
+                    store.add_cert(crypto.X509.from_cryptography(root))
+                context.set_client_ca_list(
+                    [crypto.X509.from_cryptography(r).get_subject() for r in roots]
+                )
+                mode = SSL.VERIFY_PEER
+                if require_client_certificate:
+                    mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+                context.set_verify(mode, _verify_callback)
+            context.set_alpn_select_callback(_select_alpn(protocols))
+            return context
+
+        context = build(identity)
+        named = {name: build(Identity.load(path)) for name, path in _sni_sources(sni).items()}
+        if named:
+            context.set_tlsext_servername_callback(_switch_context(named))
+        return cls(context, is_client=False, alpn=protocols, sni=named)
+
+    @classmethod
+    def from_twisted(cls, creator: object) -> Credentials:
+        """Credentials from a Twisted TLS configuration object.
+
+        Accepts ``optionsForClientTLS(...)`` (an
+        ``IOpenSSLClientConnectionCreator``), ``CertificateOptions`` or any
+        ``IOpenSSLServerConnectionCreator`` / object with ``getContext()``.
+        The ``SSL.Context`` it builds is used as it is: its verification is
+        Twisted's, not txschannel's.
+
+        :raises TypeError: *creator* is none of those.
+        """
+        return _from_twisted(cls, creator)
+
+    # -- sessions ---------------------------------------------------------
+
+    def _session_for(self, target: str | None) -> SSL.Session | None:
+        if target is None:
+            return None
+        return self._sessions.get(target)
+
+    def _remember_session(self, target: str | None, session: SSL.Session | None) -> None:
+        if target is None or session is None:
+            return
+        self._sessions[target] = session
+        self._sessions.move_to_end(target)
+        while len(self._sessions) > _SESSION_CACHE_SIZE:
+            self._sessions.popitem(last=False)
+
+    def _forget_session(self, target: str | None) -> None:
+        if target is not None:
+            self._sessions.pop(target, None)
+
+    def __repr__(self) -> str:
+        role = "client" if self.is_client else "server"
+        return f"<Credentials {role} alpn={[p.decode() for p in self.alpn]}>"
+
+
+def _new_context(minimum_version: str, maximum_version: str | None) -> SSL.Context:
+    minimum = _version(minimum_version, "minimum_version")
+    maximum = _version(maximum_version, "maximum_version")
+    if minimum is not None and maximum is not None and maximum < minimum:
+        raise ValueError(
+            f"maximum_version={maximum_version!r} is below minimum_version={minimum_version!r}"
+        )
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_min_proto_version(minimum or SSL.TLS1_2_VERSION)
+    if maximum is not None:
+        context.set_max_proto_version(maximum)
+    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    context.set_cipher_list(_TLS12_CIPHERS)
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    return context
+
+
+def _alpn(protocols: Sequence[str | bytes]) -> tuple[bytes, ...]:
+    if isinstance(protocols, (str, bytes)):
+        raise TypeError("alpn must be a sequence of protocol names, e.g. ['h2', 'http/1.1']")
+    result = []
+    for protocol in protocols:
+        name = protocol.encode("ascii") if isinstance(protocol, str) else bytes(protocol)
+        if not 0 < len(name) < 256:
+            raise ValueError(f"ALPN protocol name {protocol!r} must be 1 to 255 bytes")
+        result.append(name)
+    return tuple(result)
+
+
+def _select_alpn(
+    configured: tuple[bytes, ...],
+) -> Callable[[SSL.Connection, list[bytes]], Any]:
+    def select(connection: SSL.Connection, offered: list[bytes]) -> Any:
+        verification = connection.get_app_data()
+        ours = configured
+        if isinstance(verification, Verification) and verification.alpn is not None:
+            ours = verification.alpn
+        if not ours:
+            # We speak no ALPN: ignore the extension, as RFC 7301 allows.
+            return b""
+        for protocol in ours:
+            if protocol in offered:
+                return protocol
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    return select
+
+
+def _sni_sources(
+    sni: str | os.PathLike[str] | dict[str, CertificateSource] | None,
+) -> dict[str, CertificateSource]:
+    if sni is None:
+        return {}
+    if isinstance(sni, dict):
+        return {name.lower().rstrip("."): source for name, source in sni.items()}
+    folder = Path(sni)
+    if not folder.is_dir():
+        raise ValueError(f"sni folder {str(folder)!r} does not exist or is not a folder")
+    found: dict[str, CertificateSource] = {
+        path.stem.lower(): str(path) for path in sorted(folder.glob("*.pem")) if path.is_file()
+    }
+    if not found:
+        raise ValueError(f"sni folder {str(folder)!r} holds no <hostname>.pem files")
+    return found
+
+
+def _switch_context(named: dict[str, SSL.Context]) -> Callable[[SSL.Connection], None]:
+    def switch(connection: SSL.Connection) -> None:
+        name = connection.get_servername()
+        if name is None:
+            return
+        context = named.get(name.decode("ascii", "replace").lower().rstrip("."))
+        if context is not None:
+            connection.set_context(context)
+
+    return switch
+
+
+def _from_twisted(cls: type[Credentials], creator: object) -> Credentials:
+    from twisted.internet import interfaces
+
+    if isinstance(creator, Credentials):
+        return creator
+    if interfaces.IOpenSSLClientConnectionCreator.providedBy(creator):
+        return _TwistedClientCredentials(creator)
+    if interfaces.IOpenSSLServerConnectionCreator.providedBy(creator):
+        return _TwistedServerCredentials(creator)
+    get_context = getattr(creator, "getContext", None)
+    if callable(get_context):
+        context = get_context()
+        if not isinstance(context, SSL.Context):
+            raise TypeError(f"{creator!r}.getContext() returned {context!r}, not an SSL.Context")
+        return cls(context, is_client=False)
+    raise TypeError(
+        f"{creator!r} is not Credentials, an IOpenSSLClientConnectionCreator, "
+        "an IOpenSSLServerConnectionCreator or a context factory"
+    )
+
+
+class _TwistedClientCredentials(Credentials):
+    """Client credentials whose connections come from a Twisted creator."""
+
+    def __init__(self, creator: Any) -> None:
+        self._creator = creator
+        hostname = getattr(creator, "_hostnameASCII", None)
+        context = getattr(creator, "_ctx", None)
+        if not isinstance(context, SSL.Context):
+            context = SSL.Context(SSL.TLS_METHOD)
+        super().__init__(context, is_client=True, manual_validation=True, hostname=hostname)
+
+    def _twisted_connection(self, protocol: object) -> SSL.Connection:
+        connection: SSL.Connection = self._creator.clientConnectionForTLS(protocol)
+        return connection
+
+
+class _TwistedServerCredentials(Credentials):
+    """Server credentials whose connections come from a Twisted creator."""
+
+    def __init__(self, creator: Any) -> None:
+        self._creator = creator
+        context = getattr(creator, "_ctx", None)
+        if not isinstance(context, SSL.Context):
+            context = SSL.Context(SSL.TLS_METHOD)
+        super().__init__(context, is_client=False, manual_validation=True)
+
+    def _twisted_connection(self, protocol: object) -> SSL.Connection:
+        connection: SSL.Connection = self._creator.serverConnectionForTLS(protocol)
+        return connection

@@ -1,0 +1,113 @@
+"""TLS record framing: which bytes of a buffer form complete records.
+
+Pure functions over bytes, no OpenSSL. The security context uses them to
+hand OpenSSL exactly the complete records and to give the caller back the
+partial tail (``extra``) and how much it lacks (``missing``), which is what
+Schannel's SECBUFFER_EXTRA and SECBUFFER_MISSING describe.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from txschannel.status import SecurityError, Status
+
+__all__ = [
+    "HEADER_SIZE",
+    "MAX_RECORD_PAYLOAD",
+    "MAX_PLAINTEXT",
+    "Framing",
+    "ContentType",
+    "frame",
+]
+
+HEADER_SIZE = 5
+#: Largest plaintext fragment of one record (RFC 8446 section 5.1).
+MAX_PLAINTEXT = 2**14
+#: Largest payload a record may declare: 2^14 plus the 2048 bytes of
+#: expansion that TLS 1.2 allows (RFC 5246 section 6.2.3); TLS 1.3 is tighter.
+MAX_RECORD_PAYLOAD = 2**14 + 2048
+
+
+class ContentType:
+    """The record content types that TLS 1.2 and 1.3 define."""
+
+    CHANGE_CIPHER_SPEC = 20
+    ALERT = 21
+    HANDSHAKE = 22
+    APPLICATION_DATA = 23
+
+
+_KNOWN_TYPES = frozenset({20, 21, 22, 23})
+
+
+class Framing(NamedTuple):
+    """Where the complete records of a buffer end.
+
+    :ivar ends: the offset just past each complete record, in order.
+    :ivar missing: bytes still needed to finish the record that starts at
+        ``ends[-1]`` (or 0); when even that record's header is incomplete,
+        the bytes needed to finish the header.
+    """
+
+    ends: list[int]
+    missing: int
+
+    @property
+    def complete(self) -> int:
+        """How many leading bytes are whole records."""
+        return self.ends[-1] if self.ends else 0
+
+
+def frame(buffer: bytes | bytearray | memoryview) -> Framing:
+    """Find the complete TLS records at the start of *buffer*.
+
+    :raises SecurityError: with :attr:`Status.ILLEGAL_MESSAGE` when a header
+        cannot start a TLS record (unknown content type, a major version
+        other than 3, or a length above :data:`MAX_RECORD_PAYLOAD`). Nothing
+        after a bad header is looked at.
+    """
+    ends: list[int] = []
+    size = len(buffer)
+    offset = 0
+    while size - offset >= HEADER_SIZE:
+        content_type = buffer[offset]
+        major = buffer[offset + 1]
+        length = (buffer[offset + 3] << 8) | buffer[offset + 4]
+        if content_type not in _KNOWN_TYPES:
+            raise SecurityError(
+                Status.ILLEGAL_MESSAGE,
+                f"not a TLS record: unknown content type {content_type} "
+                f"(first bytes {bytes(buffer[offset:offset + 8])!r})",
+            )
+        if major != 3:
+            raise SecurityError(
+                Status.ILLEGAL_MESSAGE,
+                f"not a TLS record: protocol version {major}.{buffer[offset + 2]}",
+            )
+        if length > MAX_RECORD_PAYLOAD:
+            raise SecurityError(
+                Status.ILLEGAL_MESSAGE,
+                f"record length {length} exceeds the TLS maximum of {MAX_RECORD_PAYLOAD}",
+            )
+        end = offset + HEADER_SIZE + length
+        if end > size:
+            return Framing(ends, end - size)
+        ends.append(end)
+        offset = end
+    if offset < size:
+        # Judge a partial header as far as it goes, so that garbage such as
+        # "GET / HTTP/1.1" fails on its first byte instead of waiting.
+        if buffer[offset] not in _KNOWN_TYPES:
+            raise SecurityError(
+                Status.ILLEGAL_MESSAGE,
+                f"not a TLS record: unknown content type {buffer[offset]} "
+                f"(first bytes {bytes(buffer[offset:offset + 8])!r})",
+            )
+        if size - offset >= 2 and buffer[offset + 1] != 3:
+            raise SecurityError(
+                Status.ILLEGAL_MESSAGE,
+                f"not a TLS record: protocol version {buffer[offset + 1]}",
+            )
+        return Framing(ends, HEADER_SIZE - (size - offset))
+    return Framing(ends, 0)
