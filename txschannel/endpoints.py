@@ -1,0 +1,682 @@
+"""TLS over any Twisted stream endpoint: ``schannel:`` endpoint strings.
+
+Twisted's own ``ssl:`` and ``tls:`` endpoints only speak TCP. Here TLS is a
+layer put on top of *any* stream endpoint, so the description after the
+``schannel:`` prefix is a complete inner endpoint::
+
+    schannel:tcp:8443:certificate=server.pem
+    schannel:unix:/run/app.sock:certificate=server.pem
+    schannel:haproxy:tcp:8443:certificate=server.pem
+    schannel:tcp:example.com:443:trustRoots=ca.pem
+
+The options that belong to txschannel (:data:`SERVER_OPTIONS`,
+:data:`CLIENT_OPTIONS`) are taken out of the description; everything else is
+quoted again and handed to :func:`~twisted.internet.endpoints.serverFromString`
+or :func:`~twisted.internet.endpoints.clientFromString`. All checking happens
+while the string is parsed: a typo, a missing file or a key that does not
+match its certificate is a :class:`ValueError` naming it, never a failure at
+the first connection.
+
+The plugin module ``twisted/plugins/txschannel_endpoints.py`` registers
+:class:`SchannelServerParser` and :class:`SchannelClientParser` with
+Twisted, so every Twisted program (``twist web --listen schannel:...``)
+understands the prefix once txschannel is installed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+    IStreamClientEndpointStringParserWithReactor,
+    IStreamServerEndpoint,
+    IStreamServerEndpointStringParser,
+)
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from txschannel.credentials import Credentials
+
+__all__ = [
+    "CLIENT_OPTIONS",
+    "SERVER_OPTIONS",
+    "SchannelClientEndpoint",
+    "SchannelClientParser",
+    "SchannelServerEndpoint",
+    "SchannelServerParser",
+]
+
+#: The options a ``schannel:`` server string takes for itself.
+SERVER_OPTIONS: tuple[str, ...] = (
+    "certificate",
+    "privateKey",
+    "chain",
+    "clientCA",
+    "requireClientCertificate",
+    "alpn",
+    "minimumVersion",
+    "maximumVersion",
+    "sni",
+    "handshakeTimeout",
+)
+
+#: The options a ``schannel:`` client string takes for itself.
+CLIENT_OPTIONS: tuple[str, ...] = (
+    "hostname",
+    "trustRoots",
+    "certificate",
+    "privateKey",
+    "alpn",
+    "minimumVersion",
+    "maximumVersion",
+)
+
+_VERSIONS = ("TLSv1.2", "TLSv1.3")
+_OLD_VERSIONS = ("SSLv3", "TLSv1", "TLSv1.0", "TLSv1.1")
+_TRUE = ("yes", "true", "on", "1")
+_FALSE = ("no", "false", "off", "0")
+
+# The options of the inner endpoints people use most, to list next to ours
+# when a name is not recognised. Other endpoint types are not introspected:
+# their parsers take **kwargs and only fail when called.
+_INNER_SERVER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "tcp": ("port", "interface", "backlog"),
+    "tcp6": ("port", "interface", "backlog"),
+    "unix": ("address", "mode", "backlog", "lockfile"),
+    "systemd": ("domain", "index", "name"),
+}
+_INNER_CLIENT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "tcp": ("host", "port", "timeout", "bindAddress"),
+    "unix": ("path", "timeout", "lockfile"),
+}
+# Inner client endpoints whose host is the name the server's certificate
+# must carry (host and port are positional or keywords, as in tcp:).
+_HOST_ENDPOINTS = ("tcp", "tcp6", "ssl", "tls")
+
+# Spellings from Twisted's ssl:/tls: endpoints, to point people at ours.
+_TWISTED_SPELLINGS: dict[str, dict[str, str]] = {
+    "server": {"certKey": "certificate", "extraCertChain": "chain", "caCertsDir": "clientCA"},
+    "client": {"caCertsDir": "trustRoots", "certKey": "certificate"},
+}
+
+# Twisted's string functions carry no annotations; these give them types.
+_server_from_string: Callable[[Any, str], IStreamServerEndpoint] = serverFromString
+_client_from_string: Callable[[Any, str], IStreamClientEndpoint] = clientFromString
+
+_UNEXPECTED = re.compile(r"unexpected keyword argument '([^']+)'")
+_MISSING = re.compile(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.+)")
+
+
+@implementer(IStreamServerEndpoint)
+class SchannelServerEndpoint:
+    """Accept TLS connections over any stream server endpoint.
+
+    Each connection the *inner* endpoint accepts is wrapped in a
+    :class:`~txschannel.protocol.SchannelFactory` server connection before
+    the application's protocol sees it.
+
+    :param inner: the endpoint that accepts the raw byte streams (TCP, UNIX,
+        systemd, haproxy, ...).
+    :param credentials: the server :class:`~txschannel.Credentials`, or a
+        Twisted server TLS creator (``CertificateOptions``, ...).
+    :param handshake_timeout: seconds a client may take to finish the
+        handshake before it is dropped.
+    :param max_pre_handshake_buffer: how many bytes the application may
+        write before the handshake completes.
+    :param clock: the clock for the handshake timeout (the reactor by
+        default).
+    :param rebuild: how to make the credentials again from their source
+        files, for :meth:`reload`; endpoints made from a string have one.
+    :raises TypeError: *credentials* is neither Credentials nor a Twisted
+        TLS creator.
+    """
+
+    def __init__(
+        self,
+        inner: IStreamServerEndpoint,
+        credentials: Credentials | object,
+        *,
+        handshake_timeout: float = 30.0,
+        max_pre_handshake_buffer: int = 65536,
+        clock: IReactorTime | None = None,
+        rebuild: Callable[[], Credentials] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.handshake_timeout = handshake_timeout
+        self.max_pre_handshake_buffer = max_pre_handshake_buffer
+        self._clock = clock
+        self._rebuild = rebuild
+        self._credentials = Credentials.from_twisted(credentials)
+        # Every factory made by listen(), so that new credentials reach the
+        # ports already listening; weak, because a port that stopped
+        # listening should not be kept alive by its endpoint.
+        self._factories: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    @property
+    def credentials(self) -> Credentials:
+        """The credentials given to each new connection.
+
+        Assigning new credentials affects connections accepted from then on,
+        on every port this endpoint is listening on; connections already
+        open keep the credentials they started with.
+        """
+        return self._credentials
+
+    @credentials.setter
+    def credentials(self, credentials: Credentials) -> None:
+        self._credentials = Credentials.from_twisted(credentials)
+        for factory in list(self._factories):
+            factory.credentials = self._credentials
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """Listen on the inner endpoint, with TLS around *protocolFactory*.
+
+        :return: the inner endpoint's ``Deferred`` for the listening port.
+        """
+        from txschannel.protocol import SchannelFactory
+
+        factory = SchannelFactory(
+            self._credentials,
+            False,
+            protocolFactory,
+            self._clock,
+            handshake_timeout=self.handshake_timeout,
+            max_pre_handshake_buffer=self.max_pre_handshake_buffer,
+        )
+        self._factories.add(factory)
+        listening: Deferred[IListeningPort] = self.inner.listen(factory)
+        return listening
+
+    def reload(self) -> Credentials:
+        """Build the credentials again from their files and use them from now on.
+
+        Certificates, keys, chains, client CAs and the ``sni`` folder are
+        read again, so renewed files take effect without a restart.
+        Connections already open are not disturbed.
+
+        :return: the new credentials.
+        :raises ValueError: a file is now missing or bad (the message names
+            it); the old credentials stay in use. Also raised when this
+            endpoint was given ready-made credentials, with nothing to
+            re-read.
+        """
+        if self._rebuild is None:
+            raise ValueError(
+                "this endpoint was given ready-made credentials, so there are no "
+                "files to read again; make it from a schannel: string or pass rebuild="
+            )
+        credentials = self._rebuild()
+        self.credentials = credentials
+        return credentials
+
+    def __repr__(self) -> str:
+        return f"<SchannelServerEndpoint over {self.inner!r}>"
+
+
+@implementer(IStreamClientEndpoint)
+class SchannelClientEndpoint:
+    """Connect over any stream client endpoint and speak TLS on the connection.
+
+    :param inner: the endpoint that makes the raw byte stream (TCP, UNIX,
+        ...).
+    :param credentials: the client :class:`~txschannel.Credentials`, or a
+        Twisted client creator such as ``optionsForClientTLS(...)``.
+    :param target_name: the server name to send (SNI) and to check in the
+        server's certificate; ``None`` only with credentials that carry a
+        name of their own (a Twisted creator).
+    :param clock: the clock for the transport's timers (the reactor by
+        default).
+    :raises TypeError: *credentials* is neither Credentials nor a Twisted
+        TLS creator.
+    """
+
+    def __init__(
+        self,
+        inner: IStreamClientEndpoint,
+        credentials: Credentials | object,
+        target_name: str | None,
+        *,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self.inner = inner
+        self.credentials = Credentials.from_twisted(credentials)
+        self.target_name = target_name
+        self._clock = clock
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """Connect the inner endpoint and start TLS on the new connection.
+
+        :return: a ``Deferred`` that fires with the application's protocol
+            once the inner connection is made (as Twisted's ``wrapClientTLS``
+            does; the handshake follows), or fails as the inner endpoint's
+            connection attempt does.
+        """
+        from txschannel.protocol import SchannelFactory
+
+        factory = SchannelFactory(
+            self.credentials,
+            True,
+            protocolFactory,
+            self._clock,
+            target_name=self.target_name,
+        )
+        connecting: Deferred[Any] = self.inner.connect(factory)
+        return connecting.addCallback(_wrapped_protocol)
+
+    def __repr__(self) -> str:
+        return f"<SchannelClientEndpoint to {self.target_name!r} over {self.inner!r}>"
+
+
+def _wrapped_protocol(protocol: Any) -> IProtocol:
+    wrapped: IProtocol = protocol.wrappedProtocol
+    return wrapped
+
+
+# -- parsing -----------------------------------------------------------------
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+def _quote(value: str) -> str:
+    # Twisted's quoteStringArgument escapes only "\" and ":"; "=" needs it
+    # too in a positional argument or a key, or the tokenizer would split
+    # there. A backslash before any character is taken literally, so
+    # escaping "=" everywhere is always safe.
+    for special in ("\\", ":", "="):
+        value = value.replace(special, "\\" + special)
+    return value
+
+
+def unparse(args: Sequence[str], kwargs: Mapping[str, str]) -> str:
+    """Write parsed endpoint arguments back as a description string.
+
+    The inverse of Twisted's parser: ``serverFromString`` and
+    ``clientFromString`` read the result as exactly *args* and *kwargs*,
+    whatever colons, equals signs or backslashes the values hold.
+    """
+    parts = [_quote(arg) for arg in args]
+    parts += [f"{_quote(key)}={_quote(value)}" for key, value in kwargs.items()]
+    return ":".join(parts)
+
+
+def _split(
+    args: Sequence[object], kwargs: Mapping[str, object], ours: Sequence[str]
+) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """(inner args, our options, inner options), all as text."""
+    texts = [_text(arg) for arg in args]
+    options = {_text(key): _text(value) for key, value in kwargs.items()}
+    mine = {key: value for key, value in options.items() if key in ours}
+    theirs = {key: value for key, value in options.items() if key not in ours}
+    if not texts:
+        raise ValueError(
+            "schannel: no inner endpoint after the prefix; write it in full, "
+            "e.g. schannel:tcp:8443:certificate=server.pem"
+        )
+    return texts, mine, theirs
+
+
+def _inner_error(error: Exception, description: str, kind: str) -> ValueError:
+    """A readable ValueError for a failure of the inner endpoint's parser."""
+    ours = SERVER_OPTIONS if kind == "server" else CLIENT_OPTIONS
+    known = _INNER_SERVER_OPTIONS if kind == "server" else _INNER_CLIENT_OPTIONS
+    message = str(error)
+    inner_type = description.split(":", 1)[0].lower()
+    unexpected = _UNEXPECTED.search(message)
+    if isinstance(error, TypeError) and unexpected is not None:
+        name = unexpected.group(1)
+        theirs: tuple[str, ...] = known.get(inner_type, ())
+        valid = f"txschannel {kind} options: {', '.join(ours)}"
+        if theirs:
+            valid += f"; {inner_type} options: {', '.join(theirs)}"
+        else:
+            valid += f"; other options go to the inner {inner_type!r} endpoint"
+        hint = ""
+        spelling = _TWISTED_SPELLINGS[kind].get(name)
+        if spelling is not None:
+            hint = f" (that is Twisted's ssl: spelling; here it is {spelling})"
+        else:
+            close = difflib.get_close_matches(name, [*ours, *theirs], n=1)
+            if close:
+                hint = f" (did you mean {close[0]}?)"
+        return ValueError(f"schannel: unknown option {name!r}{hint}. Valid options: {valid}")
+    missing = _MISSING.search(message)
+    if isinstance(error, TypeError) and missing is not None:
+        return ValueError(
+            f"schannel: the inner endpoint {description!r} is incomplete: "
+            f"it needs {missing.group(1)}"
+        )
+    return ValueError(f"schannel: the inner endpoint {description!r} is not valid: {message}")
+
+
+def _inner_server(reactor: Any, description: str) -> IStreamServerEndpoint:
+    try:
+        endpoint = _server_from_string(reactor, description)
+    except (TypeError, ValueError, KeyError, IndexError) as e:
+        raise _inner_error(e, description, "server") from None
+    return endpoint
+
+
+def _inner_client(reactor: Any, description: str) -> IStreamClientEndpoint:
+    try:
+        endpoint = _client_from_string(reactor, description)
+    except (TypeError, ValueError, KeyError, IndexError) as e:
+        raise _inner_error(e, description, "client") from None
+    return endpoint
+
+
+def _version(options: Mapping[str, str], name: str, default: str | None) -> str | None:
+    value = options.get(name)
+    if value is None:
+        return default
+    for known in _VERSIONS:
+        if value.lower() == known.lower():
+            return known
+    if value.lower() in (old.lower() for old in _OLD_VERSIONS):
+        raise ValueError(
+            f"schannel: {name}={value}: versions below TLS 1.2 are not supported; "
+            f"use {' or '.join(_VERSIONS)}"
+        )
+    raise ValueError(
+        f"schannel: {name}={value}: unknown TLS version; use {' or '.join(_VERSIONS)}"
+    )
+
+
+def _boolean(options: Mapping[str, str], name: str) -> bool:
+    value = options.get(name)
+    if value is None:
+        return False
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ValueError(f"schannel: {name}={value}: expected yes or no")
+
+
+def _alpn(options: Mapping[str, str]) -> tuple[str, ...]:
+    value = options.get("alpn")
+    if value is None:
+        return ()
+    names = tuple(name.strip() for name in value.split(","))
+    if not all(names):
+        raise ValueError(
+            f"schannel: alpn={value}: an empty protocol name; write a comma list "
+            "such as alpn=h2,http/1.1"
+        )
+    for name in names:
+        if not name.isascii() or len(name) > 255:
+            raise ValueError(f"schannel: alpn={value}: {name!r} is not a valid ALPN protocol name")
+    return names
+
+
+def _path(options: Mapping[str, str], name: str) -> str | None:
+    value = options.get(name)
+    if value is None:
+        return None
+    if not value:
+        raise ValueError(f"schannel: {name}= is empty; give a file name")
+    # Absolute, so that reload() finds the same file after a chdir (twistd
+    # daemonising, for one).
+    return os.path.abspath(value)
+
+
+def _checked(build: Callable[[], Credentials]) -> Credentials:
+    """Run a Credentials constructor, with its errors marked as ours."""
+    try:
+        return build()
+    except ValueError as e:
+        raise ValueError(f"schannel: {e}") from None
+
+
+@dataclass(frozen=True)
+class _ServerSettings:
+    """The server options of a ``schannel:`` string, checked and typed."""
+
+    certificate: str
+    private_key: str | None
+    chain: str | None
+    client_ca: str | None
+    require_client_certificate: bool
+    alpn: tuple[str, ...]
+    minimum_version: str
+    maximum_version: str | None
+    sni: str | None
+    handshake_timeout: float
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, str]) -> _ServerSettings:
+        require = _boolean(options, "requireClientCertificate")
+        client_ca = _path(options, "clientCA")
+        if require and client_ca is None:
+            raise ValueError(
+                "schannel: requireClientCertificate needs clientCA=<PEM file or folder> "
+                "(the CAs whose client certificates are accepted)"
+            )
+        sni = _path(options, "sni")
+        certificate = _path(options, "certificate")
+        if certificate is None:
+            if sni is None:
+                raise ValueError(
+                    "schannel: a server needs certificate=<PEM file> "
+                    "(or sni=<folder> with a default.pem in it)"
+                )
+            certificate = os.path.join(sni, "default.pem")
+            if not os.path.isfile(certificate):
+                raise ValueError(
+                    f"schannel: sni folder {options['sni']!r} holds no default.pem and no "
+                    "certificate= was given: one of them must serve clients that ask "
+                    "for another name or none"
+                )
+        timeout_text = options.get("handshakeTimeout", "30")
+        try:
+            timeout = float(timeout_text)
+        except ValueError:
+            timeout = -1.0
+        if not 0 < timeout < float("inf"):
+            raise ValueError(
+                f"schannel: handshakeTimeout={timeout_text}: expected a positive "
+                "number of seconds"
+            )
+        minimum = _version(options, "minimumVersion", "TLSv1.2")
+        assert minimum is not None
+        maximum = _version(options, "maximumVersion", None)
+        if maximum is not None and _VERSIONS.index(maximum) < _VERSIONS.index(minimum):
+            raise ValueError(
+                f"schannel: maximumVersion={maximum} is below minimumVersion={minimum}"
+            )
+        return cls(
+            certificate=certificate,
+            private_key=_path(options, "privateKey"),
+            chain=_path(options, "chain"),
+            client_ca=client_ca,
+            require_client_certificate=require,
+            alpn=_alpn(options),
+            minimum_version=minimum,
+            maximum_version=maximum,
+            sni=sni,
+            handshake_timeout=timeout,
+        )
+
+    def credentials(self) -> Credentials:
+        """Read the files and build the server credentials.
+
+        :raises ValueError: naming the file and its problem.
+        """
+        return _checked(
+            lambda: Credentials.server(
+                certificate=self.certificate,
+                private_key=self.private_key,
+                chain=() if self.chain is None else self.chain,
+                client_ca=self.client_ca,
+                require_client_certificate=self.require_client_certificate,
+                alpn=self.alpn,
+                minimum_version=self.minimum_version,
+                maximum_version=self.maximum_version,
+                sni=self.sni,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class _ClientSettings:
+    """The client options of a ``schannel:`` string, checked and typed."""
+
+    hostname: str
+    trust_roots: str
+    certificate: str | None
+    private_key: str | None
+    alpn: tuple[str, ...]
+    minimum_version: str
+    maximum_version: str | None
+
+    @classmethod
+    def from_options(
+        cls, options: Mapping[str, str], args: Sequence[str], inner: Mapping[str, str]
+    ) -> _ClientSettings:
+        hostname = options.get("hostname") or _inner_host(args, inner)
+        if not hostname:
+            raise ValueError(
+                f"schannel: a client over {args[0]!r} needs hostname=<name> "
+                "(the name the server's certificate must carry); only TCP "
+                "endpoints give one by default"
+            )
+        trust_roots = options.get("trustRoots", "system")
+        if not trust_roots:
+            raise ValueError("schannel: trustRoots= is empty; give system, a PEM file or a folder")
+        if trust_roots != "system":
+            trust_roots = os.path.abspath(trust_roots)
+        certificate = _path(options, "certificate")
+        private_key = _path(options, "privateKey")
+        if private_key is not None and certificate is None:
+            raise ValueError("schannel: privateKey needs certificate=<PEM file> as well")
+        minimum = _version(options, "minimumVersion", "TLSv1.2")
+        assert minimum is not None
+        maximum = _version(options, "maximumVersion", None)
+        if maximum is not None and _VERSIONS.index(maximum) < _VERSIONS.index(minimum):
+            raise ValueError(
+                f"schannel: maximumVersion={maximum} is below minimumVersion={minimum}"
+            )
+        return cls(
+            hostname=hostname,
+            trust_roots=trust_roots,
+            certificate=certificate,
+            private_key=private_key,
+            alpn=_alpn(options),
+            minimum_version=minimum,
+            maximum_version=maximum,
+        )
+
+    def credentials(self) -> Credentials:
+        """Read the files and build the client credentials.
+
+        :raises ValueError: naming the file and its problem.
+        """
+        return _checked(
+            lambda: Credentials.client(
+                trust_roots=self.trust_roots,
+                certificate=self.certificate,
+                private_key=self.private_key,
+                alpn=self.alpn,
+                minimum_version=self.minimum_version,
+                maximum_version=self.maximum_version,
+            )
+        )
+
+
+def _inner_host(args: Sequence[str], inner: Mapping[str, str]) -> str | None:
+    """The host a TCP-like inner client endpoint connects to, if it names one."""
+    if "host" in inner:
+        return inner["host"]
+    if args[0].lower() not in _HOST_ENDPOINTS:
+        return None
+    rest = args[1:]
+    # The same reading as Twisted's tcp: client parser: "host:port" or,
+    # when port= is a keyword, a lone positional host.
+    if len(rest) == 2 or (len(rest) == 1 and "port" in inner):
+        return rest[0]
+    return None
+
+
+def parse_server(reactor: Any, *args: object, **kwargs: object) -> SchannelServerEndpoint:
+    """Build a server endpoint from a parsed ``schannel:`` description.
+
+    *args* and *kwargs* are what Twisted's parser made of everything after
+    the prefix. Our options are checked and the files read now.
+
+    :raises ValueError: naming the option, file or inner-endpoint problem.
+    """
+    inner_args, ours, theirs = _split(args, kwargs, SERVER_OPTIONS)
+    inner = _inner_server(reactor, unparse(inner_args, theirs))
+    settings = _ServerSettings.from_options(ours)
+    credentials = settings.credentials()
+    return SchannelServerEndpoint(
+        inner,
+        credentials,
+        handshake_timeout=settings.handshake_timeout,
+        clock=reactor if IReactorTime.providedBy(reactor) else None,
+        rebuild=settings.credentials,
+    )
+
+
+def parse_client(reactor: Any, *args: object, **kwargs: object) -> SchannelClientEndpoint:
+    """Build a client endpoint from a parsed ``schannel:`` description.
+
+    :raises ValueError: naming the option, file or inner-endpoint problem.
+    """
+    inner_args, ours, theirs = _split(args, kwargs, CLIENT_OPTIONS)
+    inner = _inner_client(reactor, unparse(inner_args, theirs))
+    settings = _ClientSettings.from_options(ours, inner_args, theirs)
+    return SchannelClientEndpoint(
+        inner,
+        settings.credentials(),
+        settings.hostname,
+        clock=reactor if IReactorTime.providedBy(reactor) else None,
+    )
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class SchannelServerParser:
+    """The ``schannel:`` server string parser that Twisted finds as a plugin."""
+
+    prefix = "schannel"
+
+    def parseStreamServer(
+        self, reactor: Any, *args: object, **kwargs: object
+    ) -> SchannelServerEndpoint:
+        """See :func:`parse_server`.
+
+        :raises ValueError: naming the option, file or inner-endpoint problem.
+        """
+        return parse_server(reactor, *args, **kwargs)
+
+
+@implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)
+class SchannelClientParser:
+    """The ``schannel:`` client string parser that Twisted finds as a plugin."""
+
+    prefix = "schannel"
+
+    def parseStreamClient(
+        self, reactor: Any, *args: object, **kwargs: object
+    ) -> SchannelClientEndpoint:
+        """See :func:`parse_client`.
+
+        :raises ValueError: naming the option, file or inner-endpoint problem.
+        """
+        return parse_client(reactor, *args, **kwargs)
