@@ -1,0 +1,255 @@
+"""``python -m txschannel probe``: one handshake, shown as Schannel's ladder.
+
+A diagnostic in the spirit of ``openssl s_client -brief``, built on the
+sans-IO :class:`~txschannel.ClientContext` and a plain blocking socket, so
+that what it prints is exactly the loop the reference text describes: each
+``initialize`` call, the status it returned and the token sizes in and out,
+then what was negotiated and the certificate chain the server sent.
+
+Exit status: 0 when the handshake returned OK; 1 when it failed (the status
+name, e.g. ``WRONG_PRINCIPAL``, is printed); 2 for a bad command line; 3
+when the server could not be reached or went silent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from txschannel.context import Attributes, ClientContext
+from txschannel.credentials import Credentials
+from txschannel.status import SecurityError, Status
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_HANDSHAKE_FAILED",
+    "EXIT_USAGE",
+    "EXIT_UNREACHABLE",
+    "Rung",
+    "Probe",
+    "parse_address",
+    "add_arguments",
+    "run",
+]
+
+EXIT_OK = 0
+EXIT_HANDSHAKE_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+_RECEIVE_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One ``initialize`` call of the handshake ladder.
+
+    :ivar call: 1 for the first call (no input), then 2, 3, ...
+    :ivar status: the status name the call returned, or the error's.
+    :ivar bytes_in: the size of the input buffer (``extra`` + new bytes).
+    :ivar bytes_out: the size of the token it returned.
+    """
+
+    call: int
+    status: str
+    bytes_in: int
+    bytes_out: int
+
+
+@dataclass
+class Probe:
+    """The outcome of :func:`run_probe`: the ladder, then attributes or an error."""
+
+    ladder: list[Rung] = field(default_factory=list)
+    attributes: Attributes | None = None
+    error: SecurityError | None = None
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6 addresses).
+
+    :raises ValueError: no port, or a port that is not 1-65535.
+    """
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError(f"{text!r}: write IPv6 addresses as [ADDRESS]:PORT")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon or not host:
+            raise ValueError(f"{text!r}: expected HOST:PORT, e.g. localhost:443")
+        if ":" in host:
+            raise ValueError(f"{text!r}: write IPv6 addresses as [ADDRESS]:PORT")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def run_probe(
+    sock: socket.socket,
+    credentials: Credentials,
+    server_name: str,
+    *,
+    alpn: tuple[str, ...] | None = None,
+) -> Probe:
+    """Drive one client handshake over the connected blocking *sock*.
+
+    :returns: the ladder, and the attributes (or the :class:`SecurityError`).
+    :raises OSError: the socket failed or timed out.
+    :raises EOFError: the server closed before the handshake ended.
+    """
+    probe = Probe()
+    context = ClientContext(credentials, server_name, alpn=alpn)
+    buffer = b""
+    try:
+        while True:
+            call = len(probe.ladder) + 1
+            try:
+                step = context.initialize(buffer)
+            except SecurityError as error:
+                probe.ladder.append(Rung(call, error.status.name, len(buffer), len(error.token)))
+                if error.token:
+                    sock.sendall(error.token)
+                probe.error = error
+                return probe
+            probe.ladder.append(Rung(call, step.status.name, len(buffer), len(step.token)))
+            if step.token:
+                sock.sendall(step.token)
+            if step.status is Status.OK:
+                probe.attributes = context.attributes
+                closing = context.shutdown()
+                if closing:
+                    sock.sendall(closing)
+                return probe
+            received = sock.recv(_RECEIVE_SIZE)
+            if not received:
+                raise EOFError(
+                    f"the server closed the connection after {call} initialize call(s), "
+                    "before the handshake ended"
+                )
+            buffer = step.extra + received
+    finally:
+        context.delete()
+
+
+def _fingerprint(certificate: x509.Certificate) -> str:
+    return certificate.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def _print_ladder(ladder: Sequence[Rung], out: TextIO) -> None:
+    print(f"  {'call':<16}{'status':<32}{'bytes in':>9}{'bytes out':>10}", file=out)
+    for rung in ladder:
+        label = f"initialize #{rung.call}"
+        status = getattr(Status, rung.status, None)
+        shown = str(status) if isinstance(status, Status) else rung.status
+        print(f"  {label:<16}{shown:<32}{rung.bytes_in:>9}{rung.bytes_out:>10}", file=out)
+
+
+def _print_attributes(attributes: Attributes, out: TextIO) -> None:
+    print("negotiated:", file=out)
+    rows = [
+        ("protocol", attributes.protocol),
+        ("cipher", f"{attributes.cipher} ({attributes.cipher_bits} bits)"),
+        ("key exchange group", attributes.group or "(none reported)"),
+        ("ALPN", attributes.alpn or "(none)"),
+        ("server name", attributes.server_name or "(none)"),
+        ("session reused", "yes" if attributes.session_reused else "no"),
+    ]
+    for name, value in rows:
+        print(f"  {name + ':':<20}{value}", file=out)
+    chain = attributes.peer_chain or (
+        (attributes.peer_certificate,) if attributes.peer_certificate is not None else ()
+    )
+    print(f"certificate chain ({len(chain)} sent by the server):", file=out)
+    for depth, certificate in enumerate(chain):
+        print(f"  {depth} subject: {certificate.subject.rfc4514_string()}", file=out)
+        print(f"    issuer:  {certificate.issuer.rfc4514_string()}", file=out)
+        print(
+            f"    valid:   {certificate.not_valid_before_utc:%Y-%m-%d %H:%M:%S} to "
+            f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC",
+            file=out,
+        )
+        print(f"    sha256:  {_fingerprint(certificate)}", file=out)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``probe`` arguments to *parser*."""
+    parser.add_argument("address", metavar="HOST:PORT", help="where to connect")
+    parser.add_argument(
+        "--servername",
+        metavar="NAME",
+        help="the name the certificate must match, also sent as SNI (default: HOST)",
+    )
+    parser.add_argument(
+        "--cacert",
+        metavar="FILE",
+        default="system",
+        help="PEM file or folder of trust roots (default: the system's store)",
+    )
+    parser.add_argument(
+        "--alpn",
+        metavar="PROTOCOLS",
+        action="append",
+        default=[],
+        help="ALPN protocols to offer, comma separated or repeated (e.g. h2,http/1.1)",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=10.0,
+        help="give up when the server is silent this long (default: 10)",
+    )
+
+
+def run(
+    arguments: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    """Run the probe that *arguments* describe and return the exit status.
+
+    The ladder and the parameters go to *out* (default: stdout), the one-line
+    error, if any, to *err* (default: stderr).
+    """
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    try:
+        host, port = parse_address(arguments.address)
+    except ValueError as e:
+        print(f"probe: {e}", file=err)
+        return EXIT_USAGE
+    alpn = tuple(p for item in arguments.alpn for p in item.split(",") if p)
+    server_name = arguments.servername or host
+    try:
+        credentials = Credentials.client(trust_roots=arguments.cacert, alpn=alpn)
+    except (ValueError, TypeError) as e:
+        print(f"probe: --cacert: {e}", file=err)
+        return EXIT_USAGE
+    print(f"probe {host}:{port}, server name {server_name!r}, trust roots {arguments.cacert}",
+          file=out)
+    try:
+        with socket.create_connection((host, port), timeout=arguments.timeout) as sock:
+            result = run_probe(sock, credentials, server_name, alpn=alpn or None)
+    except EOFError as e:
+        print(f"error: {host}:{port}: {e}", file=err)
+        return EXIT_UNREACHABLE
+    except TimeoutError:
+        print(f"error: {host}:{port}: no answer within {arguments.timeout:g} s", file=err)
+        return EXIT_UNREACHABLE
+    except OSError as e:
+        print(f"error: cannot reach {host}:{port}: {e.strerror or e}", file=err)
+        return EXIT_UNREACHABLE
+    _print_ladder(result.ladder, out)
+    if result.error is not None:
+        print(f"error: {result.error.status}: {result.error.reason}", file=err)
+        return EXIT_HANDSHAKE_FAILED
+    assert result.attributes is not None
+    _print_attributes(result.attributes, out)
+    return EXIT_OK
