@@ -27,8 +27,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL
 
-from txschannel.credentials import Credentials, Verification
-from txschannel.records import HEADER_SIZE, MAX_PLAINTEXT, Framing, frame
+from txschannel.credentials import Credentials, NoCommonProtocol, Verification
+from txschannel.records import HEADER_SIZE, MAX_PLAINTEXT, Framing, FramingError, frame
 from txschannel.status import SecurityError, Status
 
 __all__ = [
@@ -286,15 +286,23 @@ class SecurityContext:
     def _frame(self, view: memoryview) -> Framing:
         try:
             return frame(view)
-        except SecurityError as e:
-            raise self._fail(e.status, e.reason, self._alert_for_garbage(view)) from None
+        except FramingError as e:
+            raise self._fail(e.status, e.reason, self._alert_for_garbage(view[e.offset:])) from None
 
-    def _alert_for_garbage(self, view: memoryview) -> bytes:
+    def _alert_for_garbage(self, garbage: memoryview) -> bytes:
         """Let OpenSSL judge bytes that are not TLS, so that its alert (if any,
-        and encrypted if keys exist) is what the peer gets."""
+        and encrypted if keys exist) is what the peer gets.
+
+        Only the bad record on is shown to OpenSSL: the whole records before
+        it must not be decrypted here, where their plaintext would be lost.
+        A header shorter than 5 bytes is padded so that OpenSSL judges it now.
+        """
         connection = self._alive()
+        data = bytes(garbage)
+        if len(data) < HEADER_SIZE:
+            data += bytes(HEADER_SIZE - len(data))
         try:
-            connection.bio_write(view)
+            connection.bio_write(data)
             if self._state is _State.ESTABLISHED:
                 connection.recv(_RECV_SIZE)
             else:
@@ -316,6 +324,10 @@ class SecurityContext:
                 Status.ILLEGAL_MESSAGE,
                 "the peer closed the connection (close_notify) during the handshake",
                 self._drain(connection),
+            ) from None
+        except NoCommonProtocol as e:
+            raise self._fail(
+                Status.APPLICATION_PROTOCOL_MISMATCH, str(e), self._drain(connection)
             ) from None
         except SSL.Error as e:
             raise self._fail_openssl(e) from None
@@ -403,9 +415,10 @@ class SecurityContext:
         """
         connection = self._established_connection("decrypt")
         view = memoryview(data)
-        framing = self._frame(view)
         if self._closed_by_peer:
+            # Nothing after close_notify is TLS we may read, so not judged.
             return Unwrapped(Status.CONTEXT_EXPIRED, b"", bytes(view), 0, b"")
+        framing = self._frame(view)
         plaintext: list[bytes] = []
         consumed = 0
         status = Status.OK if framing.ends else Status.INCOMPLETE_MESSAGE
@@ -588,12 +601,12 @@ class ClientContext(SecurityContext):
     def _configure(self, connection: SSL.Connection) -> None:
         connection.set_connect_state()
         name = self._target_name
-        if name is not None and not _is_ip_address(name) and not getattr(
-            self._credentials, "_creator", None
-        ):
-            import idna
-
-            connection.set_tlsext_host_name(idna.encode(name.rstrip("."), uts46=True))
+        from_twisted = getattr(self._credentials, "_creator", None) is not None
+        if name is not None and not from_twisted:
+            if not _is_ip_address(name):
+                connection.set_tlsext_host_name(_a_label(name))
+            if not self._credentials.manual_validation:
+                _check_name_in_openssl(connection, name)
         if self._verification.alpn is not None:
             connection.set_alpn_protos(list(self._verification.alpn))
         session = self._credentials._session_for(name)
@@ -652,6 +665,42 @@ def _session_reused(connection: SSL.Connection) -> bool:
     from OpenSSL._util import lib
 
     return bool(lib.SSL_session_reused(connection._ssl))
+
+
+def _a_label(name: str) -> bytes:
+    import idna
+
+    try:
+        return idna.encode(name.rstrip("."), uts46=True)
+    except idna.IDNAError as e:
+        raise ValueError(f"target_name {name!r} is not a valid host name: {e}") from None
+
+
+def _check_name_in_openssl(connection: SSL.Connection, name: str) -> None:
+    """Have OpenSSL check the server's name too, so that a mismatch makes it
+    send the peer a bad_certificate alert (a refusal decided only in our
+    verify callback goes out as internal_error). service_identity still
+    judges, with the same rules: no fallback to the subject's CN and no
+    partial wildcards."""
+    import ipaddress
+
+    from OpenSSL._util import lib
+
+    param = lib.SSL_get0_param(connection._ssl)
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        lib.X509_VERIFY_PARAM_set_hostflags(
+            param,
+            lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT | lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS,
+        )
+        host = _a_label(name)
+        ok = lib.X509_VERIFY_PARAM_set1_host(param, host, len(host))
+    else:
+        packed = address.packed
+        ok = lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed))
+    if ok != 1:
+        raise ValueError(f"target_name {name!r} cannot be checked by OpenSSL")
 
 
 def _is_ip_address(name: str) -> bool:

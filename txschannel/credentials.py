@@ -60,8 +60,11 @@ _VERIFY_STATUS = {
     20: Status.UNTRUSTED_ROOT,
     21: Status.UNTRUSTED_ROOT,
     62: Status.WRONG_PRINCIPAL,
+    63: Status.WRONG_PRINCIPAL,
     64: Status.WRONG_PRINCIPAL,
 }
+#: X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_EMAIL_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH.
+_NAME_ERRORS = frozenset({62, 63, 64})
 _VERIFY_REASONS = {
     2: "unable to get issuer certificate",
     7: "certificate signature failure",
@@ -275,6 +278,15 @@ class Verification:
         if self.manual:
             return True
         if not ok:
+            if self.failure is None and errno in _NAME_ERRORS and self.target_name is not None:
+                # OpenSSL's own name check (set up by the client context so
+                # that the peer gets a bad_certificate alert) failed; say
+                # which names the certificate has, as service_identity does.
+                problem = _name_mismatch(certificate.to_cryptography(), self.target_name)
+                self.failure = (
+                    Status.WRONG_PRINCIPAL,
+                    problem or f"certificate does not match {self.target_name!r}",
+                )
             if self.failure is None:
                 subject = certificate.to_cryptography().subject.rfc4514_string()
                 reason = _VERIFY_REASONS.get(errno, f"verification error {errno}")
@@ -529,6 +541,24 @@ def _alpn(protocols: Sequence[str | bytes]) -> tuple[bytes, ...]:
     return tuple(result)
 
 
+class NoCommonProtocol(Exception):
+    """Raised inside the ALPN callback when no offered protocol is ours."""
+
+    def __init__(self, offered: list[bytes], ours: tuple[bytes, ...]) -> None:
+        super().__init__(offered, ours)
+        self.offered = offered
+        self.ours = ours
+
+    def __str__(self) -> str:
+        def names(protocols: Iterable[bytes]) -> str:
+            return ", ".join(p.decode("ascii", "replace") for p in protocols) or "(none)"
+
+        return (
+            f"no common application protocol (ALPN): the client offered {names(self.offered)}, "
+            f"the server accepts {names(self.ours)}"
+        )
+
+
 def _select_alpn(
     configured: tuple[bytes, ...],
 ) -> Callable[[SSL.Connection, list[bytes]], Any]:
@@ -539,11 +569,15 @@ def _select_alpn(
             ours = verification.alpn
         if not ours:
             # We speak no ALPN: ignore the extension, as RFC 7301 allows.
-            return b""
+            # (An empty selection instead would be a malformed reply.)
+            return SSL.NO_OVERLAPPING_PROTOCOLS
         for protocol in ours:
             if protocol in offered:
                 return protocol
-        return SSL.NO_OVERLAPPING_PROTOCOLS
+        # RFC 7301 section 3.2: refuse with no_application_protocol. pyOpenSSL
+        # turns an exception here into SSL_TLSEXT_ERR_ALERT_FATAL and re-raises
+        # it from do_handshake(), where the context maps it.
+        raise NoCommonProtocol(offered, ours)
 
     return select
 

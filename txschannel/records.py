@@ -17,6 +17,7 @@ __all__ = [
     "MAX_RECORD_PAYLOAD",
     "MAX_PLAINTEXT",
     "Framing",
+    "FramingError",
     "ContentType",
     "frame",
 ]
@@ -41,6 +42,18 @@ class ContentType:
 _KNOWN_TYPES = frozenset({20, 21, 22, 23})
 
 
+class FramingError(SecurityError):
+    """A header that cannot start a TLS record (status ILLEGAL_MESSAGE).
+
+    :ivar offset: where the bad record header starts in the buffer; the
+        records before it are whole and well formed.
+    """
+
+    def __init__(self, reason: str, offset: int) -> None:
+        super().__init__(Status.ILLEGAL_MESSAGE, reason)
+        self.offset = offset
+
+
 class Framing(NamedTuple):
     """Where the complete records of a buffer end.
 
@@ -62,7 +75,8 @@ class Framing(NamedTuple):
 def frame(buffer: bytes | bytearray | memoryview) -> Framing:
     """Find the complete TLS records at the start of *buffer*.
 
-    :raises SecurityError: with :attr:`Status.ILLEGAL_MESSAGE` when a header
+    :raises FramingError: (a :class:`SecurityError` with
+        :attr:`Status.ILLEGAL_MESSAGE`) when a header
         cannot start a TLS record (unknown content type, a major version
         other than 3, or a length above :data:`MAX_RECORD_PAYLOAD`). Nothing
         after a bad header is looked at.
@@ -75,20 +89,20 @@ def frame(buffer: bytes | bytearray | memoryview) -> Framing:
         major = buffer[offset + 1]
         length = (buffer[offset + 3] << 8) | buffer[offset + 4]
         if content_type not in _KNOWN_TYPES:
-            raise SecurityError(
-                Status.ILLEGAL_MESSAGE,
+            raise FramingError(
                 f"not a TLS record: unknown content type {content_type} "
                 f"(first bytes {bytes(buffer[offset:offset + 8])!r})",
+                offset,
             )
         if major != 3:
-            raise SecurityError(
-                Status.ILLEGAL_MESSAGE,
+            raise FramingError(
                 f"not a TLS record: protocol version {major}.{buffer[offset + 2]}",
+                offset,
             )
         if length > MAX_RECORD_PAYLOAD:
-            raise SecurityError(
-                Status.ILLEGAL_MESSAGE,
+            raise FramingError(
                 f"record length {length} exceeds the TLS maximum of {MAX_RECORD_PAYLOAD}",
+                offset,
             )
         end = offset + HEADER_SIZE + length
         if end > size:
@@ -99,15 +113,15 @@ def frame(buffer: bytes | bytearray | memoryview) -> Framing:
         # Judge a partial header as far as it goes, so that garbage such as
         # "GET / HTTP/1.1" fails on its first byte instead of waiting.
         if buffer[offset] not in _KNOWN_TYPES:
-            raise SecurityError(
-                Status.ILLEGAL_MESSAGE,
+            raise FramingError(
                 f"not a TLS record: unknown content type {buffer[offset]} "
                 f"(first bytes {bytes(buffer[offset:offset + 8])!r})",
+                offset,
             )
         if size - offset >= 2 and buffer[offset + 1] != 3:
-            raise SecurityError(
-                Status.ILLEGAL_MESSAGE,
+            raise FramingError(
                 f"not a TLS record: protocol version {buffer[offset + 1]}",
+                offset,
             )
         return Framing(ends, HEADER_SIZE - (size - offset))
     return Framing(ends, 0)
