@@ -1,0 +1,394 @@
+"""Certificate validation corpus: each bad certificate gets its exact Status.
+
+Client and server are real OpenSSL connections (txschannel contexts) talking
+through memory: no sockets are needed to judge a certificate, and none of the
+TLS is faked. Every case runs over TLS 1.2 and TLS 1.3, because the two
+protocols verify at different points of the handshake and send the alert
+differently (in the clear, or encrypted).
+
+Each case checks three things: the status the client raises, that its
+reason names the problem, and the status the *server* raises on receiving
+the client's alert (the design maps received alerts the same way).
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from functools import cache
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests import certs
+from txschannel import ClientContext, Credentials, SecurityError, ServerContext, Status
+
+VERSIONS = ("TLSv1.2", "TLSv1.3")
+NOW = datetime.datetime.now(datetime.timezone.utc)
+DAY = datetime.timedelta(days=1)
+
+
+@dataclass
+class Outcome:
+    """How one in-memory handshake ended, on each side."""
+
+    client_error: SecurityError | None
+    server_error: SecurityError | None
+    client: ClientContext
+    server: ServerContext
+
+
+def handshake(
+    client_credentials: Credentials, server_credentials: Credentials, target: str | None
+) -> Outcome:
+    """Run a handshake through memory until both sides finish or fail.
+
+    Every token either side produces (including the alert carried by a
+    SecurityError) is delivered to the other side, so the receiving side's
+    reaction to the alert is observed too.
+    """
+    client = ClientContext(client_credentials, target)
+    server = ServerContext(server_credentials)
+    client_error = server_error = None
+    client_done = server_done = False
+    to_server = client.initialize().token
+    to_client = b""
+    client_buffer = server_buffer = b""
+    for _ in range(20):  # a TLS handshake needs at most a handful of flights
+        if to_server and server_error is None:
+            try:
+                step = server.accept(server_buffer + to_server)
+                server_buffer = step.extra if step.status is not Status.OK else b""
+                server_done = step.status is Status.OK
+                to_client += step.token
+            except SecurityError as e:
+                server_error = e
+                to_client += e.token
+            to_server = b""
+        if server_done and to_client and client_done:
+            break
+        if to_client and client_error is None:
+            try:
+                step = client.initialize(client_buffer + to_client)
+                client_buffer = step.extra if step.status is not Status.OK else b""
+                client_done = step.status is Status.OK
+                to_server += step.token
+            except SecurityError as e:
+                client_error = e
+                to_server += e.token
+            to_client = b""
+        if not to_server and not to_client:
+            break
+    if client_done and server_error is None and to_server:
+        # The server may still judge the client's last flight (client certificates).
+        try:
+            server.accept(server_buffer + to_server)
+        except SecurityError as e:
+            server_error = e
+    return Outcome(client_error, server_error, client, server)
+
+
+@cache
+def pki() -> dict[str, certs.Issued]:
+    """One root, an intermediate below it, and a name-constrained intermediate."""
+    root = certs.authority("corpus root")
+    intermediate = certs.authority("corpus intermediate", issuer=root)
+    constrained = certs.authority(
+        "constrained intermediate",
+        issuer=root,
+        permitted=["example.com", "127.0.0.0/8"],
+        excluded=["forbidden.example.com"],
+    )
+    stranger = certs.authority("a root nobody trusts")
+    return {
+        "root": root,
+        "intermediate": intermediate,
+        "constrained": constrained,
+        "stranger": stranger,
+    }
+
+
+def client_credentials(version: str, **options: object) -> Credentials:
+    return Credentials.client(
+        trust_roots=[pki()["root"].certificate],
+        minimum_version=version,
+        maximum_version=version,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def server_credentials(identity: certs.Issued, **options: object) -> Credentials:
+    return Credentials.server(certificate=identity.chain_pem, **options)  # type: ignore[arg-type]
+
+
+class ServerCertificateTests(SynchronousTestCase):
+    """The client judges the server's certificate."""
+
+    def assertAccepted(self, identity: certs.Issued, target: str) -> None:
+        for version in VERSIONS:
+            outcome = handshake(client_credentials(version), server_credentials(identity), target)
+            self.assertIsNone(outcome.client_error, f"{version}: {outcome.client_error!r}")
+            self.assertIsNone(outcome.server_error, f"{version}: {outcome.server_error!r}")
+            self.assertTrue(outcome.client.established, version)
+            self.assertEqual(outcome.client.attributes.protocol, version)
+
+    def assertRejected(
+        self,
+        identity: certs.Issued,
+        target: str,
+        status: Status,
+        words: str,
+        server_status: Status,
+    ) -> None:
+        """The client fails with *status* and a reason containing *words*,
+        and the server, on the client's alert, fails with *server_status*."""
+        for version in VERSIONS:
+            outcome = handshake(client_credentials(version), server_credentials(identity), target)
+            error = outcome.client_error
+            self.assertIsNotNone(error, f"{version}: the client accepted the certificate")
+            assert error is not None
+            self.assertEqual(error.status, status, f"{version}: {error!r}")
+            self.assertIn(words, error.reason, f"{version}: {error!r}")
+            self.assertTrue(error.token, f"{version}: no alert for the server")
+            self.assertFalse(outcome.client.established)
+            server_error = outcome.server_error
+            self.assertIsNotNone(server_error, f"{version}: the server ignored the alert")
+            assert server_error is not None
+            self.assertEqual(server_error.status, server_status, f"{version}: {server_error!r}")
+            # A dead context says so, instead of carrying on.
+            with self.assertRaises(SecurityError) as raised:
+                outcome.client.initialize(b"")
+            self.assertEqual(raised.exception.status, Status.INVALID_HANDLE)
+
+    # -- the control ----------------------------------------------------
+
+    def test_valid_chain_through_an_intermediate_is_accepted(self) -> None:
+        self.assertAccepted(certs.leaf(pki()["intermediate"], ["localhost"]), "localhost")
+
+    def test_peer_chain_is_reported_leaf_first(self) -> None:
+        identity = certs.leaf(pki()["intermediate"], ["localhost"])
+        outcome = handshake(
+            client_credentials("TLSv1.3"), server_credentials(identity), "localhost"
+        )
+        attributes = outcome.client.attributes
+        self.assertEqual(attributes.peer_certificate, identity.certificate)
+        self.assertEqual(
+            attributes.peer_chain[:2], (identity.certificate, pki()["intermediate"].certificate)
+        )
+
+    # -- validity period ------------------------------------------------
+
+    def test_expired_leaf_is_cert_expired(self) -> None:
+        identity = certs.leaf(
+            pki()["intermediate"], ["localhost"], not_before=NOW - 10 * DAY, not_after=NOW - DAY
+        )
+        self.assertRejected(identity, "localhost", Status.CERT_EXPIRED, "expired",
+                            Status.CERT_EXPIRED)
+
+    def test_not_yet_valid_leaf_is_cert_expired(self) -> None:
+        # SSPI has one status for "outside its validity period" (CERT_E_EXPIRED).
+        identity = certs.leaf(
+            pki()["intermediate"], ["localhost"], not_before=NOW + DAY, not_after=NOW + 10 * DAY
+        )
+        self.assertRejected(identity, "localhost", Status.CERT_EXPIRED, "not yet valid",
+                            Status.CERT_UNKNOWN)
+
+    def test_expired_intermediate_is_cert_expired(self) -> None:
+        stale = certs.authority(
+            "expired intermediate", issuer=pki()["root"],
+            not_before=NOW - 10 * DAY, not_after=NOW - DAY,
+        )
+        self.assertRejected(certs.leaf(stale, ["localhost"]), "localhost", Status.CERT_EXPIRED,
+                            "expired", Status.CERT_EXPIRED)
+
+    # -- names ----------------------------------------------------------
+
+    def test_wrong_host_is_wrong_principal(self) -> None:
+        identity = certs.leaf(pki()["intermediate"], ["www.example.org"])
+        self.assertRejected(identity, "localhost", Status.WRONG_PRINCIPAL, "localhost",
+                            Status.CERT_UNKNOWN)
+
+    def test_common_name_without_san_is_wrong_principal(self) -> None:
+        # RFC 6125: the subject CN is not consulted once SANs are the rule.
+        identity = certs.leaf(pki()["intermediate"], [], common_name="localhost")
+        self.assertRejected(identity, "localhost", Status.WRONG_PRINCIPAL, "localhost",
+                            Status.CERT_UNKNOWN)
+
+    def test_wildcard_matches_one_label(self) -> None:
+        self.assertAccepted(certs.leaf(pki()["intermediate"], ["*.example.com"]), "a.example.com")
+
+    def test_wildcard_does_not_match_two_labels(self) -> None:
+        identity = certs.leaf(pki()["intermediate"], ["*.example.com"])
+        self.assertRejected(identity, "a.b.example.com", Status.WRONG_PRINCIPAL,
+                            "a.b.example.com", Status.CERT_UNKNOWN)
+
+    def test_wildcard_does_not_match_the_bare_domain(self) -> None:
+        identity = certs.leaf(pki()["intermediate"], ["*.example.com"])
+        self.assertRejected(identity, "example.com", Status.WRONG_PRINCIPAL, "example.com",
+                            Status.CERT_UNKNOWN)
+
+    def test_host_name_match_ignores_case(self) -> None:
+        self.assertAccepted(certs.leaf(pki()["intermediate"], ["www.example.com"]),
+                            "WWW.Example.COM")
+
+    def test_ipv4_san_matches_its_address(self) -> None:
+        self.assertAccepted(certs.leaf(pki()["intermediate"], ["127.0.0.1"]), "127.0.0.1")
+
+    def test_ipv6_san_matches_its_address(self) -> None:
+        self.assertAccepted(certs.leaf(pki()["intermediate"], ["::1"]), "::1")
+
+    def test_ipv6_san_matches_any_spelling_of_its_address(self) -> None:
+        self.assertAccepted(certs.leaf(pki()["intermediate"], ["::1"]), "0:0:0:0:0:0:0:1")
+
+    def test_ipv4_san_does_not_match_another_address(self) -> None:
+        identity = certs.leaf(pki()["intermediate"], ["127.0.0.1"])
+        self.assertRejected(identity, "127.0.0.2", Status.WRONG_PRINCIPAL, "127.0.0.2",
+                            Status.CERT_UNKNOWN)
+
+    def test_ipv6_san_does_not_match_another_address(self) -> None:
+        identity = certs.leaf(pki()["intermediate"], ["::1"])
+        self.assertRejected(identity, "::2", Status.WRONG_PRINCIPAL, "::2", Status.CERT_UNKNOWN)
+
+    def test_address_written_as_dns_name_does_not_match_an_ip_target(self) -> None:
+        # A dNSName of "127.0.0.1" is not an iPAddress SAN; RFC 6125 forbids the match.
+        identity = certs.leaf(pki()["intermediate"], ["localhost"], common_name="127.0.0.1")
+        self.assertRejected(identity, "127.0.0.1", Status.WRONG_PRINCIPAL, "127.0.0.1",
+                            Status.CERT_UNKNOWN)
+
+    def test_ip_san_does_not_match_a_host_name_target(self) -> None:
+        identity = certs.leaf(pki()["intermediate"], ["127.0.0.1"])
+        self.assertRejected(identity, "localhost", Status.WRONG_PRINCIPAL, "localhost",
+                            Status.CERT_UNKNOWN)
+
+    # -- chains and trust -----------------------------------------------
+
+    def test_missing_intermediate_is_untrusted_root(self) -> None:
+        identity = certs.leaf(pki()["intermediate"], ["localhost"])
+        identity.chain = []  # the server forgets to send its intermediate
+        self.assertRejected(identity, "localhost", Status.UNTRUSTED_ROOT, "issuer",
+                            Status.UNTRUSTED_ROOT)
+
+    def test_untrusted_root_is_untrusted_root(self) -> None:
+        identity = certs.leaf(pki()["stranger"], ["localhost"])
+        self.assertRejected(identity, "localhost", Status.UNTRUSTED_ROOT, "issuer",
+                            Status.UNTRUSTED_ROOT)
+
+    def test_untrusted_root_sent_in_the_chain_is_untrusted_root(self) -> None:
+        identity = certs.leaf(pki()["stranger"], ["localhost"])
+        identity.chain = [pki()["stranger"].certificate]
+        self.assertRejected(identity, "localhost", Status.UNTRUSTED_ROOT, "self-signed",
+                            Status.UNTRUSTED_ROOT)
+
+    def test_self_signed_leaf_is_untrusted_root(self) -> None:
+        self.assertRejected(certs.leaf(None, ["localhost"]), "localhost", Status.UNTRUSTED_ROOT,
+                            "self-signed", Status.UNTRUSTED_ROOT)
+
+    def test_self_signed_leaf_that_is_trusted_is_accepted(self) -> None:
+        # The way `twist schannel`'s own certificate is used with --cacert.
+        identity = certs.leaf(None, ["localhost"])
+        credentials = Credentials.client(trust_roots=[identity.certificate])
+        outcome = handshake(credentials, server_credentials(identity), "localhost")
+        self.assertIsNone(outcome.client_error)
+        self.assertTrue(outcome.client.established)
+
+    def test_ca_certificate_as_leaf_is_cert_unknown(self) -> None:
+        identity = certs.leaf(pki()["intermediate"], ["localhost"], ca=True)
+        self.assertRejected(identity, "localhost", Status.CERT_UNKNOWN, "CA",
+                            Status.CERT_UNKNOWN)
+
+    def test_leaf_issued_by_a_leaf_is_cert_unknown(self) -> None:
+        # An end-entity certificate (cA=FALSE) cannot sign another certificate.
+        middle = certs.leaf(pki()["intermediate"], ["middle.example.com"])
+        identity = certs.leaf(middle, ["localhost"])
+        self.assertRejected(identity, "localhost", Status.CERT_UNKNOWN, "CA",
+                            Status.CERT_UNKNOWN)
+
+    def test_certificate_for_clients_only_is_cert_unknown(self) -> None:
+        identity = certs.leaf(pki()["intermediate"], ["localhost"], usages=("client",))
+        self.assertRejected(identity, "localhost", Status.CERT_UNKNOWN, "purpose",
+                            Status.CERT_UNKNOWN)
+
+    # -- name constraints -----------------------------------------------
+
+    def test_constrained_intermediate_may_issue_inside_its_subtree(self) -> None:
+        self.assertAccepted(certs.leaf(pki()["constrained"], ["www.example.com"]),
+                            "www.example.com")
+
+    def test_constrained_intermediate_issuing_outside_its_subtree_is_cert_unknown(self) -> None:
+        identity = certs.leaf(pki()["constrained"], ["www.example.org"])
+        self.assertRejected(identity, "www.example.org", Status.CERT_UNKNOWN, "name constraints",
+                            Status.CERT_UNKNOWN)
+
+    def test_constrained_intermediate_issuing_in_an_excluded_subtree_is_cert_unknown(
+        self,
+    ) -> None:
+        identity = certs.leaf(pki()["constrained"], ["www.forbidden.example.com"])
+        self.assertRejected(identity, "www.forbidden.example.com", Status.CERT_UNKNOWN,
+                            "name constraints", Status.CERT_UNKNOWN)
+
+    def test_constrained_intermediate_issuing_outside_its_address_range_is_cert_unknown(
+        self,
+    ) -> None:
+        identity = certs.leaf(pki()["constrained"], ["www.example.com", "10.0.0.1"])
+        self.assertRejected(identity, "www.example.com", Status.CERT_UNKNOWN, "name constraints",
+                            Status.CERT_UNKNOWN)
+
+    # -- the escape hatch -----------------------------------------------
+
+    def test_manual_validation_leaves_every_judgement_to_the_application(self) -> None:
+        bad = certs.leaf(
+            pki()["stranger"], ["www.example.org"], not_before=NOW - 10 * DAY, not_after=NOW - DAY
+        )
+        for version in VERSIONS:
+            credentials = client_credentials(version, manual_validation=True)
+            outcome = handshake(credentials, server_credentials(bad), "localhost")
+            self.assertIsNone(outcome.client_error, version)
+            self.assertEqual(outcome.client.attributes.peer_certificate, bad.certificate)
+
+
+class ClientCertificateTests(SynchronousTestCase):
+    """The server judges the client's certificate."""
+
+    def outcome(self, identity: certs.Issued | None, version: str) -> Outcome:
+        server_identity = certs.leaf(pki()["intermediate"], ["localhost"])
+        server = server_credentials(
+            server_identity, client_ca=[pki()["root"].certificate],
+            require_client_certificate=True,
+        )
+        options = {} if identity is None else {"certificate": identity.chain_pem}
+        return handshake(client_credentials(version, **options), server, "localhost")
+
+    def test_valid_client_certificate_is_accepted(self) -> None:
+        identity = certs.leaf(pki()["intermediate"], ["client.example.com"], usages=("client",))
+        for version in VERSIONS:
+            outcome = self.outcome(identity, version)
+            self.assertIsNone(outcome.server_error, f"{version}: {outcome.server_error!r}")
+            self.assertIsNone(outcome.client_error, f"{version}: {outcome.client_error!r}")
+            self.assertEqual(
+                outcome.server.attributes.peer_certificate, identity.certificate, version
+            )
+
+    def test_expired_client_certificate_is_cert_expired(self) -> None:
+        identity = certs.leaf(
+            pki()["intermediate"], ["client.example.com"], usages=("client",),
+            not_before=NOW - 10 * DAY, not_after=NOW - DAY,
+        )
+        for version in VERSIONS:
+            error = self.outcome(identity, version).server_error
+            self.assertIsNotNone(error, version)
+            assert error is not None
+            self.assertEqual(error.status, Status.CERT_EXPIRED, f"{version}: {error!r}")
+
+    def test_client_certificate_from_an_untrusted_root_is_untrusted_root(self) -> None:
+        identity = certs.leaf(pki()["stranger"], ["client.example.com"], usages=("client",))
+        for version in VERSIONS:
+            error = self.outcome(identity, version).server_error
+            self.assertIsNotNone(error, version)
+            assert error is not None
+            self.assertEqual(error.status, Status.UNTRUSTED_ROOT, f"{version}: {error!r}")
+
+    def test_missing_required_client_certificate_is_no_credentials(self) -> None:
+        for version in VERSIONS:
+            error = self.outcome(None, version).server_error
+            self.assertIsNotNone(error, version)
+            assert error is not None
+            self.assertEqual(error.status, Status.NO_CREDENTIALS, f"{version}: {error!r}")
