@@ -27,7 +27,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL
 
-from txschannel.credentials import Credentials, NoCommonProtocol, Verification
+from txschannel.credentials import (
+    Credentials,
+    NoCommonProtocol,
+    Verification,
+    verify_error_status,
+    verify_error_text,
+)
 from txschannel.records import HEADER_SIZE, MAX_PLAINTEXT, Framing, FramingError, frame
 from txschannel.status import SecurityError, Status
 
@@ -186,6 +192,7 @@ class SecurityContext:
         target_name: str | None = None,
         *,
         alpn: tuple[str | bytes, ...] | None = None,
+        app_data: object | None = None,
     ) -> None:
         if credentials.is_client != self._is_client:
             role = "client" if credentials.is_client else "server"
@@ -209,9 +216,13 @@ class SecurityContext:
             )
         twisted_connection = getattr(credentials, "_twisted_connection", None)
         if twisted_connection is not None:
-            # Twisted's creators set their own app data (the "protocol") and
-            # report a name mismatch through its failVerification().
-            self._connection = twisted_connection(_TwistedShim(self))
+            # Twisted's creators expect a TLS "protocol": they read its
+            # .factory.wrappedFactory for ALPN, find it again as the
+            # connection's app data, and report a name mismatch through its
+            # failVerification().
+            shim = _TwistedShim(self, app_data)
+            self._connection = twisted_connection(shim)
+            self._connection.set_app_data(shim)
         else:
             self._connection = SSL.Connection(credentials.openssl_context, None)
             self._connection.set_app_data(self._verification)
@@ -348,6 +359,13 @@ class SecurityContext:
             reason = f"{detail} ({reason})"
         else:
             status = _status_for(reason)
+            if "certificate verify failed" in reason.lower():
+                # Judged by someone else's callback (a Twisted creator's, or
+                # OpenSSL's default): OpenSSL still knows why.
+                errno = _verify_result(self._alive())
+                if errno:
+                    status = verify_error_status(errno)
+                    reason = f"{verify_error_text(errno)} ({reason})"
         if self._twisted_failure is not None:
             status, reason = Status.WRONG_PRINCIPAL, self._twisted_failure
         return self._fail(status, reason, self._drain(self._alive()))
@@ -556,16 +574,37 @@ def _end_point_hash(certificate: x509.Certificate) -> bytes:
     return digest.digest()
 
 
+class _NoFactory:
+    """What a shim without app data offers as ``.factory``: no wrapped
+    factory, so Twisted finds no extra ALPN protocols."""
+
+    wrappedFactory = None
+
+
 class _TwistedShim:
     """Stands in for Twisted's TLS protocol as app data of a Connection made
-    by a Twisted creator: Twisted reports a bad peer name through it."""
+    by a Twisted creator.
 
-    def __init__(self, context: SecurityContext) -> None:
+    Twisted reports a bad peer name through :meth:`failVerification`, which
+    the context turns into WRONG_PRINCIPAL; every other attribute (notably
+    ``factory``) comes from the caller's *app_data* (the transport's
+    protocol), so that Twisted's ALPN lookups see the real factory.
+    """
+
+    def __init__(self, context: SecurityContext, app_data: object | None) -> None:
         self._context = context
+        self._app_data = app_data
 
     def failVerification(self, reason: object) -> None:
         value = getattr(reason, "value", reason)
         self._context._twisted_failure = f"certificate verification failed: {value}"
+
+    def __getattr__(self, name: str) -> object:
+        if self._app_data is not None:
+            return getattr(self._app_data, name)
+        if name == "factory":
+            return _NoFactory
+        raise AttributeError(name)
 
 
 class ClientContext(SecurityContext):
@@ -577,7 +616,11 @@ class ClientContext(SecurityContext):
         Required unless the credentials use ``manual_validation``.
     :param alpn: protocols to offer on this connection instead of the
         credentials' list.
-    :raises ValueError: server credentials, or no *target_name* where one is needed.
+    :param app_data: for credentials from :meth:`Credentials.from_twisted`:
+        the object Twisted's creator sees as the TLS protocol (it reads
+        ``.factory.wrappedFactory`` for ALPN); ignored otherwise.
+    :raises ValueError: server credentials, or no *target_name* where one is
+        needed, or a *target_name* that is not a valid host name.
     """
 
     _is_client = True
@@ -588,6 +631,7 @@ class ClientContext(SecurityContext):
         target_name: str | None = None,
         *,
         alpn: tuple[str | bytes, ...] | None = None,
+        app_data: object | None = None,
     ) -> None:
         if target_name is None:
             target_name = credentials.hostname
@@ -596,7 +640,7 @@ class ClientContext(SecurityContext):
                 "target_name is required to check the server's certificate "
                 "(or use Credentials.client(manual_validation=True))"
             )
-        super().__init__(credentials, target_name, alpn=alpn)
+        super().__init__(credentials, target_name, alpn=alpn, app_data=app_data)
 
     def _configure(self, connection: SSL.Connection) -> None:
         connection.set_connect_state()
@@ -607,6 +651,10 @@ class ClientContext(SecurityContext):
                 connection.set_tlsext_host_name(_a_label(name))
             if not self._credentials.manual_validation:
                 _check_name_in_openssl(connection, name)
+        elif name is not None and name == self._credentials.hostname:
+            # A Twisted creator checks the name in its own callback; OpenSSL
+            # checking it too only changes the alert to bad_certificate.
+            _check_name_in_openssl(connection, name)
         if self._verification.alpn is not None:
             connection.set_alpn_protos(list(self._verification.alpn))
         session = self._credentials._session_for(name)
@@ -639,15 +687,20 @@ class ServerContext(SecurityContext):
     :param credentials: from :meth:`Credentials.server`.
     :param alpn: protocols to accept on this connection instead of the
         credentials' list, in order of preference.
+    :param app_data: as for :class:`ClientContext`.
     :raises ValueError: client credentials.
     """
 
     _is_client = False
 
     def __init__(
-        self, credentials: Credentials, *, alpn: tuple[str | bytes, ...] | None = None
+        self,
+        credentials: Credentials,
+        *,
+        alpn: tuple[str | bytes, ...] | None = None,
+        app_data: object | None = None,
     ) -> None:
-        super().__init__(credentials, None, alpn=alpn)
+        super().__init__(credentials, None, alpn=alpn, app_data=app_data)
 
     def _configure(self, connection: SSL.Connection) -> None:
         connection.set_accept_state()
@@ -658,6 +711,12 @@ class ServerContext(SecurityContext):
         :raises SecurityError: the handshake failed; send ``error.token``.
         """
         return self._handshake(data)
+
+
+def _verify_result(connection: SSL.Connection) -> int:
+    from OpenSSL._util import lib
+
+    return int(lib.SSL_get_verify_result(connection._ssl))
 
 
 def _session_reused(connection: SSL.Connection) -> bool:

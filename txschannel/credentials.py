@@ -21,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import types as asymmetric_types
 from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
 
 from txschannel.status import Status
 
@@ -50,35 +52,39 @@ _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL
 )
 
-# OpenSSL X509_V_ERR_* codes that have a more specific SSPI status.
+# OpenSSL X509_V_ERR_* codes that have a more specific SSPI status, keyed by
+# the linked OpenSSL's own constants (their numbers change between releases).
 _VERIFY_STATUS = {
-    9: Status.CERT_EXPIRED,  # not yet valid: outside the validity period too
-    10: Status.CERT_EXPIRED,
-    2: Status.UNTRUSTED_ROOT,
-    18: Status.UNTRUSTED_ROOT,
-    19: Status.UNTRUSTED_ROOT,
-    20: Status.UNTRUSTED_ROOT,
-    21: Status.UNTRUSTED_ROOT,
-    62: Status.WRONG_PRINCIPAL,
-    63: Status.WRONG_PRINCIPAL,
-    64: Status.WRONG_PRINCIPAL,
+    _lib.X509_V_ERR_CERT_NOT_YET_VALID: Status.CERT_EXPIRED,  # outside the validity period too
+    _lib.X509_V_ERR_CERT_HAS_EXPIRED: Status.CERT_EXPIRED,
+    _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT: Status.UNTRUSTED_ROOT,
+    _lib.X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT: Status.UNTRUSTED_ROOT,
+    _lib.X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN: Status.UNTRUSTED_ROOT,
+    _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: Status.UNTRUSTED_ROOT,
+    _lib.X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE: Status.UNTRUSTED_ROOT,
+    _lib.X509_V_ERR_CERT_UNTRUSTED: Status.UNTRUSTED_ROOT,
+    _lib.X509_V_ERR_HOSTNAME_MISMATCH: Status.WRONG_PRINCIPAL,
+    _lib.X509_V_ERR_EMAIL_MISMATCH: Status.WRONG_PRINCIPAL,
+    _lib.X509_V_ERR_IP_ADDRESS_MISMATCH: Status.WRONG_PRINCIPAL,
 }
-#: X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_EMAIL_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH.
-_NAME_ERRORS = frozenset({62, 63, 64})
-_VERIFY_REASONS = {
-    2: "unable to get issuer certificate",
-    7: "certificate signature failure",
-    9: "certificate is not yet valid",
-    10: "certificate has expired",
-    18: "self-signed certificate",
-    19: "self-signed certificate in certificate chain",
-    20: "unable to get local issuer certificate",
-    21: "unable to verify the first certificate",
-    24: "invalid CA certificate",
-    26: "unsupported certificate purpose",
-    47: "permitted subtree violation (name constraints)",
-    48: "excluded subtree violation (name constraints)",
-}
+_NAME_ERRORS = frozenset(
+    {
+        _lib.X509_V_ERR_HOSTNAME_MISMATCH,
+        _lib.X509_V_ERR_EMAIL_MISMATCH,
+        _lib.X509_V_ERR_IP_ADDRESS_MISMATCH,
+    }
+)
+
+
+def verify_error_status(errno: int) -> Status:
+    """The SSPI status for an OpenSSL X509_V_ERR_* code."""
+    return _VERIFY_STATUS.get(errno, Status.CERT_UNKNOWN)
+
+
+def verify_error_text(errno: int) -> str:
+    """OpenSSL's own words for an X509_V_ERR_* code."""
+    text = _ffi.string(_lib.X509_verify_cert_error_string(errno))
+    return text.decode("ascii", "replace") if isinstance(text, bytes) else str(text)
 
 
 def _version(value: str | None, option: str) -> int | None:
@@ -289,18 +295,44 @@ class Verification:
                 )
             if self.failure is None:
                 subject = certificate.to_cryptography().subject.rfc4514_string()
-                reason = _VERIFY_REASONS.get(errno, f"verification error {errno}")
                 self.failure = (
-                    _VERIFY_STATUS.get(errno, Status.CERT_UNKNOWN),
-                    f"{reason}: {subject or '(empty subject)'} at depth {depth}",
+                    verify_error_status(errno),
+                    f"{verify_error_text(errno)}: {subject or '(empty subject)'} at depth {depth}",
                 )
             return False
+        if depth == 0:
+            problem = _ca_as_end_entity(certificate.to_cryptography())
+            if problem is not None:
+                # OpenSSL's purpose checks let this through; Mozilla's and
+                # webpki's do not. (The alert is internal_error: pyOpenSSL's
+                # callback cannot set a verify error code.)
+                self.failure = (Status.CERT_UNKNOWN, problem)
+                return False
         if depth == 0 and self.target_name is not None:
             problem = _name_mismatch(certificate.to_cryptography(), self.target_name)
             if problem is not None:
                 self.failure = (Status.WRONG_PRINCIPAL, problem)
                 return False
         return True
+
+
+def _ca_as_end_entity(certificate: x509.Certificate) -> str | None:
+    """Why *certificate* may not be a peer's own certificate, or None.
+
+    A CA certificate (basicConstraints cA=TRUE) is refused as the leaf unless
+    it is self-issued: a self-signed certificate trusted directly (a test or
+    a private service) keeps working.
+    """
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        return None
+    if not constraints.value.ca or certificate.subject == certificate.issuer:
+        return None
+    return (
+        "a CA certificate (basicConstraints cA=TRUE) cannot be a peer's own certificate: "
+        f"{certificate.subject.rfc4514_string() or '(empty subject)'}"
+    )
 
 
 def _name_mismatch(certificate: x509.Certificate, name: str) -> str | None:
@@ -475,18 +507,25 @@ class Credentials:
         return cls(context, is_client=False, alpn=protocols, sni=named)
 
     @classmethod
-    def from_twisted(cls, creator: object) -> Credentials:
+    def from_twisted(cls, creator: object, *, is_client: bool | None = None) -> Credentials:
         """Credentials from a Twisted TLS configuration object.
 
         Accepts ``optionsForClientTLS(...)`` (an
         ``IOpenSSLClientConnectionCreator``), ``CertificateOptions`` or any
         ``IOpenSSLServerConnectionCreator`` / object with ``getContext()``.
         The ``SSL.Context`` it builds is used as it is: its verification is
-        Twisted's, not txschannel's.
+        Twisted's, not txschannel's (so the credentials have
+        ``manual_validation`` set: txschannel does not judge on top).
 
-        :raises TypeError: *creator* is none of those.
+        :param is_client: which side the credentials are for. ``None``
+            guesses from the interfaces *creator* provides; for one that
+            provides both (``CertificateOptions``), server when it has a
+            private key, else client; for a legacy ``getContext()``
+            factory, server.
+        :raises TypeError: *creator* is none of those, or cannot serve the
+            side *is_client* asks for.
         """
-        return _from_twisted(cls, creator)
+        return _from_twisted(cls, creator, is_client)
 
     # -- sessions ---------------------------------------------------------
 
@@ -525,8 +564,25 @@ def _new_context(minimum_version: str, maximum_version: str | None) -> SSL.Conte
         context.set_max_proto_version(maximum)
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
     context.set_cipher_list(_TLS12_CIPHERS)
+    _set_groups(context)
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     return context
+
+
+#: Key-exchange groups, best first (Mozilla's "intermediate" profile plus the
+#: hybrid post-quantum group where the linked OpenSSL has it).
+GROUPS = (b"X25519MLKEM768", b"X25519", b"P-256", b"P-384")
+
+
+def _set_groups(context: SSL.Context) -> None:
+    # pyOpenSSL has no wrapper for SSL_CTX_set1_groups_list; its binding has
+    # the older name for the same call.
+    if _lib.SSL_CTX_set1_curves_list(context._context, b":".join(GROUPS)) == 1:
+        return
+    _lib.ERR_clear_error()
+    if _lib.SSL_CTX_set1_curves_list(context._context, b":".join(GROUPS[1:])) != 1:
+        _lib.ERR_clear_error()
+        raise RuntimeError("the linked OpenSSL knows none of X25519, P-256, P-384")
 
 
 def _alpn(protocols: Sequence[str | bytes]) -> tuple[bytes, ...]:
@@ -612,21 +668,36 @@ def _switch_context(named: dict[str, SSL.Context]) -> Callable[[SSL.Connection],
     return switch
 
 
-def _from_twisted(cls: type[Credentials], creator: object) -> Credentials:
+def _from_twisted(
+    cls: type[Credentials], creator: object, is_client: bool | None
+) -> Credentials:
     from twisted.internet import interfaces
 
     if isinstance(creator, Credentials):
+        if is_client is not None and creator.is_client != is_client:
+            role = "client" if creator.is_client else "server"
+            raise TypeError(f"{creator!r} are {role} credentials")
         return creator
-    if interfaces.IOpenSSLClientConnectionCreator.providedBy(creator):
+    client = interfaces.IOpenSSLClientConnectionCreator.providedBy(creator)
+    server = interfaces.IOpenSSLServerConnectionCreator.providedBy(creator)
+    if client and server and is_client is None:
+        # CertificateOptions can make both; one with its own certificate
+        # and key is a server's, one without can only be a client's.
+        is_client = getattr(creator, "privateKey", None) is None
+    if client and is_client is not False:
         return _TwistedClientCredentials(creator)
-    if interfaces.IOpenSSLServerConnectionCreator.providedBy(creator):
+    if server and is_client is not True:
         return _TwistedServerCredentials(creator)
     get_context = getattr(creator, "getContext", None)
     if callable(get_context):
         context = get_context()
         if not isinstance(context, SSL.Context):
             raise TypeError(f"{creator!r}.getContext() returned {context!r}, not an SSL.Context")
-        return cls(context, is_client=False)
+        # The context's own verify settings judge the peer, as in Twisted.
+        return cls(context, is_client=bool(is_client), manual_validation=True)
+    if client or server:
+        wanted = "client" if is_client else "server"
+        raise TypeError(f"{creator!r} cannot make {wanted} connections")
     raise TypeError(
         f"{creator!r} is not Credentials, an IOpenSSLClientConnectionCreator, "
         "an IOpenSSLServerConnectionCreator or a context factory"
