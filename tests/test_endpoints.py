@@ -1,0 +1,973 @@
+"""``schannel:`` endpoint strings: parsing, every option, every error, real peers.
+
+The parse tests build endpoints from strings and check what came out or
+which message was raised; nothing listens. The connection tests listen on
+loopback (TCP and UNIX sockets) and talk TLS to ``openssl s_client``,
+``curl`` and txschannel's own client made from a ``schannel:`` string. The
+server application answers each request with a line describing the
+connection (ALPN, client certificate, peer address), so that every
+assertion is made on what actually crossed the wire.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trustme
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    clientFromString,
+    connectProtocol,
+    serverFromString,
+)
+from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tests.peers import require
+from txschannel import Credentials
+from txschannel.endpoints import (
+    CLIENT_OPTIONS,
+    SERVER_OPTIONS,
+    SchannelClientEndpoint,
+    SchannelServerEndpoint,
+    unparse,
+)
+
+reactor: Any = _reactor
+
+
+# -- certificates ------------------------------------------------------------------
+
+
+class PKI:
+    """Every certificate and key file the tests use, in one folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        ca = trustme.CA()
+        self.ca = self._write("ca.pem", ca.cert_pem.bytes())
+        server = ca.issue_cert("localhost", "127.0.0.1")
+        self.server = self._write("server.pem", server.private_key_and_cert_chain_pem.bytes())
+        self.server_certificate = self._write("server-cert.pem", server.cert_chain_pems[0].bytes())
+        self.server_key = self._write("server-key.pem", server.private_key_pem.bytes())
+        other = ca.issue_cert("localhost")
+        self.other_key = self._write("other-key.pem", other.private_key_pem.bytes())
+        self.not_pem = self._write("not-pem.pem", b"this is not a certificate\n")
+
+        # A leaf under an intermediate, to show that chain= is sent.
+        intermediate = ca.create_child_ca()
+        chained = intermediate.issue_cert("localhost", "127.0.0.1")
+        self.chained_leaf = self._write(
+            "chained-leaf.pem",
+            chained.private_key_pem.bytes() + chained.cert_chain_pems[0].bytes(),
+        )
+        self.intermediate = self._write("intermediate.pem", intermediate.cert_pem.bytes())
+
+        # Client certificates come from their own CA.
+        client_ca = trustme.CA()
+        self.client_ca = self._write("client-ca.pem", client_ca.cert_pem.bytes())
+        client = client_ca.issue_cert("alice@example.com", common_name="alice")
+        self.client = self._write("client.pem", client.private_key_and_cert_chain_pem.bytes())
+        self.client_certificate = self._write("client-cert.pem", client.cert_chain_pems[0].bytes())
+        self.client_key = self._write("client-key.pem", client.private_key_pem.bytes())
+
+        # One PEM per host name, and default.pem for every other name.
+        self.sni = folder / "sni"
+        self.sni.mkdir()
+        for name in ("alpha.test", "beta.test"):
+            issued = ca.issue_cert(name)
+            (self.sni / f"{name}.pem").write_bytes(issued.private_key_and_cert_chain_pem.bytes())
+        default = ca.issue_cert("localhost", "127.0.0.1")
+        (self.sni / "default.pem").write_bytes(default.private_key_and_cert_chain_pem.bytes())
+
+        # A trust-roots folder holding the CA.
+        self.ca_folder = folder / "roots"
+        self.ca_folder.mkdir()
+        shutil.copy(self.ca, self.ca_folder / "ca.pem")
+
+        # An unrelated CA, for "untrusted" cases and for reload().
+        self.stranger_ca = trustme.CA()
+
+    def _write(self, name: str, data: bytes) -> str:
+        path = self.folder / name
+        path.write_bytes(data)
+        return str(path)
+
+
+_pki: PKI | None = None
+
+
+def pki() -> PKI:
+    """The module's certificates, made on first use (a few milliseconds)."""
+    global _pki
+    if _pki is None:
+        folder = Path(tempfile.mkdtemp(prefix="txschannel-endpoints-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _pki = PKI(folder)
+    return _pki
+
+
+def q(path: str | os.PathLike[str]) -> str:
+    """A path quoted for an endpoint string (colons and backslashes escaped)."""
+    return str(path).replace("\\", "\\\\").replace(":", "\\:")
+
+
+# -- the application on both ends --------------------------------------------------
+
+
+class Reply(Protocol):
+    """Server side: answer one request with a description of the connection.
+
+    A line ``hello\\n`` gets ``you said hello; alpn=...; peer=...; from=...``
+    and the connection is closed; an HTTP request gets the same text as an
+    HTTP/1.0 response, so curl can be the client.
+    """
+
+    factory: ReplyFactory
+
+    def connectionMade(self) -> None:
+        self.buffer = b""
+        self.lost: Deferred[None] = Deferred()
+        self.factory.protocols.append(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        http = self.buffer.startswith(b"GET ")
+        if (http and b"\r\n\r\n" not in self.buffer) or (not http and b"\n" not in self.buffer):
+            return
+        transport: Any = self.transport
+        alpn = transport.negotiatedProtocol
+        peer_certificate = transport.securityContext.attributes.peer_certificate
+        peer = "none" if peer_certificate is None else peer_certificate.subject.rfc4514_string()
+        said = self.buffer.split(b"\n", 1)[0].strip().decode()
+        body = (
+            f"you said {said}; alpn={alpn.decode() if alpn else 'none'}; "
+            f"peer={peer}; from={transport.getPeer().host}\n"
+        ).encode()
+        if http:
+            body = (
+                b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+        transport.write(body)
+        transport.loseConnection()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost.callback(None)
+
+
+class ReplyFactory(Factory):
+    protocol = Reply
+
+    def __init__(self) -> None:
+        self.protocols: list[Reply] = []
+
+
+class Ask(Protocol):
+    """Client side: send one line, collect everything until the close."""
+
+    def __init__(self, line: bytes = b"hello\n") -> None:
+        self.line = line
+        self.received = b""
+        self.done: Deferred[tuple[bytes, Failure]] = Deferred()
+
+    def connectionMade(self) -> None:
+        # Written before the handshake ends: the transport holds it until then.
+        assert self.transport is not None
+        self.transport.write(self.line)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.done.callback((self.received, reason or Failure(ConnectionError("closed"))))
+
+
+def run(argv: Sequence[str], stdin: bytes = b"") -> Deferred[subprocess.CompletedProcess[bytes]]:
+    """Run a peer process in a thread (the reactor keeps serving meanwhile)."""
+    require(argv[0])
+    return deferToThread(
+        subprocess.run, list(argv), input=stdin, capture_output=True, timeout=30, check=False
+    )
+
+
+class LiveTestCase(TestCase):
+    """Listen on a ``schannel:`` server string, connect to it, clean up fully."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def serve(self, endpoint: IStreamServerEndpoint) -> Any:
+        """Listen; return (port, factory). Stops listening at the end."""
+        factory = ReplyFactory()
+        port = yield endpoint.listen(factory)
+        self.addCleanup(self._stop, port, factory)
+        return port, factory
+
+    @inlineCallbacks
+    def _stop(self, port: Any, factory: ReplyFactory) -> Any:
+        # Wait for the server side of every connection to finish, so that
+        # no handshake timer or socket outlives the test.
+        for protocol in factory.protocols:
+            yield protocol.lost
+        yield port.stopListening()
+
+    def listen(self, description: str) -> Any:
+        return self.serve(serverFromString(reactor, description))
+
+    @inlineCallbacks
+    def ask(self, endpoint: IStreamClientEndpoint, line: bytes = b"hello\n") -> Any:
+        """Connect, send *line*; return (reply, reason for the close)."""
+        protocol = Ask(line)
+        yield connectProtocol(endpoint, protocol)
+        result = yield protocol.done
+        return result
+
+    def ask_string(self, description: str, line: bytes = b"hello\n") -> Any:
+        return self.ask(clientFromString(reactor, description), line)
+
+
+# -- parsing: what comes out -------------------------------------------------------
+
+
+class ServerStringTests(SynchronousTestCase):
+    """Server strings build a SchannelServerEndpoint over the right inner endpoint."""
+
+    def parse(self, description: str) -> SchannelServerEndpoint:
+        endpoint = serverFromString(reactor, description)
+        self.assertIsInstance(endpoint, SchannelServerEndpoint)
+        assert isinstance(endpoint, SchannelServerEndpoint)
+        return endpoint
+
+    def test_certificate_file_holding_its_key(self) -> None:
+        endpoint = self.parse(f"schannel:tcp:8443:certificate={q(pki().server)}")
+        self.assertIsInstance(endpoint.inner, TCP4ServerEndpoint)
+        self.assertFalse(endpoint.credentials.is_client)
+
+    def test_port_and_interface_keywords_reach_the_tcp_endpoint(self) -> None:
+        endpoint = self.parse(
+            "schannel:tcp:port=8443:interface=127.0.0.1:"
+            f"certificate={q(pki().server_certificate)}:privateKey={q(pki().server_key)}"
+        )
+        inner: Any = endpoint.inner
+        self.assertEqual((inner._port, inner._interface), (8443, "127.0.0.1"))
+
+    def test_unix_socket_inner_endpoint(self) -> None:
+        endpoint = self.parse(f"schannel:unix:/tmp/x.sock:certificate={q(pki().server)}")
+        self.assertEqual(type(endpoint.inner).__name__, "UNIXServerEndpoint")
+
+    def test_haproxy_nesting_puts_proxy_protocol_in_front_of_tls(self) -> None:
+        endpoint = self.parse(f"schannel:haproxy:tcp:8443:certificate={q(pki().server)}")
+        self.assertEqual(type(endpoint.inner).__name__, "_WrapperServerEndpoint")
+
+    def test_escaped_colon_in_a_path_option(self) -> None:
+        folder = pki().folder / "with:colon"
+        folder.mkdir(exist_ok=True)
+        shutil.copy(pki().server, folder / "server.pem")
+        endpoint = self.parse(f"schannel:tcp:8443:certificate={q(folder / 'server.pem')}")
+        self.assertFalse(endpoint.credentials.is_client)
+
+    def test_escaped_colon_in_the_inner_description_stays_escaped(self) -> None:
+        endpoint = self.parse(f"schannel:unix:/tmp/a\\:b\\=c.sock:certificate={q(pki().server)}")
+        inner: Any = endpoint.inner
+        self.assertEqual(inner._address, "/tmp/a:b=c.sock")
+
+    def test_handshake_timeout(self) -> None:
+        endpoint = self.parse(
+            f"schannel:tcp:8443:certificate={q(pki().server)}:handshakeTimeout=2.5"
+        )
+        self.assertEqual(endpoint.handshake_timeout, 2.5)
+
+    def test_handshake_timeout_defaults_to_thirty_seconds(self) -> None:
+        endpoint = self.parse(f"schannel:tcp:8443:certificate={q(pki().server)}")
+        self.assertEqual(endpoint.handshake_timeout, 30.0)
+
+    def test_alpn_comma_list(self) -> None:
+        endpoint = self.parse(f"schannel:tcp:8443:certificate={q(pki().server)}:alpn=h2,http/1.1")
+        self.assertEqual(endpoint.credentials.alpn, (b"h2", b"http/1.1"))
+
+    def test_require_client_certificate_accepts_yes_and_no_spellings(self) -> None:
+        for spelling in ("yes", "true", "1", "on", "no", "false", "0", "off"):
+            self.parse(
+                f"schannel:tcp:8443:certificate={q(pki().server)}:clientCA={q(pki().client_ca)}:"
+                f"requireClientCertificate={spelling}"
+            )
+
+    def test_sni_folder_without_certificate_uses_its_default_pem(self) -> None:
+        endpoint = self.parse(f"schannel:tcp:8443:sni={q(pki().sni)}")
+        self.assertFalse(endpoint.credentials.is_client)
+
+    def test_bytes_description(self) -> None:
+        endpoint = serverFromString(
+            reactor, f"schannel:tcp:8443:certificate={q(pki().server)}".encode()
+        )
+        self.assertIsInstance(endpoint, SchannelServerEndpoint)
+
+    def test_options_listed_in_the_design(self) -> None:
+        self.assertEqual(
+            set(SERVER_OPTIONS),
+            {
+                "certificate", "privateKey", "chain", "clientCA", "requireClientCertificate",
+                "alpn", "minimumVersion", "maximumVersion", "sni", "handshakeTimeout",
+            },
+        )  # fmt: skip
+
+
+class ClientStringTests(SynchronousTestCase):
+    """Client strings build a SchannelClientEndpoint with the right target name."""
+
+    def parse(self, description: str) -> SchannelClientEndpoint:
+        endpoint = clientFromString(reactor, description)
+        self.assertIsInstance(endpoint, SchannelClientEndpoint)
+        assert isinstance(endpoint, SchannelClientEndpoint)
+        return endpoint
+
+    def test_host_and_port_keywords(self) -> None:
+        endpoint = self.parse(f"schannel:tcp:host=localhost:port=8443:trustRoots={q(pki().ca)}")
+        inner: Any = endpoint.inner
+        self.assertIsInstance(inner, TCP4ClientEndpoint)
+        self.assertEqual((inner._host, inner._port), ("localhost", 8443))
+        self.assertEqual(endpoint.target_name, "localhost")
+
+    def test_positional_host_and_port(self) -> None:
+        endpoint = self.parse(f"schannel:tcp:example.test:8443:trustRoots={q(pki().ca)}")
+        inner: Any = endpoint.inner
+        self.assertEqual((inner._host, inner._port), ("example.test", 8443))
+        self.assertEqual(endpoint.target_name, "example.test")
+
+    def test_positional_host_with_port_keyword(self) -> None:
+        endpoint = self.parse(f"schannel:tcp:example.test:port=8443:trustRoots={q(pki().ca)}")
+        self.assertEqual(endpoint.target_name, "example.test")
+
+    def test_host_keyword_with_positional_port(self) -> None:
+        endpoint = self.parse(f"schannel:tcp:host=example.test:8443:trustRoots={q(pki().ca)}")
+        self.assertEqual(endpoint.target_name, "example.test")
+
+    def test_hostname_overrides_the_inner_host(self) -> None:
+        endpoint = self.parse(
+            f"schannel:tcp:127.0.0.1:8443:hostname=service.test:trustRoots={q(pki().ca)}"
+        )
+        inner: Any = endpoint.inner
+        self.assertEqual(inner._host, "127.0.0.1")
+        self.assertEqual(endpoint.target_name, "service.test")
+
+    def test_unix_socket_with_hostname(self) -> None:
+        endpoint = self.parse(
+            f"schannel:unix:/tmp/x.sock:hostname=localhost:trustRoots={q(pki().ca)}"
+        )
+        self.assertEqual(type(endpoint.inner).__name__, "UNIXClientEndpoint")
+        self.assertEqual(endpoint.target_name, "localhost")
+
+    def test_trust_roots_default_to_the_system_store(self) -> None:
+        endpoint = self.parse("schannel:tcp:example.test:443")
+        self.assertTrue(endpoint.credentials.is_client)
+
+    def test_trust_roots_folder(self) -> None:
+        self.parse(f"schannel:tcp:example.test:443:trustRoots={q(pki().ca_folder)}")
+
+    def test_alpn_comma_list(self) -> None:
+        endpoint = self.parse("schannel:tcp:example.test:443:alpn=h2,http/1.1")
+        self.assertEqual(endpoint.credentials.alpn, (b"h2", b"http/1.1"))
+
+    def test_inner_options_pass_through(self) -> None:
+        endpoint = self.parse("schannel:tcp:example.test:443:timeout=7:bindAddress=127.0.0.1")
+        inner: Any = endpoint.inner
+        self.assertEqual((inner._timeout, inner._bindAddress), (7, ("127.0.0.1", 0)))
+
+    def test_options_listed_in_the_design(self) -> None:
+        self.assertEqual(
+            set(CLIENT_OPTIONS),
+            {
+                "hostname", "trustRoots", "certificate", "privateKey", "alpn",
+                "minimumVersion", "maximumVersion",
+            },
+        )  # fmt: skip
+
+
+class UnparseTests(SynchronousTestCase):
+    """unparse() writes arguments so that Twisted's parser reads them back exactly."""
+
+    def test_round_trip_through_twisted_parser(self) -> None:
+        from twisted.internet.endpoints import _parse  # the parser Twisted itself uses
+
+        args = ["unix", "C:\\dir:x=y\\z.sock"]
+        kwargs = {"mode": "600", "odd=key": "va:lue=with\\stuff"}
+        self.assertEqual(_parse(unparse(args, kwargs)), (args, kwargs))
+
+
+# -- parsing: the errors -----------------------------------------------------------
+
+
+class ServerErrorTests(SynchronousTestCase):
+    """Each bad server string is refused at parse time with a message naming the problem."""
+
+    def error(self, description: str) -> str:
+        e = self.assertRaises(ValueError, serverFromString, reactor, description)
+        return str(e)
+
+    def test_unknown_option_lists_the_valid_ones(self) -> None:
+        message = self.error(f"schannel:tcp:8443:certificate={q(pki().server)}:colour=blue")
+        self.assertIn("unknown option 'colour'", message)
+        for option in SERVER_OPTIONS + ("port", "interface", "backlog"):
+            self.assertIn(option, message)
+
+    def test_misspelt_option_suggests_the_right_one(self) -> None:
+        message = self.error(f"schannel:tcp:8443:certficate={q(pki().server)}")
+        self.assertIn("unknown option 'certficate'", message)
+        self.assertIn("did you mean certificate?", message)
+
+    def test_twisted_ssl_spelling_points_to_ours(self) -> None:
+        message = self.error(f"schannel:tcp:8443:certKey={q(pki().server)}")
+        self.assertIn("'certKey'", message)
+        self.assertIn("here it is certificate", message)
+
+    def test_missing_certificate_file(self) -> None:
+        message = self.error("schannel:tcp:8443:certificate=/nonexistent/server.pem")
+        self.assertIn("/nonexistent/server.pem", message)
+        self.assertIn("does not exist", message)
+
+    def test_unreadable_certificate_file(self) -> None:
+        # A path through a regular file cannot be opened, even by root (for
+        # whom a chmod 000 file stays readable).
+        path = f"{pki().server}/server.pem"
+        message = self.error(f"schannel:tcp:8443:certificate={q(path)}")
+        self.assertIn(path, message)
+        self.assertIn("cannot be read", message)
+
+    def test_certificate_is_a_folder(self) -> None:
+        message = self.error(f"schannel:tcp:8443:certificate={q(pki().sni)}")
+        self.assertIn("is a folder", message)
+
+    def test_certificate_not_pem(self) -> None:
+        message = self.error(f"schannel:tcp:8443:certificate={q(pki().not_pem)}")
+        self.assertIn(pki().not_pem, message)
+        self.assertIn("not PEM", message)
+
+    def test_private_key_not_pem(self) -> None:
+        message = self.error(
+            f"schannel:tcp:8443:certificate={q(pki().server_certificate)}:"
+            f"privateKey={q(pki().not_pem)}"
+        )
+        self.assertIn(pki().not_pem, message)
+        self.assertIn("not PEM", message)
+
+    def test_key_does_not_match_certificate(self) -> None:
+        message = self.error(
+            f"schannel:tcp:8443:certificate={q(pki().server_certificate)}:"
+            f"privateKey={q(pki().other_key)}"
+        )
+        self.assertIn(pki().other_key, message)
+        self.assertIn("does not match", message)
+
+    def test_certificate_without_key_and_no_private_key_option(self) -> None:
+        message = self.error(f"schannel:tcp:8443:certificate={q(pki().server_certificate)}")
+        self.assertIn("holds no private key", message)
+
+    def test_missing_chain_file(self) -> None:
+        message = self.error(
+            f"schannel:tcp:8443:certificate={q(pki().server)}:chain=/nonexistent/chain.pem"
+        )
+        self.assertIn("chain file '/nonexistent/chain.pem' does not exist", message)
+
+    def test_missing_client_ca_file(self) -> None:
+        message = self.error(
+            f"schannel:tcp:8443:certificate={q(pki().server)}:clientCA=/nonexistent/ca.pem"
+        )
+        self.assertIn("/nonexistent/ca.pem", message)
+
+    def test_unknown_minimum_version(self) -> None:
+        message = self.error(
+            f"schannel:tcp:8443:certificate={q(pki().server)}:minimumVersion=TLSv9"
+        )
+        self.assertIn("minimumVersion=TLSv9: unknown TLS version", message)
+        self.assertIn("TLSv1.2 or TLSv1.3", message)
+
+    def test_old_maximum_version_is_refused(self) -> None:
+        message = self.error(
+            f"schannel:tcp:8443:certificate={q(pki().server)}:maximumVersion=TLSv1.1"
+        )
+        self.assertIn("maximumVersion=TLSv1.1: versions below TLS 1.2 are not supported", message)
+
+    def test_maximum_below_minimum(self) -> None:
+        message = self.error(
+            f"schannel:tcp:8443:certificate={q(pki().server)}:"
+            "minimumVersion=TLSv1.3:maximumVersion=TLSv1.2"
+        )
+        self.assertIn("maximumVersion=TLSv1.2 is below minimumVersion=TLSv1.3", message)
+
+    def test_require_client_certificate_without_client_ca(self) -> None:
+        message = self.error(
+            f"schannel:tcp:8443:certificate={q(pki().server)}:requireClientCertificate=yes"
+        )
+        self.assertIn("requireClientCertificate needs clientCA", message)
+
+    def test_require_client_certificate_not_a_boolean(self) -> None:
+        message = self.error(
+            f"schannel:tcp:8443:certificate={q(pki().server)}:clientCA={q(pki().client_ca)}:"
+            "requireClientCertificate=maybe"
+        )
+        self.assertIn("requireClientCertificate=maybe: expected yes or no", message)
+
+    def test_handshake_timeout_not_a_number(self) -> None:
+        for value in ("soon", "0", "-1", "inf", "nan"):
+            message = self.error(
+                f"schannel:tcp:8443:certificate={q(pki().server)}:handshakeTimeout={value}"
+            )
+            self.assertIn(f"handshakeTimeout={value}: expected a positive number", message)
+
+    def test_empty_alpn_name(self) -> None:
+        message = self.error(f"schannel:tcp:8443:certificate={q(pki().server)}:alpn=h2,,x")
+        self.assertIn("alpn=h2,,x: an empty protocol name", message)
+
+    def test_no_certificate(self) -> None:
+        message = self.error("schannel:tcp:8443")
+        self.assertIn("needs certificate=", message)
+
+    def test_sni_folder_missing(self) -> None:
+        message = self.error(
+            f"schannel:tcp:8443:certificate={q(pki().server)}:sni=/nonexistent/certs"
+        )
+        self.assertIn("sni folder '/nonexistent/certs' does not exist", message)
+
+    def test_sni_folder_without_default_and_no_certificate(self) -> None:
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        shutil.copy(pki().sni / "alpha.test.pem", folder)
+        message = self.error(f"schannel:tcp:8443:sni={q(folder)}")
+        self.assertIn("holds no default.pem", message)
+
+    def test_sni_file_not_pem(self) -> None:
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        shutil.copy(pki().not_pem, folder / "alpha.test.pem")
+        message = self.error(f"schannel:tcp:8443:certificate={q(pki().server)}:sni={q(folder)}")
+        self.assertIn("alpha.test.pem", message)
+        self.assertIn("not PEM", message)
+
+    def test_no_inner_endpoint(self) -> None:
+        message = self.error(f"schannel:certificate={q(pki().server)}")
+        self.assertIn("no inner endpoint", message)
+
+    def test_unknown_inner_endpoint_type(self) -> None:
+        message = self.error(f"schannel:carrier-pigeon:8443:certificate={q(pki().server)}")
+        self.assertIn("carrier-pigeon", message)
+        self.assertIn("Unknown endpoint type", message)
+
+    def test_incomplete_inner_endpoint(self) -> None:
+        message = self.error(f"schannel:tcp:certificate={q(pki().server)}")
+        self.assertIn("inner endpoint 'tcp' is incomplete", message)
+        self.assertIn("port", message)
+
+    def test_bad_inner_port(self) -> None:
+        message = self.error(f"schannel:tcp:https:certificate={q(pki().server)}")
+        self.assertIn("inner endpoint 'tcp:https' is not valid", message)
+
+
+class ClientErrorTests(SynchronousTestCase):
+    """Each bad client string is refused at parse time with a message naming the problem."""
+
+    def error(self, description: str) -> str:
+        e = self.assertRaises(ValueError, clientFromString, reactor, description)
+        return str(e)
+
+    def test_unknown_option_lists_the_valid_ones(self) -> None:
+        message = self.error("schannel:tcp:localhost:443:verify=no")
+        self.assertIn("unknown option 'verify'", message)
+        for option in CLIENT_OPTIONS + ("host", "port", "timeout", "bindAddress"):
+            self.assertIn(option, message)
+
+    def test_twisted_tls_spelling_points_to_ours(self) -> None:
+        message = self.error(f"schannel:tcp:localhost:443:caCertsDir={q(pki().ca_folder)}")
+        self.assertIn("here it is trustRoots", message)
+
+    def test_no_hostname_over_a_unix_socket(self) -> None:
+        message = self.error(f"schannel:unix:/tmp/x.sock:trustRoots={q(pki().ca)}")
+        self.assertIn("a client over 'unix' needs hostname=", message)
+
+    def test_missing_trust_roots_file(self) -> None:
+        message = self.error("schannel:tcp:localhost:443:trustRoots=/nonexistent/ca.pem")
+        self.assertIn("/nonexistent/ca.pem", message)
+
+    def test_trust_roots_not_pem(self) -> None:
+        message = self.error(f"schannel:tcp:localhost:443:trustRoots={q(pki().not_pem)}")
+        self.assertIn("not PEM", message)
+
+    def test_client_key_does_not_match_certificate(self) -> None:
+        message = self.error(
+            f"schannel:tcp:localhost:443:certificate={q(pki().client_certificate)}:"
+            f"privateKey={q(pki().other_key)}"
+        )
+        self.assertIn("does not match", message)
+
+    def test_private_key_without_certificate(self) -> None:
+        message = self.error(f"schannel:tcp:localhost:443:privateKey={q(pki().client_key)}")
+        self.assertIn("privateKey needs certificate=", message)
+
+    def test_unknown_version(self) -> None:
+        message = self.error("schannel:tcp:localhost:443:minimumVersion=SSLv3")
+        self.assertIn("minimumVersion=SSLv3: versions below TLS 1.2 are not supported", message)
+        message = self.error("schannel:tcp:localhost:443:maximumVersion=1.4")
+        self.assertIn("maximumVersion=1.4: unknown TLS version", message)
+
+    def test_incomplete_inner_endpoint(self) -> None:
+        message = self.error("schannel:tcp:trustRoots=system")
+        self.assertIn("incomplete", message)
+
+
+# -- connections: real peers -------------------------------------------------------
+
+
+def server_string(inner: str = "tcp:0:interface=127.0.0.1", **options: str) -> str:
+    options.setdefault("certificate", q(pki().server))
+    return f"schannel:{inner}:" + ":".join(f"{key}={value}" for key, value in options.items())
+
+
+class OpenSSLPeerTests(LiveTestCase):
+    """``openssl s_client`` talks TLS to a server made from a schannel: string."""
+
+    @inlineCallbacks
+    def s_client(self, port: int, *extra: str) -> Any:
+        result = yield run(
+            [
+                "openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                "-CAfile", pki().ca, "-verify_return_error", "-ign_eof", *extra,
+            ],
+            stdin=b"hello\n",
+        )  # fmt: skip
+        return result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
+
+    @inlineCallbacks
+    def test_openssl_s_client(self) -> Any:
+        port, _ = yield self.listen(server_string())
+        output = yield self.s_client(port.getHost().port, "-servername", "localhost")
+        self.assertIn("you said hello; alpn=none; peer=none", output)
+        self.assertIn("Verify return code: 0 (ok)", output)
+
+    @inlineCallbacks
+    def test_openssl_alpn(self) -> Any:
+        port, _ = yield self.listen(server_string(alpn="h2,http/1.1"))
+        output = yield self.s_client(port.getHost().port, "-alpn", "http/1.1,h2")
+        self.assertIn("ALPN protocol: h2", output)
+        self.assertIn("you said hello; alpn=h2", output)
+
+    @inlineCallbacks
+    def test_openssl_minimum_version_tls13_refuses_tls12(self) -> Any:
+        port, _ = yield self.listen(server_string(minimumVersion="TLSv1.3"))
+        output = yield self.s_client(port.getHost().port, "-tls1_2")
+        self.assertNotIn("you said", output)
+        output = yield self.s_client(port.getHost().port, "-tls1_3")
+        self.assertIn("Protocol  : TLSv1.3", output)
+        self.assertIn("you said hello", output)
+
+    @inlineCallbacks
+    def test_openssl_maximum_version_tls12(self) -> Any:
+        port, _ = yield self.listen(server_string(maximumVersion="TLSv1.2"))
+        output = yield self.s_client(port.getHost().port)
+        self.assertIn("Protocol  : TLSv1.2", output)
+        self.assertIn("you said hello", output)
+
+    @inlineCallbacks
+    def test_openssl_client_certificate(self) -> Any:
+        port, _ = yield self.listen(
+            server_string(clientCA=q(pki().client_ca), requireClientCertificate="yes")
+        )
+        output = yield self.s_client(
+            port.getHost().port, "-cert", pki().client_certificate, "-key", pki().client_key
+        )
+        self.assertIn("peer=CN=alice", output)
+
+    @inlineCallbacks
+    def test_openssl_sni_picks_the_certificate_for_the_name(self) -> Any:
+        port, _ = yield self.listen(server_string(sni=q(pki().sni)))
+        for name in ("alpha.test", "beta.test"):
+            output = yield self.s_client(
+                port.getHost().port, "-servername", name, "-verify_hostname", name
+            )
+            self.assertIn("Verify return code: 0 (ok)", output)
+            self.assertIn("you said hello", output)
+
+
+class CurlPeerTests(LiveTestCase):
+    """``curl`` downloads over HTTPS from a server made from a schannel: string."""
+
+    @inlineCallbacks
+    def curl(self, port: int, *extra: str) -> Any:
+        result = yield run(
+            [
+                "curl", "--silent", "--show-error", "--max-time", "20", "--cacert", pki().ca,
+                "--resolve", f"localhost:{port}:127.0.0.1", *extra,
+                f"https://localhost:{port}/",
+            ]
+        )  # fmt: skip
+        return result
+
+    @inlineCallbacks
+    def test_curl_https(self) -> Any:
+        port, _ = yield self.listen(server_string())
+        result = yield self.curl(port.getHost().port)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(b"you said GET / HTTP/1.1; alpn=none", result.stdout)
+
+    @inlineCallbacks
+    def test_curl_alpn_http11(self) -> Any:
+        port, _ = yield self.listen(server_string(alpn="http/1.1"))
+        result = yield self.curl(port.getHost().port)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(b"alpn=http/1.1", result.stdout)
+
+    @inlineCallbacks
+    def test_curl_refuses_a_certificate_from_another_ca(self) -> Any:
+        port, _ = yield self.listen(server_string())
+        result = yield run(
+            [
+                "curl", "--silent", "--max-time", "20",
+                "--resolve", f"localhost:{port.getHost().port}:127.0.0.1",
+                f"https://localhost:{port.getHost().port}/",
+            ]
+        )  # fmt: skip
+        self.assertEqual(result.returncode, 60, result.stderr)  # peer certificate not trusted
+
+    @inlineCallbacks
+    def test_haproxy_nesting_reads_the_proxy_header_before_tls(self) -> Any:
+        port, _ = yield self.listen(server_string(inner="haproxy:tcp:0:interface=127.0.0.1"))
+        result = yield self.curl(
+            port.getHost().port, "--haproxy-protocol", "--haproxy-clientip", "203.0.113.7"
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(b"from=203.0.113.7", result.stdout)
+
+
+class OwnClientTests(LiveTestCase):
+    """txschannel's client from a schannel: string against its server from a string."""
+
+    @inlineCallbacks
+    def test_client_string_over_tcp(self) -> Any:
+        port, _ = yield self.listen(server_string())
+        reply, _ = yield self.ask_string(
+            f"schannel:tcp:localhost:{port.getHost().port}:trustRoots={q(pki().ca)}"
+        )
+        self.assertEqual(reply, b"you said hello; alpn=none; peer=none; from=127.0.0.1\n")
+
+    @inlineCallbacks
+    def test_client_string_with_host_and_port_keywords(self) -> Any:
+        port, _ = yield self.listen(server_string())
+        reply, _ = yield self.ask_string(
+            f"schannel:tcp:host=127.0.0.1:port={port.getHost().port}:trustRoots={q(pki().ca)}"
+        )
+        self.assertIn(b"you said hello", reply)
+
+    @inlineCallbacks
+    def test_trust_roots_folder(self) -> Any:
+        port, _ = yield self.listen(server_string())
+        reply, _ = yield self.ask_string(
+            f"schannel:tcp:localhost:{port.getHost().port}:trustRoots={q(pki().ca_folder)}"
+        )
+        self.assertIn(b"you said hello", reply)
+
+    @inlineCallbacks
+    def test_system_trust_roots_refuse_a_private_ca(self) -> Any:
+        port, _ = yield self.listen(server_string())
+        reply, reason = yield self.ask_string(f"schannel:tcp:localhost:{port.getHost().port}")
+        self.assertEqual(reply, b"")
+        self.assertIn("UNTRUSTED_ROOT", str(reason.value))
+
+    @inlineCallbacks
+    def test_hostname_is_checked_against_the_certificate(self) -> Any:
+        port, _ = yield self.listen(server_string())
+        reply, reason = yield self.ask_string(
+            f"schannel:tcp:127.0.0.1:{port.getHost().port}:hostname=elsewhere.test:"
+            f"trustRoots={q(pki().ca)}"
+        )
+        self.assertEqual(reply, b"")
+        self.assertIn("WRONG_PRINCIPAL", str(reason.value))
+
+    @inlineCallbacks
+    def test_unix_socket_with_escaped_path(self) -> Any:
+        folder = Path(tempfile.mkdtemp(prefix="txs-"))  # short: AF_UNIX paths are limited
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = folder / "a:b=c.sock"
+        yield self.listen(server_string(inner=f"unix:{q(path)}"))
+        reply, _ = yield self.ask_string(
+            f"schannel:unix:{q(path)}:hostname=localhost:trustRoots={q(pki().ca)}"
+        )
+        self.assertIn(b"you said hello", reply)
+
+    @inlineCallbacks
+    def test_chain_option_sends_the_intermediate(self) -> Any:
+        without, _ = yield self.listen(server_string(certificate=q(pki().chained_leaf)))
+        reply, reason = yield self.ask_string(
+            f"schannel:tcp:localhost:{without.getHost().port}:trustRoots={q(pki().ca)}"
+        )
+        self.assertEqual(reply, b"")
+        self.assertIn("UNTRUSTED_ROOT", str(reason.value))
+        port, _ = yield self.listen(
+            server_string(certificate=q(pki().chained_leaf), chain=q(pki().intermediate))
+        )
+        reply, _ = yield self.ask_string(
+            f"schannel:tcp:localhost:{port.getHost().port}:trustRoots={q(pki().ca)}"
+        )
+        self.assertIn(b"you said hello", reply)
+
+    @inlineCallbacks
+    def test_mutual_tls_with_client_certificate(self) -> Any:
+        port, _ = yield self.listen(
+            server_string(clientCA=q(pki().client_ca), requireClientCertificate="yes")
+        )
+        reply, _ = yield self.ask_string(
+            f"schannel:tcp:localhost:{port.getHost().port}:trustRoots={q(pki().ca)}:"
+            f"certificate={q(pki().client_certificate)}:privateKey={q(pki().client_key)}"
+        )
+        self.assertIn(b"peer=CN=alice", reply)
+
+    @inlineCallbacks
+    def test_mutual_tls_refuses_a_client_without_certificate(self) -> Any:
+        port, _ = yield self.listen(
+            server_string(clientCA=q(pki().client_ca), requireClientCertificate="yes")
+        )
+        reply, _ = yield self.ask_string(
+            f"schannel:tcp:localhost:{port.getHost().port}:trustRoots={q(pki().ca)}"
+        )
+        self.assertEqual(reply, b"")
+
+    @inlineCallbacks
+    def test_client_certificate_is_optional_with_client_ca_alone(self) -> Any:
+        port, _ = yield self.listen(server_string(clientCA=q(pki().client_ca)))
+        reply, _ = yield self.ask_string(
+            f"schannel:tcp:localhost:{port.getHost().port}:trustRoots={q(pki().ca)}"
+        )
+        self.assertIn(b"peer=none", reply)
+        reply, _ = yield self.ask_string(
+            f"schannel:tcp:localhost:{port.getHost().port}:trustRoots={q(pki().ca)}:"
+            f"certificate={q(pki().client)}"
+        )
+        self.assertIn(b"peer=CN=alice", reply)
+
+    @inlineCallbacks
+    def test_alpn_both_sides(self) -> Any:
+        port, _ = yield self.listen(server_string(alpn="h2,http/1.1"))
+        reply, _ = yield self.ask_string(
+            f"schannel:tcp:localhost:{port.getHost().port}:trustRoots={q(pki().ca)}:"
+            "alpn=http/1.1"
+        )
+        self.assertIn(b"alpn=http/1.1", reply)
+
+    @inlineCallbacks
+    def test_client_maximum_version_below_server_minimum_fails(self) -> Any:
+        port, _ = yield self.listen(server_string(minimumVersion="TLSv1.3"))
+        reply, reason = yield self.ask_string(
+            f"schannel:tcp:localhost:{port.getHost().port}:trustRoots={q(pki().ca)}:"
+            "maximumVersion=TLSv1.2"
+        )
+        self.assertEqual(reply, b"")
+        self.assertIn("ALGORITHM_MISMATCH", str(reason.value))
+
+    @inlineCallbacks
+    def test_client_minimum_version_above_server_maximum_fails(self) -> Any:
+        port, _ = yield self.listen(server_string(maximumVersion="TLSv1.2"))
+        reply, reason = yield self.ask_string(
+            f"schannel:tcp:localhost:{port.getHost().port}:trustRoots={q(pki().ca)}:"
+            "minimumVersion=TLSv1.3"
+        )
+        self.assertEqual(reply, b"")
+        self.assertIn("ALGORITHM_MISMATCH", str(reason.value))
+
+    @inlineCallbacks
+    def test_sni_folder_serves_each_name_and_a_default(self) -> Any:
+        port, _ = yield self.listen(server_string(sni=q(pki().sni)))
+        number = port.getHost().port
+        for name in ("alpha.test", "beta.test", "localhost"):
+            reply, _ = yield self.ask_string(
+                f"schannel:tcp:127.0.0.1:{number}:hostname={name}:trustRoots={q(pki().ca)}"
+            )
+            self.assertIn(b"you said hello", reply, name)
+        reply, reason = yield self.ask_string(
+            f"schannel:tcp:127.0.0.1:{number}:hostname=gamma.test:trustRoots={q(pki().ca)}"
+        )
+        self.assertEqual(reply, b"")
+        self.assertIn("WRONG_PRINCIPAL", str(reason.value))
+
+    @inlineCallbacks
+    def test_handshake_timeout_drops_a_silent_client(self) -> Any:
+        port, factory = yield self.listen(server_string(handshakeTimeout="0.2"))
+        silent = Ask(line=b"")
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), silent)
+        received, _ = yield silent.done  # bounded by the test's timeout
+        self.assertEqual(received, b"")
+        # The application never saw a request.
+        self.assertEqual({protocol.buffer for protocol in factory.protocols} - {b""}, set())
+
+
+class EndpointObjectTests(LiveTestCase):
+    """The endpoint classes used directly from Python, and reload()."""
+
+    @inlineCallbacks
+    def test_python_constructed_endpoints(self) -> Any:
+        server = SchannelServerEndpoint(
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
+            Credentials.server(certificate=pki().server),
+        )
+        port, _ = yield self.serve(server)
+        client = SchannelClientEndpoint(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+            Credentials.client(trust_roots=pki().ca),
+            "localhost",
+        )
+        reply, _ = yield self.ask(client)
+        self.assertIn(b"you said hello", reply)
+
+    def test_reload_without_files_to_read_is_a_value_error(self) -> None:
+        server = SchannelServerEndpoint(
+            TCP4ServerEndpoint(reactor, 0), Credentials.server(certificate=pki().server)
+        )
+        e = self.assertRaises(ValueError, server.reload)
+        self.assertIn("ready-made credentials", str(e))
+
+    @inlineCallbacks
+    def test_reload_reads_renewed_files_for_new_connections(self) -> Any:
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        certificate = folder / "server.pem"
+        shutil.copy(pki().server, certificate)
+        endpoint = serverFromString(reactor, server_string(certificate=q(certificate)))
+        assert isinstance(endpoint, SchannelServerEndpoint)
+        port, _ = yield self.serve(endpoint)
+        number = port.getHost().port
+        stranger = folder / "stranger-ca.pem"
+        pki().stranger_ca.cert_pem.write_to_path(str(stranger))
+        to_old = f"schannel:tcp:localhost:{number}:trustRoots={q(pki().ca)}"
+        to_new = f"schannel:tcp:localhost:{number}:trustRoots={q(stranger)}"
+
+        # A renewed certificate from another CA: new connections get it.
+        renewed = pki().stranger_ca.issue_cert("localhost")
+        renewed.private_key_and_cert_chain_pem.write_to_path(str(certificate))
+        old = endpoint.credentials
+        new = endpoint.reload()
+        self.assertIsNot(new, old)
+        self.assertIs(endpoint.credentials, new)
+        reply, _ = yield self.ask_string(to_new)
+        self.assertIn(b"you said hello", reply)
+        reply, _ = yield self.ask_string(to_old)
+        self.assertEqual(reply, b"")
+
+        # A broken file: reload() says so and the renewed credentials stay.
+        certificate.write_bytes(b"half-written")
+        e = self.assertRaises(ValueError, endpoint.reload)
+        self.assertIn(str(certificate), str(e))
+        self.assertIn("not PEM", str(e))
+        self.assertIs(endpoint.credentials, new)
+        reply, _ = yield self.ask_string(to_new)
+        self.assertIn(b"you said hello", reply)
