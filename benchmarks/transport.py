@@ -1,0 +1,629 @@
+"""Transport benchmark: txschannel vs Twisted's TLSMemoryBIOProtocol vs plaintext TCP.
+
+Run from the repository root::
+
+    python benchmarks/transport.py            # about two minutes
+    python benchmarks/transport.py --quick    # about half a minute, noisier
+
+Every measurement runs the server and the client in separate processes over
+loopback (127.0.0.1). The rows:
+
+* bulk MB/s, 64 KiB writes and 100-byte writes: a client of the same kind
+  as the server streams data as fast as flow control allows; the server
+  times first to last byte received (MB = 10**6 bytes).
+* server CPU per handshake: ``openssl s_time`` connects again and again
+  (full TLS 1.3, full TLS 1.2, resumed TLS 1.2: s_time cannot resume
+  TLS 1.3) and the server process's user+system CPU time (from
+  ``/proc/<pid>/stat``) is divided by the number of connections. ``openssl
+  s_server`` on the same certificate is the reference.
+* memory per idle connection: the server's resident set size (VmRSS) with
+  2,100 established, idle connections minus that with 100, divided by 2,000.
+
+Not a test: nothing here asserts. Bounded: every phase has a byte and a
+time limit and every process a timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+KINDS = ("schannel", "twisted", "plain")
+LABELS = {
+    "schannel": "txschannel",
+    "twisted": "Twisted TLSMemoryBIO",
+    "plain": "plaintext TCP",
+    "s_server": "openssl s_server",
+}
+HOST = "127.0.0.1"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------
+# Factories for each kind of transport (used inside the child processes)
+# ---------------------------------------------------------------------------
+
+
+def server_factory(kind: str, certificate: str, app: Any) -> Any:
+    if kind == "plain":
+        return app
+    if kind == "twisted":
+        from twisted.internet.ssl import PrivateCertificate
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        options = PrivateCertificate.loadPEM(Path(certificate).read_bytes()).options()
+        return TLSMemoryBIOFactory(options, False, app)
+    from txschannel import Credentials
+    from txschannel.protocol import SchannelFactory
+
+    return SchannelFactory(Credentials.server(certificate=certificate), False, app)
+
+
+def client_factory(kind: str, ca: str, app: Any) -> Any:
+    if kind == "plain":
+        return app
+    if kind == "twisted":
+        from twisted.internet.ssl import Certificate, optionsForClientTLS
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        trust = Certificate.loadPEM(Path(ca).read_bytes())
+        return TLSMemoryBIOFactory(optionsForClientTLS("localhost", trustRoot=trust), True, app)
+    from txschannel import Credentials
+    from txschannel.protocol import SchannelFactory
+
+    return SchannelFactory(
+        Credentials.client(trust_roots=ca), True, app, target_name="localhost"
+    )
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# ---------------------------------------------------------------------------
+# Child process: server
+# ---------------------------------------------------------------------------
+
+
+def run_server(kind: str, certificate: str, port: int) -> None:
+    """Accept connections; report each connection's byte count and timing as JSON."""
+    raise_fd_limit()
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    class Sink(Protocol):
+        received = 0
+        first = 0.0
+        last = 0.0
+
+        def dataReceived(self, data: bytes) -> None:
+            now = time.perf_counter()
+            if not self.received:
+                self.first = now
+            self.received += len(data)
+            self.last = now
+
+        def connectionLost(self, reason: object = None) -> None:
+            if self.received > 1 << 20:
+                report = {"bytes": self.received, "seconds": self.last - self.first}
+                print(json.dumps(report), flush=True)
+
+    factory = server_factory(kind, certificate, Factory.forProtocol(Sink))
+    listening = reactor.listenTCP(port, factory, backlog=4096, interface=HOST)  # type: ignore[attr-defined]
+    print(f"READY {listening.getHost().port}", flush=True)
+    reactor.run()  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------
+# Child process: bulk sender
+# ---------------------------------------------------------------------------
+
+
+def run_bulk(kind: str, ca: str, port: int, size: int, total: int, seconds: float) -> None:
+    """Send *total* bytes (or for *seconds*) in writes of *size*, then close cleanly."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+    from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+    from twisted.internet.protocol import Factory, Protocol
+    from zope.interface import implementer
+
+    block = os.urandom(size)
+    # Writing in turns of about 1 MiB lets the reactor flush between turns.
+    per_turn = max(1, (1 << 20) // size)
+
+    @implementer(IHandshakeListener, IPushProducer)
+    class Sender(Protocol):
+        sent = 0
+        paused = False
+        started = False
+        scheduled = False
+        finished = False
+
+        def connectionMade(self) -> None:
+            assert self.transport is not None
+            self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+            if kind == "plain":
+                self.start()
+
+        def handshakeCompleted(self) -> None:
+            self.start()
+
+        def start(self) -> None:
+            self.started = True
+            self.deadline = time.monotonic() + seconds
+            self.produce()
+
+        def schedule(self) -> None:
+            if not self.scheduled and not self.finished:
+                self.scheduled = True
+                reactor.callLater(0, self.produce)  # type: ignore[attr-defined]
+
+        def produce(self) -> None:
+            self.scheduled = False
+            if self.finished or self.paused:
+                return
+            transport: Any = self.transport
+            for _ in range(per_turn):
+                transport.write(block)
+                self.sent += size
+                if self.paused or self.sent >= total:
+                    break
+            if self.sent >= total or time.monotonic() > self.deadline:
+                self.finished = True
+                transport.unregisterProducer()
+                transport.loseConnection()
+                return
+            if not self.paused:
+                self.schedule()
+
+        def pauseProducing(self) -> None:
+            self.paused = True
+
+        def resumeProducing(self) -> None:
+            self.paused = False
+            if self.started:
+                self.schedule()
+
+        def stopProducing(self) -> None:
+            self.finished = True
+
+        def connectionLost(self, reason: object = None) -> None:
+            print(json.dumps({"sent": self.sent}), flush=True)
+            reactor.stop()  # type: ignore[attr-defined]
+
+    endpoint = TCP4ClientEndpoint(reactor, HOST, port, timeout=10)
+    d = endpoint.connect(client_factory(kind, ca, Factory.forProtocol(Sender)))
+
+    def failed(failure: Any) -> None:
+        print(json.dumps({"error": str(failure.value)}), flush=True)
+        reactor.stop()  # type: ignore[attr-defined]
+
+    d.addErrback(failed)
+    reactor.callLater(seconds + 30, reactor.stop)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------
+# Child process: many idle connections
+# ---------------------------------------------------------------------------
+
+
+def run_idle(kind: str, ca: str, port: int, stages: list[int], concurrency: int) -> None:
+    """Open connections in stages; print STAGE n when n are established, then
+    wait for a line on stdin before the next stage."""
+    raise_fd_limit()
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+    from twisted.internet.interfaces import IHandshakeListener
+    from twisted.internet.protocol import Factory, Protocol
+    from zope.interface import implementer
+
+    established = 0
+    opened: list[Any] = []
+    waiters: list[Deferred[None]] = []
+
+    @implementer(IHandshakeListener)
+    class Idle(Protocol):
+        def connectionMade(self) -> None:
+            if kind == "plain":
+                self.handshakeCompleted()
+
+        def handshakeCompleted(self) -> None:
+            nonlocal established
+            established += 1
+            if waiters:
+                waiters.pop(0).callback(None)
+
+    factory = client_factory(kind, ca, Factory.forProtocol(Idle))
+    endpoint = TCP4ClientEndpoint(reactor, HOST, port, timeout=10)
+
+    def open_one() -> Deferred[None]:
+        done: Deferred[None] = Deferred()
+        waiters.append(done)
+        d = endpoint.connect(factory)
+        d.addCallback(opened.append)
+        d.addErrback(lambda f: (print(f"ERROR {f.value}", flush=True), os._exit(1)))
+        return done
+
+    def open_many(count: int) -> Deferred[None]:
+        """Open *count* more connections, at most *concurrency* handshaking at once."""
+        first = established
+        finished: Deferred[None] = Deferred()
+        started = 0
+
+        def launch(_: object = None) -> None:
+            nonlocal started
+            if established - first >= count:
+                if not finished.called:
+                    finished.callback(None)
+                return
+            while started < count and started - (established - first) < concurrency:
+                started += 1
+                open_one().addCallback(launch)
+
+        launch()
+        return finished
+
+    def stage(index: int) -> None:
+        if index == len(stages):
+            return
+        count = stages[index] - (stages[index - 1] if index else 0)
+
+        def reached(_: object) -> None:
+            print(f"STAGE {established}", flush=True)
+            threading.Thread(target=wait_line, args=(index + 1,), daemon=True).start()
+
+        open_many(count).addCallback(reached)
+
+    def wait_line(index: int) -> None:
+        sys.stdin.readline()
+        reactor.callFromThread(stage, index)  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(stage, 0)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------
+# Orchestrator
+# ---------------------------------------------------------------------------
+
+
+def child(*args: str, stdin: int | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, __file__, *args],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def read_line(process: subprocess.Popen[str], prefix: str, timeout: float) -> str:
+    """The first stdout line starting with *prefix*; fail after *timeout* seconds."""
+    assert process.stdout is not None
+    result: list[str] = []
+
+    def reader() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith(prefix):
+                result.append(line.strip())
+                return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not result:
+        process.kill()
+        _, err = process.communicate(timeout=10)
+        raise RuntimeError(f"no {prefix!r} line within {timeout}s from {process.args}: {err}")
+    return result[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of stat(5); fields[0] is field 3.
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+class Server:
+    """A benchmark server process (ours, Twisted's, plaintext or s_server)."""
+
+    def __init__(self, kind: str, certificate: str) -> None:
+        self.kind = kind
+        if kind == "s_server":
+            self.port = free_port()
+            self.process = subprocess.Popen(
+                [
+                    "openssl", "s_server", "-accept", f"{HOST}:{self.port}",
+                    "-cert", certificate, "-key", certificate, "-quiet", "-naccept", "10000000",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            wait_for_port(self.port)
+        else:
+            self.process = child("serve", kind, certificate, "0")
+            self.port = int(read_line(self.process, "READY", 30).split()[1])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {HOST}:{port} after {timeout}s")
+
+
+def bulk(kind: str, files: dict[str, str], size: int, total: int, seconds: float) -> float:
+    """MB/s received by the server from one client writing *size*-byte blocks."""
+    with Server(kind, files["server"]) as server:
+        sender = child("bulk", kind, files["ca"], str(server.port), str(size), str(total),
+                       str(seconds))
+        try:
+            out, err = sender.communicate(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            sender.kill()
+            raise RuntimeError(f"bulk sender for {kind} did not finish") from None
+        if '"error"' in out:
+            raise RuntimeError(f"bulk sender for {kind} failed: {out} {err}")
+        report = json.loads(read_line(server.process, "{", 30))
+    return float(report["bytes"]) / report["seconds"] / 1e6
+
+
+def handshakes(kind: str, files: dict[str, str], mode: str, version: str,
+               seconds: int) -> tuple[float, int, int]:
+    """Server CPU microseconds per connection from ``openssl s_time``; also the
+    connection count and how many of them were resumed."""
+    with Server(kind, files["server"]) as server:
+        # One connection first, so that lazy imports and first-use setup in
+        # the server are not charged to the measured handshakes.
+        subprocess.run(["openssl", "s_time", "-connect", f"{HOST}:{server.port}", "-new",
+                        "-time", "1", version], capture_output=True, timeout=30)
+        before = cpu_seconds(server.process.pid)
+        result = subprocess.run(
+            ["openssl", "s_time", "-connect", f"{HOST}:{server.port}", mode,
+             "-time", str(seconds), version],
+            capture_output=True, text=True, timeout=seconds + 60,
+        )
+        after = cpu_seconds(server.process.pid)
+    match = re.search(r"(\d+) connections in [\d.]+ real seconds", result.stdout)
+    if match is None:
+        raise RuntimeError(f"s_time against {kind}: {result.stdout[-500:]} {result.stderr}")
+    count = int(match.group(1))
+    # s_time prints one progress mark per connection: 'r' when it was resumed.
+    resumed = sum(
+        line.count("r")
+        for line in result.stdout.splitlines()
+        if line and set(line) <= {"r", "*"}
+    )
+    return (after - before) / max(count, 1) * 1e6, count, resumed
+
+
+def idle_memory(kind: str, files: dict[str, str], count: int, base: int) -> float:
+    """Bytes of server RSS per idle established connection."""
+    with Server(kind, files["server"]) as server:
+        client = child("idle", kind, files["ca"], str(server.port), str(base),
+                       str(base + count), stdin=subprocess.PIPE)
+        try:
+            read_line(client, "STAGE", 120)
+            time.sleep(1)  # let the server finish its side of the last handshakes
+            rss_base = rss_bytes(server.process.pid)
+            assert client.stdin is not None
+            client.stdin.write("go\n")
+            client.stdin.flush()
+            read_line(client, "STAGE", 300)
+            time.sleep(1)
+            rss_full = rss_bytes(server.process.pid)
+        finally:
+            client.kill()
+            client.wait(10)
+    return (rss_full - rss_base) / count
+
+
+def make_certificates(folder: str, key_type: str) -> dict[str, str]:
+    from txschannel.testing import CertificateAuthority
+
+    ca = CertificateAuthority(key_type=key_type)  # type: ignore[arg-type]
+    server = ca.issue("localhost", "127.0.0.1", key_type=key_type)  # type: ignore[arg-type]
+    return {
+        "ca": str(ca.write(os.path.join(folder, "ca.pem"))),
+        "server": str(server.write(os.path.join(folder, "server.pem"))),
+    }
+
+
+def available(kind: str) -> bool:
+    if kind != "schannel":
+        return True
+    try:
+        import txschannel.protocol  # noqa: F401
+    except ImportError as e:
+        print(f"note: txschannel.protocol cannot be imported ({e}); its row is skipped")
+        return False
+    return True
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def orchestrate(args: argparse.Namespace) -> None:
+    raise_fd_limit()
+    if shutil.which("openssl") is None:
+        raise SystemExit("openssl is needed (apt-get install openssl)")
+    kinds = [k for k in KINDS if available(k)]
+    quick = args.quick
+    bulk_seconds = 3.0 if quick else 8.0
+    s_time_seconds = 2 if quick else 4
+    idle_count = 500 if quick else 2000
+    results: dict[str, dict[str, Any]] = {k: {} for k in [*kinds, "s_server"]}
+    with tempfile.TemporaryDirectory(prefix="txschannel-bench-") as folder:
+        files = make_certificates(folder, args.key_type)
+
+        def step(name: str, kind: str, run: Callable[..., Any], *arguments: Any) -> None:
+            print(f"  {name:<24} {LABELS[kind]:<22}", end="", flush=True)
+            started = time.monotonic()
+            try:
+                value = run(kind, files, *arguments)
+            except Exception as e:  # one broken row must not hide the others
+                value = None
+                print(f" FAILED: {e}")
+            else:
+                print(f" {value!r}  ({time.monotonic() - started:.0f}s)")
+            results[kind][name] = value
+
+        print("bulk transfer")
+        for kind in kinds:
+            step("bulk 64KiB", kind, bulk, 65536, 4 << 30, bulk_seconds)
+        for kind in kinds:
+            step("bulk 100B", kind, bulk, 100, 1 << 30, bulk_seconds)
+        print("handshakes (openssl s_time)")
+        for kind in [k for k in kinds if k != "plain"] + ["s_server"]:
+            step("full TLS1.3", kind, handshakes, "-new", "-tls1_3", s_time_seconds)
+            step("full TLS1.2", kind, handshakes, "-new", "-tls1_2", s_time_seconds)
+            step("resumed TLS1.2", kind, handshakes, "-reuse", "-tls1_2", s_time_seconds)
+        print(f"idle connections ({idle_count})")
+        for kind in kinds:
+            step("idle memory", kind, idle_memory, idle_count, 100)
+
+    print_table(results, kinds, idle_count, args.key_type)
+
+
+def ratio(ours: float | None, other: float | None, better: str) -> str:
+    """*ours* against *other*, written so that higher is better for txschannel."""
+    if ours is None or other is None or ours == 0 or other == 0:
+        return "-"
+    return f"{(ours / other if better == 'up' else other / ours):.2f}"
+
+
+def print_table(results: dict[str, dict[str, Any]], kinds: list[str], idle_count: int,
+                key_type: str) -> None:
+    columns = [*kinds, "s_server"]
+
+    def cell(kind: str, name: str) -> Any:
+        return results.get(kind, {}).get(name)
+
+    def cpu(kind: str, name: str) -> float | None:
+        value = cell(kind, name)
+        if value is None:
+            return None
+        microseconds, count, resumed = value
+        if name.startswith("resumed") and resumed < count // 2:
+            return None  # not resumed: not a resumed-handshake figure
+        return float(microseconds)
+
+    rows: list[tuple[str, dict[str, float | None], str]] = [
+        ("bulk MB/s, 64 KiB writes", {k: cell(k, "bulk 64KiB") for k in columns}, "up"),
+        ("bulk MB/s, 100 B writes", {k: cell(k, "bulk 100B") for k in columns}, "up"),
+        ("server CPU us/full handshake TLS1.3",
+         {k: cpu(k, "full TLS1.3") for k in columns}, "down"),
+        ("server CPU us/full handshake TLS1.2",
+         {k: cpu(k, "full TLS1.2") for k in columns}, "down"),
+        ("server CPU us/resumed handshake TLS1.2",
+         {k: cpu(k, "resumed TLS1.2") for k in columns}, "down"),
+        (f"server KiB/idle connection ({idle_count})",
+         {k: (None if cell(k, "idle memory") is None else cell(k, "idle memory") / 1024)
+          for k in columns}, "down"),
+    ]
+    width = 40
+    print()
+    print(f"key: {key_type}; loopback; server and client in separate processes")
+    header = f"{'':<{width}}" + "".join(f"{LABELS[k]:>22}" for k in columns)
+    header += f"{'vs Twisted':>12}{'vs plain':>10}{'vs s_server':>13}"
+    print(header)
+    for name, values, better in rows:
+        line = f"{name:<{width}}" + "".join(f"{fmt(values.get(k)):>22}" for k in columns)
+        ours = values.get("schannel")
+        line += f"{ratio(ours, values.get('twisted'), better):>12}"
+        line += f"{ratio(ours, values.get('plain'), better) if better == 'up' else '-':>10}"
+        s_server = ratio(ours, values.get("s_server"), better) if "handshake" in name else "-"
+        line += f"{s_server:>13}"
+        print(line)
+    print()
+    print("ratios: higher is better for txschannel (throughput ours/theirs, CPU and")
+    print("memory theirs/ours). '-' = not applicable or not measured (Twisted's server")
+    print("has session resumption off, so its resumed row is full handshakes: shown '-').")
+    for kind in [*kinds, "s_server"]:
+        value = cell(kind, "resumed TLS1.2")
+        if value is not None:
+            print(f"  {LABELS[kind]}: s_time -reuse resumed {value[2]} of {value[1]} connections")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in ("serve", "bulk", "idle"):
+        role, kind, *rest = sys.argv[1:]
+        if role == "serve":
+            run_server(kind, rest[0], int(rest[1]))
+        elif role == "bulk":
+            run_bulk(kind, rest[0], int(rest[1]), int(rest[2]), int(rest[3]), float(rest[4]))
+        else:
+            base, full = int(rest[2]), int(rest[3])
+            run_idle(kind, rest[0], int(rest[1]), [base, full], concurrency=64)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs (noisier)")
+    parser.add_argument("--key-type", choices=("ecdsa", "rsa"), default="ecdsa",
+                        help="server certificate key (default: ECDSA P-256)")
+    orchestrate(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
