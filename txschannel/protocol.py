@@ -1,0 +1,1145 @@
+"""The Twisted transport: a security context driven as a ``ProtocolWrapper``.
+
+:class:`SchannelFactory` wraps any protocol factory so that its connections
+speak TLS; it takes the same positional arguments as Twisted's
+``TLSMemoryBIOFactory`` and can replace it. :class:`SchannelProtocol` only
+moves bytes: what the transport delivers goes into one receive buffer that
+is handed to :meth:`ClientContext.initialize` / :meth:`ServerContext.accept`
+until the handshake returns OK, then to :meth:`SecurityContext.decrypt`; what
+the wrapped protocol writes goes through :meth:`SecurityContext.encrypt`.
+Every TLS decision (versions, certificates, ALPN, alerts) is the context's.
+
+:func:`startSchannel` upgrades a connection that is already carrying a
+plaintext protocol (STARTTLS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Union, cast
+
+from OpenSSL import SSL, crypto
+from twisted.internet import interfaces
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import TimeoutError as _TwistedTimeoutError
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    INegotiated,
+    IProtocol,
+    IProtocolFactory,
+    IProtocolNegotiationFactory,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+    ISystemHandle,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides, implementer, providedBy
+
+from txschannel.context import ClientContext, SecurityContext, ServerContext
+from txschannel.credentials import Credentials
+from txschannel.status import SecurityError, Status
+
+__all__ = [
+    "ConnectionTruncated",
+    "HandshakeBufferExceeded",
+    "HandshakeTimeout",
+    "SchannelFactory",
+    "SchannelProtocol",
+    "startSchannel",
+]
+
+_log = Logger(namespace="txschannel.protocol")
+
+#: Plaintext written in one reactor turn is gathered up to this size before
+#: it is encrypted: 64 KiB makes four full records per ``encrypt`` call, so
+#: a stream of small writes costs a few records instead of one each.
+_COALESCE_LIMIT = 65536
+
+#: Anything :meth:`Credentials.from_twisted` accepts, or our own credentials.
+CredentialsOrCreator = Union[Credentials, object]  # noqa: UP007 (a runtime alias)
+
+
+class ConnectionTruncated(ConnectionLost):
+    """The transport closed without the peer's close_notify.
+
+    After the handshake this means the peer's data may have been cut short
+    by an attacker or a crash (what TLS calls a truncation attack); during
+    the handshake it means the peer went away before the connection was
+    secured. It is a :class:`twisted.internet.error.ConnectionLost`, so code
+    that treats any unclean close alike keeps working, and distinct from the
+    ``ConnectionDone`` that a close_notify produces.
+    """
+
+    MESSAGE = "The TLS stream ended without close_notify"
+
+
+class HandshakeTimeout(_TwistedTimeoutError):
+    """The server dropped a connection whose handshake did not complete in time."""
+
+    MESSAGE = "The TLS handshake did not complete in time"
+
+
+class HandshakeBufferExceeded(ConnectionLost):
+    """The peer sent more bytes than allowed before the handshake completed."""
+
+    MESSAGE = "Too many bytes before the TLS handshake completed"
+
+
+def _failure(error: BaseException) -> Failure:
+    """A Failure for *error* (Twisted's constructor has no type hints)."""
+    return Failure(error)  # type: ignore[no-untyped-call]
+
+
+def _timeout_error(timeout: float | None) -> HandshakeTimeout:
+    error: HandshakeTimeout = cast(Any, HandshakeTimeout)(
+        f"the TLS handshake did not complete within {timeout} s"
+    )
+    return error
+
+
+#: ProtocolWrapper's methods carry no type hints; calling them through this
+#: name keeps ``mypy --strict`` quiet without an ignore at every call.
+_Wrapper: Any = ProtocolWrapper
+
+
+class _CreatorProtocol:
+    """What a Twisted connection creator sees as "the TLS protocol".
+
+    Twisted's creators read ``protocol.factory.wrappedFactory`` to find the
+    wrapped factory's ALPN protocols (``IProtocolNegotiationFactory``) and
+    call ``protocol.failVerification(reason)`` when the peer's name does not
+    match. The first comes from the :class:`SchannelFactory`; the second is
+    handed to the security context, which turns it into WRONG_PRINCIPAL.
+    """
+
+    def __init__(self, factory: SchannelFactory, shim: Any) -> None:
+        self.factory = factory
+        self._shim = shim
+
+    def failVerification(self, reason: object) -> None:
+        self._shim.failVerification(reason)
+
+    def abortConnection(self) -> None:
+        # Twisted's SNI callback calls this when its lookup raises.
+        self._shim.failVerification("the server-name lookup of the Twisted creator failed")
+
+
+class _TwistedCredentials(Credentials):
+    """Credentials whose ``SSL.Connection`` objects come from a Twisted object.
+
+    Made for one :class:`SchannelFactory` so that the connections can see its
+    wrapped factory (for ALPN). The peer's certificate is judged by the
+    Twisted object's own settings (``manual_validation`` from our side).
+    """
+
+    def __init__(
+        self,
+        make_connection: Callable[[object], SSL.Connection],
+        *,
+        is_client: bool,
+        hostname: str | None,
+        context: SSL.Context,
+        factory: SchannelFactory,
+        creator: object,
+    ) -> None:
+        super().__init__(context, is_client=is_client, manual_validation=True, hostname=hostname)
+        # ClientContext skips setting SNI itself when the credentials have a
+        # creator: Twisted's creator sets it (or chooses not to).
+        self._creator = creator
+        self._make_connection = make_connection
+        self._factory = factory
+
+    def _twisted_connection(self, shim: object) -> SSL.Connection:
+        stand_in = _CreatorProtocol(self._factory, shim)
+        connection = self._make_connection(stand_in)
+        # Twisted's ALPN select callback finds "the protocol" as app data.
+        connection.set_app_data(stand_in)
+        return connection
+
+
+def _credentials_from(
+    value: CredentialsOrCreator, is_client: bool, factory: SchannelFactory
+) -> Credentials:
+    """Our :class:`Credentials` for *value*, checked to fit *is_client*.
+
+    :raises TypeError: *value* is neither credentials nor a Twisted TLS object.
+    :raises ValueError: client credentials for a server or the reverse.
+    """
+    role = "client" if is_client else "server"
+    if isinstance(value, Credentials):
+        if value.is_client != is_client:
+            other = "client" if value.is_client else "server"
+            raise ValueError(
+                f"SchannelFactory(isClient={is_client}) needs {role} credentials, "
+                f"not {other} credentials"
+            )
+        return value
+    if is_client and interfaces.IOpenSSLClientConnectionCreator.providedBy(value):
+        creator: Any = value
+        return _TwistedCredentials(
+            creator.clientConnectionForTLS,
+            is_client=True,
+            hostname=getattr(value, "_hostnameASCII", None),
+            context=_context_of(value),
+            factory=factory,
+            creator=value,
+        )
+    if not is_client and interfaces.IOpenSSLServerConnectionCreator.providedBy(value):
+        creator = value
+        return _TwistedCredentials(
+            creator.serverConnectionForTLS,
+            is_client=False,
+            hostname=None,
+            context=_context_of(value),
+            factory=factory,
+            creator=value,
+        )
+    get_context = getattr(value, "getContext", None)
+    if callable(get_context):
+        context = get_context()
+        if not isinstance(context, SSL.Context):
+            raise TypeError(f"{value!r}.getContext() returned {context!r}, not an SSL.Context")
+
+        def make_connection(protocol: object) -> SSL.Connection:
+            # As Twisted does for these legacy factories: ask again for
+            # every connection, so a factory that rotates its context works.
+            return SSL.Connection(get_context(), None)
+
+        return _TwistedCredentials(
+            make_connection,
+            is_client=is_client,
+            hostname=None,
+            context=context,
+            factory=factory,
+            creator=value,
+        )
+    raise TypeError(
+        f"{value!r} is not txschannel Credentials, an "
+        f"IOpenSSL{role.capitalize()}ConnectionCreator (e.g. optionsForClientTLS(...) or "
+        "CertificateOptions) or an object with getContext()"
+    )
+
+
+def _context_of(creator: object) -> SSL.Context:
+    context = getattr(creator, "_ctx", None) or getattr(creator, "_context", None)
+    if isinstance(context, SSL.Context):
+        return context
+    # The creator makes its own contexts; this one only fills the slot.
+    return SSL.Context(SSL.TLS_METHOD)
+
+
+@implementer(IPushProducer)
+class _ProducerGate:
+    """Stands between the wrapped protocol's producer and the transport.
+
+    Two parties may want the producer paused: the transport (its write
+    buffer is full) and the handshake (writes are being held until the keys
+    exist). The producer resumes only when neither does, so that one
+    party's resume cannot undo the other's pause. A pull producer is asked
+    for data only when the transport asks and the handshake is done.
+    """
+
+    def __init__(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+        self.streaming = streaming
+        self._reasons: set[str] = set()
+        self._pull_wanted = False
+        self.stopped = False
+
+    def pause(self, reason: str) -> None:
+        if not self.streaming:
+            self._reasons.add(reason)
+            return
+        was_running = not self._reasons
+        self._reasons.add(reason)
+        if was_running and not self.stopped:
+            self.producer.pauseProducing()
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._reasons:
+            return
+        self._reasons.discard(reason)
+        if self._reasons or self.stopped:
+            return
+        if self.streaming:
+            self.producer.resumeProducing()
+        elif self._pull_wanted:
+            self._pull_wanted = False
+            self.producer.resumeProducing()
+
+    # IPushProducer / IPullProducer, as the transport sees it.
+
+    def pauseProducing(self) -> None:
+        self.pause("transport")
+
+    def resumeProducing(self) -> None:
+        if self.streaming:
+            self.resume("transport")
+        elif self._reasons:
+            self._pull_wanted = True
+        elif not self.stopped:
+            self.producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.producer.stopProducing()
+
+
+@implementer(ISSLTransport, INegotiated, ISystemHandle, IHalfCloseableProtocol)
+class SchannelProtocol(ProtocolWrapper):
+    """A TLS connection: the wrapped protocol's transport, driving a security context.
+
+    Made by :class:`SchannelFactory`. To the wrapped protocol it is an
+    ``ISSLTransport`` (plus ``INegotiated`` for ALPN and whatever the real
+    transport provides); to the real transport it is the protocol.
+
+    Bytes from the transport go into one receive buffer. Until the
+    handshake returns OK the buffer is handed to ``initialize``/``accept``;
+    every non-empty token is written to the transport and ``extra`` stays in
+    the buffer, with newly received bytes appended after it. Once
+    established the buffer goes to ``decrypt``, and the plaintext to the
+    wrapped protocol. Writes are gathered for one reactor turn (up to 64 KiB)
+    and encrypted together, so many small writes become few records.
+
+    Closing: :meth:`loseConnection` flushes pending data, sends close_notify
+    and closes the transport when the peer answers, or after
+    ``close_timeout`` seconds if it does not. :meth:`loseWriteConnection`
+    sends close_notify and keeps reading (TLS half-close). The peer's
+    close_notify reaches an ``IHalfCloseableProtocol`` as
+    ``readConnectionLost``; other protocols get a clean ``connectionLost``.
+    An end of stream without close_notify is reported as
+    :class:`ConnectionTruncated`; a failed handshake as a ``Failure``
+    wrapping the :class:`SecurityError`, after the alert was sent.
+
+    :ivar securityContext: the :class:`SecurityContext` (for ``attributes``
+        and ``channel_binding``).
+    :ivar handshakeLadder: one ``(call, status name, bytes in, bytes out)``
+        tuple per handshake step that consumed or produced bytes, e.g.
+        ``("accept", "CONTINUE_NEEDED", 517, 1234)``.
+    :ivar bytesReceived: application bytes delivered to the wrapped protocol.
+    :ivar bytesSent: application bytes encrypted and sent.
+    """
+
+    factory: SchannelFactory
+    securityContext: SecurityContext
+    # Any ITransport, used for the optional parts too (producer methods,
+    # abortConnection) where the transport has them.
+    transport: Any
+    disconnecting: bool = False
+
+    def __init__(
+        self,
+        factory: SchannelFactory,
+        wrappedProtocol: IProtocol,
+        _connectWrapped: bool = True,
+    ) -> None:
+        _Wrapper.__init__(self, factory, wrappedProtocol)
+        self._connectWrapped = _connectWrapped
+        self.handshakeLadder: list[tuple[str, str, int, int]] = []
+        self.bytesReceived = 0
+        self.bytesSent = 0
+        # The one receive buffer: a partial record (or, while the wrapped
+        # protocol has paused us, whole records not yet decrypted).
+        self._received = b""
+        # len(_received) at which the context can make progress again;
+        # calling it with less would only hand back the same partial record.
+        self._needed = 0
+        self._established = False
+        # Plaintext written before the handshake completed.
+        self._pending: list[bytes] = []
+        # Plaintext written this reactor turn, not yet encrypted.
+        self._outgoing: list[bytes] = []
+        self._outgoing_size = 0
+        self._flush_call: IDelayedCall | None = None
+        self._handshake_timer: IDelayedCall | None = None
+        self._close_timer: IDelayedCall | None = None
+        self._handshake_bytes = 0
+        self._producer: _ProducerGate | None = None
+        self._read_paused = False
+        self._reason: Failure | None = None
+        # TLS-level state, each a fact about the stream.
+        self._failed = False  # the context raised: no more TLS
+        self._sent_close_notify = False
+        self._peer_closed = False  # the peer's close_notify arrived
+        self._write_shutdown_wanted = False  # loseWriteConnection before OK
+        self._aborted = False
+        self._lost = False
+        self._handshake_waiters: list[Deferred[SchannelProtocol]] | None = []
+
+    # -- connection setup -------------------------------------------------
+
+    def makeConnection(self, transport: interfaces.ITransport) -> None:
+        """Create the security context, connect the wrapped protocol, start the handshake."""
+        self.securityContext = self.factory._new_context()
+        directlyProvides(self, providedBy(transport))
+        cast(Any, Protocol).makeConnection(self, transport)
+        cast(Any, self.factory).registerProtocol(self)
+        if self._connectWrapped:
+            _Wrapper.makeConnection(self, transport)
+        if self._lost or self._aborted or self._failed:
+            return
+        timeout = self.factory.handshake_timeout
+        if not self.factory.isClient and timeout is not None:
+            self._handshake_timer = self.factory._clock.callLater(
+                timeout, self._handshake_timed_out
+            )
+        if self.factory.isClient:
+            self._handshake_step(b"")
+
+    def getHandle(self) -> SSL.Connection | None:
+        """The ``OpenSSL.SSL.Connection`` under the context (``ISystemHandle``).
+
+        For ``twisted.internet.ssl.Certificate.peerFromTransport`` and
+        similar; prefer :attr:`securityContext`. ``None`` after the context
+        was deleted (a failed handshake).
+        """
+        connection: SSL.Connection | None = getattr(self.securityContext, "_connection", None)
+        return connection
+
+    # -- receiving --------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes from the transport: into the receive buffer, then the context."""
+        if self._failed or self._aborted or self._lost:
+            return
+        buffer = self._received + data if self._received else data
+        if not self._established:
+            self._handshake_bytes += len(data)
+            if len(buffer) >= self._needed:
+                self._received = b""
+                remaining = self._handshake_step(buffer)
+                if remaining is None:
+                    return
+                buffer = remaining
+            if not self._established:
+                self._received = buffer
+                limit = self.factory.max_pre_handshake_buffer
+                if self._handshake_bytes > limit:
+                    self._handshake_overflow(limit)
+                return
+        self._received = buffer
+        self._unwrap()
+
+    def _handshake_step(self, data: bytes) -> bytes | None:
+        """One ``initialize``/``accept`` call; the bytes left, or None on failure."""
+        call = "initialize" if self.factory.isClient else "accept"
+        context = self.securityContext
+        try:
+            if isinstance(context, ClientContext):
+                step = context.initialize(data)
+            else:
+                step = cast(ServerContext, context).accept(data)
+        except SecurityError as e:
+            self.handshakeLadder.append((call, e.status.name, len(data), len(e.token)))
+            self._handshake_failed(e)
+            return None
+        consumed = len(data) - len(step.extra)
+        if consumed or step.token or step.status is not Status.INCOMPLETE_MESSAGE:
+            self.handshakeLadder.append((call, step.status.name, consumed, len(step.token)))
+        if step.token:
+            self.transport.write(step.token)
+        self._needed = len(step.extra) + step.missing
+        if step.status is Status.OK:
+            self._needed = 0
+            self._handshake_done()
+        return step.extra
+
+    def _unwrap(self) -> None:
+        """Decrypt whatever whole records the receive buffer holds."""
+        while (
+            self._received
+            and len(self._received) >= self._needed
+            and not self._read_paused
+            and not (self._failed or self._aborted or self._peer_closed or self._lost)
+        ):
+            try:
+                unwrapped = self.securityContext.decrypt(self._received)
+            except SecurityError as e:
+                self._received = b""
+                if e.token:
+                    self.transport.write(e.token)
+                _log.warn(
+                    "TLS connection with {peer} failed: {status}: {reason}",
+                    peer=self._peer_name(),
+                    status=e.status.name,
+                    reason=e.reason,
+                )
+                self._fail(_failure(e))
+                return
+            self._received = unwrapped.extra
+            self._needed = len(unwrapped.extra) + unwrapped.missing
+            if unwrapped.token:
+                self.transport.write(unwrapped.token)
+            if unwrapped.data:
+                self.bytesReceived += len(unwrapped.data)
+                _Wrapper.dataReceived(self, unwrapped.data)
+            if unwrapped.status is Status.CONTEXT_EXPIRED:
+                self._received = b""
+                self._close_notify_received()
+                return
+            if unwrapped.status is Status.INCOMPLETE_MESSAGE:
+                return
+            # decrypt() consumed every whole record; what is left is partial.
+            return
+
+    # -- the handshake's outcomes -----------------------------------------
+
+    def _handshake_done(self) -> None:
+        self._established = True
+        self._cancel("_handshake_timer")
+        attributes = self.securityContext.attributes
+        _log.info(
+            "TLS handshake with {peer} done: {protocol} {cipher}, ALPN {alpn}, "
+            "server name {server_name}",
+            peer=self._peer_name(),
+            status=Status.OK.name,
+            protocol=attributes.protocol,
+            cipher=attributes.cipher,
+            alpn=attributes.alpn,
+            server_name=attributes.server_name,
+            resumed=attributes.session_reused,
+        )
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._send(b"".join(pending))
+        if self._producer is not None:
+            self._producer.resume("handshake")
+        waiters, self._handshake_waiters = self._handshake_waiters, None
+        for waiter in waiters or ():
+            waiter.callback(self)
+        wrapped = self.wrappedProtocol
+        if wrapped is not None and IHandshakeListener.providedBy(wrapped):
+            wrapped.handshakeCompleted()
+        if self._failed or self._lost:
+            return
+        if self._write_shutdown_wanted:
+            self._shutdown_write()
+        elif self.disconnecting and self._producer is None:
+            self._shutdown()
+
+    def _handshake_failed(self, error: SecurityError) -> None:
+        if error.token:
+            # The alert tells the peer why; it must leave before the close.
+            self.transport.write(error.token)
+        _log.warn(
+            "TLS handshake with {peer} failed: {status}: {reason}",
+            peer=self._peer_name(),
+            status=error.status.name,
+            reason=error.reason,
+            protocol=None,
+            cipher=None,
+            alpn=None,
+            server_name=None,
+        )
+        self._fail(_failure(error))
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        timeout = self.factory.handshake_timeout
+        _log.warn(
+            "TLS handshake with {peer} did not complete within {timeout} s: dropped",
+            peer=self._peer_name(),
+            status="TIMEOUT",
+            timeout=timeout,
+        )
+        self._fail(
+            _failure(_timeout_error(timeout)),
+            abort=True,
+        )
+
+    def _handshake_overflow(self, limit: int) -> None:
+        _log.error(
+            "{peer} sent {size} bytes before the TLS handshake completed "
+            "(limit {limit}): dropped",
+            peer=self._peer_name(),
+            status="BUFFER_EXCEEDED",
+            size=self._handshake_bytes,
+            limit=limit,
+        )
+        self._fail(
+            _failure(
+                HandshakeBufferExceeded(
+                    f"the peer sent {self._handshake_bytes} bytes before the TLS handshake "
+                    f"completed; the limit is {limit}"
+                )
+            ),
+            abort=True,
+        )
+
+    def _fail(self, reason: Failure, abort: bool = False) -> None:
+        """Stop all TLS processing, remember why, and close the transport."""
+        if self._reason is None:
+            self._reason = reason
+        self._failed = True
+        self._received = b""
+        self._pending = []
+        self._outgoing = []
+        self._outgoing_size = 0
+        self._cancel("_flush_call")
+        self._cancel("_handshake_timer")
+        self._fail_waiters(reason)
+        self.securityContext.delete()
+        if abort:
+            self._abort_transport()
+        else:
+            self.transport.loseConnection()
+
+    def _fail_waiters(self, reason: Failure) -> None:
+        waiters, self._handshake_waiters = self._handshake_waiters, None
+        for waiter in waiters or ():
+            waiter.errback(reason)
+
+    def whenHandshakeDone(self) -> Deferred[SchannelProtocol]:
+        """A Deferred that fires with this protocol once the handshake is OK.
+
+        It fails with the :class:`SecurityError` (or the reason the
+        connection was lost) if the handshake does not complete.
+        """
+        if self._established:
+            return _succeed(self)
+        if self._handshake_waiters is None:
+            return _fail(self._reason or _failure(ConnectionDone("the connection is closed")))
+        waiter: Deferred[SchannelProtocol] = Deferred()
+        self._handshake_waiters.append(waiter)
+        return waiter
+
+    # -- sending ----------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Encrypt and send *data* (gathered with other writes of this reactor turn).
+
+        Before the handshake completes the data is held (and a registered
+        producer paused) until it does. After :meth:`loseConnection` (unless
+        a producer is still registered) or :meth:`loseWriteConnection`,
+        writes are dropped, as Twisted's transports do.
+
+        :raises TypeError: *data* is not bytes.
+        """
+        if isinstance(data, str):
+            raise TypeError("SchannelProtocol.write() takes bytes, not str")
+        if (
+            self._sent_close_notify
+            or self._write_shutdown_wanted
+            or self._failed
+            or self._aborted
+            or self._lost
+            or (self.disconnecting and self._producer is None)
+            or not data
+        ):
+            return
+        if not self._established:
+            self._pending.append(bytes(data))
+            if self._producer is not None:
+                self._producer.pause("handshake")
+            return
+        self._outgoing.append(data if type(data) is bytes else bytes(data))
+        self._outgoing_size += len(data)
+        if self._outgoing_size >= _COALESCE_LIMIT:
+            self._flush()
+        elif self._flush_call is None:
+            self._flush_call = self.factory._clock.callLater(0, self._flush)
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        """Write the concatenation of *iovec* (see :meth:`write`)."""
+        self.write(b"".join(iovec))
+
+    def _flush(self) -> None:
+        """Encrypt and send what this reactor turn wrote."""
+        self._cancel("_flush_call")
+        if not self._outgoing:
+            return
+        data = self._outgoing[0] if len(self._outgoing) == 1 else b"".join(self._outgoing)
+        self._outgoing = []
+        self._outgoing_size = 0
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        if self._failed or self._lost:
+            return
+        try:
+            records = self.securityContext.encrypt(data)
+        except SecurityError as e:
+            self._fail(_failure(e))
+            return
+        self.bytesSent += len(data)
+        self.transport.write(records)
+
+    # -- producers and consumers ------------------------------------------
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """Register the wrapped protocol's producer (push or pull).
+
+        It is paused when the transport's buffer is full and while writes
+        wait for the handshake.
+
+        :raises RuntimeError: a producer is already registered.
+        """
+        if self._failed or self._lost or self._sent_close_notify:
+            producer.stopProducing()
+            return
+        if self._producer is not None:
+            raise RuntimeError(
+                f"Cannot register producer {producer!r}: {self._producer.producer!r} "
+                "is still registered"
+            )
+        gate = _ProducerGate(producer, streaming)
+        if self._pending:
+            gate.pause("handshake")
+        self._producer = gate
+        self.transport.registerProducer(gate, streaming)
+
+    def unregisterProducer(self) -> None:
+        """Unregister the producer; a pending :meth:`loseConnection` proceeds."""
+        gate = self._producer
+        if gate is None:
+            return
+        self._producer = None
+        gate.stopped = True
+        self.transport.unregisterProducer()
+        if self.disconnecting and self._established and not self._failed:
+            self._shutdown()
+
+    def pauseProducing(self) -> None:
+        """The wrapped protocol cannot take more data: stop reading the transport."""
+        self._read_paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The wrapped protocol takes data again: deliver what is buffered, read on."""
+        self._read_paused = False
+        if self._established:
+            self._unwrap()
+        if not (self._lost or self._aborted):
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The wrapped protocol wants no more data: close the transport."""
+        self.transport.stopProducing()
+
+    # -- closing ----------------------------------------------------------
+
+    def loseConnection(self) -> None:
+        """Close politely: flush, send close_notify, then close the transport.
+
+        Pending writes (and a registered producer, until it unregisters) are
+        sent first. The transport is closed when the peer answers with its
+        close_notify, or after ``close_timeout`` seconds if it does not.
+        Before the handshake completes there is nothing to protect and the
+        transport is closed at once, unless writes are waiting for the
+        handshake.
+        """
+        if self.disconnecting or not self.connected or self._lost:
+            return
+        self.disconnecting = True
+        if self._failed or self._aborted:
+            return
+        if not self._established:
+            if not self._pending:
+                self.transport.loseConnection()
+            return
+        if self._producer is None:
+            self._shutdown()
+
+    def loseWriteConnection(self) -> None:
+        """Half-close: send close_notify after pending data, keep reading.
+
+        The wrapped protocol keeps receiving until the peer's close_notify,
+        which reaches an ``IHalfCloseableProtocol`` as ``readConnectionLost``.
+        """
+        if self._sent_close_notify or self._write_shutdown_wanted or not self.connected:
+            return
+        if self._failed or self._aborted or self._lost:
+            return
+        if not self._established:
+            self._write_shutdown_wanted = True
+            return
+        self._shutdown_write()
+
+    def abortConnection(self) -> None:
+        """Close the transport at once: no close_notify, nothing more delivered."""
+        if self._aborted or self._lost:
+            return
+        self._aborted = True
+        self.disconnecting = True
+        self._outgoing = []
+        self._pending = []
+        self._cancel("_flush_call")
+        self._abort_transport()
+
+    def _shutdown_write(self) -> None:
+        self._write_shutdown_wanted = False
+        self._send_close_notify()
+        wrapped = self.wrappedProtocol
+        if wrapped is not None and IHalfCloseableProtocol.providedBy(wrapped):
+            wrapped.writeConnectionLost()
+        if self._peer_closed and not self._lost:
+            self.transport.loseConnection()
+
+    def _shutdown(self) -> None:
+        """Full close after the handshake: close_notify, then wait (bounded)."""
+        self._send_close_notify()
+        if self._failed or self._lost:
+            return
+        if self._peer_closed:
+            self.transport.loseConnection()
+            return
+        timeout = self.factory.close_timeout
+        if timeout is None:
+            self.transport.loseConnection()
+        elif self._close_timer is None:
+            self._close_timer = self.factory._clock.callLater(timeout, self._close_timed_out)
+
+    def _send_close_notify(self) -> None:
+        if self._sent_close_notify or self._failed or self._lost:
+            return
+        self._flush()
+        if self._failed:
+            return
+        self._sent_close_notify = True
+        token = self.securityContext.shutdown()
+        if token:
+            self.transport.write(token)
+
+    def _close_timed_out(self) -> None:
+        """The peer never answered our close_notify (Twisted #7926).
+
+        Close the transport normally (it still flushes what we sent); if even
+        that does not finish within another ``close_timeout``, the peer is
+        not reading and the transport is aborted.
+        """
+        self._close_timer = None
+        self.transport.loseConnection()
+        timeout = self.factory.close_timeout or 0.0
+        self._close_timer = self.factory._clock.callLater(timeout, self._abort_transport)
+
+    def _close_notify_received(self) -> None:
+        self._peer_closed = True
+        if self._sent_close_notify:
+            self._cancel("_close_timer")
+            self.transport.loseConnection()
+            return
+        wrapped = self.wrappedProtocol
+        if (
+            not self.disconnecting
+            and wrapped is not None
+            and IHalfCloseableProtocol.providedBy(wrapped)
+        ):
+            wrapped.readConnectionLost()
+            return
+        self.disconnecting = True
+        self._send_close_notify()
+        if not self._lost:
+            self.transport.loseConnection()
+
+    def readConnectionLost(self) -> None:
+        """The transport's peer half-closed (TCP FIN), with or without close_notify.
+
+        After the peer's close_notify this is the normal end of its stream,
+        and our own side may still be writing. Otherwise the stream was cut
+        short; the transport is closed and the loss reported as truncation.
+        """
+        if self._peer_closed and not self._sent_close_notify and not self.disconnecting:
+            return
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """The transport's write side closed; nothing to do (we never half-close TCP)."""
+
+    def _abort_transport(self) -> None:
+        self._cancel("_close_timer")
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """The transport is gone: tell the wrapped protocol, exactly once, and why."""
+        if self._lost:
+            return
+        if reason is None:
+            reason = _failure(ConnectionDone())
+        self._lost = True
+        for timer in ("_flush_call", "_handshake_timer", "_close_timer"):
+            self._cancel(timer)
+        if self._established and not (self._failed or self._aborted or self._peer_closed):
+            # Whole records that arrived while the wrapped protocol had paused
+            # us are still the peer's data.
+            self._read_paused = False
+            self._lost = False
+            self._unwrap()
+            self._lost = True
+        reported = self._reported(reason)
+        if self._handshake_waiters:
+            self._fail_waiters(reported)
+        self._handshake_waiters = None
+        self.connected = False
+        if self._producer is not None and not self._producer.stopped:
+            self._producer.stopProducing()
+        _Wrapper.connectionLost(self, reported)
+
+    def _reported(self, reason: Failure) -> Failure:
+        if self._reason is not None:
+            return self._reason
+        if self._aborted or not reason.check(ConnectionDone):  # type: ignore[no-untyped-call]
+            return reason
+        if self._peer_closed or self.disconnecting:
+            return reason
+        if not self._established:
+            return _failure(
+                ConnectionTruncated("the connection closed before the TLS handshake completed")
+            )
+        return _failure(
+            ConnectionTruncated(
+                "the peer closed the connection without close_notify: its data may be truncated"
+            )
+        )
+
+    # -- ISSLTransport, INegotiated ---------------------------------------
+
+    def getPeerCertificate(self) -> crypto.X509 | None:
+        """The peer's certificate as a pyOpenSSL ``X509``, or None (``ISSLTransport``).
+
+        None before the handshake completes, when the peer sent none, or
+        after a failure. ``securityContext.attributes.peer_certificate`` has
+        it as a ``cryptography`` certificate.
+        """
+        if not self._established or self._failed:
+            return None
+        certificate = self.securityContext.attributes.peer_certificate
+        return None if certificate is None else crypto.X509.from_cryptography(certificate)
+
+    @property
+    def negotiatedProtocol(self) -> bytes | None:
+        """The ALPN protocol agreed in the handshake, or None (``INegotiated``)."""
+        if not self._established or self._failed:
+            return None
+        alpn = self.securityContext.attributes.alpn
+        return alpn.encode("ascii") if alpn else None
+
+    # -- helpers ----------------------------------------------------------
+
+    def _cancel(self, name: str) -> None:
+        call: IDelayedCall | None = getattr(self, name)
+        if call is not None:
+            setattr(self, name, None)
+            if call.active():
+                call.cancel()
+
+    def _peer_name(self) -> str:
+        try:
+            return str(self.transport.getPeer())
+        except Exception:
+            return "(unknown peer)"
+
+
+def _succeed(value: SchannelProtocol) -> Deferred[SchannelProtocol]:
+    d: Deferred[SchannelProtocol] = Deferred()
+    d.callback(value)
+    return d
+
+
+def _fail(reason: Failure) -> Deferred[SchannelProtocol]:
+    d: Deferred[SchannelProtocol] = Deferred()
+    d.errback(reason)
+    return d
+
+
+class SchannelFactory(WrappingFactory):
+    """Adds TLS to the connections of *wrappedFactory*: a drop-in ``TLSMemoryBIOFactory``.
+
+    :param credentials_or_creator: txschannel :class:`Credentials`, or what
+        ``TLSMemoryBIOFactory`` accepts: ``optionsForClientTLS(...)``,
+        ``CertificateOptions``, any ``IOpenSSLClientConnectionCreator`` /
+        ``IOpenSSLServerConnectionCreator``, or a legacy object with
+        ``getContext()``. Twisted objects keep their own certificate
+        checks.
+    :param isClient: True to send the ClientHello (connect side).
+    :param wrappedFactory: makes the application protocols. If it provides
+        ``IProtocolNegotiationFactory`` its ``acceptableProtocols()`` are
+        offered (client) or accepted (server) by ALPN, per connection.
+    :param clock: for write coalescing and the timeouts; the reactor by default.
+    :param target_name: (client) the name the server's certificate must
+        match, also sent as SNI. Defaults to the Twisted creator's host name
+        or the credentials' ``hostname``.
+    :param handshake_timeout: (server) seconds a connection may take to
+        complete the handshake before it is dropped; None for no limit.
+    :param max_pre_handshake_buffer: bytes a peer may send before the
+        handshake completes; more and it is disconnected (and logged).
+    :param close_timeout: seconds :meth:`SchannelProtocol.loseConnection`
+        waits for the peer's close_notify before closing anyway.
+    :raises ValueError: credentials for the wrong side, a client without a
+        name to check, or a bad limit.
+    :raises TypeError: *credentials_or_creator* is not a TLS configuration.
+
+    :ivar credentials: the :class:`Credentials` new connections use.
+        Assign new ones (or a Twisted creator) to reload certificates:
+        connections already open keep theirs.
+    """
+
+    protocol = SchannelProtocol
+    noisy = False
+
+    def __init__(
+        self,
+        credentials_or_creator: CredentialsOrCreator,
+        isClient: bool,
+        wrappedFactory: IProtocolFactory,
+        clock: IReactorTime | None = None,
+        *,
+        target_name: str | None = None,
+        handshake_timeout: float | None = 30.0,
+        max_pre_handshake_buffer: int = 65536,
+        close_timeout: float | None = 5.0,
+    ) -> None:
+        cast(Any, super()).__init__(wrappedFactory)
+        self.isClient = bool(isClient)
+        self.target_name = target_name
+        for name, value in (("handshake_timeout", handshake_timeout),
+                            ("close_timeout", close_timeout)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds or None, "
+                                 f"not {value!r}")
+        if not isinstance(max_pre_handshake_buffer, int) or max_pre_handshake_buffer <= 0:
+            raise ValueError(
+                "max_pre_handshake_buffer must be a positive number of bytes, "
+                f"not {max_pre_handshake_buffer!r}"
+            )
+        self.handshake_timeout = handshake_timeout
+        self.max_pre_handshake_buffer = max_pre_handshake_buffer
+        self.close_timeout = close_timeout
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        self._clock = clock
+        self.credentials = credentials_or_creator
+
+    @property
+    def credentials(self) -> Credentials:
+        """The credentials for new connections (see the class docstring)."""
+        return self._credentials
+
+    @credentials.setter
+    def credentials(self, value: CredentialsOrCreator) -> None:
+        credentials = _credentials_from(value, self.isClient, self)
+        if (
+            self.isClient
+            and self.target_name is None
+            and credentials.hostname is None
+            and not credentials.manual_validation
+        ):
+            raise ValueError(
+                "SchannelFactory(isClient=True) needs target_name=... (the name the "
+                "server's certificate must match), or credentials made with "
+                "Credentials.client(manual_validation=True)"
+            )
+        self._credentials = credentials
+
+    @property
+    def clock(self) -> IReactorTime:
+        """The clock used for write coalescing and timeouts."""
+        return self._clock
+
+    def _new_context(self) -> SecurityContext:
+        credentials = self._credentials
+        alpn = None if isinstance(credentials, _TwistedCredentials) else self._alpn(credentials)
+        if self.isClient:
+            return ClientContext(credentials, self.target_name, alpn=alpn)
+        return ServerContext(credentials, alpn=alpn)
+
+    def _alpn(self, credentials: Credentials) -> tuple[bytes, ...] | None:
+        negotiation = IProtocolNegotiationFactory(self.wrappedFactory, None)
+        if negotiation is None:
+            return None
+        wanted = [bytes(p) for p in negotiation.acceptableProtocols()]
+        return tuple(dict.fromkeys([*wanted, *credentials.alpn])) or None
+
+    def buildProtocol(self, addr: interfaces.IAddress | None) -> SchannelProtocol | None:  # type: ignore[override]
+        """A :class:`SchannelProtocol` around the wrapped factory's protocol."""
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped)
+
+    def logPrefix(self) -> str:
+        """The wrapped factory's log prefix, marked as TLS."""
+        wrapped = self.wrappedFactory
+        if interfaces.ILoggingContext.providedBy(wrapped):
+            prefix = wrapped.logPrefix()
+        else:
+            prefix = type(wrapped).__name__
+        return f"{prefix} (TLS)"
+
+
+def startSchannel(
+    protocol: IProtocol,
+    credentials_or_creator: CredentialsOrCreator,
+    isClient: bool,
+    *,
+    received: bytes = b"",
+    clock: IReactorTime | None = None,
+    target_name: str | None = None,
+    handshake_timeout: float | None = 30.0,
+    max_pre_handshake_buffer: int = 65536,
+    close_timeout: float | None = 5.0,
+) -> SchannelProtocol:
+    """Upgrade *protocol*'s connection to TLS in place (STARTTLS).
+
+    *protocol* is connected and has just agreed with its peer to start TLS.
+    From now on its transport is a :class:`SchannelProtocol` (returned):
+    its writes are encrypted and it receives decrypted data. Whatever it
+    wrote before this call has already gone out in the clear.
+    ``protocol.makeConnection`` is not called again; an
+    ``IHandshakeListener`` gets ``handshakeCompleted()``, and
+    ``whenHandshakeDone()`` on the result gives a Deferred.
+
+    :param received: bytes the plaintext protocol already read past the
+        STARTTLS command that belong to TLS (a pipelined ClientHello).
+    :raises TypeError: the transport cannot be re-pointed (it is neither a
+        ``ProtocolWrapper`` nor has a ``protocol`` attribute, as Twisted's
+        TCP, UNIX and process transports do).
+
+    The other arguments are those of :class:`SchannelFactory`.
+    """
+    transport: Any = getattr(protocol, "transport", None)
+    if transport is None:
+        raise TypeError(f"{protocol!r} is not connected (it has no transport)")
+    inner_factory = getattr(protocol, "factory", None)
+    if inner_factory is None:
+        inner_factory = Factory()
+    factory = SchannelFactory(
+        credentials_or_creator,
+        isClient,
+        inner_factory,
+        clock,
+        target_name=target_name,
+        handshake_timeout=handshake_timeout,
+        max_pre_handshake_buffer=max_pre_handshake_buffer,
+        close_timeout=close_timeout,
+    )
+    tls = SchannelProtocol(factory, protocol, _connectWrapped=False)
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = tls
+    elif "protocol" in getattr(transport, "__dict__", {}):
+        transport.protocol = tls
+    else:
+        raise TypeError(
+            f"cannot start TLS on {transport!r}: startSchannel needs a transport whose "
+            "'protocol' attribute can be re-pointed (TCP, UNIX, process transports) or a "
+            "ProtocolWrapper"
+        )
+    cast(Any, protocol).transport = tls
+    tls.makeConnection(transport)
+    if received:
+        tls.dataReceived(received)
+    return tls
+
