@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -49,6 +49,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txschannel.credentials import Credentials
+from txschannel.protocol import SchannelFactory
 
 __all__ = [
     "CLIENT_OPTIONS",
@@ -126,22 +127,23 @@ class SchannelServerEndpoint:
 
     Each connection the *inner* endpoint accepts is wrapped in a
     :class:`~txschannel.protocol.SchannelFactory` server connection before
-    the application's protocol sees it.
+    the application's protocol sees it. Credentials are checked when
+    :meth:`listen` makes that factory: a Twisted creator for the wrong side,
+    or something that is no TLS configuration at all, fails the
+    ``Deferred`` it returns.
 
     :param inner: the endpoint that accepts the raw byte streams (TCP, UNIX,
         systemd, haproxy, ...).
     :param credentials: the server :class:`~txschannel.Credentials`, or a
         Twisted server TLS creator (``CertificateOptions``, ...).
     :param handshake_timeout: seconds a client may take to finish the
-        handshake before it is dropped.
+        handshake before it is dropped; ``None`` for no limit.
     :param max_pre_handshake_buffer: how many bytes the application may
         write before the handshake completes.
     :param clock: the clock for the handshake timeout (the reactor by
         default).
     :param rebuild: how to make the credentials again from their source
         files, for :meth:`reload`; endpoints made from a string have one.
-    :raises TypeError: *credentials* is neither Credentials nor a Twisted
-        TLS creator.
     """
 
     def __init__(
@@ -149,7 +151,7 @@ class SchannelServerEndpoint:
         inner: IStreamServerEndpoint,
         credentials: Credentials | object,
         *,
-        handshake_timeout: float = 30.0,
+        handshake_timeout: float | None = 30.0,
         max_pre_handshake_buffer: int = 65536,
         clock: IReactorTime | None = None,
         rebuild: Callable[[], Credentials] | None = None,
@@ -159,43 +161,54 @@ class SchannelServerEndpoint:
         self.max_pre_handshake_buffer = max_pre_handshake_buffer
         self._clock = clock
         self._rebuild = rebuild
-        self._credentials = Credentials.from_twisted(credentials)
+        # Kept as given: SchannelFactory turns a Twisted creator into
+        # credentials bound to its own connections.
+        self._credentials = credentials
         # Every factory made by listen(), so that new credentials reach the
         # ports already listening; weak, because a port that stopped
         # listening should not be kept alive by its endpoint.
         self._factories: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @property
-    def credentials(self) -> Credentials:
+    def credentials(self) -> Credentials | object:
         """The credentials given to each new connection.
 
         Assigning new credentials affects connections accepted from then on,
         on every port this endpoint is listening on; connections already
         open keep the credentials they started with.
+
+        :raises TypeError: (assignment) not a TLS configuration.
+        :raises ValueError: (assignment) client credentials.
         """
         return self._credentials
 
     @credentials.setter
-    def credentials(self, credentials: Credentials) -> None:
-        self._credentials = Credentials.from_twisted(credentials)
+    def credentials(self, credentials: Credentials | object) -> None:
+        # The factories check the value (the first one refuses a bad value
+        # before anything has changed), then the endpoint keeps it for the
+        # ports it will open later.
         for factory in list(self._factories):
-            factory.credentials = self._credentials
+            factory.credentials = credentials
+        self._credentials = credentials
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         """Listen on the inner endpoint, with TLS around *protocolFactory*.
 
-        :return: the inner endpoint's ``Deferred`` for the listening port.
+        :return: the inner endpoint's ``Deferred`` for the listening port;
+            it fails with ``TypeError``/``ValueError`` when the credentials
+            do not fit a server.
         """
-        from txschannel.protocol import SchannelFactory
-
-        factory = SchannelFactory(
-            self._credentials,
-            False,
-            protocolFactory,
-            self._clock,
-            handshake_timeout=self.handshake_timeout,
-            max_pre_handshake_buffer=self.max_pre_handshake_buffer,
-        )
+        try:
+            factory = SchannelFactory(
+                self._credentials,
+                False,
+                protocolFactory,
+                self._clock,
+                handshake_timeout=self.handshake_timeout,
+                max_pre_handshake_buffer=self.max_pre_handshake_buffer,
+            )
+        except (TypeError, ValueError):
+            return fail()
         self._factories.add(factory)
         listening: Deferred[IListeningPort] = self.inner.listen(factory)
         return listening
@@ -239,8 +252,6 @@ class SchannelClientEndpoint:
         name of their own (a Twisted creator).
     :param clock: the clock for the transport's timers (the reactor by
         default).
-    :raises TypeError: *credentials* is neither Credentials nor a Twisted
-        TLS creator.
     """
 
     def __init__(
@@ -252,7 +263,7 @@ class SchannelClientEndpoint:
         clock: IReactorTime | None = None,
     ) -> None:
         self.inner = inner
-        self.credentials = Credentials.from_twisted(credentials)
+        self.credentials = credentials
         self.target_name = target_name
         self._clock = clock
 
@@ -262,17 +273,19 @@ class SchannelClientEndpoint:
         :return: a ``Deferred`` that fires with the application's protocol
             once the inner connection is made (as Twisted's ``wrapClientTLS``
             does; the handshake follows), or fails as the inner endpoint's
-            connection attempt does.
+            connection attempt does, or with ``TypeError``/``ValueError``
+            when the credentials do not fit a client.
         """
-        from txschannel.protocol import SchannelFactory
-
-        factory = SchannelFactory(
-            self.credentials,
-            True,
-            protocolFactory,
-            self._clock,
-            target_name=self.target_name,
-        )
+        try:
+            factory = SchannelFactory(
+                self.credentials,
+                True,
+                protocolFactory,
+                self._clock,
+                target_name=self.target_name,
+            )
+        except (TypeError, ValueError):
+            return fail()
         connecting: Deferred[Any] = self.inner.connect(factory)
         return connecting.addCallback(_wrapped_protocol)
 
