@@ -7,11 +7,10 @@ import ipaddress
 import os
 import stat
 import subprocess
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, TimeoutError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -235,50 +234,62 @@ class Echo(Recorder):
         self.transport.write(data)
 
 
-def app(protocol: Any) -> Recorder:
-    wrapped: Recorder = protocol.wrappedProtocol
-    return wrapped
-
-
 class ConnectedPairTests(SynchronousTestCase):
     """connected_pair joins two applications through SchannelFactory in memory."""
 
+    def test_application_protocols_stay_reachable_after_the_connection_is_lost(
+        self,
+    ) -> None:
+        pair = connected_pair(Recorder, Recorder)
+        pair.client.transport.loseConnection()
+        pair.pump.flush()
+        self.assertIsNotNone(pair.server.lost)
+        self.assertIs(pair.client_tls, pair.client.transport)
+        self.assertEqual(pair.server_tls.securityContext, pair.server.transport.securityContext)
+
+    def test_refusing_factory_raises_value_error(self) -> None:
+        refusing = Factory.forProtocol(Recorder)
+        refusing.buildProtocol = lambda addr: None  # type: ignore[method-assign]
+        with self.assertRaises(ValueError) as caught:
+            connected_pair(Recorder, refusing)
+        self.assertIn("server", str(caught.exception))
+
     def test_handshake_completes_without_sockets(self) -> None:
         client, server, pump = connected_pair(HandshakeRecorder, HandshakeRecorder)
-        self.assertEqual((app(client).handshakes, app(server).handshakes), (1, 1))
-        self.assertEqual(client.securityContext.attributes.server_name, "localhost")
+        self.assertEqual((client.handshakes, server.handshakes), (1, 1))
+        self.assertEqual(client.transport.securityContext.attributes.server_name, "localhost")
 
     def test_application_data_goes_both_ways(self) -> None:
         pair = connected_pair(Recorder, Echo)
         self.assertIsInstance(pair, ConnectedPair)
-        assert app(pair.client).transport is not None
-        app(pair.client).transport.write(b"ping " * 10000)
+        assert pair.client.transport is not None
+        pair.client.transport.write(b"ping " * 10000)
         pair.pump.flush()
-        self.assertEqual(app(pair.server).received, b"ping " * 10000)
-        self.assertEqual(app(pair.client).received, b"ping " * 10000)
+        self.assertEqual(pair.server.received, b"ping " * 10000)
+        self.assertEqual(pair.client.received, b"ping " * 10000)
 
     def test_bytes_on_the_wire_are_encrypted(self) -> None:
         client, server, pump = connected_pair(Recorder, Recorder)
         secret = b"the secret is 42"
-        app(client).transport.write(secret)  # type: ignore[union-attr]
+        client.transport.write(secret)  # type: ignore[union-attr]
         wire = b"".join(pump.clientIO.stream)
         pump.flush()
-        self.assertEqual(app(server).received, secret)
+        self.assertEqual(server.received, secret)
         self.assertNotIn(secret, wire)
 
     def test_handshake_false_leaves_the_pair_unpumped(self) -> None:
         client, server, pump = connected_pair(
             HandshakeRecorder, HandshakeRecorder, handshake=False
         )
-        self.assertEqual(app(client).handshakes, 0)
+        self.assertEqual(client.handshakes, 0)
         pump.flush()
-        self.assertEqual(app(client).handshakes, 1)
+        self.assertEqual(client.handshakes, 1)
 
     def test_factories_are_accepted_as_well_as_classes(self) -> None:
         factory = Factory.forProtocol(Echo)
         client, server, pump = connected_pair(Recorder, factory)
-        self.assertIs(app(server).factory, factory)
-        self.assertIsInstance(app(server), Echo)
+        self.assertIs(server.factory, factory)
+        self.assertIsInstance(server, Echo)
 
     def test_not_a_factory_raises_type_error(self) -> None:
         with self.assertRaises(TypeError) as caught:
@@ -291,11 +302,11 @@ class ConnectedPairTests(SynchronousTestCase):
             Recorder,
             server_credentials=CertificateAuthority().server_credentials("localhost"),
         )
-        lost = app(client).lost
+        lost = client.lost
         assert lost is not None
         self.assertIsInstance(lost.value, SecurityError)
         self.assertIs(lost.value.status, Status.UNTRUSTED_ROOT)
-        self.assertIsNotNone(app(server).lost)
+        self.assertIsNotNone(server.lost)
 
     def test_given_ca_issues_the_missing_credentials(self) -> None:
         ca = CertificateAuthority()
@@ -310,34 +321,38 @@ class ConnectedPairTests(SynchronousTestCase):
             ),
             target_name="db.internal",
         )
-        peer = server.securityContext.attributes.peer_certificate
+        peer = server.transport.securityContext.attributes.peer_certificate
         self.assertEqual(peer.serial_number, identity.certificate.serial_number)
 
     def test_alpn_is_negotiated_through_the_pair(self) -> None:
         ca = CertificateAuthority()
-        client, server, pump = connected_pair(
+        pair = connected_pair(
             Recorder,
             Recorder,
             client_credentials=ca.client_credentials(alpn=["h2", "http/1.1"]),
             server_credentials=ca.server_credentials("localhost", alpn=["http/1.1"]),
         )
-        self.assertEqual(client.negotiatedProtocol, b"http/1.1")
-        self.assertEqual(server.negotiatedProtocol, b"http/1.1")
+        self.assertEqual(pair.client_tls.negotiatedProtocol, b"http/1.1")
+        self.assertEqual(pair.server_tls.negotiatedProtocol, b"http/1.1")
 
     def test_lose_connection_closes_both_sides_cleanly(self) -> None:
         client, server, pump = connected_pair(Recorder, Recorder)
-        app(client).transport.write(b"last words")  # type: ignore[union-attr]
-        app(client).transport.loseConnection()  # type: ignore[union-attr]
+        client.transport.write(b"last words")  # type: ignore[union-attr]
+        client.transport.loseConnection()  # type: ignore[union-attr]
         pump.flush()
-        self.assertEqual(app(server).received, b"last words")
+        self.assertEqual(server.received, b"last words")
         for side in (client, server):
-            lost = app(side).lost
+            lost = side.lost
             assert lost is not None
             self.assertTrue(lost.check(ConnectionDone), lost)
 
     def test_clock_is_shared_so_the_handshake_timeout_can_be_tested(self) -> None:
         client, server, pump = connected_pair(Recorder, Recorder, handshake=False)
         # Nothing was pumped: the server never saw a ClientHello.
-        pump.clock.advance(31)
+        pump.clock.advance(29)
+        self.assertIsNone(server.lost)
+        pump.clock.advance(2)
         pump.flush(advanceClock=False)
-        self.assertIsNotNone(app(server).lost)
+        lost = server.lost
+        assert lost is not None
+        self.assertTrue(lost.check(TimeoutError), lost)

@@ -22,10 +22,10 @@ Example::
 
     class EchoTests(SynchronousTestCase):
         def test_echo_over_tls(self) -> None:
-            pair = connected_pair(MyClient, MyEcho)
-            pair.client.wrappedProtocol.transport.write(b"ping")
-            pair.pump.flush()
-            self.assertEqual(pair.client.wrappedProtocol.received, b"ping")
+            client, server, pump = connected_pair(MyClient, MyEcho)
+            client.transport.write(b"ping")
+            pump.flush()
+            self.assertEqual(client.received, b"ping")
 """
 
 from __future__ import annotations
@@ -417,17 +417,29 @@ class CertificateAuthority:
 class ConnectedPair(NamedTuple):
     """What :func:`connected_pair` returns; unpacks as ``client, server, pump``.
 
-    :ivar client: the client side's ``SchannelProtocol``; the application
-        protocol is its ``wrappedProtocol``.
-    :ivar server: the server side's ``SchannelProtocol``.
+    :ivar client: the client *application* protocol (what your factory
+        built). Its ``transport`` is the client's ``SchannelProtocol``.
+    :ivar server: the server application protocol.
     :ivar pump: moves bytes between them: ``pump.flush()`` until quiet,
-        ``pump.pump()`` for one round trip. ``pump.clock`` is the
+        ``pump.pump()`` for one exchange. ``pump.clock`` is the
         :class:`~twisted.internet.task.Clock` both sides use.
     """
 
     client: Any
     server: Any
     pump: IOPump
+
+    @property
+    def client_tls(self) -> Any:
+        """The client's ``SchannelProtocol`` (``securityContext``,
+        ``negotiatedProtocol``, ``getPeerCertificate()``); still reachable
+        after the connection is lost, unlike its ``wrappedProtocol``."""
+        return self.client.transport
+
+    @property
+    def server_tls(self) -> Any:
+        """The server's ``SchannelProtocol``."""
+        return self.server.transport
 
 
 #: What :func:`connected_pair` accepts for each side.
@@ -500,8 +512,9 @@ def connected_pair(
         coalescing); a new :class:`~twisted.internet.task.Clock` by default.
     :param handshake: pump until quiet before returning, so that the
         handshake is done (or has failed) when the pair comes back.
-    :returns: a :class:`ConnectedPair` of the two ``SchannelProtocol``
-        instances and the pump.
+    :returns: a :class:`ConnectedPair`: the two application protocols and
+        the pump (``pair.client_tls`` / ``pair.server_tls`` are the
+        ``SchannelProtocol`` instances).
     :raises TypeError: *client* or *server* is neither a factory nor callable.
     """
     from txschannel.protocol import SchannelFactory
@@ -523,6 +536,13 @@ def connected_pair(
     client_address = IPv4Address("TCP", "127.0.0.1", next(_ports))
     client_protocol = client_tls.buildProtocol(server_address)
     server_protocol = server_tls.buildProtocol(client_address)
+    if client_protocol is None or server_protocol is None:
+        side = "client" if client_protocol is None else "server"
+        raise ValueError(f"the {side} factory's buildProtocol() returned None (refused)")
+    # ProtocolWrapper drops its wrappedProtocol when the connection is lost
+    # (a failed handshake during the first flush, say): keep the application
+    # protocols here so that tests can inspect them afterwards.
+    client_app, server_app = client_protocol.wrappedProtocol, server_protocol.wrappedProtocol
     # iosim is untyped; its FakeTransport and connect() are what Twisted's
     # own TLS tests pump with.
     client_io = FakeTransport(  # type: ignore[no-untyped-call]
@@ -534,5 +554,5 @@ def connected_pair(
     pump: IOPump = connect(  # type: ignore[no-untyped-call]
         server_protocol, server_io, client_protocol, client_io, greet=handshake, clock=clock
     )
-    return ConnectedPair(client_protocol, server_protocol, pump)
+    return ConnectedPair(client_app, server_app, pump)
 
