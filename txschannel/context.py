@@ -260,8 +260,23 @@ class SecurityContext:
 
     def delete(self) -> None:
         """Free the context (DeleteSecurityContext); later calls raise INVALID_HANDLE."""
+        self._keep_session()
         self._state = _State.DELETED
         self._connection = None
+
+    def _keep_session(self) -> None:
+        # OpenSSL marks the session of a connection freed without a
+        # close_notify as not resumable (on both sides), so a TLS 1.2
+        # context deleted or dropped without shutdown() would spoil
+        # resumption for the next context to the same target. An
+        # established, unfailed context's session is good: say it closed.
+        connection = self._connection
+        if connection is not None and self._state is _State.ESTABLISHED:
+            connection.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
+
+    def __del__(self) -> None:
+        if getattr(self, "_connection", None) is not None:
+            self._keep_session()
 
     # -- the handshake loop ----------------------------------------------
 
@@ -270,7 +285,7 @@ class SecurityContext:
         if self._state is _State.ESTABLISHED:
             return Step(Status.OK, b"", bytes(data), 0)
         view = memoryview(data)
-        first_call = not self._started
+        first_call = not self._started and self._is_client
         self._started = True
         framing = self._frame(view)
         consumed = 0
@@ -289,9 +304,13 @@ class SecurityContext:
             self._state = _State.ESTABLISHED
             self._on_established(connection)
             return Step(Status.OK, token, extra, 0)
-        if extra or (not framing.ends and not first_call):
-            missing = framing.missing if extra else HEADER_SIZE
-            return Step(Status.INCOMPLETE_MESSAGE, token, extra, missing)
+        if extra:
+            # A partial record: the caller must come back with more of it.
+            return Step(Status.INCOMPLETE_MESSAGE, token, extra, framing.missing)
+        if not framing.ends and not token:
+            # Nothing to work on and nothing to say (a server given no
+            # bytes, a client called again with none): waiting for a header.
+            return Step(Status.INCOMPLETE_MESSAGE, token, extra, HEADER_SIZE)
         return Step(Status.CONTINUE_NEEDED, token, extra, 0)
 
     def _frame(self, view: memoryview) -> Framing:
@@ -436,7 +455,14 @@ class SecurityContext:
         if self._closed_by_peer:
             # Nothing after close_notify is TLS we may read, so not judged.
             return Unwrapped(Status.CONTEXT_EXPIRED, b"", bytes(view), 0, b"")
-        framing = self._frame(view)
+        bad: FramingError | None = None
+        try:
+            framing = frame(view)
+        except FramingError as e:
+            # Decrypt the whole records before the bad header first: if one
+            # of them is close_notify, what follows is not ours to judge.
+            bad = e
+            framing = frame(view[: e.offset])
         plaintext: list[bytes] = []
         consumed = 0
         status = Status.OK if framing.ends else Status.INCOMPLETE_MESSAGE
@@ -459,8 +485,15 @@ class SecurityContext:
                 raise self._fail_openssl(e) from None
         if handshake_message:
             self._after_handshake_message(connection)
+        if bad is not None and status is not Status.CONTEXT_EXPIRED:
+            raise self._fail(bad.status, bad.reason, self._alert_for_garbage(view[bad.offset :]))
         token = self._drain(connection)
-        missing = framing.missing if status is not Status.CONTEXT_EXPIRED else 0
+        if status is Status.CONTEXT_EXPIRED:
+            missing = 0
+        elif status is Status.INCOMPLETE_MESSAGE and not framing.missing:
+            missing = HEADER_SIZE
+        else:
+            missing = framing.missing
         return Unwrapped(status, b"".join(plaintext), bytes(view[consumed:]), missing, token)
 
     def _after_handshake_message(self, connection: SSL.Connection) -> None:
