@@ -1,0 +1,233 @@
+"""A both-ways relay: every accepted connection is joined to a new outgoing one.
+
+This is the stunnel part of ``twist schannel``. Each connection accepted by
+a :class:`RelayFactory` opens a connection on the configured client endpoint
+and the two are joined:
+
+- bytes flow both ways unchanged; either endpoint may be plain or
+  ``schannel:``, so the same code terminates TLS and originates it;
+- *flow control*: each transport is registered as the streaming producer of
+  the other, so when one side cannot keep up, Twisted pauses reading on the
+  other side instead of buffering without bound;
+- *half-close*: end-of-stream from one side (TCP FIN, or TLS close_notify)
+  becomes a write shutdown toward the other, so request/response protocols
+  that signal "done sending" that way keep working;
+- when one side ends, the other is closed too (after its pending bytes).
+
+The relay says why a connection ended in :attr:`Inbound.close_reason`, for
+the one log line ``twist schannel`` writes per connection.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IStreamClientEndpoint,
+    ITransport,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["RelayFactory", "Inbound", "Outbound"]
+
+_log = Logger()
+
+
+def _lose_write(transport: ITransport | None) -> None:
+    """Shut down the writing half of *transport*, or all of it when it cannot half-close."""
+    if transport is None:
+        return
+    lose_write = getattr(transport, "loseWriteConnection", None)
+    if callable(lose_write):
+        lose_write()
+    else:
+        transport.loseConnection()
+
+
+@implementer(IHalfCloseableProtocol)
+class _Side(Protocol):
+    """One end of a joined pair: what it reads, its partner writes.
+
+    :ivar partner: the other side, once both are connected.
+    :ivar read_closed: the peer of this side finished sending (EOF).
+    :ivar write_closed: we shut down writing toward the peer of this side.
+    """
+
+    partner: _Side | None = None
+    read_closed = False
+    write_closed = False
+    lost = False
+
+    def _inbound(self) -> Inbound:
+        raise NotImplementedError
+
+    def dataReceived(self, data: bytes) -> None:
+        partner = self.partner
+        if partner is not None and partner.transport is not None:
+            partner.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        # The peer on this side said it has nothing more to send: say the
+        # same to the peer on the other side, and keep the other direction.
+        self.read_closed = True
+        partner = self.partner
+        if partner is not None and not partner.lost:
+            partner.write_closed = True
+            _lose_write(partner.transport)
+            partner._close_if_done()
+        self._close_if_done()
+
+    def writeConnectionLost(self) -> None:
+        self.write_closed = True
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        # Both directions are finished: Twisted does not close a half-closed
+        # TCP connection by itself.
+        if self.read_closed and self.write_closed and self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        partner = self.partner
+        if partner is not None and not partner.lost and partner.transport is not None:
+            partner.transport.loseConnection()
+
+
+class Inbound(_Side):
+    """The accepted side. It opens the outbound connection when it is connected.
+
+    :ivar close_reason: why the pair ended, in words, once known (the
+        first side to end decides).
+    """
+
+    close_reason: str | None = None
+
+    def __init__(self, factory: RelayFactory) -> None:
+        self.factory = factory
+        self._pending: list[bytes] = []
+        self._connecting: Deferred[IProtocol] | None = None
+
+    def _ended(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        # Read nothing more until the outgoing side exists to take it.
+        pause = getattr(self.transport, "pauseProducing", None)
+        if callable(pause):
+            pause()
+        self._connecting = self.factory.endpoint.connect(_OutboundFactory(self))
+        self._connecting.addCallbacks(self._joined, self._unreachable)
+
+    def _joined(self, outbound: IProtocol) -> None:
+        self._connecting = None
+        assert isinstance(outbound, Outbound)
+        if self.lost:
+            # The client left while we were connecting.
+            if outbound.transport is not None:
+                outbound.transport.loseConnection()
+            return
+        self.partner = outbound
+        outbound.partner = self
+        assert self.transport is not None and outbound.transport is not None
+        # Each transport is the producer of the other: a full write buffer on
+        # one side pauses reading on the other.
+        self.transport.registerProducer(outbound.transport, True)  # type: ignore[attr-defined]
+        outbound.transport.registerProducer(self.transport, True)  # type: ignore[attr-defined]
+        pending, self._pending = self._pending, []
+        for data in pending:
+            outbound.transport.write(data)
+        if self.read_closed:
+            self.readConnectionLost()
+        resume = getattr(self.transport, "resumeProducing", None)
+        if callable(resume) and not self.read_closed:
+            resume()
+
+    def _unreachable(self, failure: Failure) -> None:
+        self._connecting = None
+        if self.lost:
+            return
+        self._ended(f"connect endpoint failed: {failure.getErrorMessage()}")
+        _log.warn(
+            "cannot reach {endpoint}: {error}",
+            endpoint=self.factory.endpoint,
+            error=failure.getErrorMessage(),
+        )
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.partner is None:
+            self._pending.append(data)
+            return
+        super().dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        if self.partner is None:
+            # Remember it; _joined() passes it on.
+            self.read_closed = True
+            return
+        super().readConnectionLost()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._ended(_describe("client", reason))
+        if self._connecting is not None:
+            self._connecting.cancel()
+        super().connectionLost(reason)
+
+
+class Outbound(_Side):
+    """The side this relay connected to (the ``--connect`` endpoint)."""
+
+    def __init__(self, inbound: Inbound) -> None:
+        self.inbound = inbound
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.inbound._ended(_describe("backend", reason))
+        super().connectionLost(reason)
+
+
+def _describe(side: str, reason: Failure) -> str:
+    if reason.check(ConnectionDone):  # type: ignore[no-untyped-call]
+        return f"{side} closed"
+    status = getattr(reason.value, "status", None)
+    if status is not None:
+        return f"{side} TLS error {reason.value}"
+    return f"{side} lost: {reason.getErrorMessage()}"
+
+
+class _OutboundFactory(Factory):
+    def __init__(self, inbound: Inbound) -> None:
+        self.inbound = inbound
+
+    def buildProtocol(self, addr: IAddress | None) -> Outbound:
+        protocol = Outbound(self.inbound)
+        protocol.factory = self
+        return protocol
+
+
+class RelayFactory(Factory):
+    """Accepts connections and relays each to a new connection on *endpoint*.
+
+    :param endpoint: where every accepted connection is relayed to (any
+        ``IStreamClientEndpoint``; ``schannel:`` for TLS origination).
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def buildProtocol(self, addr: IAddress | None) -> Inbound:
+        protocol = Inbound(self)
+        protocol.factory = self
+        return protocol
+
+    def __repr__(self) -> str:
+        return f"<RelayFactory to {self.endpoint!r}>"

@@ -1,0 +1,872 @@
+"""``twist schannel``: a TLS terminator and tunnel, as a Twisted service.
+
+``twist schannel [--listen ENDPOINT]... [--connect ENDPOINT]`` accepts on
+every listen endpoint and relays each connection both ways to a new
+connection on the connect endpoint (:mod:`txschannel.relay`); either side
+may be plain or ``schannel:``. Without ``--connect`` it serves the inspector
+(:mod:`txschannel.inspector`). Without ``--listen`` it listens on
+``schannel:tcp:8443`` with a self-signed certificate for ``localhost``,
+``127.0.0.1`` and ``::1`` that it creates once and keeps in a state folder.
+
+Around every accepted connection sits a gate (:class:`ConnectionGate`) that
+applies ``--allow-cn`` / ``--allow-san`` once the handshake is done, counts
+the bytes each way and writes one log line when the connection closes.
+``SIGHUP`` and ``--reload-interval`` re-read the certificate files of the
+``schannel:`` listen endpoints.
+
+The plugin module ``twisted/plugins/txschannel_tap.py`` makes this module's
+:class:`Options` and :func:`makeService` the ``schannel`` subcommand of
+``twist``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL
+from twisted.application import service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+    ITransport,
+)
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides, implementer, providedBy
+
+from txschannel.credentials import Credentials
+from txschannel.inspector import InspectorSite, describe
+from txschannel.relay import RelayFactory
+
+__all__ = [
+    "DEFAULT_PORT",
+    "AccessPolicy",
+    "ConnectionGate",
+    "GateFactory",
+    "Options",
+    "SchannelService",
+    "SelfSignedCertificate",
+    "default_state_dir",
+    "ensure_self_signed",
+    "makeService",
+]
+
+#: The port ``twist schannel`` listens on when no ``--listen`` is given.
+DEFAULT_PORT = 8443
+#: The names the self-signed certificate is good for.
+_SELF_SIGNED_NAMES = ("localhost", "127.0.0.1", "::1")
+#: Short enough that clients which cap certificate lifetimes accept it; a
+#: new one is made (and its fingerprint logged) when it runs out.
+_SELF_SIGNED_DAYS = 397
+#: ``twist``'s own exit status for a bad command line (EX_USAGE).
+_EX_USAGE = 64
+
+_log = Logger(namespace="txschannel")
+
+
+# -- the self-signed default certificate -----------------------------------
+
+
+def default_state_dir() -> Path:
+    """Where ``twist schannel`` keeps its state when ``--state-dir`` is not given.
+
+    ``$XDG_STATE_HOME/txschannel``, or ``~/.local/state/txschannel``.
+    """
+    base = os.environ.get("XDG_STATE_HOME")
+    if base and os.path.isabs(base):
+        return Path(base) / "txschannel"
+    return Path.home() / ".local" / "state" / "txschannel"
+
+
+@dataclass(frozen=True)
+class SelfSignedCertificate:
+    """The default certificate kept in the state folder.
+
+    :ivar server_file: certificate and private key (mode 0600): the server's.
+    :ivar certificate_file: the certificate alone: give it to clients
+        (``curl --cacert``).
+    :ivar fingerprint: SHA-256 of the certificate, colon-separated hex.
+    :ivar created: whether this run made it (first run, or the old one expired).
+    """
+
+    server_file: Path
+    certificate_file: Path
+    fingerprint: str
+    created: bool
+
+
+def _fingerprint(certificate: x509.Certificate) -> str:
+    return certificate.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(handle, mode)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _new_self_signed() -> tuple[bytes, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "txschannel self-signed"),
+        ]
+    )
+    now = datetime.datetime.now(datetime.timezone.utc)
+    public = key.public_key()
+    alternative: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    alternative += [x509.IPAddress(ipaddress.ip_address(a)) for a in _SELF_SIGNED_NAMES[1:]]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=_SELF_SIGNED_DAYS))
+        .add_extension(x509.SubjectAlternativeName(alternative), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return key_pem, certificate
+
+
+def ensure_self_signed(folder: Path) -> SelfSignedCertificate:
+    """Return the self-signed certificate kept in *folder*, making it if needed.
+
+    A new one is made on first use and when the kept one has expired; a
+    damaged one is an error rather than being silently replaced, since its
+    fingerprint may be pinned somewhere.
+
+    :raises ValueError: the folder cannot be created or written, or the
+        kept files are damaged (the message names the file).
+    """
+    server_file = folder / "localhost.pem"
+    certificate_file = folder / "localhost.crt"
+    if server_file.exists():
+        try:
+            data = server_file.read_bytes()
+            certificate = x509.load_pem_x509_certificate(data)
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"the kept certificate {str(server_file)!r} cannot be read ({e}); "
+                "remove it to make a new one"
+            ) from None
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if certificate.not_valid_after_utc > now:
+            if not certificate_file.exists():
+                _write_public(certificate_file, certificate)
+            return SelfSignedCertificate(
+                server_file, certificate_file, _fingerprint(certificate), False
+            )
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key_pem, certificate = _new_self_signed()
+        pem = certificate.public_bytes(serialization.Encoding.PEM)
+        _write_atomically(server_file, key_pem + pem, 0o600)
+        _write_public(certificate_file, certificate)
+    except OSError as e:
+        raise ValueError(
+            f"cannot keep the self-signed certificate in {str(folder)!r}: "
+            f"{e.strerror or e} (use --state-dir)"
+        ) from None
+    return SelfSignedCertificate(server_file, certificate_file, _fingerprint(certificate), True)
+
+
+def _write_public(path: Path, certificate: x509.Certificate) -> None:
+    _write_atomically(path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def _served_fingerprint(credentials: Credentials) -> str | None:
+    """The SHA-256 fingerprint of the certificate *credentials* present, if any."""
+    certificate = SSL.Connection(credentials.openssl_context, None).get_certificate()
+    if certificate is None:
+        return None
+    return _fingerprint(certificate.to_cryptography())
+
+
+# -- access control -----------------------------------------------------------
+
+
+def _subject_alt_names(certificate: x509.Certificate) -> list[str]:
+    try:
+        extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    names: list[str] = []
+    for kind in (x509.DNSName, x509.RFC822Name, x509.UniformResourceIdentifier):
+        names += [str(v) for v in extension.value.get_values_for_type(kind)]
+    names += [str(v) for v in extension.value.get_values_for_type(x509.IPAddress)]
+    return names
+
+
+def _common_names(certificate: x509.Certificate) -> list[str]:
+    return [
+        str(attribute.value)
+        for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    ]
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Which client certificates may use a tunnel (``--allow-cn``, ``--allow-san``).
+
+    A client is admitted when its certificate's subject common name is one
+    of *common_names* or one of its subject alternative names (DNS, email,
+    URI or IP address, compared exactly; DNS names without case) is one of
+    *alt_names*. With both empty, everyone is admitted. The chain itself is
+    checked by the TLS handshake (the endpoint's ``clientCA``), not here.
+    """
+
+    common_names: tuple[str, ...] = ()
+    alt_names: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        """Whether any rule was given."""
+        return bool(self.common_names or self.alt_names)
+
+    def refusal(self, certificate: x509.Certificate | None) -> str | None:
+        """Why *certificate* is refused, or ``None`` when it is admitted."""
+        if not self.active:
+            return None
+        if certificate is None:
+            return "no client certificate (the listen endpoint needs clientCA=...)"
+        cns = _common_names(certificate)
+        if any(cn in self.common_names for cn in cns):
+            return None
+        sans = _subject_alt_names(certificate)
+        wanted = {name.lower() for name in self.alt_names}
+        if any(name.lower() in wanted for name in sans):
+            return None
+        rules = []
+        if self.common_names:
+            rules.append(f"--allow-cn {', '.join(self.common_names)}")
+        if self.alt_names:
+            rules.append(f"--allow-san {', '.join(self.alt_names)}")
+        return (
+            f"client certificate {certificate.subject.rfc4514_string() or '(empty subject)'} "
+            f"(CN {', '.join(cns) or 'none'}; SAN {', '.join(sans) or 'none'}) "
+            f"matches none of {' / '.join(rules)}"
+        )
+
+
+# -- the gate around every accepted connection ------------------------------------
+
+
+def _logfmt(value: object) -> str:
+    text = "-" if value is None or value == "" else str(value)
+    if re.search(r'[\s"=]', text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def _reason_text(reason: Failure, *, we_closed: bool) -> str:
+    if reason.check(ConnectionDone):  # type: ignore[no-untyped-call]
+        return "closed by us" if we_closed else "client closed"
+    if getattr(reason.value, "status", None) is not None:
+        return f"TLS error {reason.value}"
+    return f"client lost: {reason.getErrorMessage()}"
+
+
+@implementer(IProtocol, IHandshakeListener, IHalfCloseableProtocol)
+class ConnectionGate:
+    """Stands between an accepted transport and the application protocol.
+
+    To the application it is the transport (every attribute it does not
+    define, such as ``securityContext``, is the real transport's); to the
+    transport it is the protocol. It starts the application protocol only
+    once the TLS handshake is done and the client is admitted by the
+    :class:`AccessPolicy`, counts the bytes each way, and logs one line when
+    the connection closes.
+    """
+
+    def __init__(self, factory: GateFactory, address: IAddress) -> None:
+        self.factory = factory
+        self.address = address
+        self.transport: Any = None
+        self.inner: IProtocol | None = None
+        self.connected = False
+        self.disconnecting = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.refused: str | None = None
+        self._started = 0.0
+        self._pending: list[bytes] = []
+        self._pending_eof = False
+        self._description: dict[str, Any] = {}
+
+    # -- IProtocol (from the real transport) -----------------------------
+
+    def makeConnection(self, transport: ITransport) -> None:
+        """Take *transport*; admit now, or after the TLS handshake."""
+        self.transport = transport
+        # The application sees the real transport's interfaces through us
+        # (ISSLTransport for request.isSecure(), producers, ...).
+        directlyProvides(self, providedBy(transport))
+        self.connected = True
+        self._started = self.factory.clock.seconds()
+        context = getattr(transport, "securityContext", None)
+        if context is None or getattr(context, "established", False):
+            self._admit()
+
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake is done: check the client, then start the application."""
+        if self.inner is None and self.refused is None and self.connected:
+            self._admit()
+
+    def _admit(self) -> None:
+        self._description = describe(self.transport)
+        certificate = None
+        context = getattr(self.transport, "securityContext", None)
+        if context is not None and getattr(context, "established", False):
+            certificate = context.attributes.peer_certificate
+        refusal = self.factory.policy.refusal(certificate)
+        if refusal is not None:
+            self.refused = refusal
+            _log.warn(
+                "refused {peer}: {why}", peer=self._description.get("peer"), why=refusal
+            )
+            self.transport.loseConnection()
+            return
+        inner = self.factory.wrapped.buildProtocol(self.address)
+        if inner is None:
+            self.transport.loseConnection()
+            return
+        self.inner = inner
+        inner.makeConnection(self)  # type: ignore[arg-type]
+        pending, self._pending = self._pending, []
+        for data in pending:
+            inner.dataReceived(data)
+        if self._pending_eof:
+            self.readConnectionLost()
+
+    def dataReceived(self, data: bytes) -> None:
+        """Count *data* and pass it on (or keep it until the client is admitted)."""
+        self.bytes_in += len(data)
+        if self.inner is not None:
+            self.inner.dataReceived(data)
+        elif self.refused is None:
+            self._pending.append(data)
+
+    def readConnectionLost(self) -> None:
+        """The client finished sending; tell a half-close-aware application."""
+        if self.inner is None:
+            self._pending_eof = True
+            return
+        halfClose = IHalfCloseableProtocol(self.inner, None)
+        if halfClose is not None:
+            halfClose.readConnectionLost()
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Our sending half is shut; tell a half-close-aware application."""
+        halfClose = IHalfCloseableProtocol(self.inner, None)
+        if halfClose is not None:
+            halfClose.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Finish the application protocol and write the connection's log line."""
+        self.connected = False
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+        self._log_close(reason)
+
+    def _log_close(self, reason: Failure) -> None:
+        description = self._description or describe(self.transport)
+        if self.refused is not None:
+            why = f"refused: {self.refused}"
+        else:
+            why = getattr(self.inner, "close_reason", None) or _reason_text(
+                reason, we_closed=self.disconnecting
+            )
+        client = description.get("client_certificate")
+        fields = {
+            "peer": description.get("peer"),
+            "server_name": description.get("server_name"),
+            "protocol": description.get("protocol") if description.get("tls") else "plain",
+            "cipher": description.get("cipher"),
+            "alpn": description.get("alpn"),
+            "client": client["subject"] if client else None,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration": round(self.factory.clock.seconds() - self._started, 3),
+            "reason": why,
+        }
+        line = " ".join(f"{name}={_logfmt(value)}" for name, value in fields.items())
+        _log.info("connection closed {line}", line=line, connection=fields)
+
+    # -- ITransport (for the application) ---------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Count and send *data*."""
+        self.bytes_out += len(data)
+        self.transport.write(data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        """Count and send every item of *data*."""
+        items = list(data)
+        self.bytes_out += sum(len(item) for item in items)
+        self.transport.writeSequence(items)
+
+    def loseConnection(self) -> None:
+        """Close after the pending bytes are sent."""
+        self.disconnecting = True
+        self.transport.loseConnection()
+
+    def abortConnection(self) -> None:
+        """Close now, dropping pending bytes."""
+        self.disconnecting = True
+        self.transport.abortConnection()
+
+    def loseWriteConnection(self) -> None:
+        """Shut down sending (TLS close_notify, TCP FIN) and keep receiving."""
+        self.transport.loseWriteConnection()
+
+    def getPeer(self) -> IAddress:
+        """The client's address."""
+        peer: IAddress = self.transport.getPeer()
+        return peer
+
+    def getHost(self) -> IAddress:
+        """Our address."""
+        host: IAddress = self.transport.getHost()
+        return host
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        """Register *producer* with the real transport."""
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        """Unregister the real transport's producer."""
+        self.transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        """Stop reading from the client."""
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """Read from the client again."""
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """Stop for good: close the connection."""
+        self.transport.stopProducing()
+
+    def logPrefix(self) -> str:
+        """How Twisted's log names this connection."""
+        return "schannel"
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (securityContext, negotiatedProtocol,
+        # getPeerCertificate, handshakeLadder, ...) is the real transport's.
+        transport = self.__dict__.get("transport")
+        if transport is None:
+            raise AttributeError(name)
+        return getattr(transport, name)
+
+
+class GateFactory(Factory):
+    """Wraps *wrapped* so that each connection passes a :class:`ConnectionGate`.
+
+    :param wrapped: the application's factory (relay or inspector).
+    :param policy: who may connect, checked after the TLS handshake.
+    :param clock: for connection durations.
+    """
+
+    noisy = False
+
+    def __init__(
+        self, wrapped: IProtocolFactory, policy: AccessPolicy, clock: IReactorTime
+    ) -> None:
+        self.wrapped = wrapped
+        self.policy = policy
+        self.clock = clock
+
+    def doStart(self) -> None:
+        """Start the wrapped factory too."""
+        self.wrapped.doStart()
+
+    def doStop(self) -> None:
+        """Stop the wrapped factory too."""
+        self.wrapped.doStop()
+
+    def buildProtocol(self, addr: IAddress | None) -> ConnectionGate:  # type: ignore[override]
+        """A gate for one accepted connection."""
+        assert addr is not None
+        return ConnectionGate(self, addr)
+
+
+# -- the service ---------------------------------------------------------------
+
+
+class SchannelService(service.Service):
+    """Listens on every endpoint; reloads certificates on SIGHUP and on a timer.
+
+    :param listen: ``(description, endpoint)`` pairs.
+    :param factory: what serves each connection (already gated).
+    :param reactor: for listening, timers and signals.
+    :param reload_interval: seconds between certificate reloads, or None.
+    :param announce: lines to log when the service starts.
+    """
+
+    def __init__(
+        self,
+        listen: Sequence[tuple[str, IStreamServerEndpoint]],
+        factory: IProtocolFactory,
+        reactor: Any,
+        *,
+        reload_interval: float | None = None,
+        announce: Sequence[str] = (),
+    ) -> None:
+        self.listen = list(listen)
+        self.factory = factory
+        self.reactor = reactor
+        self.reload_interval = reload_interval
+        self.announce = list(announce)
+        self.ports: list[IListeningPort] = []
+        self._reloader: LoopingCall | None = None
+        self._previous_handler: Any = None
+        self._last_errors: dict[str, str] = {}
+
+    def startService(self) -> None:
+        """Listen everywhere; exit with one line when a port cannot be had."""
+        super().startService()  # type: ignore[no-untyped-call]
+        for line in self.announce:
+            _log.info("{line}", line=line)
+        starting = True
+        problems: list[str] = []
+
+        def listening(port: IListeningPort, description: str) -> None:
+            self.ports.append(port)
+            _log.info("listening on {endpoint}", endpoint=description)
+
+        def failed(failure: Failure, description: str) -> None:
+            message = f"cannot listen on {description}: {failure.getErrorMessage()}"
+            if starting:
+                problems.append(message)
+            else:
+                _log.critical("{message}; stopping", message=message)
+                self.reactor.stop()
+
+        for description, endpoint in self.listen:
+            waiting = endpoint.listen(self.factory)
+            waiting.addCallbacks(
+                listening, failed, callbackArgs=(description,), errbackArgs=(description,)
+            )
+        starting = False
+        if problems:
+            for port in self.ports:
+                port.stopListening()
+            raise SystemExit(f"twist schannel: {problems[0]}")
+        if hasattr(signal, "SIGHUP"):
+            self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
+        if self.reload_interval:
+            self._reloader = LoopingCall(self.reload, "--reload-interval")
+            self._reloader.clock = self.reactor
+            self._reloader.start(self.reload_interval, now=False)
+
+    def _on_sighup(self, number: int, frame: FrameType | None) -> None:
+        # A signal handler may run between any two bytecodes: hand the work
+        # to the reactor thread.
+        self.reactor.callFromThread(self.reload, "SIGHUP")
+
+    def reload(self, why: str) -> None:
+        """Re-read the certificate files of every listen endpoint that has them.
+
+        New handshakes use the new certificate; open connections keep the
+        old one. A file that does not load is logged and the old certificate
+        stays in use. Timer reloads log only changes and new errors.
+        """
+        quiet = why == "--reload-interval"
+        for description, endpoint in self.listen:
+            reload: Callable[[], Credentials] | None = getattr(endpoint, "reload", None)
+            if reload is None:
+                continue
+            before = _served_fingerprint(endpoint.credentials)  # type: ignore[attr-defined]
+            try:
+                credentials = reload()
+            except ValueError as e:
+                if not quiet or self._last_errors.get(description) != str(e):
+                    _log.error(
+                        "{why}: reloading {endpoint} failed, keeping the old certificate "
+                        "(sha256 {fingerprint}): {error}",
+                        why=why, endpoint=description, fingerprint=before, error=str(e),
+                    )
+                self._last_errors[description] = str(e)
+                continue
+            self._last_errors.pop(description, None)
+            after = _served_fingerprint(credentials)
+            if quiet and after == before:
+                continue
+            _log.info(
+                "{why}: reloaded {endpoint}: certificate sha256 {fingerprint}{change}",
+                why=why, endpoint=description, fingerprint=after,
+                change="" if after != before else " (unchanged)",
+            )
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop listening (open connections are left to finish) and the timers."""
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._reloader is not None and self._reloader.running:
+            self._reloader.stop()
+        if hasattr(signal, "SIGHUP") and self._previous_handler is not None:
+            signal.signal(signal.SIGHUP, self._previous_handler)
+            self._previous_handler = None
+        stopping = [port.stopListening() for port in self.ports]
+        self.ports = []
+        return DeferredList([d for d in stopping if isinstance(d, Deferred)])
+
+
+# -- the command line ----------------------------------------------------------
+
+
+def _has_option(description: str, name: str) -> bool:
+    """Whether endpoint *description* sets option *name* (``:name=`` not escaped)."""
+    return re.search(rf"(?:^|(?<!\\):){re.escape(name)}=", description) is not None
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+class Options(usage.Options):
+    """The command line of ``twist schannel``; checks everything before starting.
+
+    Endpoint strings are parsed here, so a bad endpoint, an unknown option or
+    an unreadable certificate is reported as one line naming it, and the
+    process exits (status 64) before anything listens.
+    """
+
+    synopsis = "[--listen ENDPOINT]... [--connect ENDPOINT] [options]"
+    longdesc = (
+        "A TLS terminator and tunnel. Accept on every --listen endpoint and relay each "
+        "connection both ways to a new connection on --connect; either side may be plain "
+        "or schannel:. Without --connect, answer HTTP requests with a page describing the "
+        "connection's TLS. Without --listen, listen on schannel:tcp:8443 with a self-signed "
+        "certificate for localhost, kept in the state folder. A schannel: listen endpoint "
+        "without certificate= uses that certificate too. SIGHUP re-reads certificate files."
+    )
+    optParameters = [
+        [
+            "connect", "c", None,
+            "Relay every connection to this client endpoint, e.g. tcp:127.0.0.1:8080 or "
+            "schannel:tcp:db.example:5432:trustRoots=ca.pem (default: serve the inspector).",
+        ],
+        [
+            "state-dir", None, None,
+            "Folder for the self-signed certificate "
+            "(default: $XDG_STATE_HOME/txschannel or ~/.local/state/txschannel).",
+        ],
+        [
+            "reload-interval", None, None,
+            "Also re-read certificate files every SECONDS (a changed certificate is logged).",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self["listen"] = []
+        self["allow-cn"] = []
+        self["allow-san"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Listen on this server endpoint (repeatable; default: schannel:tcp:8443)."""
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def opt_allow_cn(self, name: str) -> None:
+        """Admit client certificates with this subject common name (repeatable)."""
+        self["allow-cn"].append(name)
+
+    def opt_allow_san(self, name: str) -> None:
+        """Admit client certificates with this subjectAltName: DNS, email, URI or IP
+        (repeatable)."""
+        self["allow-san"].append(name)
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Parse, or exit with one line naming what is wrong (status 64)."""
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except usage.UsageError as e:
+            _usage_exit(str(e))
+
+    def postOptions(self) -> None:
+        """Build the endpoints and the default certificate; any problem is a UsageError."""
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import clientFromString, serverFromString
+
+        self["reactor"] = reactor
+        interval = self["reload-interval"]
+        if interval is not None:
+            try:
+                self["reload-interval"] = float(interval)
+            except ValueError:
+                raise usage.UsageError(
+                    f"--reload-interval {interval!r}: expected a number of seconds"
+                ) from None
+            if not self["reload-interval"] > 0:
+                raise usage.UsageError(f"--reload-interval {interval!r}: must be above 0")
+        announce: list[str] = []
+        descriptions: list[str] = list(self["listen"])
+        inspector = self["connect"] is None
+        if not descriptions:
+            default = f"schannel:tcp:{DEFAULT_PORT}"
+            descriptions = [default]
+            self["default-listen"] = default
+        if inspector:
+            # The inspector speaks HTTP/1.1: say so in ALPN, so that clients
+            # offering h2 do not guess.
+            descriptions = [
+                d + ":alpn=http/1.1"
+                if d.startswith("schannel:") and not _has_option(d, "alpn")
+                else d
+                for d in descriptions
+            ]
+        needs_default = [
+            d for d in descriptions
+            if d.startswith("schannel:") and not _has_option(d, "certificate")
+        ]
+        self["self-signed"] = None
+        if needs_default:
+            folder = Path(self["state-dir"]) if self["state-dir"] else default_state_dir()
+            try:
+                kept = ensure_self_signed(folder)
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+            self["self-signed"] = kept
+            verb = "created" if kept.created else "using"
+            announce += [
+                f"{verb} the self-signed certificate for localhost, 127.0.0.1 and ::1: "
+                f"{kept.certificate_file}",
+                f"its SHA-256 fingerprint: {kept.fingerprint}",
+            ]
+            suffix = f":certificate={_escape(str(kept.server_file))}"
+            descriptions = [d + suffix if d in needs_default else d for d in descriptions]
+        listen: list[tuple[str, IStreamServerEndpoint]] = []
+        for description in descriptions:
+            try:
+                endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
+            except Exception as e:  # Twisted's parsers raise ValueError, TypeError, ...
+                raise usage.UsageError(f"--listen {description!r}: {_error_text(e)}") from None
+            listen.append((description, endpoint))
+        self["endpoints"] = listen
+        self["connect-endpoint"] = None
+        if not inspector:
+            try:
+                self["connect-endpoint"] = clientFromString(  # type: ignore[no-untyped-call]
+                    reactor, self["connect"]
+                )
+            except Exception as e:
+                raise usage.UsageError(
+                    f"--connect {self['connect']!r}: {_error_text(e)}"
+                ) from None
+        policy = AccessPolicy(tuple(self["allow-cn"]), tuple(self["allow-san"]))
+        if policy.active and not any(_asks_for_client_certificates(e) for _, e in listen):
+            raise usage.UsageError(
+                "--allow-cn/--allow-san need a schannel: listen endpoint that asks for client "
+                "certificates: add clientCA=<CA file> (and requireClientCertificate=yes)"
+            )
+        self["policy"] = policy
+        target = "the inspector" if inspector else self["connect"]
+        announce.append(f"serving {target}")
+        if self["self-signed"] is not None and inspector:
+            port = DEFAULT_PORT if "default-listen" in self else "PORT"
+            announce.append(
+                f"try: curl --cacert {self['self-signed'].certificate_file} "
+                f"https://localhost:{port}/"
+            )
+        self["announce"] = announce
+
+
+def _error_text(error: Exception) -> str:
+    text = str(error)
+    if isinstance(error, TypeError) and "missing" in text:
+        return f"incomplete endpoint description ({text})"
+    return text or type(error).__name__
+
+
+def _asks_for_client_certificates(endpoint: IStreamServerEndpoint) -> bool:
+    credentials = getattr(endpoint, "credentials", None)
+    if not isinstance(credentials, Credentials):
+        return False
+    return bool(credentials.openssl_context.get_verify_mode() & SSL.VERIFY_PEER)
+
+
+def _usage_exit(message: str) -> NoReturn:
+    sys.stderr.write(f"twist schannel: {message} (see twist schannel --help)\n")
+    sys.stderr.flush()
+    raise SystemExit(_EX_USAGE)
+
+
+def makeService(options: Options) -> SchannelService:
+    """The ``twist schannel`` service for parsed *options*."""
+    reactor = options["reactor"]
+    connect: IStreamClientEndpoint | None = options["connect-endpoint"]
+    application: IProtocolFactory
+    if connect is None:
+        application = InspectorSite()
+    else:
+        application = RelayFactory(connect)
+    gated = GateFactory(application, options["policy"], reactor)
+    return SchannelService(
+        options["endpoints"],
+        gated,
+        reactor,
+        reload_interval=options["reload-interval"],
+        announce=options["announce"],
+    )
