@@ -889,19 +889,22 @@ class SchannelProtocol(ProtocolWrapper):
     def _reported(self, reason: Failure) -> Failure:
         if self._reason is not None:
             return self._reason
-        if self._aborted or not reason.check(ConnectionDone):  # type: ignore[no-untyped-call]
+        if self._aborted or self._peer_closed or self.disconnecting:
             return reason
-        if self._peer_closed or self.disconnecting:
+        # The stream ended, cleanly or not at the TCP level, without the
+        # peer's close_notify: what we received may be cut short.
+        ended = reason.check(ConnectionDone, ConnectionLost)  # type: ignore[no-untyped-call]
+        if ended is None or reason.check(ConnectionTruncated):  # type: ignore[no-untyped-call]
             return reason
+        how = "closed" if ended is ConnectionDone else f"was lost ({reason.value})"
         if not self._established:
-            return _failure(
-                ConnectionTruncated("the connection closed before the TLS handshake completed")
+            message = f"the connection {how} before the TLS handshake completed"
+        else:
+            message = (
+                f"the connection {how} without the peer's close_notify: "
+                "its data may be truncated"
             )
-        return _failure(
-            ConnectionTruncated(
-                "the peer closed the connection without close_notify: its data may be truncated"
-            )
-        )
+        return _failure(ConnectionTruncated(message))
 
     # -- ISSLTransport, INegotiated ---------------------------------------
 
