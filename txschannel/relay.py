@@ -205,6 +205,9 @@ def _describe(side: str, reason: Failure) -> str:
 
 
 class _OutboundFactory(Factory):
+    # One per relayed connection: Twisted's start/stop lines would double the log.
+    noisy = False
+
     def __init__(self, inbound: Inbound) -> None:
         self.inbound = inbound
 
@@ -220,6 +223,8 @@ class RelayFactory(Factory):
     :param endpoint: where every accepted connection is relayed to (any
         ``IStreamClientEndpoint``; ``schannel:`` for TLS origination).
     """
+
+    noisy = False
 
     def __init__(self, endpoint: IStreamClientEndpoint) -> None:
         self.endpoint = endpoint
