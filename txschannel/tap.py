@@ -769,10 +769,10 @@ class Options(usage.Options):
             descriptions = [default]
             self["default-listen"] = default
         if inspector:
-            # The inspector speaks HTTP/1.1: say so in ALPN, so that clients
+            # The inspector speaks HTTP/1.x: say so in ALPN, so that clients
             # offering h2 do not guess.
             descriptions = [
-                d + ":alpn=http/1.1"
+                d + ":alpn=http/1.1,http/1.0"
                 if d.startswith("schannel:") and not _has_option(d, "alpn")
                 else d
                 for d in descriptions
