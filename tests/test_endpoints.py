@@ -978,3 +978,109 @@ class EndpointObjectTests(LiveTestCase):
         self.assertIs(endpoint.credentials, new)
         reply, _ = yield self.ask_string(to_new)
         self.assertIn(b"you said hello", reply)
+
+
+class DocumentationTests(SynchronousTestCase):
+    """Every schannel: string in docs/endpoints.rst's examples parses as shown."""
+
+    def test_documented_examples_parse(self) -> None:
+        import re
+
+        page = (Path(__file__).resolve().parent.parent / "docs" / "endpoints.rst").read_text()
+        calls = re.findall(r'(server|client)FromString\(reactor, "(schannel:[^"]+)"\)', page)
+        self.assertGreater(len(calls), 10)
+        # The files the examples name, in a working folder of their own.
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        for name, source in (
+            ("server.pem", pki().server),
+            ("server-cert.pem", pki().server_certificate),
+            ("server-key.pem", pki().server_key),
+            ("ca.pem", pki().ca),
+            ("client.pem", pki().client),
+        ):
+            shutil.copy(source, folder / name)
+        shutil.copytree(pki().sni, folder / "certs")
+        previous = os.getcwd()
+        os.chdir(folder)
+        self.addCleanup(os.chdir, previous)
+        for kind, description in calls:
+            if description.startswith("schannel:systemd:"):
+                continue  # needs an inherited socket: see SystemdTests
+            parse = serverFromString if kind == "server" else clientFromString
+            endpoint = parse(reactor, description)
+            expected = SchannelServerEndpoint if kind == "server" else SchannelClientEndpoint
+            self.assertIsInstance(endpoint, expected, description)
+
+
+# What systemd does for a socket-activated service: the socket as fd 3, and
+# LISTEN_PID (the service's own pid: "exec" keeps the shell's for Python),
+# LISTEN_FDS and LISTEN_FDNAMES describing it.
+_HAND_OVER = 'exec 3<&"$FD"; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=https exec "$@"'
+
+_SYSTEMD_SERVICE = """
+import sys
+sys.path.insert(0, sys.argv[1])  # the repository, for txschannel and its plugin
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
+
+class Reply(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(b"systemd socket says " + data)
+        self.transport.loseConnection()
+
+endpoint = serverFromString(reactor, sys.argv[2])
+endpoint.listen(Factory.forProtocol(Reply))
+reactor.callLater(30, reactor.stop)
+reactor.run()
+"""
+
+
+class SystemdTests(TestCase):
+    """``schannel:systemd:`` adopts a socket handed over the way systemd does it."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_socket_activation(self) -> Any:
+        import socket
+        import sys
+
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        repo = str(Path(__file__).resolve().parent.parent)
+        description = f"schannel:systemd:domain=INET:index=0:certificate={q(pki().server)}"
+        service = subprocess.Popen(
+            [
+                "sh", "-c", _HAND_OVER, "sh",
+                sys.executable, "-c", _SYSTEMD_SERVICE, repo, description,
+            ],
+            env={**os.environ, "FD": str(listener.fileno())},
+            pass_fds=[listener.fileno()],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+        # Only the service holds the socket now: if it died, connecting fails
+        # at once instead of waiting in the backlog.
+        listener.close()
+
+        def stop() -> bytes:
+            if service.poll() is None:
+                service.kill()
+            return service.communicate(timeout=10)[0] or b""
+
+        self.addCleanup(stop)
+        result = yield run(
+            [
+                "openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername",
+                "localhost", "-CAfile", pki().ca, "-verify_return_error", "-quiet",
+            ],
+            stdin=b"hello\n",
+        )  # fmt: skip
+        if b"systemd socket says hello" not in result.stdout:
+            self.fail(f"openssl: {result.stdout!r} {result.stderr!r}; service: {stop()!r}")
