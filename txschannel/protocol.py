@@ -822,17 +822,21 @@ class SchannelProtocol(ProtocolWrapper):
 
     def _close_notify_received(self) -> None:
         self._peer_closed = True
-        if self._sent_close_notify:
-            self._cancel("_close_timer")
-            self.transport.loseConnection()
-            return
         wrapped = self.wrappedProtocol
         if (
             not self.disconnecting
             and wrapped is not None
             and IHalfCloseableProtocol.providedBy(wrapped)
         ):
+            # The peer's direction is done; ours stays open until the
+            # wrapped protocol closes it (or already has, by half-closing).
             wrapped.readConnectionLost()
+            if self._sent_close_notify and not self._lost:
+                self.transport.loseConnection()
+            return
+        if self._sent_close_notify:
+            self._cancel("_close_timer")
+            self.transport.loseConnection()
             return
         self.disconnecting = True
         self._send_close_notify()

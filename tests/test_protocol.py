@@ -1,0 +1,827 @@
+"""SchannelProtocol and SchannelFactory: how the transport behaves.
+
+Both ends are real security contexts (OpenSSL underneath, nothing faked).
+Most tests join them in memory with Twisted's ``iosim`` pump and a
+``task.Clock``, so that timeouts, coalescing and close ordering are
+deterministic; the flow-control and STARTTLS tests use real loopback TCP.
+Other TLS stacks are in ``tests/test_protocol_peers.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import trustme
+from OpenSSL import SSL, crypto
+from twisted.internet import defer, reactor
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    INegotiated,
+    IProtocolNegotiationFactory,
+    IPushProducer,
+    ISSLTransport,
+)
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, ServerFactory
+from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from twisted.test.iosim import connectedServerAndClient
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from txschannel import Credentials, SecurityError, Status
+from txschannel.protocol import (
+    ConnectionTruncated,
+    HandshakeBufferExceeded,
+    HandshakeTimeout,
+    SchannelFactory,
+    SchannelProtocol,
+    startSchannel,
+)
+from txschannel.records import ContentType, frame
+
+CA = trustme.CA()
+SERVER = CA.issue_cert("localhost")
+CLIENT = CA.issue_cert("client.example")
+OTHER_CA = trustme.CA()
+SERVER_PEM = SERVER.private_key_and_cert_chain_pem.bytes()
+CA_PEM = CA.cert_pem.bytes()
+
+
+def server_credentials(**extra: Any) -> Credentials:
+    return Credentials.server(certificate=SERVER_PEM, **extra)
+
+
+def client_credentials(**extra: Any) -> Credentials:
+    extra.setdefault("trust_roots", CA_PEM)
+    return Credentials.client(**extra)
+
+
+@implementer(IHandshakeListener)
+class App(Protocol):
+    """Records everything that happens to it; optionally greets on connect."""
+
+    def __init__(self, greeting: bytes = b"") -> None:
+        self.greeting = greeting
+        self.received = b""
+        self.lost: list[Failure] = []
+        self.handshakes = 0
+        self.events: list[str] = []
+
+    def connectionMade(self) -> None:
+        if self.greeting:
+            self.transport.write(self.greeting)  # type: ignore[union-attr]
+
+    def handshakeCompleted(self) -> None:
+        self.handshakes += 1
+        self.events.append("handshake")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self.lost.append(reason)
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloser(App):
+    """An App that hears about half-closes."""
+
+    def readConnectionLost(self) -> None:
+        self.events.append("readConnectionLost")
+
+    def writeConnectionLost(self) -> None:
+        self.events.append("writeConnectionLost")
+
+
+@implementer(IProtocolNegotiationFactory)
+class NegotiatingFactory(Factory):
+    """A wrapped factory that names its ALPN protocols, like twisted.web's Site."""
+
+    def __init__(self, protocols: list[bytes], app: Callable[[], Protocol]) -> None:
+        self.protocols = protocols
+        self.app = app
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return self.protocols
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self.app()
+
+
+class Pair:
+    """A client and a server SchannelProtocol joined in memory."""
+
+    def __init__(
+        self,
+        client_app: Protocol | None = None,
+        server_app: Protocol | None = None,
+        *,
+        client: Any = None,
+        server: Any = None,
+        client_factory: Any = None,
+        server_factory: Any = None,
+        client_kwargs: dict[str, Any] | None = None,
+        server_kwargs: dict[str, Any] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.clock = clock or Clock()
+        self.client_app = client_app or App()
+        self.server_app = server_app or App()
+        client_kwargs = {"target_name": "localhost", **(client_kwargs or {})}
+        self.client_factory = SchannelFactory(
+            client if client is not None else client_credentials(),
+            True,
+            client_factory or ClientFactory.forProtocol(lambda: self.client_app),
+            self.clock,
+            **client_kwargs,
+        )
+        self.server_factory = SchannelFactory(
+            server if server is not None else server_credentials(),
+            False,
+            server_factory or ServerFactory.forProtocol(lambda: self.server_app),
+            self.clock,
+            **(server_kwargs or {}),
+        )
+        client_tls, server_tls, self.pump = connectedServerAndClient(
+            lambda: self.server_factory.buildProtocol(None),
+            lambda: self.client_factory.buildProtocol(None),
+            greet=False,
+            clock=self.clock,
+        )
+        self.client: SchannelProtocol = client_tls
+        self.server: SchannelProtocol = server_tls
+
+    def flush(self) -> None:
+        self.pump.flush(advanceClock=True)
+
+
+def log_events() -> tuple[list[dict[str, Any]], Callable[[], None]]:
+    """Collect txschannel.protocol log events; returns (events, stop)."""
+    events: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "txschannel.protocol":
+            events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    return events, lambda: globalLogPublisher.removeObserver(observer)
+
+
+def fragmented_client_hello(size: int) -> bytes:
+    """Handshake records carrying the start of a (claimed) 120,000-byte
+    ClientHello: valid framing that OpenSSL must buffer, never an error."""
+    message = b"\x01" + (120000).to_bytes(3, "big") + b"\x03\x03" + b"\x00" * size
+    records = []
+    for start in range(0, size, 16384):
+        chunk = message[start : start + 16384]
+        records.append(b"\x16\x03\x01" + len(chunk).to_bytes(2, "big") + chunk)
+    return b"".join(records)
+
+
+class HandshakeTests(SynchronousTestCase):
+    """The handshake loop, its record, and what the wrapped protocol sees."""
+
+    def test_ladder_records_every_step_on_both_sides(self) -> None:
+        pair = Pair()
+        pair.flush()
+        client, server = pair.client.handshakeLadder, pair.server.handshakeLadder
+        self.assertEqual(client[0][:3], ("initialize", "CONTINUE_NEEDED", 0))
+        self.assertGreater(client[0][3], 0)  # the ClientHello
+        self.assertEqual(client[-1][:2], ("initialize", "OK"))
+        self.assertEqual(server[-1][:2], ("accept", "OK"))
+        self.assertTrue(all(step[0] == "accept" for step in server))
+        # What one side sent during the handshake, the other consumed.
+        self.assertEqual(sum(s[3] for s in client), sum(s[2] for s in server))
+        self.assertEqual(pair.client_app.handshakes, 1)  # type: ignore[attr-defined]
+        self.assertEqual(pair.server_app.handshakes, 1)  # type: ignore[attr-defined]
+
+    def test_transport_provides_the_twisted_tls_interfaces(self) -> None:
+        pair = Pair()
+        pair.flush()
+        for interface in (ISSLTransport, INegotiated):
+            self.assertTrue(interface.providedBy(pair.client), interface)
+        self.assertIs(pair.client_app.transport, pair.client)
+        self.assertIsInstance(pair.client.getHandle(), SSL.Connection)
+
+    def test_writes_before_the_handshake_arrive_after_it_in_order(self) -> None:
+        pair = Pair(App(greeting=b"early "))
+        pair.client.write(b"bird")
+        pair.flush()
+        self.assertEqual(pair.server_app.received, b"early bird")  # type: ignore[attr-defined]
+        self.assertEqual(pair.client.bytesSent, 10)
+        self.assertEqual(pair.server.bytesReceived, 10)
+
+    def test_one_byte_at_a_time_completes_the_handshake(self) -> None:
+        """The receive buffer keeps extra and appends: any split works."""
+        pair = Pair()
+        transport = pair.client.transport
+        original = transport.write
+
+        def drip(data: bytes) -> None:
+            for i in range(len(data)):
+                original(data[i : i + 1])
+
+        transport.write = drip
+        pair.client.write(b"drip")
+        pair.flush()
+        self.assertEqual(pair.server_app.received, b"drip")  # type: ignore[attr-defined]
+        # Waiting for the rest of a record is not a step worth recording.
+        self.assertLess(len(pair.server.handshakeLadder), 6)
+
+    def test_peer_certificate_is_a_pyopenssl_x509(self) -> None:
+        pair = Pair(
+            client=client_credentials(
+                certificate=CLIENT.private_key_and_cert_chain_pem.bytes()
+            ),
+            server=server_credentials(client_ca=CA_PEM, require_client_certificate=True),
+        )
+        self.assertIsNone(pair.client.getPeerCertificate())  # not yet
+        pair.flush()
+        server_cert = pair.client.getPeerCertificate()
+        client_cert = pair.server.getPeerCertificate()
+        self.assertIsInstance(server_cert, crypto.X509)
+        self.assertIsInstance(client_cert, crypto.X509)
+        assert client_cert is not None
+        self.assertEqual(
+            client_cert.to_cryptography(),
+            pair.server.securityContext.attributes.peer_certificate,
+        )
+
+    def test_failed_handshake_reaches_both_sides_as_security_error(self) -> None:
+        """The client rejects the server; its alert tells the server why."""
+        pair = Pair(client=Credentials.client(trust_roots=OTHER_CA.cert_pem.bytes()))
+        pair.flush()
+        (client_reason,) = pair.client_app.lost  # type: ignore[attr-defined]
+        (server_reason,) = pair.server_app.lost  # type: ignore[attr-defined]
+        self.assertEqual(client_reason.value.status, Status.UNTRUSTED_ROOT)
+        # The server only knows because the alert was written before closing.
+        self.assertIsInstance(server_reason.value, SecurityError)
+        self.assertEqual(server_reason.value.status, Status.UNTRUSTED_ROOT)
+        self.assertEqual(pair.client.handshakeLadder[-1][1], "UNTRUSTED_ROOT")
+        self.assertGreater(pair.client.handshakeLadder[-1][3], 0)  # the alert
+        self.assertEqual(pair.client_app.handshakes, 0)  # type: ignore[attr-defined]
+
+    def test_when_handshake_done_fires_or_fails(self) -> None:
+        pair = Pair()
+        done = pair.client.whenHandshakeDone()
+        pair.flush()
+        self.assertIs(self.successResultOf(done), pair.client)
+        self.assertIs(self.successResultOf(pair.server.whenHandshakeDone()), pair.server)
+        bad = Pair(client=Credentials.client(trust_roots=OTHER_CA.cert_pem.bytes()))
+        failing = bad.client.whenHandshakeDone()
+        bad.flush()
+        self.assertEqual(self.failureResultOf(failing, SecurityError).value.status,
+                         Status.UNTRUSTED_ROOT)
+
+    def test_completion_and_failure_are_logged_with_fields(self) -> None:
+        events, stop = log_events()
+        self.addCleanup(stop)
+        Pair(client=client_credentials(alpn=["h2"]), server=server_credentials(alpn=["h2"])).flush()
+        done = [e for e in events if e.get("status") == "OK"]
+        self.assertEqual(len(done), 2)
+        for event in done:
+            self.assertEqual(event["protocol"], "TLSv1.3")
+            self.assertEqual(event["alpn"], "h2")
+            self.assertEqual(event["server_name"], "localhost")
+            self.assertTrue(event["cipher"])
+            self.assertIn("peer", event)
+        del events[:]
+        Pair(client=Credentials.client(trust_roots=OTHER_CA.cert_pem.bytes())).flush()
+        statuses = sorted(e["status"] for e in events)
+        self.assertEqual(statuses, ["UNTRUSTED_ROOT", "UNTRUSTED_ROOT"])
+
+
+class ALPNTests(SynchronousTestCase):
+    """ALPN from IProtocolNegotiationFactory, per connection."""
+
+    def test_wrapped_factories_choose_the_protocol(self) -> None:
+        client_app, server_app = App(), App()
+        pair = Pair(
+            client_factory=NegotiatingFactory([b"http/1.1"], lambda: client_app),
+            server_factory=NegotiatingFactory([b"h2", b"http/1.1"], lambda: server_app),
+        )
+        pair.flush()
+        self.assertEqual(pair.client.negotiatedProtocol, b"http/1.1")
+        self.assertEqual(pair.server.negotiatedProtocol, b"http/1.1")
+
+    def test_the_same_credentials_serve_different_protocol_lists(self) -> None:
+        """Per-connection ALPN never changes the shared SSL.Context."""
+        shared = server_credentials()
+        for wanted in (b"h2", b"http/1.1", b"h2"):
+            app = App()
+            pair = Pair(
+                server=shared,
+                client_factory=NegotiatingFactory([wanted], App),
+                server_factory=NegotiatingFactory([b"h2", b"http/1.1"], lambda: app),  # noqa: B023
+            )
+            pair.flush()
+            self.assertEqual(pair.server.negotiatedProtocol, wanted)
+
+    def test_no_common_protocol_fails_with_application_protocol_mismatch(self) -> None:
+        client_app = App()
+        pair = Pair(
+            client_app,
+            client_factory=NegotiatingFactory([b"spdy/3"], lambda: client_app),
+            server_factory=NegotiatingFactory([b"h2"], App),
+        )
+        pair.flush()
+        (reason,) = client_app.lost
+        self.assertEqual(reason.value.status, Status.APPLICATION_PROTOCOL_MISMATCH)
+
+    def test_no_alpn_means_none(self) -> None:
+        pair = Pair()
+        pair.flush()
+        self.assertIsNone(pair.client.negotiatedProtocol)
+        self.assertIsNone(pair.server.negotiatedProtocol)
+
+
+class CoalescingTests(SynchronousTestCase):
+    """Many small writes in one reactor turn become few records."""
+
+    def test_thousand_small_writes_become_one_record(self) -> None:
+        pair = Pair()
+        pair.flush()
+        sent: list[bytes] = []
+        transport = pair.client.transport
+        original = transport.write
+
+        def capture(data: bytes) -> None:
+            sent.append(data)
+            original(data)
+
+        transport.write = capture
+        for _ in range(1000):
+            pair.client.write(b"0123456789")
+        self.assertEqual(sent, [])  # nothing until the reactor turn ends
+        pair.clock.advance(0)
+        wire = b"".join(sent)
+        records = frame(wire).ends
+        self.assertEqual(frame(wire).complete, len(wire))
+        self.assertEqual(len(records), 1)
+        self.assertEqual(wire[0], ContentType.APPLICATION_DATA)
+        pair.flush()
+        self.assertEqual(pair.server_app.received, b"0123456789" * 1000)  # type: ignore[attr-defined]
+
+    def test_writes_beyond_the_limit_are_sent_without_waiting(self) -> None:
+        pair = Pair()
+        pair.flush()
+        before = pair.client.bytesSent
+        pair.client.write(b"x" * 70000)
+        self.assertEqual(pair.client.bytesSent - before, 70000)
+
+    def test_write_rejects_text(self) -> None:
+        pair = Pair()
+        self.assertRaises(TypeError, pair.client.write, "text")
+
+
+class CloseTests(SynchronousTestCase):
+    """close_notify, half-close, truncation, abort: and one connectionLost."""
+
+    def test_data_written_before_lose_connection_arrives_then_clean_close(self) -> None:
+        pair = Pair()
+        pair.flush()
+        pair.server.write(b"last words")
+        pair.server.loseConnection()
+        pair.flush()
+        self.assertEqual(pair.client_app.received, b"last words")  # type: ignore[attr-defined]
+        for app in (pair.client_app, pair.server_app):
+            (reason,) = app.lost  # type: ignore[attr-defined]
+            self.assertTrue(reason.check(ConnectionDone), reason)
+
+    def test_lose_connection_does_not_wait_forever_for_close_notify(self) -> None:
+        """Twisted #7926: the peer never answers; the transport closes anyway."""
+        pair = Pair()
+        pair.flush()
+        # From now on the client neither reads nor answers nor closes.
+        pair.client.dataReceived = lambda data: None  # type: ignore[method-assign]
+        pair.client.transport.write = lambda data: None
+        pair.server.loseConnection()
+        pair.flush()
+        self.assertFalse(pair.server.transport.disconnecting)  # waiting, politely
+        pair.clock.advance(pair.server_factory.close_timeout or 0)
+        self.assertTrue(pair.server.transport.disconnecting)
+        pair.flush()
+        (reason,) = pair.server_app.lost  # type: ignore[attr-defined]
+        self.assertTrue(reason.check(ConnectionDone), reason)
+
+    def test_close_notify_reaches_half_closeable_protocol_which_can_still_write(self) -> None:
+        server_app = HalfCloser()
+        pair = Pair(HalfCloser(), server_app)
+        pair.flush()
+        pair.client.write(b"request")
+        pair.client.loseWriteConnection()
+        pair.client.write(b" dropped")  # after close_notify: not sent
+        pair.flush()
+        self.assertEqual(server_app.received, b"request")
+        self.assertIn("readConnectionLost", server_app.events)
+        self.assertEqual(server_app.lost, [])  # still open for writing
+        self.assertIn("writeConnectionLost", pair.client_app.events)  # type: ignore[attr-defined]
+        pair.server.write(b"response")
+        pair.server.loseConnection()
+        pair.flush()
+        self.assertEqual(pair.client_app.received, b"response")  # type: ignore[attr-defined]
+        self.assertIn("readConnectionLost", pair.client_app.events)  # type: ignore[attr-defined]
+        for app in (pair.client_app, server_app):
+            (reason,) = app.lost  # type: ignore[attr-defined]
+            self.assertTrue(reason.check(ConnectionDone), reason)
+
+    def test_close_notify_to_plain_protocol_is_a_clean_close(self) -> None:
+        pair = Pair()
+        pair.flush()
+        pair.client.write(b"bye")
+        pair.client.loseConnection()
+        pair.flush()
+        self.assertEqual(pair.server_app.received, b"bye")  # type: ignore[attr-defined]
+        (reason,) = pair.server_app.lost  # type: ignore[attr-defined]
+        self.assertTrue(reason.check(ConnectionDone), reason)
+
+    def test_eof_without_close_notify_is_truncation(self) -> None:
+        pair = Pair()
+        pair.flush()
+        pair.server.connectionLost(Failure(ConnectionDone()))
+        (reason,) = pair.server_app.lost  # type: ignore[attr-defined]
+        self.assertTrue(reason.check(ConnectionTruncated))
+        self.assertTrue(reason.check(ConnectionLost))  # still a ConnectionLost
+        self.assertIn("close_notify", str(reason.value))
+
+    def test_eof_during_handshake_is_truncation(self) -> None:
+        pair = Pair()
+        pair.server.connectionLost(Failure(ConnectionDone()))
+        (reason,) = pair.server_app.lost  # type: ignore[attr-defined]
+        self.assertTrue(reason.check(ConnectionTruncated))
+        self.assertIn("handshake", str(reason.value))
+
+    def test_abort_delivers_nothing_more_and_reports_once(self) -> None:
+        pair = Pair()
+        pair.flush()
+        pair.client.write(b"in flight")
+        pair.clock.advance(0)
+        pair.server.abortConnection()
+        pair.server.abortConnection()
+        pair.server.loseConnection()
+        pair.flush()
+        self.assertEqual(pair.server_app.received, b"")  # type: ignore[attr-defined]
+        pair.server.connectionLost(Failure(ConnectionAborted()))
+        self.assertEqual(len(pair.server_app.lost), 1)  # type: ignore[attr-defined]
+
+    def test_lose_connection_before_handshake_closes_at_once(self) -> None:
+        pair = Pair()
+        pair.client.loseConnection()
+        self.assertTrue(pair.client.transport.disconnecting)
+        pair.flush()
+        (reason,) = pair.client_app.lost  # type: ignore[attr-defined]
+        self.assertTrue(reason.check(ConnectionDone), reason)
+
+    def test_lose_connection_after_early_write_waits_for_handshake(self) -> None:
+        pair = Pair()
+        pair.client.write(b"held")
+        pair.client.loseConnection()
+        pair.flush()
+        self.assertEqual(pair.server_app.received, b"held")  # type: ignore[attr-defined]
+        (reason,) = pair.client_app.lost  # type: ignore[attr-defined]
+        self.assertTrue(reason.check(ConnectionDone), reason)
+
+
+class LimitTests(SynchronousTestCase):
+    """The server's handshake timeout and pre-handshake byte bound."""
+
+    def silent_client(self, **server_kwargs: Any) -> tuple[Pair, App]:
+        """Our server, and a plain TCP-like client that sends nothing itself."""
+        clock = Clock()
+        app = App()
+        factory = SchannelFactory(
+            server_credentials(), False, ServerFactory.forProtocol(lambda: app), clock,
+            **server_kwargs,
+        )
+        raw = Protocol()
+        client, server, pump = connectedServerAndClient(
+            lambda: factory.buildProtocol(None), lambda: raw, greet=False, clock=clock
+        )
+        pair = Pair.__new__(Pair)
+        pair.clock, pair.pump, pair.server, pair.server_app = clock, pump, server, app
+        pair.client = client
+        return pair, app
+
+    def test_handshake_timeout_drops_a_silent_client(self) -> None:
+        events, stop = log_events()
+        self.addCleanup(stop)
+        pair, app = self.silent_client()
+        pair.clock.advance(29.9)
+        self.assertFalse(pair.server.transport.disconnecting)
+        pair.clock.advance(0.2)
+        self.assertTrue(pair.server.transport.disconnecting)
+        pair.pump.flush(advanceClock=False)
+        (reason,) = app.lost
+        self.assertTrue(reason.check(HandshakeTimeout), reason)
+        self.assertEqual([e["status"] for e in events], ["TIMEOUT"])
+
+    def test_handshake_timeout_is_configurable_and_cancelled_by_success(self) -> None:
+        pair = Pair(server_kwargs={"handshake_timeout": 2.0})
+        pair.flush()
+        pair.clock.advance(60)
+        self.assertEqual(pair.server_app.lost, [])  # type: ignore[attr-defined]
+        self.assertEqual(pair.clock.getDelayedCalls(), [])
+
+    def test_bytes_before_handshake_are_bounded(self) -> None:
+        events, stop = log_events()
+        self.addCleanup(stop)
+        pair, app = self.silent_client()
+        pair.client.transport.write(fragmented_client_hello(80000))
+        pair.pump.flush(advanceClock=False)
+        (reason,) = app.lost
+        self.assertTrue(reason.check(HandshakeBufferExceeded), reason)
+        self.assertIn("65536", str(reason.value))
+        (event,) = events
+        self.assertEqual(event["status"], "BUFFER_EXCEEDED")
+        self.assertEqual(event["log_level"].name, "error")
+
+    def test_bytes_under_the_bound_are_fine(self) -> None:
+        pair, app = self.silent_client(max_pre_handshake_buffer=200000)
+        pair.client.transport.write(fragmented_client_hello(80000))
+        pair.pump.flush(advanceClock=False)
+        self.assertEqual(app.lost, [])
+
+
+class FactoryTests(SynchronousTestCase):
+    """Construction, drop-in use of Twisted's TLS objects, and credential reload."""
+
+    def test_client_without_a_name_to_check_is_refused(self) -> None:
+        error = self.assertRaises(
+            ValueError, SchannelFactory, client_credentials(), True, ClientFactory(), Clock()
+        )
+        self.assertIn("target_name", str(error))
+        # Manual validation needs no name.
+        SchannelFactory(client_credentials(manual_validation=True), True, ClientFactory(), Clock())
+
+    def test_credentials_for_the_wrong_side_are_refused(self) -> None:
+        error = self.assertRaises(
+            ValueError, SchannelFactory, server_credentials(), True, ClientFactory(), Clock(),
+            target_name="localhost",
+        )
+        self.assertIn("client credentials", str(error))
+        self.assertRaises(
+            ValueError, SchannelFactory, client_credentials(), False, ServerFactory(), Clock()
+        )
+
+    def test_not_a_tls_configuration_is_a_type_error(self) -> None:
+        error = self.assertRaises(TypeError, SchannelFactory, "cert.pem", False, Factory(), Clock())
+        self.assertIn("getContext", str(error))
+
+    def test_bad_limits_are_refused(self) -> None:
+        for bad in ({"handshake_timeout": 0}, {"max_pre_handshake_buffer": -1},
+                    {"close_timeout": -5}):
+            self.assertRaises(
+                ValueError, SchannelFactory, server_credentials(), False, Factory(), Clock(), **bad
+            )
+
+    def test_twisted_creators_are_a_drop_in(self) -> None:
+        """CertificateOptions and optionsForClientTLS, ALPN through Twisted's own path."""
+        server_options = CertificateOptions(
+            privateKey=crypto.PKey.from_cryptography_key(_key()),
+            certificate=crypto.X509.from_cryptography(_leaf()),
+            acceptableProtocols=[b"h2", b"http/1.1"],
+        )
+        client_options = optionsForClientTLS(
+            "localhost", trustRoot=Certificate.loadPEM(CA_PEM),
+            acceptableProtocols=[b"http/1.1"],
+        )
+        pair = Pair(server=server_options, client=client_options,
+                    client_kwargs={"target_name": None})
+        pair.client.write(b"via twisted")
+        pair.flush()
+        self.assertEqual(pair.server_app.received, b"via twisted")  # type: ignore[attr-defined]
+        self.assertEqual(pair.client.negotiatedProtocol, b"http/1.1")
+
+    def test_twisted_creator_name_mismatch_is_wrong_principal(self) -> None:
+        client_options = optionsForClientTLS("example.com", trustRoot=Certificate.loadPEM(CA_PEM))
+        pair = Pair(client=client_options, client_kwargs={"target_name": None})
+        pair.flush()
+        (reason,) = pair.client_app.lost  # type: ignore[attr-defined]
+        self.assertEqual(reason.value.status, Status.WRONG_PRINCIPAL)
+
+    def test_legacy_get_context_objects_work_on_both_sides(self) -> None:
+        class Legacy:
+            def __init__(self, context: SSL.Context) -> None:
+                self.context = context
+
+            def getContext(self) -> SSL.Context:
+                return self.context
+
+        server_context = SSL.Context(SSL.TLS_METHOD)
+        server_context.use_certificate(crypto.X509.from_cryptography(_leaf()))
+        server_context.use_privatekey(crypto.PKey.from_cryptography_key(_key()))
+        client_context = SSL.Context(SSL.TLS_METHOD)
+        pair = Pair(server=Legacy(server_context), client=Legacy(client_context),
+                    client_kwargs={"target_name": None})
+        pair.client.write(b"legacy")
+        pair.flush()
+        self.assertEqual(pair.server_app.received, b"legacy")  # type: ignore[attr-defined]
+
+    def test_new_credentials_apply_to_new_connections_only(self) -> None:
+        renewed = CA.issue_cert("localhost")
+        first = Pair()
+        first.flush()
+        old_certificate = first.client.securityContext.attributes.peer_certificate
+        first.server_factory.credentials = Credentials.server(
+            certificate=renewed.private_key_and_cert_chain_pem.bytes()
+        )
+        # The open connection keeps its context and certificate.
+        self.assertEqual(first.client.securityContext.attributes.peer_certificate,
+                         old_certificate)
+        second = Pair(server=first.server_factory.credentials)
+        second.flush()
+        self.assertNotEqual(second.client.securityContext.attributes.peer_certificate,
+                            old_certificate)
+        self.assertRaises(
+            ValueError, setattr, first.server_factory, "credentials", client_credentials()
+        )
+
+    def test_log_prefix_marks_tls(self) -> None:
+        factory = SchannelFactory(server_credentials(), False, Factory(), Clock())
+        self.assertEqual(factory.logPrefix(), "Factory (TLS)")
+
+
+def _leaf() -> Any:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(SERVER.cert_chain_pems[0].bytes())
+
+
+def _key() -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.load_pem_private_key(SERVER.private_key_pem.bytes(), None)
+
+
+# -- real loopback TCP --------------------------------------------------------
+
+
+@implementer(IPushProducer)
+class Source:
+    """A push producer that writes *total* bytes in *chunk*-sized writes."""
+
+    def __init__(self, transport: SchannelProtocol, total: int, chunk: int) -> None:
+        self.transport = transport
+        self.left = total
+        self.chunk = b"\xa5" * chunk
+        self.paused = False
+        self.pauses = 0
+        self.resumes = 0
+        self.digest = hashlib.sha256()
+        self.max_unflushed = 0
+
+    def start(self) -> None:
+        self.transport.registerProducer(self, True)
+        self._produce()
+
+    def _produce(self) -> None:
+        while self.left > 0 and not self.paused:
+            data = self.chunk[: min(len(self.chunk), self.left)]
+            self.left -= len(data)
+            self.digest.update(data)
+            self.transport.write(data)
+            self.max_unflushed = max(self.max_unflushed, self.transport._outgoing_size)
+        if self.left == 0 and not self.paused:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.resumes += 1
+        reactor.callLater(0, self._produce)  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        self.left = 0
+
+
+class SlowSink(Protocol):
+    """Pauses its transport after each MiB and resumes a little later."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.since_pause = 0
+        self.digest = hashlib.sha256()
+        self.max_buffered = 0
+        self.pauses = 0
+        self.done: defer.Deferred[None] = defer.Deferred()
+        self.reason: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        self.since_pause += len(data)
+        self.digest.update(data)
+        tls: SchannelProtocol = self.transport  # type: ignore[assignment]
+        self.max_buffered = max(self.max_buffered, len(tls._received))
+        if self.since_pause >= 1 << 20 and not tls._read_paused:
+            self.since_pause = 0
+            self.pauses += 1
+            tls.pauseProducing()
+            reactor.callLater(0.001, tls.resumeProducing)  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self.reason = reason
+        self.done.callback(None)
+
+
+class LoopbackTests(TestCase):
+    """Our client and server over real TCP on 127.0.0.1."""
+
+    timeout = 90
+
+    def listen(self, factory: Any) -> int:
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        return int(port.getHost().port)
+
+    @defer.inlineCallbacks
+    def test_large_transfer_into_slow_consumer_keeps_buffers_bounded(self) -> Any:
+        total = 64 * 1024 * 1024
+        sources: list[Source] = []
+
+        class Sender(Protocol):
+            def connectionMade(self) -> None:
+                source = Source(self.transport, total, 256 * 1024)  # type: ignore[arg-type]
+                sources.append(source)
+                source.start()
+
+        sink = SlowSink()
+        port = self.listen(SchannelFactory(server_credentials(), False,
+                                           ServerFactory.forProtocol(Sender)))
+        client = SchannelFactory(client_credentials(), True,
+                                 ClientFactory.forProtocol(lambda: sink), target_name="localhost")
+        connector = reactor.connectTCP("127.0.0.1", port, client)  # type: ignore[attr-defined]
+        self.addCleanup(connector.disconnect)
+        yield sink.done.addTimeout(60, reactor)  # type: ignore[arg-type]
+        (source,) = sources
+        self.assertEqual(sink.received, total)
+        self.assertEqual(sink.digest.hexdigest(), source.digest.hexdigest())
+        assert sink.reason is not None
+        self.assertTrue(sink.reason.check(ConnectionDone), sink.reason)
+        # Reading side: the receive buffer never holds more than one socket
+        # read plus a partial record, however slow the consumer.
+        self.assertGreater(sink.pauses, 10)
+        self.assertLess(sink.max_buffered, 256 * 1024)
+        # Writing side: the producer was paused by the full transport and
+        # resumed, and we never held more than the coalescing limit.
+        self.assertGreater(source.pauses, 0)
+        self.assertGreater(source.resumes, 0)
+        self.assertLessEqual(source.max_unflushed, 64 * 1024)
+
+    @defer.inlineCallbacks
+    def test_start_schannel_upgrades_a_plaintext_connection(self) -> Any:
+        """A STARTTLS exchange: plaintext lines, then TLS on the same socket."""
+        done: defer.Deferred[None] = defer.Deferred()
+        server_lines: list[bytes] = []
+        client_lines: list[bytes] = []
+
+        class Server(LineReceiver):
+            delimiter = b"\n"
+
+            def lineReceived(self, line: bytes) -> None:
+                server_lines.append(line)
+                if line == b"STARTTLS":
+                    self.sendLine(b"GO")
+                    startSchannel(self, server_credentials(), False)
+                elif line == b"secret":
+                    tls: SchannelProtocol = self.transport  # type: ignore[assignment]
+                    self.sendLine(tls.securityContext.attributes.protocol.encode())
+
+        class Client(LineReceiver):
+            delimiter = b"\n"
+
+            def connectionMade(self) -> None:
+                self.sendLine(b"STARTTLS")
+
+            def lineReceived(self, line: bytes) -> None:
+                client_lines.append(line)
+                if line == b"GO":
+                    tls = startSchannel(self, client_credentials(), True, target_name="localhost")
+                    self.sendLine(b"secret")
+                    tls.whenHandshakeDone().addErrback(done.errback)
+                else:
+                    self.transport.loseConnection()  # type: ignore[union-attr]
+                    done.callback(None)
+
+        port = self.listen(ServerFactory.forProtocol(Server))
+        connector = reactor.connectTCP(  # type: ignore[attr-defined]
+            "127.0.0.1", port, ClientFactory.forProtocol(Client)
+        )
+        self.addCleanup(connector.disconnect)
+        yield done.addTimeout(20, reactor)  # type: ignore[arg-type]
+        self.assertEqual(server_lines, [b"STARTTLS", b"secret"])
+        self.assertEqual(client_lines, [b"GO", b"TLSv1.3"])
+
+    def test_start_schannel_needs_a_transport_it_can_repoint(self) -> None:
+        protocol = Protocol()
+        self.assertRaises(TypeError, startSchannel, protocol, server_credentials(), False)
