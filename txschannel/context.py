@@ -385,6 +385,19 @@ class SecurityContext:
                 if errno:
                     status = verify_error_status(errno)
                     reason = f"{verify_error_text(errno)} ({reason})"
+        if (
+            status is Status.ALGORITHM_MISMATCH
+            and self._verification.certificate_requested
+            and "handshake failure" in reason.lower()
+            and self._alive().get_certificate() is None
+        ):
+            # TLS 1.2 has no certificate_required alert: servers refuse a
+            # client without a certificate with handshake_failure.
+            status = Status.NO_CREDENTIALS
+            reason = (
+                "the server asked for a client certificate and these credentials "
+                f"have none ({reason})"
+            )
         if self._twisted_failure is not None:
             status, reason = Status.WRONG_PRINCIPAL, self._twisted_failure
         return self._fail(status, reason, self._drain(self._alive()))
@@ -483,7 +496,8 @@ class SecurityContext:
                 break
             except SSL.Error as e:
                 raise self._fail_openssl(e) from None
-        if handshake_message:
+        if handshake_message and status is not Status.CONTEXT_EXPIRED:
+            _flush_key_update(connection)
             self._after_handshake_message(connection)
         if bad is not None and status is not Status.CONTEXT_EXPIRED:
             raise self._fail(bad.status, bad.reason, self._alert_for_garbage(view[bad.offset :]))
@@ -744,6 +758,21 @@ class ServerContext(SecurityContext):
         :raises SecurityError: the handshake failed; send ``error.token``.
         """
         return self._handshake(data)
+
+
+def _flush_key_update(connection: SSL.Connection) -> None:
+    """Make OpenSSL write its answer to a KeyUpdate(update_requested) now.
+
+    OpenSSL queues that answer until the application's next write; a peer
+    (openssl s_server, for one) may hold its own writes until it sees it,
+    and the contract puts any reply in ``Unwrapped.token``. A zero-length
+    SSL_write sends what is queued and nothing else; it "fails" (returns 0)
+    without touching the connection, so its error report is discarded.
+    """
+    from OpenSSL._util import lib
+
+    lib.SSL_write(connection._ssl, b"", 0)
+    lib.ERR_clear_error()
 
 
 def _verify_result(connection: SSL.Connection) -> int:

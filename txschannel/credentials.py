@@ -277,6 +277,8 @@ class Verification:
         self.target_name = target_name
         self.manual = manual
         self.failure: tuple[Status, str] | None = None
+        #: Set when the server sent a CertificateRequest (client side).
+        self.certificate_requested = False
         #: Per-connection ALPN choices on a server (None: the credentials').
         self.alpn: tuple[bytes, ...] | None = None
 
@@ -362,6 +364,27 @@ def _name_mismatch(certificate: x509.Certificate, name: str) -> str | None:
     return None
 
 
+def _certificate_requested(ssl: Any, arg: Any) -> int:
+    """OpenSSL's cert_cb on a client: the server asked for a certificate.
+
+    Recorded so that a TLS 1.2 server's handshake_failure alert after it
+    (TLS 1.2 has no certificate_required alert) can be reported as
+    NO_CREDENTIALS rather than as a cipher mismatch.
+    """
+    try:
+        connection = SSL.Connection._reverse_mapping.get(ssl)
+        verification = connection.get_app_data() if connection is not None else None
+        if isinstance(verification, Verification):
+            verification.certificate_requested = True
+    except Exception:  # pragma: no cover - never let an exception into OpenSSL
+        pass
+    return 1
+
+
+# One C callback for every client context (cffi callbacks are a scarce resource).
+_on_certificate_request = _ffi.callback("int (*)(SSL *, void *)", _certificate_requested)
+
+
 def _verify_callback(
     connection: SSL.Connection, certificate: crypto.X509, errno: int, depth: int, ok: int
 ) -> bool:
@@ -443,6 +466,7 @@ class Credentials:
         if protocols:
             context.set_alpn_protos(list(protocols))
         context.set_verify(SSL.VERIFY_PEER, _verify_callback)
+        _lib.SSL_CTX_set_cert_cb(context._context, _on_certificate_request, _ffi.NULL)
         return cls(
             context, is_client=True, alpn=protocols, manual_validation=manual_validation
         )
