@@ -428,6 +428,13 @@ class ServerErrorTests(SynchronousTestCase):
         for option in SERVER_OPTIONS + ("port", "interface", "backlog"):
             self.assertIn(option, message)
 
+    def test_unknown_option_behind_haproxy_lists_the_tcp_options(self) -> None:
+        message = self.error(
+            f"schannel:haproxy:tcp:8443:certificate={q(pki().server)}:intrface=127.0.0.1"
+        )
+        self.assertIn("unknown option 'intrface' (did you mean interface?)", message)
+        self.assertIn("tcp options: port, interface, backlog", message)
+
     def test_misspelt_option_suggests_the_right_one(self) -> None:
         message = self.error(f"schannel:tcp:8443:certficate={q(pki().server)}")
         self.assertIn("unknown option 'certficate'", message)

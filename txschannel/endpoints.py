@@ -58,6 +58,9 @@ __all__ = [
     "SchannelClientParser",
     "SchannelServerEndpoint",
     "SchannelServerParser",
+    "parse_client",
+    "parse_server",
+    "unparse",
 ]
 
 #: The options a ``schannel:`` server string takes for itself.
@@ -103,6 +106,9 @@ _INNER_CLIENT_OPTIONS: dict[str, tuple[str, ...]] = {
     "tcp": ("host", "port", "timeout", "bindAddress"),
     "unix": ("path", "timeout", "lockfile"),
 }
+# Inner endpoint types that take no options of their own and pass them all
+# to the endpoint they wrap.
+_WRAPPERS = ("haproxy",)
 # Inner client endpoints whose host is the name the server's certificate
 # must carry (host and port are positional or keywords, as in tcp:).
 _HOST_ENDPOINTS = ("tcp", "tcp6", "ssl", "tls")
@@ -350,7 +356,12 @@ def _inner_error(error: Exception, description: str, kind: str) -> ValueError:
     ours = SERVER_OPTIONS if kind == "server" else CLIENT_OPTIONS
     known = _INNER_SERVER_OPTIONS if kind == "server" else _INNER_CLIENT_OPTIONS
     message = str(error)
-    inner_type = description.split(":", 1)[0].lower()
+    # The endpoint type that owns the other options: past wrappers such as
+    # haproxy:, which hand all their options on to the endpoint they wrap.
+    types = description.split(":")
+    while len(types) > 1 and types[0].lower() in _WRAPPERS:
+        types.pop(0)
+    inner_type = types[0].lower()
     unexpected = _UNEXPECTED.search(message)
     if isinstance(error, TypeError) and unexpected is not None:
         name = unexpected.group(1)
