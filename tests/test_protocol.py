@@ -10,6 +10,7 @@ Other TLS stacks are in ``tests/test_protocol_peers.py``.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
     INegotiated,
+    IOpenSSLContextFactory,
     IProtocolNegotiationFactory,
     IPushProducer,
     ISSLTransport,
@@ -29,6 +31,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol, ServerFa
 from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
+from twisted.protocols._tls_legacy import LegacyContextFactoryWarning
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
@@ -607,6 +610,7 @@ class FactoryTests(SynchronousTestCase):
         self.assertEqual(reason.value.status, Status.WRONG_PRINCIPAL)
 
     def test_legacy_get_context_objects_work_on_both_sides(self) -> None:
+        @implementer(IOpenSSLContextFactory)
         class Legacy:
             def __init__(self, context: SSL.Context) -> None:
                 self.context = context
@@ -623,6 +627,19 @@ class FactoryTests(SynchronousTestCase):
         pair.client.write(b"legacy")
         pair.flush()
         self.assertEqual(pair.server_app.received, b"legacy")  # type: ignore[attr-defined]
+
+    def test_undeclared_get_context_object_warns_as_twisted_does(self) -> None:
+        class Undeclared:
+            def getContext(self) -> SSL.Context:
+                return SSL.Context(SSL.TLS_METHOD)
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            SchannelFactory(Undeclared(), False, Factory(), Clock())
+        (warning,) = caught
+        self.assertIs(warning.category, LegacyContextFactoryWarning)
+        self.assertIn("IOpenSSLServerConnectionCreator", str(warning.message))
+        self.assertEqual(warning.filename, __file__)
 
     def test_new_credentials_apply_to_new_connections_only(self) -> None:
         renewed = CA.issue_cert("localhost")

@@ -15,6 +15,7 @@ plaintext protocol (STARTTLS).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Union, cast
 
@@ -38,6 +39,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols._tls_legacy import LegacyContextFactoryWarning
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
@@ -203,6 +205,16 @@ def _credentials_from(
         )
     get_context = getattr(value, "getContext", None)
     if callable(get_context):
+        if not interfaces.IOpenSSLContextFactory.providedBy(value):
+            # The same warning, in the same words, as TLSMemoryBIOFactory.
+            side = "Client" if is_client else "Server"
+            warnings.warn(
+                f"{value} does not explicitly provide any OpenSSL connection-creator "
+                f"{side} interface; neither IOpenSSL{side}ConnectionCreator, nor "
+                "IOpenSSLContextFactory.",
+                LegacyContextFactoryWarning,
+                stacklevel=4,
+            )
         context = get_context()
         if not isinstance(context, SSL.Context):
             raise TypeError(f"{value!r}.getContext() returned {context!r}, not an SSL.Context")
@@ -246,12 +258,19 @@ class _ProducerGate:
     for data only when the transport asks and the handshake is done.
     """
 
+    # The names ``_producer`` and ``_producerPaused`` are those of Twisted's
+    # own ``_ProducerMembrane``, which Twisted's TLS test suite inspects.
+
     def __init__(self, producer: Any, streaming: bool) -> None:
-        self.producer = producer
+        self._producer = producer
         self.streaming = streaming
         self._reasons: set[str] = set()
         self._pull_wanted = False
         self.stopped = False
+
+    @property
+    def _producerPaused(self) -> bool:
+        return bool(self._reasons)
 
     def pause(self, reason: str) -> None:
         if not self.streaming:
@@ -260,7 +279,7 @@ class _ProducerGate:
         was_running = not self._reasons
         self._reasons.add(reason)
         if was_running and not self.stopped:
-            self.producer.pauseProducing()
+            self._producer.pauseProducing()
 
     def resume(self, reason: str) -> None:
         if reason not in self._reasons:
@@ -269,10 +288,10 @@ class _ProducerGate:
         if self._reasons or self.stopped:
             return
         if self.streaming:
-            self.producer.resumeProducing()
+            self._producer.resumeProducing()
         elif self._pull_wanted:
             self._pull_wanted = False
-            self.producer.resumeProducing()
+            self._producer.resumeProducing()
 
     # IPushProducer / IPullProducer, as the transport sees it.
 
@@ -285,12 +304,12 @@ class _ProducerGate:
         elif self._reasons:
             self._pull_wanted = True
         elif not self.stopped:
-            self.producer.resumeProducing()
+            self._producer.resumeProducing()
 
     def stopProducing(self) -> None:
         if not self.stopped:
             self.stopped = True
-            self.producer.stopProducing()
+            self._producer.stopProducing()
 
 
 @implementer(ISSLTransport, INegotiated, ISystemHandle, IHalfCloseableProtocol)
@@ -507,19 +526,23 @@ class SchannelProtocol(ProtocolWrapper):
             server_name=attributes.server_name,
             resumed=attributes.session_reused,
         )
-        if self._pending:
-            pending, self._pending = self._pending, []
-            self._send(b"".join(pending))
-        if self._producer is not None:
-            self._producer.resume("handshake")
+        # Writes held during the handshake go first, ahead of anything the
+        # application writes from here on; they are sent only after it has
+        # heard of the handshake, so that it can still abortConnection() if
+        # it does not like the peer (and they never leave).
+        self._outgoing, self._pending = self._pending, []
+        self._outgoing_size = sum(len(data) for data in self._outgoing)
         waiters, self._handshake_waiters = self._handshake_waiters, None
         for waiter in waiters or ():
             waiter.callback(self)
         wrapped = self.wrappedProtocol
         if wrapped is not None and IHandshakeListener.providedBy(wrapped):
             wrapped.handshakeCompleted()
-        if self._failed or self._lost:
+        if self._failed or self._lost or self._aborted:
             return
+        self._flush()
+        if self._producer is not None:
+            self._producer.resume("handshake")
         if self._write_shutdown_wanted:
             self._shutdown_write()
         elif self.disconnecting and self._producer is None:
@@ -687,7 +710,7 @@ class SchannelProtocol(ProtocolWrapper):
             return
         if self._producer is not None:
             raise RuntimeError(
-                f"Cannot register producer {producer!r}: {self._producer.producer!r} "
+                f"Cannot register producer {producer!r}: {self._producer._producer!r} "
                 "is still registered"
             )
         gate = _ProducerGate(producer, streaming)
