@@ -785,6 +785,27 @@ class OwnClientTests(LiveTestCase):
         self.assertIn(b"you said hello", reply)
 
     @inlineCallbacks
+    def test_separate_certificate_and_private_key_files(self) -> Any:
+        port, _ = yield self.listen(
+            server_string(
+                certificate=q(pki().server_certificate), privateKey=q(pki().server_key)
+            )
+        )
+        reply, _ = yield self.ask_string(
+            f"schannel:tcp:localhost:{port.getHost().port}:trustRoots={q(pki().ca)}"
+        )
+        self.assertIn(b"you said hello", reply)
+
+    @inlineCallbacks
+    def test_ipv6_loopback(self) -> Any:
+        port, _ = yield self.listen(server_string(inner="tcp6:0:interface=\\:\\:1"))
+        reply, _ = yield self.ask_string(
+            f"schannel:tcp:host=\\:\\:1:port={port.getHost().port}:hostname=localhost:"
+            f"trustRoots={q(pki().ca)}"
+        )
+        self.assertEqual(reply, b"you said hello; alpn=none; peer=none; from=::1\n")
+
+    @inlineCallbacks
     def test_trust_roots_folder(self) -> Any:
         port, _ = yield self.listen(server_string())
         reply, _ = yield self.ask_string(
