@@ -222,7 +222,9 @@ class SecurityContext:
             # failVerification().
             shim = _TwistedShim(self, app_data)
             self._connection = twisted_connection(shim)
-            self._connection.set_app_data(shim)
+            if self._connection.get_app_data() is None:
+                # (A credentials subclass may have set its own stand-in.)
+                self._connection.set_app_data(shim)
         else:
             self._connection = SSL.Connection(credentials.openssl_context, None)
             self._connection.set_app_data(self._verification)
@@ -275,8 +277,12 @@ class SecurityContext:
             connection.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
 
     def __del__(self) -> None:
-        if getattr(self, "_connection", None) is not None:
-            self._keep_session()
+        try:
+            if getattr(self, "_connection", None) is not None:
+                self._keep_session()
+        except Exception:
+            # Never complain from a finalizer (e.g. a test's fake connection).
+            pass
 
     # -- the handshake loop ----------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -115,6 +116,11 @@ def _read(source: str | os.PathLike[str] | bytes, what: str) -> tuple[bytes, str
     path = os.fspath(source)
     label = f"{what} file {path!r}"
     try:
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            # Opening a FIFO would block until a writer appears: a hang at
+            # start-up instead of an error.
+            raise ValueError(f"{label} is not a regular file ({_file_kind(mode)})")
         with open(path, "rb") as handle:
             return handle.read(), label
     except FileNotFoundError:
@@ -125,6 +131,16 @@ def _read(source: str | os.PathLike[str] | bytes, what: str) -> tuple[bytes, str
         raise ValueError(f"{label} is not readable (permission denied)") from None
     except OSError as e:
         raise ValueError(f"{label} cannot be read: {e.strerror}") from None
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a file"
 
 
 def _pem_blocks(data: bytes, label: str) -> list[tuple[str, bytes]]:
