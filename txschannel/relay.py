@@ -39,10 +39,29 @@ __all__ = ["RelayFactory", "Inbound", "Outbound"]
 _log = Logger()
 
 
+def _unregister(transport: ITransport | None) -> None:
+    # A transport with a paused streaming producer resumes the producer
+    # instead of finishing a close once its buffer drains (Twisted's
+    # FileDescriptor.doWrite), so a close would never complete: the other
+    # side has nothing more to give anyway.
+    unregister = getattr(transport, "unregisterProducer", None)
+    if callable(unregister):
+        unregister()
+
+
+def _lose(transport: ITransport | None) -> None:
+    """Close *transport* after its pending bytes."""
+    if transport is None:
+        return
+    _unregister(transport)
+    transport.loseConnection()
+
+
 def _lose_write(transport: ITransport | None) -> None:
     """Shut down the writing half of *transport*, or all of it when it cannot half-close."""
     if transport is None:
         return
+    _unregister(transport)
     lose_write = getattr(transport, "loseWriteConnection", None)
     if callable(lose_write):
         lose_write()
@@ -90,14 +109,14 @@ class _Side(Protocol):
     def _close_if_done(self) -> None:
         # Both directions are finished: Twisted does not close a half-closed
         # TCP connection by itself.
-        if self.read_closed and self.write_closed and self.transport is not None:
-            self.transport.loseConnection()
+        if self.read_closed and self.write_closed:
+            _lose(self.transport)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
         partner = self.partner
-        if partner is not None and not partner.lost and partner.transport is not None:
-            partner.transport.loseConnection()
+        if partner is not None and not partner.lost:
+            _lose(partner.transport)
 
 
 class Inbound(_Side):

@@ -1,0 +1,291 @@
+"""The relay: TLS termination and origination with real peers, half-close, flow control."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import FailTest, TestCase
+
+from tests.peers import Peer, free_port, require, wait_for_port
+from tests.test_tap import Twist, curl
+from txschannel import ClientContext, Credentials, Status
+from txschannel.relay import Inbound, RelayFactory
+from txschannel.testing import CertificateAuthority
+
+#: Reads until end of stream, then answers "<length> <sha256>\n" and closes:
+#: it only answers if the half-close reached it.
+DIGEST_SERVER = """
+import hashlib, socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen()
+while True:
+    connection, _ = server.accept()
+    with connection:
+        digest, size = hashlib.sha256(), 0
+        while True:
+            data = connection.recv(65536)
+            if not data:
+                break
+            digest.update(data)
+            size += len(data)
+        connection.sendall(f"{size} {digest.hexdigest()}\\n".encode())
+"""
+
+BIG = 100 * 1024 * 1024
+
+
+def start_digest_server(test: TestCase, folder: Path) -> int:
+    script = folder / "digest_server.py"
+    script.write_text(DIGEST_SERVER)
+    port = free_port()
+    server = Peer([sys.executable, str(script), str(port)])
+    test.addCleanup(server.stop)
+    wait_for_port(port)
+    return port
+
+
+def tls_half_close_exchange(port: int, trust: str, payload: bytes) -> bytes:
+    """Send *payload* over TLS, then close_notify, and read the answer until the
+    server's close_notify: a TLS half-close, driven with the sans-IO context."""
+    context = ClientContext(Credentials.client(trust_roots=trust), "localhost")
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        step = context.initialize()
+        while True:
+            sock.sendall(step.token)
+            if step.status is Status.OK:
+                break
+            data = sock.recv(65536)
+            if not data:
+                raise FailTest("the relay closed during the handshake")
+            step = context.initialize(step.extra + data)
+        buffer = step.extra
+        for start in range(0, len(payload), 1 << 20):
+            sock.sendall(context.encrypt(payload[start:start + (1 << 20)]))
+        sock.sendall(context.shutdown())
+        answer = b""
+        while True:
+            unwrapped = context.decrypt(buffer)
+            answer += unwrapped.data
+            if unwrapped.token:
+                sock.sendall(unwrapped.token)
+            if unwrapped.status is Status.CONTEXT_EXPIRED:
+                return answer
+            data = sock.recv(65536)
+            if not data:
+                raise FailTest(f"end of stream without close_notify after {answer!r}")
+            buffer = unwrapped.extra + data
+
+
+class TerminationTests(TestCase):
+    """curl (TLS) -> twist schannel -> a plaintext backend."""
+
+    def setUp(self) -> None:
+        require("curl")
+        self.folder = Path(tempfile.mkdtemp(prefix="txschannel-relay-"))
+
+    def start_twist(self, backend: int) -> tuple[Twist, int]:
+        port = free_port()
+        twist = Twist(
+            self, "--listen", f"schannel:tcp:{port}:interface=127.0.0.1",
+            "--connect", f"tcp:127.0.0.1:{backend}", "--state-dir", str(self.folder / "state"),
+        )
+        twist.wait_for("listening on")
+        return twist, port
+
+    def test_100_mib_download_is_byte_exact(self) -> None:
+        body = os.urandom(BIG)
+        (self.folder / "big.bin").write_bytes(body)
+        backend = free_port()
+        server = Peer([sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
+                       "--directory", str(self.folder), str(backend)])
+        self.addCleanup(server.stop)
+        wait_for_port(backend)
+        twist, port = self.start_twist(backend)
+        result = curl("--cacert", str(self.folder / "state/localhost.crt"),
+                      f"https://localhost:{port}/big.bin", "-o", str(self.folder / "got.bin"))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        got = (self.folder / "got.bin").read_bytes()
+        self.assertEqual(len(got), BIG)
+        self.assertEqual(hashlib.sha256(got).digest(), hashlib.sha256(body).digest())
+        line = twist.wait_for(r"connection closed .*bytes_in=(\d+) bytes_out=(\d+) .*reason=")
+        self.assertGreater(int(line.group(2)), BIG)
+
+    def test_tls_half_close_reaches_the_backend_and_the_answer_comes_back(self) -> None:
+        backend = start_digest_server(self, self.folder)
+        twist, port = self.start_twist(backend)
+        payload = os.urandom(5 * 1024 * 1024 + 7)
+        answer = tls_half_close_exchange(port, str(self.folder / "state/localhost.crt"), payload)
+        self.assertEqual(answer, f"{len(payload)} {hashlib.sha256(payload).hexdigest()}\n".encode())
+        line = twist.wait_for(r"connection closed .*bytes_in=(\d+) bytes_out=(\d+) .*reason=(.*)")
+        self.assertEqual(int(line.group(1)), len(payload))
+        self.assertEqual(int(line.group(2)), len(answer))
+
+    def test_unreachable_backend_closes_the_client_and_says_why(self) -> None:
+        twist, port = self.start_twist(free_port())
+        result = curl("--cacert", str(self.folder / "state/localhost.crt"),
+                      f"https://localhost:{port}/")
+        self.assertNotEqual(result.returncode, 0)
+        twist.wait_for(r'connection closed .*reason="connect endpoint failed: .*refused')
+
+
+class OriginationTests(TestCase):
+    """A plaintext client -> twist schannel -> TLS to ``openssl s_server``."""
+
+    def test_plain_in_tls_out_to_openssl_is_byte_exact(self) -> None:
+        require("openssl")
+        require("curl")
+        folder = Path(tempfile.mkdtemp(prefix="txschannel-origin-"))
+        ca = CertificateAuthority()
+        ca.write(folder / "ca.pem")
+        leaf = ca.issue("localhost")
+        (folder / "cert.pem").write_bytes(leaf.certificate_pem)
+        (folder / "key.pem").write_bytes(leaf.private_key_pem)
+        body = os.urandom(8 * 1024 * 1024)
+        (folder / "file.bin").write_bytes(body)
+        tls_port = free_port()
+        # s_server -WWW serves files relative to its working folder.
+        server = Peer(["sh", "-c", f"cd {folder} && exec openssl s_server -quiet -WWW "
+                       f"-accept 127.0.0.1:{tls_port} -cert cert.pem -key key.pem"])
+        self.addCleanup(server.stop)
+        wait_for_port(tls_port)
+        port = free_port()
+        twist = Twist(
+            self, "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--connect",
+            f"schannel:tcp:127.0.0.1:{tls_port}:hostname=localhost:trustRoots={folder}/ca.pem",
+        )
+        twist.wait_for("listening on")
+        result = curl("--http1.0", f"http://127.0.0.1:{port}/file.bin",
+                      "-o", str(folder / "got.bin"))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(hashlib.sha256((folder / "got.bin").read_bytes()).digest(),
+                         hashlib.sha256(body).digest())
+        twist.wait_for(r"connection closed peer=127\.0\.0\.1:\d+ server_name=- protocol=plain")
+
+    def test_plain_half_close_passes_through(self) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="txschannel-plain-"))
+        backend = start_digest_server(self, folder)
+        port = free_port()
+        twist = Twist(self, "--listen", f"tcp:{port}:interface=127.0.0.1",
+                      "--connect", f"tcp:127.0.0.1:{backend}")
+        twist.wait_for("listening on")
+        payload = os.urandom(3 * 1024 * 1024)
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        self.assertEqual(answer, f"{len(payload)} {hashlib.sha256(payload).hexdigest()}\n".encode())
+        twist.wait_for(r'reason="backend closed"')
+
+
+class _Stalled(Protocol):
+    """A backend that reads nothing until told to, then hashes everything."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.done: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.size += len(data)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.done.callback(None)
+
+
+class _Sender(Protocol):
+    """A client that writes its whole payload at once, then closes."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class FlowControlTests(TestCase):
+    """A backend that does not read makes the relay stop reading, not buffer."""
+
+    @inlineCallbacks
+    def test_a_stalled_backend_pauses_the_client_side(self):  # type: ignore[no-untyped-def]
+        backends: list[_Stalled] = []
+
+        def backend() -> _Stalled:
+            protocol = _Stalled()
+            backends.append(protocol)
+            return protocol
+
+        backend_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(backend)
+        )
+        self.addCleanup(backend_port.stopListening)
+        relays: list[Inbound] = []
+        relay_factory = RelayFactory(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", backend_port.getHost().port, timeout=10)
+        )
+        build = relay_factory.buildProtocol
+
+        def counting(addr):  # type: ignore[no-untyped-def]
+            protocol = build(addr)
+            relays.append(protocol)
+            return protocol
+
+        relay_factory.buildProtocol = counting  # type: ignore[method-assign]
+        relay_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            relay_factory
+        )
+        self.addCleanup(relay_port.stopListening)
+
+        payload = os.urandom(64 * 1024 * 1024)
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", relay_port.getHost().port).connect(
+            Factory.forProtocol(lambda: _Sender(payload))
+        )
+        # Wait (bounded) until the relay's write buffer toward the backend
+        # is full and the client side is paused.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if relays and relays[0].partner is not None:
+                outbound = relays[0].partner.transport
+                if outbound is not None and outbound.producerPaused:  # type: ignore[attr-defined]
+                    break
+            yield deferLater(reactor, 0.01, lambda: None)
+        else:
+            self.fail("the relay never paused the client side")
+        # Let the kernel buffers settle, then see how much the relay holds.
+        yield deferLater(reactor, 0.3, lambda: None)
+        outbound = relays[0].partner.transport  # type: ignore[union-attr]
+        held = len(outbound.dataBuffer) + sum(  # type: ignore[union-attr]
+            map(len, outbound._tempDataBuffer)  # type: ignore[union-attr]
+        )
+        self.assertLess(held, 1024 * 1024, "the relay buffered instead of pausing its reader")
+        # Now let the backend read: everything arrives, in order, once.
+        backends[0].transport.resumeProducing()  # type: ignore[union-attr]
+        yield backends[0].done
+        self.assertEqual(backends[0].size, len(payload))
+        self.assertEqual(backends[0].digest.digest(), hashlib.sha256(payload).digest())
+        # The client only half-closed as far as the relay can tell; the
+        # backend ended first.
+        deadline = time.monotonic() + 10
+        while not relays[0].lost and time.monotonic() < deadline:
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(relays[0].close_reason, "backend closed")
