@@ -35,11 +35,6 @@ _PRIVATE = "inspects or replaces a private attribute of Twisted's class: "
 
 #: ``Class.test_name`` -> why txschannel's transport does not pass it.
 KNOWN_DIFFERENCES: dict[str, str] = {
-    "DeterministicTLSMemoryBIOTests.test_handshakeStopWriting": (
-        "txschannel bug, reported to the transport owner: bytes written before "
-        "the handshake are sent before handshakeCompleted() runs, so an "
-        "abortConnection() there does not keep them from the peer"
-    ),
     "TLSMemoryBIOTests.test_handshakeFailure": (
         "by design: the application's connectionLost gets a SecurityError "
         "(here Status.NO_CREDENTIALS) where Twisted gives OpenSSL.SSL.Error"
@@ -57,18 +52,6 @@ KNOWN_DIFFERENCES: dict[str, str] = {
     "TLSMemoryBIOTests.test_loseConnectionAfterConnectionLost": (
         _PRIVATE + "it wraps _shutdownTLS() to count calls"
     ),
-    "TLSProducerTests.test_streamingProducerPausedInNormalMode": (
-        _PRIVATE + "after its public checks pass, it reads _producer._producerPaused"
-    ),
-    "TLSProducerTests.test_streamingProducerResumedInNormalMode": (
-        _PRIVATE + "after its public checks pass, it reads _producer._producerPaused"
-    ),
-    "TLSProducerTests.test_streamingProducerPausedInWriteBlockedOnReadMode": (
-        _PRIVATE + "after its public checks pass, it reads _producer._producerPaused"
-    ),
-    "TLSProducerTests.test_streamingProducerResumedInWriteBlockedOnReadMode": (
-        _PRIVATE + "after its public checks pass, it reads _producer._producerPaused"
-    ),
     "TLSProducerTests.test_nonStreamingProducer": (
         _PRIVATE + "it expects Twisted's _PullToPush inside transport.producer._producer"
     ),
@@ -76,10 +59,6 @@ KNOWN_DIFFERENCES: dict[str, str] = {
         "it injects a fake OpenSSL Connection with only the methods Twisted's class "
         "calls; txschannel's security context calls more of the Connection API "
         "(get_protocol_version_name, ...) and fails on the fake"
-    ),
-    "TLSProducerTests.test_maximumCompatibilityWarning": (
-        "txschannel accepts an object with only getContext() without Twisted's "
-        "LegacyContextFactoryWarning"
     ),
     "TLSProducerTests.test_brokenContextFactoryErrors": (
         "the TypeError is raised, but its message is worded differently from Twisted's"
