@@ -842,3 +842,36 @@ class LoopbackTests(TestCase):
     def test_start_schannel_needs_a_transport_it_can_repoint(self) -> None:
         protocol = Protocol()
         self.assertRaises(TypeError, startSchannel, protocol, server_credentials(), False)
+
+
+class DocumentationTests(SynchronousTestCase):
+    """The complete programs in docs/transport.rst run and print what it says."""
+
+    def programs(self) -> list[tuple[str, str]]:
+        import pathlib
+        import re
+        import textwrap
+
+        page = pathlib.Path(__file__).parent.parent / "docs" / "transport.rst"
+        text = page.read_text()
+        found = []
+        pattern = r"\.\. code-block:: python\n\n((?:    .*\n|\n)+)(?:It prints ``([^`]+)``)?"
+        for block, printed in re.findall(pattern, text):
+            code = textwrap.dedent(block)
+            if code.startswith("# A complete program"):
+                found.append((code, printed))
+        return found
+
+    def test_complete_programs_run(self) -> None:
+        import subprocess
+        import sys
+
+        programs = self.programs()
+        self.assertEqual(len(programs), 2)
+        for code, printed in programs:
+            result = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, timeout=60
+            )
+            self.assertEqual(result.returncode, 0, result.stderr.decode())
+            expected = printed.split("TLS_")[0] if "TLS_" in printed else printed
+            self.assertIn(expected, result.stdout.decode())
