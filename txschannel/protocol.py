@@ -471,43 +471,52 @@ class SchannelProtocol(ProtocolWrapper):
             self._handshake_done()
         return step.extra
 
-    def _unwrap(self) -> None:
-        """Decrypt whatever whole records the receive buffer holds."""
-        while (
-            self._received
-            and len(self._received) >= self._needed
-            and not self._read_paused
-            and not (self._failed or self._aborted or self._peer_closed or self._lost)
+    def _unwrap(self, final: bool = False) -> None:
+        """Decrypt the whole records in the receive buffer, deliver the plaintext.
+
+        ``decrypt`` consumes every whole record at once, so one call is all
+        there is to do; what stays in the buffer is a partial record (or
+        everything, while the wrapped protocol has paused us). *final*: the
+        transport is gone, deliver what there is regardless of the pause.
+        """
+        if (
+            not self._received
+            or len(self._received) < self._needed
+            or (self._read_paused and not final)
+            or self._failed
+            or self._aborted
+            or self._peer_closed
+            or (self._lost and not final)
         ):
-            try:
-                unwrapped = self.securityContext.decrypt(self._received)
-            except SecurityError as e:
-                self._received = b""
-                if e.token:
-                    self.transport.write(e.token)
-                _log.warn(
-                    "TLS connection with {peer} failed: {status}: {reason}",
-                    peer=self._peer_name(),
-                    status=e.status.name,
-                    reason=e.reason,
-                )
-                self._fail(_failure(e))
-                return
-            self._received = unwrapped.extra
-            self._needed = len(unwrapped.extra) + unwrapped.missing
-            if unwrapped.token:
-                self.transport.write(unwrapped.token)
-            if unwrapped.data:
-                self.bytesReceived += len(unwrapped.data)
-                _Wrapper.dataReceived(self, unwrapped.data)
-            if unwrapped.status is Status.CONTEXT_EXPIRED:
-                self._received = b""
-                self._close_notify_received()
-                return
-            if unwrapped.status is Status.INCOMPLETE_MESSAGE:
-                return
-            # decrypt() consumed every whole record; what is left is partial.
             return
+        try:
+            unwrapped = self.securityContext.decrypt(self._received)
+        except SecurityError as e:
+            self._received = b""
+            if e.token:
+                self.transport.write(e.token)
+            _log.warn(
+                "TLS connection with {peer} failed: {status}: {reason}",
+                peer=self._peer_name(),
+                status=e.status.name,
+                reason=e.reason,
+            )
+            self._fail(_failure(e))
+            return
+        self._received = unwrapped.extra
+        self._needed = len(unwrapped.extra) + unwrapped.missing
+        if unwrapped.token:
+            self.transport.write(unwrapped.token)
+        if unwrapped.data:
+            self.bytesReceived += len(unwrapped.data)
+            _Wrapper.dataReceived(self, unwrapped.data)
+        if unwrapped.status is Status.CONTEXT_EXPIRED:
+            # Whatever follows the peer's close_notify is not part of the stream.
+            self._received = b""
+            if not final:
+                self._close_notify_received()
+            else:
+                self._peer_closed = True
 
     # -- the handshake's outcomes -----------------------------------------
 
@@ -897,13 +906,10 @@ class SchannelProtocol(ProtocolWrapper):
         self._lost = True
         for timer in ("_flush_call", "_handshake_timer", "_close_timer"):
             self._cancel(timer)
-        if self._established and not (self._failed or self._aborted or self._peer_closed):
+        if self._established:
             # Whole records that arrived while the wrapped protocol had paused
-            # us are still the peer's data.
-            self._read_paused = False
-            self._lost = False
-            self._unwrap()
-            self._lost = True
+            # us are still the peer's data (and may end with its close_notify).
+            self._unwrap(final=True)
         reported = self._reported(reason)
         if self._handshake_waiters:
             self._fail_waiters(reported)
@@ -1136,7 +1142,7 @@ def startSchannel(
         STARTTLS command that belong to TLS (a pipelined ClientHello).
     :raises TypeError: the transport cannot be re-pointed (it is neither a
         ``ProtocolWrapper`` nor has a ``protocol`` attribute, as Twisted's
-        TCP, UNIX and process transports do).
+        TCP, UNIX and standard-I/O transports do).
 
     The other arguments are those of :class:`SchannelFactory`.
     """
@@ -1164,7 +1170,7 @@ def startSchannel(
     else:
         raise TypeError(
             f"cannot start TLS on {transport!r}: startSchannel needs a transport whose "
-            "'protocol' attribute can be re-pointed (TCP, UNIX, process transports) or a "
+            "'protocol' attribute can be re-pointed (TCP, UNIX, standard I/O) or a "
             "ProtocolWrapper"
         )
     cast(Any, protocol).transport = tls
