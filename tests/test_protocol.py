@@ -492,6 +492,123 @@ class CloseTests(SynchronousTestCase):
         self.assertTrue(reason.check(ConnectionDone), reason)
 
 
+@implementer(IPushProducer)
+class RecordingPush:
+    """A push producer that only records what it is told."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+class Pull:
+    """A pull producer: one chunk per resumeProducing, then it finishes."""
+
+    def __init__(self, transport: SchannelProtocol, chunks: list[bytes]) -> None:
+        self.transport = transport
+        self.chunks = list(chunks)
+        self.calls = 0
+
+    def resumeProducing(self) -> None:
+        self.calls += 1
+        if self.chunks:
+            self.transport.write(self.chunks.pop(0))
+        if not self.chunks:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def stopProducing(self) -> None:
+        self.chunks = []
+
+
+class ProducerTests(SynchronousTestCase):
+    """Producers both ways: paused by the handshake, by the transport, by the app."""
+
+    def test_push_producer_is_paused_while_writes_wait_for_the_handshake(self) -> None:
+        pair = Pair()
+        producer = RecordingPush()
+        pair.client.registerProducer(producer, True)
+        pair.client.write(b"held")
+        self.assertEqual(producer.events, ["pause"])
+        pair.flush()
+        self.assertEqual(producer.events, ["pause", "resume"])
+        self.assertEqual(pair.server_app.received, b"held")  # type: ignore[attr-defined]
+
+    def test_transport_and_handshake_pauses_both_hold_the_producer(self) -> None:
+        pair = Pair()
+        producer = RecordingPush()
+        pair.client.registerProducer(producer, True)
+        pair.client.write(b"held")  # paused for the handshake
+        gate = pair.client._producer
+        assert gate is not None
+        gate.pauseProducing()  # and the transport's buffer is full
+        gate.resumeProducing()  # the transport drains: still held by the handshake
+        self.assertEqual(producer.events, ["pause"])
+        gate.pauseProducing()
+        pair.flush()  # the handshake completes: still held by the transport
+        self.assertEqual(producer.events, ["pause"])
+        gate.resumeProducing()
+        self.assertEqual(producer.events, ["pause", "resume"])
+
+    def test_pull_producer_streams_everything_then_closes_cleanly(self) -> None:
+        pair = Pair()
+        chunks = [bytes([65 + i]) * 1000 for i in range(5)]
+        pull = Pull(pair.client, chunks)
+        pair.client.registerProducer(pull, False)
+        pair.flush()
+        for _ in range(10):
+            pair.flush()
+        self.assertEqual(pair.server_app.received, b"".join(chunks))  # type: ignore[attr-defined]
+        (reason,) = pair.server_app.lost  # type: ignore[attr-defined]
+        self.assertTrue(reason.check(ConnectionDone), reason)
+
+    def test_registering_a_second_producer_raises(self) -> None:
+        pair = Pair()
+        pair.client.registerProducer(RecordingPush(), True)
+        self.assertRaises(RuntimeError, pair.client.registerProducer, RecordingPush(), True)
+
+    def test_producer_registered_after_close_is_stopped(self) -> None:
+        pair = Pair(client=Credentials.client(trust_roots=OTHER_CA.cert_pem.bytes()))
+        pair.flush()  # the handshake fails
+        producer = RecordingPush()
+        pair.client.registerProducer(producer, True)
+        self.assertEqual(producer.events, ["stop"])
+
+    def test_paused_application_gets_nothing_until_it_resumes(self) -> None:
+        pair = Pair()
+        pair.flush()
+        pair.server.pauseProducing()
+        pair.client.write(b"wait for it")
+        pair.flush()
+        self.assertEqual(pair.server_app.received, b"")  # type: ignore[attr-defined]
+        pair.server.resumeProducing()
+        self.assertEqual(pair.server_app.received, b"wait for it")  # type: ignore[attr-defined]
+
+    def test_records_held_by_a_pause_are_delivered_before_connection_lost(self) -> None:
+        pair = Pair()
+        pair.flush()
+        pair.server.pauseProducing()
+        pair.client.write(b"last")
+        pair.client.loseConnection()
+        pair.flush()
+        self.assertEqual(pair.server_app.received, b"")  # type: ignore[attr-defined]
+        # The client gives up waiting for the (paused) server's close_notify.
+        pair.clock.advance(pair.client_factory.close_timeout or 0)
+        pair.flush()
+        self.assertEqual(pair.server_app.received, b"last")  # type: ignore[attr-defined]
+        (reason,) = pair.server_app.lost  # type: ignore[attr-defined]
+        # Its close_notify was in the held records: a clean end.
+        self.assertTrue(reason.check(ConnectionDone), reason)
+
+
 class LimitTests(SynchronousTestCase):
     """The server's handshake timeout and pre-handshake byte bound."""
 
@@ -838,6 +955,36 @@ class LoopbackTests(TestCase):
         yield done.addTimeout(20, reactor)  # type: ignore[arg-type]
         self.assertEqual(server_lines, [b"STARTTLS", b"secret"])
         self.assertEqual(client_lines, [b"GO", b"TLSv1.3"])
+
+    def test_start_schannel_takes_bytes_read_past_the_command(self) -> None:
+        """A client that pipelines its ClientHello right behind STARTTLS."""
+        clock = Clock()
+        seen: list[bytes] = []
+
+        class Server(LineReceiver):
+            delimiter = b"\n"
+
+            def lineReceived(self, line: bytes) -> None:
+                if line == b"STARTTLS":
+                    # The ClientHello may already sit in the line buffer.
+                    startSchannel(self, server_credentials(), False, clock=clock,
+                                  received=self.clearLineBuffer())
+                else:
+                    seen.append(line)
+
+        class Client(LineReceiver):
+            delimiter = b"\n"
+
+            def connectionMade(self) -> None:
+                self.sendLine(b"STARTTLS")
+                startSchannel(self, client_credentials(), True, clock=clock,
+                              target_name="localhost")
+                self.sendLine(b"inside")
+
+        client, server, pump = connectedServerAndClient(Server, Client, clock=clock)
+        pump.flush(advanceClock=True)
+        self.assertEqual(seen, [b"inside"])
+        self.assertIsInstance(server.transport, SchannelProtocol)
 
     def test_start_schannel_needs_a_transport_it_can_repoint(self) -> None:
         protocol = Protocol()
