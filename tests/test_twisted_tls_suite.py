@@ -26,10 +26,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.test import test_tls as twisted_tls
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from txschannel.protocol import SchannelFactory, SchannelProtocol
+from txschannel.testing import connected_pair
 
 _PRIVATE = "inspects or replaces a private attribute of Twisted's class: "
 
@@ -151,3 +155,51 @@ class SubstitutionTests(_UseSchannel, SynchronousTestCase):
             self.assertIsNot(ours, theirs)
             self.assertTrue(hasattr(ours, "todo") or hasattr(ours, "skip"), key)
             self.assertFalse(hasattr(theirs, "todo") or hasattr(theirs, "skip"), key)
+
+
+class PublicCounterpartTests(SynchronousTestCase):
+    """What some "private" known differences check, through public interfaces only.
+
+    Twisted's tests for these count calls of its private ``_shutdownTLS``
+    or call its private ``_tlsShutdownFinished``; here the same promises are
+    checked on the bytes and callbacks an application can see.
+    """
+
+    def test_second_lose_connection_sends_nothing_more(self) -> None:
+        client, server, pump = connected_pair(Protocol, Protocol)
+        client.transport.write(b"x")
+        client.transport.loseConnection()
+        wire = pump.clientIO.stream
+        sent = sum(map(len, wire))
+        self.assertGreater(sent, 0)
+        client.transport.loseConnection()
+        self.assertEqual(sum(map(len, wire)), sent)
+        pump.flush()
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_lose_connection_after_connection_lost_does_nothing(self) -> None:
+        client, server, pump = connected_pair(Protocol, Protocol)
+        client.transport.loseConnection()
+        pump.flush()
+        self.assertTrue(pump.serverIO.disconnected or pump.clientIO.disconnected)
+        before = sum(map(len, pump.serverIO.stream))
+        server.transport.loseConnection()
+        server.transport.write(b"too late")
+        self.assertEqual(sum(map(len, pump.serverIO.stream)), before)
+
+    def test_connection_lost_waits_for_the_underlying_transport(self) -> None:
+        lost: list[Failure] = []
+
+        class Noting(Protocol):
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                lost.append(reason)
+
+        client, server, pump = connected_pair(Noting, Protocol)
+        client.transport.loseConnection()
+        # close_notify is queued, the underlying transport is still open:
+        # the application has not been told yet.
+        self.assertEqual(lost, [])
+        self.assertFalse(pump.clientIO.disconnected)
+        pump.flush()
+        self.assertEqual(len(lost), 1)
+        self.assertTrue(lost[0].check(ConnectionDone), lost[0])
