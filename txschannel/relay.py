@@ -177,10 +177,15 @@ class Inbound(_Side):
         self._ended(f"connect endpoint failed: {failure.getErrorMessage()}")
         _log.warn(
             "cannot reach {endpoint}: {error}",
-            endpoint=self.factory.endpoint,
+            endpoint=self.factory.name,
             error=failure.getErrorMessage(),
         )
         if self.transport is not None:
+            # Reading was paused while connecting; a TLS close needs the
+            # peer's answer, and a TCP close its FIN, so read again.
+            resume = getattr(self.transport, "resumeProducing", None)
+            if callable(resume):
+                resume()
             self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -241,12 +246,14 @@ class RelayFactory(Factory):
 
     :param endpoint: where every accepted connection is relayed to (any
         ``IStreamClientEndpoint``; ``schannel:`` for TLS origination).
+    :param name: how log lines name *endpoint* (e.g. its description string).
     """
 
     noisy = False
 
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, name: str | None = None) -> None:
         self.endpoint = endpoint
+        self.name = name if name is not None else repr(endpoint)
 
     def buildProtocol(self, addr: IAddress | None) -> Inbound:
         protocol = Inbound(self)
@@ -254,4 +261,4 @@ class RelayFactory(Factory):
         return protocol
 
     def __repr__(self) -> str:
-        return f"<RelayFactory to {self.endpoint!r}>"
+        return f"<RelayFactory to {self.name}>"

@@ -798,11 +798,12 @@ class Options(usage.Options):
             suffix = f":certificate={_escape(str(kept.server_file))}"
             descriptions = [d + suffix if d in needs_default else d for d in descriptions]
         listen: list[tuple[str, IStreamServerEndpoint]] = []
-        for description in descriptions:
+        given = self["listen"] or [self["default-listen"]]
+        for original, description in zip(given, descriptions, strict=True):
             try:
                 endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
             except Exception as e:  # Twisted's parsers raise ValueError, TypeError, ...
-                raise usage.UsageError(f"--listen {description!r}: {_error_text(e)}") from None
+                raise usage.UsageError(f"--listen {original!r}: {_error_text(e)}") from None
             listen.append((description, endpoint))
         self["endpoints"] = listen
         self["connect-endpoint"] = None
@@ -822,8 +823,7 @@ class Options(usage.Options):
                 "certificates: add clientCA=<CA file> (and requireClientCertificate=yes)"
             )
         self["policy"] = policy
-        target = "the inspector" if inspector else self["connect"]
-        announce.append(f"serving {target}")
+        announce.append("serving the inspector" if inspector else f"relaying to {self['connect']}")
         if self["self-signed"] is not None and inspector:
             port = DEFAULT_PORT if "default-listen" in self else "PORT"
             announce.append(
@@ -861,7 +861,7 @@ def makeService(options: Options) -> SchannelService:
     if connect is None:
         application = InspectorSite()
     else:
-        application = RelayFactory(connect)
+        application = RelayFactory(connect, options["connect"])
     gated = GateFactory(application, options["policy"], reactor)
     return SchannelService(
         options["endpoints"],
