@@ -63,7 +63,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from txschannel.credentials import Credentials
 from txschannel.inspector import InspectorSite, describe
-from txschannel.relay import RelayFactory
+from txschannel.relay import RelayFactory, no_delay
 
 __all__ = [
     "DEFAULT_PORT",
@@ -358,6 +358,7 @@ class ConnectionGate:
         directlyProvides(self, providedBy(transport))
         self.connected = True
         self._started = self.factory.clock.seconds()
+        no_delay(transport)
         context = getattr(transport, "securityContext", None)
         if context is None or getattr(context, "established", False):
             self._admit()
