@@ -810,3 +810,20 @@ class FailureTests(SynchronousTestCase):
         self.assertEqual(Status.INCOMPLETE_MESSAGE.code, 0x80090318)
         self.assertTrue(Status.MESSAGE_ALTERED.is_error)
         self.assertFalse(Status.CONTEXT_EXPIRED.is_error)
+
+
+class DocsExampleTests(SynchronousTestCase):
+    def test_the_handshake_example_in_the_docs_runs(self) -> None:
+        import os
+        import subprocess
+        import sys
+
+        example = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "examples",
+                               "handshake.py")
+        result = subprocess.run([sys.executable, example], capture_output=True, timeout=60,
+                                check=False)
+        self.assertEqual(result.returncode, 0, result.stderr.decode(errors="replace"))
+        lines = result.stdout.decode().splitlines()
+        self.assertTrue(lines[0].startswith("client: TLSv1.3 "), lines)
+        self.assertEqual(lines[1:], ["server got: b'hello, server'",
+                                     "client got: b'hello, client'"])
