@@ -85,6 +85,32 @@ def expired_pem() -> bytes:
     return leaf.private_key_and_cert_chain_pem.bytes()
 
 
+@functools.cache
+def self_signed_pem() -> bytes:
+    """A self-signed CA certificate for localhost with its key, the kind
+    `twist schannel` makes for itself."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+
+
 def server_credentials(key_type: str = "ECDSA", **options: object) -> Credentials:
     return Credentials.server(certificate=authority(key_type).server_pem, **options)  # type: ignore[arg-type]
 
@@ -704,6 +730,27 @@ class FailureTests(SynchronousTestCase):
                            ServerContext(Credentials.server(certificate=expired_pem())),
                            "client", Status.CERT_EXPIRED, Status.CERT_EXPIRED)
         self.assertIn("expired", error.reason)
+
+    def test_not_yet_valid_certificate_is_cert_expired(self) -> None:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        leaf = authority().ca.issue_cert(NAME, not_before=now + datetime.timedelta(days=2),
+                                         not_after=now + datetime.timedelta(days=30))
+        server = Credentials.server(certificate=leaf.private_key_and_cert_chain_pem.bytes())
+        error = self.check(ClientContext(client_credentials(), NAME), ServerContext(server),
+                           "client", Status.CERT_EXPIRED, Status.CERT_UNKNOWN)
+        self.assertIn("not yet valid", error.reason)
+
+    def test_untrusted_self_signed_certificate_is_untrusted_root(self) -> None:
+        error = self.check(ClientContext(client_credentials(), NAME),
+                           ServerContext(Credentials.server(certificate=self_signed_pem())),
+                           "client", Status.UNTRUSTED_ROOT, Status.UNTRUSTED_ROOT)
+        self.assertIn("self-signed", error.reason)
+
+    def test_a_self_signed_certificate_trusted_directly_is_accepted(self) -> None:
+        pem = self_signed_pem()
+        client = ClientContext(Credentials.client(trust_roots=pem), NAME)
+        pair = handshake(client, ServerContext(Credentials.server(certificate=pem)))
+        self.assertEqual(pair.client_to_server(b"pinned"), b"pinned")
 
     def test_no_common_version_is_algorithm_mismatch(self) -> None:
         self.check(ClientContext(client_credentials(minimum_version="TLSv1.3"), NAME),
