@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -100,6 +101,8 @@ class TerminationTests(TestCase):
     def setUp(self) -> None:
         require("curl")
         self.folder = Path(tempfile.mkdtemp(prefix="txschannel-relay-"))
+        # Hundreds of MiB of bodies: do not leave them in /tmp.
+        self.addCleanup(shutil.rmtree, self.folder, True)
 
     def start_twist(self, backend: int) -> tuple[Twist, int]:
         port = free_port()
@@ -153,6 +156,7 @@ class OriginationTests(TestCase):
         require("openssl")
         require("curl")
         folder = Path(tempfile.mkdtemp(prefix="txschannel-origin-"))
+        self.addCleanup(shutil.rmtree, folder, True)
         ca = CertificateAuthority()
         ca.write(folder / "ca.pem")
         leaf = ca.issue("localhost")

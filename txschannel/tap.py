@@ -735,8 +735,7 @@ class Options(usage.Options):
         self["allow-cn"].append(name)
 
     def opt_allow_san(self, name: str) -> None:
-        """Admit client certificates with this subjectAltName: DNS, email, URI or IP
-        (repeatable)."""
+        """Admit client certificates with this subjectAltName (DNS, email, URI, IP; repeatable)."""
         self["allow-san"].append(name)
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
