@@ -821,7 +821,7 @@ class Source:
             self.left -= len(data)
             self.digest.update(data)
             self.transport.write(data)
-            self.max_unflushed = max(self.max_unflushed, self.transport._outgoing_size)
+            self.max_unflushed = max(self.max_unflushed, self.transport._outgoing.size)
         if self.left == 0 and not self.paused:
             self.transport.unregisterProducer()
             self.transport.loseConnection()

@@ -59,6 +59,17 @@ __all__ = [
 
 _log = Logger(namespace="txschannel.protocol")
 
+
+class _NoClock:
+    """The clock of a protocol made without a factory (Twisted's own tests
+    build ``TLSMemoryBIOProtocol(None, None)`` to check its interfaces)."""
+
+    def callLater(self, *args: object, **kwargs: object) -> IDelayedCall:
+        raise RuntimeError("this SchannelProtocol has no factory, hence no clock")
+
+
+_NO_CLOCK = cast(IReactorTime, _NoClock())
+
 #: Plaintext written in one reactor turn is gathered up to this size before
 #: it is encrypted: 64 KiB makes four full records per ``encrypt`` call, so
 #: a stream of small writes costs a few records instead of one each.
@@ -312,6 +323,72 @@ class _ProducerGate:
             self._producer.stopProducing()
 
 
+class _Coalescer:
+    """The plaintext written this reactor turn, not yet encrypted.
+
+    A plain object of its own, not part of :class:`SchannelProtocol`,
+    because its ``write`` is the hot path of a stream of small writes:
+    ``ProtocolWrapper`` defines ``__getattr__``, which makes every attribute
+    access on the protocol take CPython's slow path. The protocol's
+    ``write`` attribute is this object's bound ``write``.
+    """
+
+    __slots__ = ("chunks", "size", "call", "open", "_clock", "_protocol")
+
+    def __init__(self, protocol: SchannelProtocol, clock: IReactorTime) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.call: IDelayedCall | None = None
+        #: True while a write may go straight here: established, and
+        #: nothing closing or closed (see SchannelProtocol._update_write_state).
+        self.open = False
+        self._clock = clock
+        self._protocol = protocol
+
+    def write(self, data: bytes) -> None:
+        if self.open and type(data) is bytes:
+            self.chunks.append(data)
+            self.size += len(data)
+            if self.size >= _COALESCE_LIMIT:
+                self.flush()
+            elif self.call is None:
+                self.call = self._clock.callLater(0, self.flush)
+            return
+        self._protocol._write_slowly(data)
+
+    def add(self, data: bytes) -> None:
+        """Gather *data* whatever the state (the protocol checked it)."""
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size >= _COALESCE_LIMIT:
+            self.flush()
+        elif self.call is None:
+            self.call = self._clock.callLater(0, self.flush)
+
+    def take(self) -> bytes:
+        """Everything gathered, as one string; the buffer is empty after."""
+        if self.call is not None:
+            if self.call.active():
+                self.call.cancel()
+            self.call = None
+        chunks = self.chunks
+        if not chunks:
+            return b""
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.chunks = []
+        self.size = 0
+        return data
+
+    def flush(self) -> None:
+        data = self.take()
+        if data:
+            self._protocol._send(data)
+
+    def drop(self) -> None:
+        self.open = False
+        self.take()
+
+
 @implementer(ISSLTransport, INegotiated, ISystemHandle, IHalfCloseableProtocol)
 class SchannelProtocol(ProtocolWrapper):
     """A TLS connection: the wrapped protocol's transport, driving a security context.
@@ -374,10 +451,10 @@ class SchannelProtocol(ProtocolWrapper):
         self._established = False
         # Plaintext written before the handshake completed.
         self._pending: list[bytes] = []
-        # Plaintext written this reactor turn, not yet encrypted.
-        self._outgoing: list[bytes] = []
-        self._outgoing_size = 0
-        self._flush_call: IDelayedCall | None = None
+        # Plaintext written this reactor turn, not yet encrypted; its
+        # write() is ours, bound once for speed (see _Coalescer).
+        self._outgoing = _Coalescer(self, factory._clock if factory is not None else _NO_CLOCK)
+        self.write = self._outgoing.write  # type: ignore[method-assign]
         self._handshake_timer: IDelayedCall | None = None
         self._close_timer: IDelayedCall | None = None
         self._handshake_bytes = 0
@@ -522,6 +599,7 @@ class SchannelProtocol(ProtocolWrapper):
 
     def _handshake_done(self) -> None:
         self._established = True
+        self._update_write_state()
         self._cancel("_handshake_timer")
         attributes = self.securityContext.attributes
         _log.info(
@@ -539,8 +617,9 @@ class SchannelProtocol(ProtocolWrapper):
         # application writes from here on; they are sent only after it has
         # heard of the handshake, so that it can still abortConnection() if
         # it does not like the peer (and they never leave).
-        self._outgoing, self._pending = self._pending, []
-        self._outgoing_size = sum(len(data) for data in self._outgoing)
+        pending, self._pending = self._pending, []
+        for data in pending:
+            self._outgoing.add(data)
         waiters, self._handshake_waiters = self._handshake_waiters, None
         for waiter in waiters or ():
             waiter.callback(self)
@@ -611,11 +690,10 @@ class SchannelProtocol(ProtocolWrapper):
         if self._reason is None:
             self._reason = reason
         self._failed = True
+        self._update_write_state()
         self._received = b""
         self._pending = []
-        self._outgoing = []
-        self._outgoing_size = 0
-        self._cancel("_flush_call")
+        self._outgoing.drop()
         self._cancel("_handshake_timer")
         self._fail_waiters(reason)
         self.securityContext.delete()
@@ -655,6 +733,10 @@ class SchannelProtocol(ProtocolWrapper):
 
         :raises TypeError: *data* is not bytes.
         """
+        self._outgoing.write(data)
+
+    def _write_slowly(self, data: bytes) -> None:
+        """write() when the fast path does not apply: check, hold, or drop."""
         if isinstance(data, str):
             raise TypeError("SchannelProtocol.write() takes bytes, not str")
         if (
@@ -667,17 +749,14 @@ class SchannelProtocol(ProtocolWrapper):
             or not data
         ):
             return
+        # A bytearray or memoryview may change after write() returns: copy.
+        data = bytes(data)
         if not self._established:
-            self._pending.append(bytes(data))
+            self._pending.append(data)
             if self._producer is not None:
                 self._producer.pause("handshake")
             return
-        self._outgoing.append(data if type(data) is bytes else bytes(data))
-        self._outgoing_size += len(data)
-        if self._outgoing_size >= _COALESCE_LIMIT:
-            self._flush()
-        elif self._flush_call is None:
-            self._flush_call = self.factory._clock.callLater(0, self._flush)
+        self._outgoing.add(data)
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         """Write the concatenation of *iovec* (see :meth:`write`)."""
@@ -685,13 +764,7 @@ class SchannelProtocol(ProtocolWrapper):
 
     def _flush(self) -> None:
         """Encrypt and send what this reactor turn wrote."""
-        self._cancel("_flush_call")
-        if not self._outgoing:
-            return
-        data = self._outgoing[0] if len(self._outgoing) == 1 else b"".join(self._outgoing)
-        self._outgoing = []
-        self._outgoing_size = 0
-        self._send(data)
+        self._outgoing.flush()
 
     def _send(self, data: bytes) -> None:
         if self._failed or self._lost:
@@ -771,6 +844,7 @@ class SchannelProtocol(ProtocolWrapper):
         if self.disconnecting or not self.connected or self._lost:
             return
         self.disconnecting = True
+        self._update_write_state()
         if self._failed or self._aborted:
             return
         if not self._established:
@@ -792,6 +866,7 @@ class SchannelProtocol(ProtocolWrapper):
             return
         if not self._established:
             self._write_shutdown_wanted = True
+            self._update_write_state()
             return
         self._shutdown_write()
 
@@ -801,13 +876,14 @@ class SchannelProtocol(ProtocolWrapper):
             return
         self._aborted = True
         self.disconnecting = True
-        self._outgoing = []
+        self._update_write_state()
+        self._outgoing.drop()
         self._pending = []
-        self._cancel("_flush_call")
         self._abort_transport()
 
     def _shutdown_write(self) -> None:
         self._write_shutdown_wanted = False
+        self._update_write_state()
         self._send_close_notify()
         wrapped = self.wrappedProtocol
         if wrapped is not None and IHalfCloseableProtocol.providedBy(wrapped):
@@ -836,6 +912,7 @@ class SchannelProtocol(ProtocolWrapper):
         if self._failed:
             return
         self._sent_close_notify = True
+        self._update_write_state()
         token = self.securityContext.shutdown()
         if token:
             self.transport.write(token)
@@ -871,6 +948,7 @@ class SchannelProtocol(ProtocolWrapper):
             self.transport.loseConnection()
             return
         self.disconnecting = True
+        self._update_write_state()
         self._send_close_notify()
         if not self._lost:
             self.transport.loseConnection()
@@ -904,7 +982,9 @@ class SchannelProtocol(ProtocolWrapper):
         if reason is None:
             reason = _failure(ConnectionDone())
         self._lost = True
-        for timer in ("_flush_call", "_handshake_timer", "_close_timer"):
+        self._update_write_state()
+        self._outgoing.drop()
+        for timer in ("_handshake_timer", "_close_timer"):
             self._cancel(timer)
         if self._established:
             # Whole records that arrived while the wrapped protocol had paused
@@ -962,6 +1042,16 @@ class SchannelProtocol(ProtocolWrapper):
         return alpn.encode("ascii") if alpn else None
 
     # -- helpers ----------------------------------------------------------
+
+    def _update_write_state(self) -> None:
+        self._outgoing.open = self._established and not (
+            self._sent_close_notify
+            or self._write_shutdown_wanted
+            or self._failed
+            or self._aborted
+            or self._lost
+            or self.disconnecting
+        )
 
     def _cancel(self, name: str) -> None:
         call: IDelayedCall | None = getattr(self, name)
