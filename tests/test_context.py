@@ -849,6 +849,21 @@ class FailureTests(SynchronousTestCase):
         self.assertEqual(error.status, Status.ILLEGAL_MESSAGE)
         self.assertIn("exceeds", error.reason)
 
+    def test_errors_carry_no_internal_exception(self) -> None:
+        # A transport keeps the error (in a Failure); a chained OpenSSL or
+        # framing exception would keep its frames, and this context, alive.
+        server = ServerContext(server_credentials())
+        errors = [self.assertRaises(SecurityError, server.accept, b"GET / HTTP/1.1\r\n")]
+        pair = connected()
+        errors.append(self.assertRaises(SecurityError, pair.server.context.decrypt,
+                                        pair.to_server + b"\x17\x03\x03\x00\x20" + b"x" * 32))
+        _, error, _ = failure(ClientContext(client_credentials(), "example.com"),
+                              ServerContext(server_credentials()))
+        errors.append(error)
+        for error in errors:
+            self.assertIsNone(error.__context__)
+            self.assertIsNone(error.__cause__)
+
     def test_security_error_describes_itself(self) -> None:
         error = SecurityError(Status.UNTRUSTED_ROOT, "why", b"\x15")
         self.assertEqual(str(error), "UNTRUSTED_ROOT: why")

@@ -329,7 +329,11 @@ class SecurityContext:
         try:
             return frame(view)
         except FramingError as e:
-            raise self._fail(e.status, e.reason, self._alert_for_garbage(view[e.offset:])) from None
+            error = self._fail(e.status, e.reason, self._alert_for_garbage(view[e.offset :]))
+        # Raised outside the except block, so that the error does not carry
+        # the FramingError (and its frames) as __context__: a transport that
+        # keeps the error would otherwise keep this context's memory alive.
+        raise error
 
     def _alert_for_garbage(self, garbage: memoryview) -> bytes:
         """Let OpenSSL judge bytes that are not TLS, so that its alert (if any,
@@ -357,22 +361,28 @@ class SecurityContext:
         return token
 
     def _drive(self, connection: SSL.Connection) -> bool:
+        # Errors are raised after the except blocks (see _frame).
+        error: SecurityError | None
         try:
             connection.do_handshake()
         except SSL.WantReadError:
             return False
         except SSL.ZeroReturnError:
-            raise self._fail(
+            error = self._fail(
                 Status.ILLEGAL_MESSAGE,
                 "the peer closed the connection (close_notify) during the handshake",
                 self._drain(connection),
-            ) from None
+            )
         except NoCommonProtocol as e:
-            raise self._fail(
+            error = self._fail(
                 Status.APPLICATION_PROTOCOL_MISMATCH, str(e), self._drain(connection)
-            ) from None
+            )
         except SSL.Error as e:
-            raise self._fail_openssl(e) from None
+            error = self._fail_openssl(e)
+        else:
+            error = None
+        if error is not None:
+            raise error
         if self._twisted_failure is not None:
             raise self._fail(Status.WRONG_PRINCIPAL, self._twisted_failure, b"")
         return True
@@ -461,8 +471,10 @@ class SecurityContext:
                     try:
                         connection._raise_ssl_error(ssl, result)
                     except SSL.Error as e:
-                        raise self._fail_openssl(e) from None
-                    raise self._fail(Status.INTERNAL_ERROR, "SSL_write wrote nothing", b"")
+                        error = self._fail_openssl(e)
+                    else:
+                        error = self._fail(Status.INTERNAL_ERROR, "SSL_write wrote nothing", b"")
+                    raise error
                 written += result
         records = size // MAX_PLAINTEXT + 1
         return self._drain(connection, size + records * _RECORD_OVERHEAD)
@@ -489,19 +501,22 @@ class SecurityContext:
         except FramingError as e:
             # Decrypt the whole records before the bad header first: if one
             # of them is close_notify, what follows is not ours to judge.
-            bad = e
+            bad = e.with_traceback(None)
             framing = frame(view[: e.offset])
         complete = framing.complete
         status = Status.OK if complete else Status.INCOMPLETE_MESSAGE
         plaintext = b""
         consumed = complete
         if complete:
+            failure: SecurityError | None = None
             try:
                 plaintext, unread, reads = _read_records(
                     connection, view[:complete], len(framing.ends)
                 )
             except SSL.Error as e:
-                raise self._fail_openssl(e) from None
+                failure = self._fail_openssl(e)
+            if failure is not None:
+                raise failure
             if unread is not None:
                 # close_notify: the records after it were not read.
                 self._closed_by_peer = True
