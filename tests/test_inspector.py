@@ -14,6 +14,7 @@ from tests.peers import free_port, require, wait_for_port
 from tests.test_tap import Twist, curl, served_fingerprint
 from txschannel.inspector import _choose, render_html, render_text
 from txschannel.tap import DEFAULT_PORT, default_state_dir
+from txschannel.testing import CertificateAuthority
 
 
 class NoArgumentsTests(TestCase):
@@ -101,6 +102,13 @@ class InspectorTests(TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn(b"protocol:           TLSv1.3", result.stdout)
         self.assertTrue(result.stdout.endswith(b"200"))
+
+    def test_a_client_that_distrusts_us_is_logged_with_the_status(self) -> None:
+        other = Path(tempfile.mkdtemp()) / "other-ca.pem"
+        CertificateAuthority().write(other)
+        result = curl("--cacert", str(other), self.url)
+        self.assertNotEqual(result.returncode, 0)
+        self.twist.wait_for(r'connection closed .* reason="TLS error UNTRUSTED_ROOT: ')
 
     def test_second_run_keeps_the_certificate(self) -> None:
         first = self.twist.wait_for(r"SHA-256 fingerprint: ([0-9A-F:]+)").group(1)

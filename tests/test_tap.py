@@ -309,3 +309,24 @@ class ReloadTests(TestCase):
         changed = twist.wait_for(r"--reload-interval: reloaded .*certificate sha256 ([0-9A-F:]+)")
         self.assertNotEqual(changed.group(1), old)
         self.assertEqual(served_fingerprint(self.port), changed.group(1))
+
+
+class SeveralListenersTests(TestCase):
+    """--listen repeats: every endpoint accepts, plain and TLS side by side."""
+
+    def test_two_listeners_serve_the_same_inspector(self) -> None:
+        require("curl")
+        home = Path(tempfile.mkdtemp(prefix="txschannel-two-"))
+        tls, plain = free_port(), free_port()
+        twist = Twist(
+            self, "-l", f"schannel:tcp:{tls}:interface=127.0.0.1",
+            "--listen", f"tcp:{plain}:interface=127.0.0.1",
+            "--state-dir", str(home / "state"), home=home,
+        )
+        twist.wait_for(f"listening on tcp:{plain}")
+        twist.wait_for(f"listening on schannel:tcp:{tls}")
+        secure = curl("--cacert", str(home / "state/localhost.crt"),
+                      f"https://localhost:{tls}/?format=json")
+        self.assertIn(b'"tls": true', secure.stdout)
+        clear = curl(f"http://127.0.0.1:{plain}/?format=json")
+        self.assertIn(b'"tls": false', clear.stdout)
