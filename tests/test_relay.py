@@ -184,6 +184,32 @@ class OriginationTests(TestCase):
                          hashlib.sha256(body).digest())
         twist.wait_for(r"connection closed peer=127\.0\.0\.1:\d+ server_name=- protocol=plain")
 
+    def test_untrusted_tls_backend_closes_the_client_and_says_why(self) -> None:
+        require("openssl")
+        folder = Path(tempfile.mkdtemp(prefix="txschannel-distrust-"))
+        self.addCleanup(shutil.rmtree, folder, True)
+        served, trusted = CertificateAuthority(), CertificateAuthority()
+        trusted.write(folder / "ca.pem")
+        leaf = served.issue("localhost")
+        (folder / "cert.pem").write_bytes(leaf.certificate_pem)
+        (folder / "key.pem").write_bytes(leaf.private_key_pem)
+        tls_port = free_port()
+        server = Peer(["openssl", "s_server", "-quiet", "-accept", f"127.0.0.1:{tls_port}",
+                       "-cert", str(folder / "cert.pem"), "-key", str(folder / "key.pem")])
+        self.addCleanup(server.stop)
+        wait_for_port(tls_port)
+        port = free_port()
+        twist = Twist(
+            self, "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--connect",
+            f"schannel:tcp:127.0.0.1:{tls_port}:hostname=localhost:trustRoots={folder}/ca.pem",
+        )
+        twist.wait_for("listening on")
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(b"hello\n")
+            self.assertEqual(sock.recv(100), b"")
+        twist.wait_for(r'reason="backend TLS error UNTRUSTED_ROOT: ')
+
     def test_plain_half_close_passes_through(self) -> None:
         folder = Path(tempfile.mkdtemp(prefix="txschannel-plain-"))
         backend = start_digest_server(self, folder)
