@@ -431,6 +431,46 @@ class SchannelProtocol(ProtocolWrapper):
     transport: Any
     disconnecting: bool = False
 
+    # Per-connection state starts as these class attributes and becomes an
+    # instance attribute only when it changes: an idle connection then
+    # carries a small instance dictionary (CPython shares the keys of up to
+    # 30 instance attributes between instances of a class).
+
+    bytesReceived = 0
+    bytesSent = 0
+    #: The one receive buffer: a partial record (or, while the wrapped
+    #: protocol has paused us, whole records not yet decrypted).
+    _received = b""
+    #: len(_received) at which the context can make progress again; calling
+    #: it with less would only hand back the same partial record.
+    _needed = 0
+    #: Bytes the peer sent while the handshake was in progress.
+    _handshake_bytes = 0
+    _established = False
+    #: Plaintext written before the handshake completed (created on demand).
+    _pending: list[bytes] | None = None
+    _handshake_timer: IDelayedCall | None = None
+    _close_timer: IDelayedCall | None = None
+    _producer: _ProducerGate | None = None
+    #: The wrapped protocol called pauseProducing().
+    _read_paused = False
+    #: Why the connection ended, when we know better than the transport.
+    _reason: Failure | None = None
+    #: The context raised (or a limit was hit): no more TLS on this connection.
+    _failed = False
+    _sent_close_notify = False
+    #: The peer's close_notify arrived.
+    _peer_closed = False
+    #: loseWriteConnection() was called before the handshake completed.
+    _write_shutdown_wanted = False
+    _aborted = False
+    #: connectionLost() has run.
+    _lost = False
+    #: whenHandshakeDone() Deferreds still waiting (created on demand).
+    _handshake_waiters: list[Deferred[SchannelProtocol]] | None = None
+    #: The handshake completed or can no longer complete.
+    _handshake_settled = False
+
     def __init__(
         self,
         factory: SchannelFactory,
@@ -440,35 +480,10 @@ class SchannelProtocol(ProtocolWrapper):
         _Wrapper.__init__(self, factory, wrappedProtocol)
         self._connectWrapped = _connectWrapped
         self.handshakeLadder: list[tuple[str, str, int, int]] = []
-        self.bytesReceived = 0
-        self.bytesSent = 0
-        # The one receive buffer: a partial record (or, while the wrapped
-        # protocol has paused us, whole records not yet decrypted).
-        self._received = b""
-        # len(_received) at which the context can make progress again;
-        # calling it with less would only hand back the same partial record.
-        self._needed = 0
-        self._established = False
-        # Plaintext written before the handshake completed.
-        self._pending: list[bytes] = []
         # Plaintext written this reactor turn, not yet encrypted; its
         # write() is ours, bound once for speed (see _Coalescer).
         self._outgoing = _Coalescer(self, factory._clock if factory is not None else _NO_CLOCK)
         self.write = self._outgoing.write  # type: ignore[method-assign]
-        self._handshake_timer: IDelayedCall | None = None
-        self._close_timer: IDelayedCall | None = None
-        self._handshake_bytes = 0
-        self._producer: _ProducerGate | None = None
-        self._read_paused = False
-        self._reason: Failure | None = None
-        # TLS-level state, each a fact about the stream.
-        self._failed = False  # the context raised: no more TLS
-        self._sent_close_notify = False
-        self._peer_closed = False  # the peer's close_notify arrived
-        self._write_shutdown_wanted = False  # loseWriteConnection before OK
-        self._aborted = False
-        self._lost = False
-        self._handshake_waiters: list[Deferred[SchannelProtocol]] | None = []
 
     # -- connection setup -------------------------------------------------
 
@@ -617,9 +632,10 @@ class SchannelProtocol(ProtocolWrapper):
         # application writes from here on; they are sent only after it has
         # heard of the handshake, so that it can still abortConnection() if
         # it does not like the peer (and they never leave).
-        pending, self._pending = self._pending, []
-        for data in pending:
+        pending, self._pending = self._pending, None
+        for data in pending or ():
             self._outgoing.add(data)
+        self._handshake_settled = True
         waiters, self._handshake_waiters = self._handshake_waiters, None
         for waiter in waiters or ():
             waiter.callback(self)
@@ -692,7 +708,7 @@ class SchannelProtocol(ProtocolWrapper):
         self._failed = True
         self._update_write_state()
         self._received = b""
-        self._pending = []
+        self._pending = None
         self._outgoing.drop()
         self._cancel("_handshake_timer")
         self._fail_waiters(reason)
@@ -703,6 +719,7 @@ class SchannelProtocol(ProtocolWrapper):
             self.transport.loseConnection()
 
     def _fail_waiters(self, reason: Failure) -> None:
+        self._handshake_settled = True
         waiters, self._handshake_waiters = self._handshake_waiters, None
         for waiter in waiters or ():
             waiter.errback(reason)
@@ -715,9 +732,11 @@ class SchannelProtocol(ProtocolWrapper):
         """
         if self._established:
             return _succeed(self)
-        if self._handshake_waiters is None:
+        if self._handshake_settled:
             return _fail(self._reason or _failure(ConnectionDone("the connection is closed")))
         waiter: Deferred[SchannelProtocol] = Deferred()
+        if self._handshake_waiters is None:
+            self._handshake_waiters = []
         self._handshake_waiters.append(waiter)
         return waiter
 
@@ -752,6 +771,8 @@ class SchannelProtocol(ProtocolWrapper):
         # A bytearray or memoryview may change after write() returns: copy.
         data = bytes(data)
         if not self._established:
+            if self._pending is None:
+                self._pending = []
             self._pending.append(data)
             if self._producer is not None:
                 self._producer.pause("handshake")
@@ -878,7 +899,7 @@ class SchannelProtocol(ProtocolWrapper):
         self.disconnecting = True
         self._update_write_state()
         self._outgoing.drop()
-        self._pending = []
+        self._pending = None
         self._abort_transport()
 
     def _shutdown_write(self) -> None:
@@ -991,9 +1012,8 @@ class SchannelProtocol(ProtocolWrapper):
             # us are still the peer's data (and may end with its close_notify).
             self._unwrap(final=True)
         reported = self._reported(reason)
-        if self._handshake_waiters:
+        if not self._handshake_settled:
             self._fail_waiters(reported)
-        self._handshake_waiters = None
         self.connected = False
         if self._producer is not None and not self._producer.stopped:
             self._producer.stopProducing()
