@@ -219,8 +219,12 @@ class Inbound(_Side):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._ended(_describe("client", reason))
-        if self._connecting is not None:
-            self._connecting.cancel()
+        # Marked before cancelling: the cancellation runs _unreachable(),
+        # which must see that there is no client left to tell.
+        self.lost = True
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
         super().connectionLost(reason)
 
 
