@@ -37,6 +37,7 @@ class NoArgumentsTests(TestCase):
         twist.wait_for("listening on")
         wait_for_port(DEFAULT_PORT)
         self.assertEqual(Path(path), home / ".local/state/txschannel/localhost.crt")
+        twist.wait_for(rf"try: curl --cacert {path} https://localhost:{DEFAULT_PORT}/")
         self.assertEqual(served_fingerprint(DEFAULT_PORT), printed)
 
         text = curl("--cacert", path, f"https://localhost:{DEFAULT_PORT}/")

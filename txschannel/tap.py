@@ -825,10 +825,14 @@ class Options(usage.Options):
         self["policy"] = policy
         announce.append("serving the inspector" if inspector else f"relaying to {self['connect']}")
         if self["self-signed"] is not None and inspector:
-            port = DEFAULT_PORT if "default-listen" in self else "PORT"
+            ports = [
+                match.group(1)
+                for match in (re.match(r"schannel:tcp6?:(?:port=)?(\d+)", d) for d in descriptions)
+                if match
+            ]
             announce.append(
                 f"try: curl --cacert {self['self-signed'].certificate_file} "
-                f"https://localhost:{port}/"
+                f"https://localhost:{ports[0] if ports else 'PORT'}/"
             )
         self["announce"] = announce
 
