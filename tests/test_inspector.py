@@ -11,6 +11,7 @@ from pathlib import Path
 from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
 
 from tests.peers import free_port, require, wait_for_port
+from tests.test_probe import run_probe
 from tests.test_tap import Twist, curl, served_fingerprint
 from txschannel.inspector import _choose, render_html, render_text
 from txschannel.tap import DEFAULT_PORT, default_state_dir
@@ -103,6 +104,15 @@ class InspectorTests(TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn(b"protocol:           TLSv1.3", result.stdout)
         self.assertTrue(result.stdout.endswith(b"200"))
+
+    def test_probe_against_twist_shows_the_self_signed_certificate(self) -> None:
+        fingerprint = self.twist.wait_for(r"SHA-256 fingerprint: ([0-9A-F:]+)").group(1)
+        result = run_probe(f"127.0.0.1:{self.port}", "--servername", "localhost",
+                           "--cacert", self.cacert, "--alpn", "http/1.1")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("ALPN:               http/1.1", result.stdout)
+        self.assertIn("0 subject: O=txschannel self-signed,CN=localhost", result.stdout)
+        self.assertIn(f"sha256:  {fingerprint}", result.stdout)
 
     def test_a_client_that_distrusts_us_is_logged_with_the_status(self) -> None:
         other = Path(tempfile.mkdtemp()) / "other-ca.pem"
