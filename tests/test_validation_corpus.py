@@ -393,3 +393,29 @@ class ClientCertificateTests(SynchronousTestCase):
             self.assertIsNotNone(error, version)
             assert error is not None
             self.assertEqual(error.status, Status.NO_CREDENTIALS, f"{version}: {error!r}")
+
+
+class DocumentationTests(SynchronousTestCase):
+    """The example on docs/reliability.rst runs as written."""
+
+    def test_reliability_page_example_runs(self) -> None:
+        import contextlib
+        import io
+        import os
+        import textwrap
+
+        page = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "reliability.rst")
+        with open(page) as handle:
+            text = handle.read()
+        block = text.split(".. code-block:: python\n\n", 1)[1]
+        lines = []
+        for line in block.splitlines():
+            if line and not line.startswith("    "):
+                break
+            lines.append(line)
+        code = textwrap.dedent("\n".join(lines))
+        self.assertIn("WRONG_PRINCIPAL", code)
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            exec(compile(code, page, "exec"), {})
+        self.assertIn("does not match 'mail.example.com'", output.getvalue())
