@@ -257,6 +257,12 @@ class MutualTLSTests(TestCase):
         self.twist.wait_for(r'connection closed .*client="CN=bob,.*reason="refused: ')
 
 
+    def test_client_without_certificate_fails_the_handshake_and_is_logged(self) -> None:
+        result = curl("--cacert", str(self.folder / "ca.pem"), f"https://localhost:{self.port}/")
+        self.assertNotEqual(result.returncode, 0)
+        self.twist.wait_for(r'connection closed .*client=- .*reason="TLS error NO_CREDENTIALS: ')
+
+
 class ReloadTests(TestCase):
     """SIGHUP re-reads certificate files; a bad file keeps the old certificate."""
 
