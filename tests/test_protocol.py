@@ -9,8 +9,10 @@ Other TLS stacks are in ``tests/test_protocol_peers.py``.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +32,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, ServerFactory
 from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.protocols._tls_legacy import LegacyContextFactoryWarning
 from twisted.protocols.basic import LineReceiver
@@ -1022,3 +1025,80 @@ class DocumentationTests(SynchronousTestCase):
             self.assertEqual(result.returncode, 0, result.stderr.decode())
             expected = printed.split("TLS_")[0] if "TLS_" in printed else printed
             self.assertIn(expected, result.stdout.decode())
+
+
+class ReferenceTests(SynchronousTestCase):
+    """A finished connection frees its context by reference counting alone.
+
+    Reference cycles are only broken by Python's cyclic collector, which
+    runs on object counts, not on the OpenSSL memory a context holds: under
+    a flood of failing handshakes that memory would pile up.
+    """
+
+    def setUp(self) -> None:
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+
+    def shuttle(self, client: SchannelProtocol, server: SchannelProtocol,
+                to_server: StringTransport, to_client: StringTransport) -> None:
+        for _ in range(10):
+            moved = False
+            for source, target in ((to_server, server), (to_client, client)):
+                data = source.value()
+                if data:
+                    source.clear()
+                    target.dataReceived(data)
+                    moved = True
+            if not moved:
+                return
+
+    def test_failed_handshake_leaves_no_reference_cycle(self) -> None:
+        factory = SchannelFactory(server_credentials(), False, ServerFactory.forProtocol(App),
+                                  Clock())
+        protocol = factory.buildProtocol(None)
+        assert protocol is not None
+        app = protocol.wrappedProtocol
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        (reason,) = app.lost  # type: ignore[attr-defined]
+        self.assertEqual(reason.value.status, Status.ILLEGAL_MESSAGE)
+        freed = weakref.ref(protocol), weakref.ref(protocol.securityContext)
+        del protocol, reason, app, factory, transport
+        self.assertEqual([ref() for ref in freed], [None, None])
+
+    def test_closed_connection_with_a_producer_leaves_no_reference_cycle(self) -> None:
+        clock = Clock()
+        client_factory = SchannelFactory(
+            client_credentials(), True, ClientFactory.forProtocol(App), clock,
+            target_name="localhost",
+        )
+        server_factory = SchannelFactory(
+            server_credentials(), False, ServerFactory.forProtocol(App), clock
+        )
+        client, server = client_factory.buildProtocol(None), server_factory.buildProtocol(None)
+        assert client is not None and server is not None
+        client_app = client.wrappedProtocol
+        to_server, to_client = StringTransport(), StringTransport()
+        client.makeConnection(to_server)
+        server.makeConnection(to_client)
+        producer = RecordingPush()
+        server.registerProducer(producer, True)
+        producer.transport = server  # type: ignore[attr-defined]  # as real producers do
+        server.write(b"x" * 100)
+        self.shuttle(client, server, to_server, to_client)
+        clock.advance(0)
+        self.shuttle(client, server, to_server, to_client)
+        self.assertEqual(client_app.received, b"x" * 100)  # type: ignore[attr-defined]
+        for protocol in (client, server):
+            protocol.connectionLost(Failure(ConnectionDone()))
+        freed = [weakref.ref(p) for p in (client, server)] + [
+            weakref.ref(p.securityContext) for p in (client, server)
+        ]
+        # A real transport drops its producer when the connection is lost.
+        to_client.producer = None
+        del client, server, protocol, producer, client_app, client_factory, server_factory
+        self.assertEqual([ref() for ref in freed], [None] * 4)

@@ -106,7 +106,16 @@ class HandshakeBufferExceeded(ConnectionLost):
 
 
 def _failure(error: BaseException) -> Failure:
-    """A Failure for *error* (Twisted's constructor has no type hints)."""
+    """A Failure for *error*, without a traceback.
+
+    The traceback's frames would refer back to the protocol that keeps the
+    Failure (as the reason to report), a reference cycle that only Python's
+    cyclic collector breaks; until it runs, each failed connection's OpenSSL
+    memory stays allocated, and a flood of failing handshakes piles it up.
+    The exception itself (status, reason) is all a reader of the reason needs.
+    """
+    error.__traceback__ = None
+    error.__context__ = None
     return Failure(error)  # type: ignore[no-untyped-call]
 
 
@@ -343,7 +352,8 @@ class _Coalescer:
         #: nothing closing or closed (see SchannelProtocol._update_write_state).
         self.open = False
         self._clock = clock
-        self._protocol = protocol
+        #: None once the connection is over (see SchannelProtocol._release).
+        self._protocol: SchannelProtocol | None = protocol
 
     def write(self, data: bytes) -> None:
         if self.open and type(data) is bytes:
@@ -354,7 +364,8 @@ class _Coalescer:
             elif self.call is None:
                 self.call = self._clock.callLater(0, self.flush)
             return
-        self._protocol._write_slowly(data)
+        if self._protocol is not None:
+            self._protocol._write_slowly(data)
 
     def add(self, data: bytes) -> None:
         """Gather *data* whatever the state (the protocol checked it)."""
@@ -381,7 +392,7 @@ class _Coalescer:
 
     def flush(self) -> None:
         data = self.take()
-        if data:
+        if data and self._protocol is not None:
             self._protocol._send(data)
 
     def drop(self) -> None:
@@ -1018,6 +1029,23 @@ class SchannelProtocol(ProtocolWrapper):
         if self._producer is not None and not self._producer.stopped:
             self._producer.stopProducing()
         _Wrapper.connectionLost(self, reported)
+        self._release()
+
+    def _release(self) -> None:
+        """Drop every reference that could lead back to this protocol.
+
+        The connection is over; freeing the context now (instead of when a
+        cyclic garbage collection happens to run) returns OpenSSL's memory
+        at once. After this, ``securityContext`` raises INVALID_HANDLE and
+        ``negotiatedProtocol``/``getPeerCertificate()`` return None, as
+        Twisted's transport drops its ``Connection`` at this point too.
+        """
+        self._reason = None
+        self._producer = None
+        self._outgoing.drop()
+        self._outgoing._protocol = None
+        self.__dict__.pop("write", None)
+        self.securityContext.delete()
 
     def _reported(self, reason: Failure) -> Failure:
         if self._reason is not None:
@@ -1048,7 +1076,7 @@ class SchannelProtocol(ProtocolWrapper):
         after a failure. ``securityContext.attributes.peer_certificate`` has
         it as a ``cryptography`` certificate.
         """
-        if not self._established or self._failed:
+        if not self.securityContext.established:
             return None
         certificate = self.securityContext.attributes.peer_certificate
         return None if certificate is None else crypto.X509.from_cryptography(certificate)
@@ -1056,9 +1084,10 @@ class SchannelProtocol(ProtocolWrapper):
     @property
     def negotiatedProtocol(self) -> bytes | None:
         """The ALPN protocol agreed in the handshake, or None (``INegotiated``)."""
-        if not self._established or self._failed:
+        context = getattr(self, "securityContext", None)
+        if context is None or not context.established:
             return None
-        alpn = self.securityContext.attributes.alpn
+        alpn = context.attributes.alpn
         return alpn.encode("ascii") if alpn else None
 
     # -- helpers ----------------------------------------------------------
