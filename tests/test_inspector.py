@@ -91,6 +91,22 @@ class InspectorTests(TestCase):
         self.assertEqual(statuses[-1], "OK")
         self.assertTrue(all(step["call"].startswith("accept #") for step in page["handshake"]))
 
+    def test_a_resumed_session_is_reported(self) -> None:
+        # HTTP/1.0: the server closes after each answer, so curl's second
+        # request needs a new connection and offers the session it kept.
+        url = self.url + "?format=json"
+        result = curl("--cacert", self.cacert, "--http1.0", url, url)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        decoder, text, pages = json.JSONDecoder(), result.stdout.decode(), []
+        position = 0
+        while position < len(text.rstrip()):
+            page, position = decoder.raw_decode(text, position)
+            pages.append(page)
+            while position < len(text) and text[position].isspace():
+                position += 1
+        self.assertEqual([p["session_reused"] for p in pages], [False, True])
+        self.assertNotEqual(pages[0]["peer"], pages[1]["peer"])
+
     def test_html_by_accept(self) -> None:
         result = curl("--cacert", self.cacert, "-H", "Accept: text/html,*/*;q=0.8", self.url,
                       "-w", "%{content_type}")
