@@ -90,19 +90,19 @@ class ConnectionTruncated(ConnectionLost):
     ``ConnectionDone`` that a close_notify produces.
     """
 
-    MESSAGE = "The TLS stream ended without close_notify"
+    MESSAGE = "TLS connection truncated"
 
 
 class HandshakeTimeout(_TwistedTimeoutError):
     """The server dropped a connection whose handshake did not complete in time."""
 
-    MESSAGE = "The TLS handshake did not complete in time"
+    MESSAGE = "TLS handshake timed out"
 
 
 class HandshakeBufferExceeded(ConnectionLost):
     """The peer sent more bytes than allowed before the handshake completed."""
 
-    MESSAGE = "Too many bytes before the TLS handshake completed"
+    MESSAGE = "TLS pre-handshake limit exceeded"
 
 
 def _failure(error: BaseException) -> Failure:
@@ -121,7 +121,7 @@ def _failure(error: BaseException) -> Failure:
 
 def _timeout_error(timeout: float | None) -> HandshakeTimeout:
     error: HandshakeTimeout = cast(Any, HandshakeTimeout)(
-        f"the TLS handshake did not complete within {timeout} s"
+        string=f"no complete handshake within {timeout} s"
     )
     return error
 
@@ -1063,7 +1063,7 @@ class SchannelProtocol(ProtocolWrapper):
         else:
             message = (
                 f"the connection {how} without the peer's close_notify: "
-                "its data may be truncated"
+                "its data may be incomplete"
             )
         return _failure(ConnectionTruncated(message))
 
