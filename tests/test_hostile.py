@@ -46,7 +46,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: RSS may end this far above its baseline: allocator arenas are not always
 #: returned to the system, but a per-connection leak over hundreds of
 #: connections shows up well past it.
-RSS_SLACK_KIB = 6 * 1024
+RSS_SLACK_KIB = 4 * 1024
 
 
 class TwistServer:
