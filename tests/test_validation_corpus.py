@@ -200,6 +200,21 @@ class ServerCertificateTests(SynchronousTestCase):
         self.assertRejected(certs.leaf(stale, ["localhost"]), "localhost", Status.CERT_EXPIRED,
                             "expired", Status.CERT_EXPIRED)
 
+    def test_expired_root_is_cert_expired(self) -> None:
+        old = certs.authority("expired root", not_before=NOW - 10 * DAY, not_after=NOW - DAY)
+        identity = certs.leaf(certs.authority("under an expired root", issuer=old),
+                              ["localhost"])
+        for version in VERSIONS:
+            credentials = Credentials.client(
+                trust_roots=[old.certificate], minimum_version=version, maximum_version=version
+            )
+            outcome = handshake(credentials, server_credentials(identity), "localhost")
+            error = outcome.client_error
+            self.assertIsNotNone(error, version)
+            assert error is not None
+            self.assertEqual(error.status, Status.CERT_EXPIRED, f"{version}: {error!r}")
+            self.assertIn("expired root", error.reason)
+
     # -- names ----------------------------------------------------------
 
     def test_wrong_host_is_wrong_principal(self) -> None:
@@ -229,6 +244,25 @@ class ServerCertificateTests(SynchronousTestCase):
     def test_host_name_match_ignores_case(self) -> None:
         self.assertAccepted(certs.leaf(pki()["intermediate"], ["www.example.com"]),
                             "WWW.Example.COM")
+
+    def test_partial_wildcard_matches_nothing(self) -> None:
+        # RFC 6125 allows refusing "w*.example.com"; browsers and OpenSSL's
+        # X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS do.
+        identity = certs.leaf(pki()["intermediate"], ["w*.example.com"])
+        self.assertRejected(identity, "www.example.com", Status.WRONG_PRINCIPAL,
+                            "www.example.com", Status.CERT_UNKNOWN)
+
+    def test_internationalised_name_matches_its_a_label(self) -> None:
+        self.assertAccepted(certs.leaf(pki()["intermediate"], ["xn--bcher-kva.example"]),
+                            "bücher.example")
+
+    def test_internationalised_name_match_ignores_case(self) -> None:
+        self.assertAccepted(certs.leaf(pki()["intermediate"], ["xn--bcher-kva.example"]),
+                            "BÜCHER.example")
+
+    def test_fully_qualified_target_with_trailing_dot_matches(self) -> None:
+        # "localhost." and "localhost" are the same name (RFC 6125 section 6.2.1).
+        self.assertAccepted(certs.leaf(pki()["intermediate"], ["localhost"]), "localhost.")
 
     def test_ipv4_san_matches_its_address(self) -> None:
         self.assertAccepted(certs.leaf(pki()["intermediate"], ["127.0.0.1"]), "127.0.0.1")
