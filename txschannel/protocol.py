@@ -195,6 +195,10 @@ def _credentials_from(
     :raises ValueError: client credentials for a server or the reverse.
     """
     role = "client" if is_client else "server"
+    if isinstance(value, _TwistedCredentials):
+        # Made for another factory: its connections would see that factory's
+        # ALPN list. Convert the Twisted object again, for this one.
+        value = value._creator
     if isinstance(value, Credentials):
         if value.is_client != is_client:
             other = "client" if value.is_client else "server"
@@ -357,6 +361,7 @@ class _Coalescer:
 
     def write(self, data: bytes) -> None:
         if self.open and type(data) is bytes:
+            # add(), inlined: a call per write is a measurable share here.
             self.chunks.append(data)
             self.size += len(data)
             if self.size >= _COALESCE_LIMIT:
@@ -507,6 +512,9 @@ class SchannelProtocol(ProtocolWrapper):
         if self._connectWrapped:
             _Wrapper.makeConnection(self, transport)
         if self._lost or self._aborted or self._failed:
+            return
+        if self.disconnecting and not self._pending:
+            # connectionMade() closed the connection already: no handshake.
             return
         timeout = self.factory.handshake_timeout
         if not self.factory.isClient and timeout is not None:
