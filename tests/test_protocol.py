@@ -612,6 +612,59 @@ class ProducerTests(SynchronousTestCase):
         self.assertTrue(reason.check(ConnectionDone), reason)
 
 
+class EdgeTests(SynchronousTestCase):
+    """What the application does at awkward moments."""
+
+    def test_lose_connection_in_connection_made_sends_no_client_hello(self) -> None:
+        class Quitter(App):
+            def connectionMade(self) -> None:
+                self.transport.loseConnection()  # type: ignore[union-attr]
+
+        pair = Pair(Quitter())
+        self.assertEqual(pair.client.handshakeLadder, [])
+        self.assertTrue(pair.client.transport.disconnecting)
+
+    def test_abort_in_handshake_completed_keeps_early_data_from_leaving(self) -> None:
+        class Suspicious(App):
+            def connectionMade(self) -> None:
+                self.transport.write(b"secret")  # type: ignore[union-attr]
+
+            def handshakeCompleted(self) -> None:
+                self.transport.abortConnection()  # type: ignore[union-attr]
+
+        pair = Pair(Suspicious())
+        pair.flush()
+        self.assertEqual(pair.server_app.received, b"")  # type: ignore[attr-defined]
+        self.assertEqual(pair.client.bytesSent, 0)
+
+    def test_half_close_before_the_handshake_happens_after_it(self) -> None:
+        server_app = HalfCloser()
+        pair = Pair(HalfCloser(), server_app)
+        pair.client.write(b"all of it")
+        pair.client.loseWriteConnection()
+        pair.flush()
+        self.assertEqual(server_app.received, b"all of it")
+        self.assertIn("readConnectionLost", server_app.events)
+        pair.server.write(b"answer")
+        pair.server.loseConnection()
+        pair.flush()
+        self.assertEqual(pair.client_app.received, b"answer")  # type: ignore[attr-defined]
+
+    def test_twisted_credentials_follow_the_factory_they_are_given_to(self) -> None:
+        """ALPN comes from the wrapped factory of the factory that uses them."""
+        options = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(CA_PEM))
+        first = SchannelFactory(options, True, NegotiatingFactory([b"h2"], App), Clock())
+        client_app = App()
+        pair = Pair(
+            client=first.credentials,
+            client_factory=NegotiatingFactory([b"http/1.1"], lambda: client_app),
+            server_factory=NegotiatingFactory([b"h2", b"http/1.1"], App),
+            client_kwargs={"target_name": None},
+        )
+        pair.flush()
+        self.assertEqual(pair.client.negotiatedProtocol, b"http/1.1")
+
+
 class LimitTests(SynchronousTestCase):
     """The server's handshake timeout and pre-handshake byte bound."""
 
