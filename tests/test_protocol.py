@@ -1003,6 +1003,8 @@ class LoopbackTests(TestCase):
                     self.transport.loseConnection()  # type: ignore[union-attr]
                     done.callback(None)
 
+        events, stop = log_events()
+        self.addCleanup(stop)
         port = self.listen(ServerFactory.forProtocol(Server))
         connector = reactor.connectTCP(  # type: ignore[attr-defined]
             "127.0.0.1", port, ClientFactory.forProtocol(Client)
@@ -1011,6 +1013,12 @@ class LoopbackTests(TestCase):
         yield done.addTimeout(20, reactor)  # type: ignore[arg-type]
         self.assertEqual(server_lines, [b"STARTTLS", b"secret"])
         self.assertEqual(client_lines, [b"GO", b"TLSv1.3"])
+        # Both ends logged the handshake, naming the peer as host:port.
+        peers = sorted(e["peer"] for e in events if e.get("status") == "OK")
+        self.assertEqual(len(peers), 2)
+        self.assertIn(f"127.0.0.1:{port}", peers)
+        for peer in peers:
+            self.assertRegex(peer, r"^127\.0\.0\.1:\d+$")
 
     def test_start_schannel_takes_bytes_read_past_the_command(self) -> None:
         """A client that pipelines its ClientHello right behind STARTTLS."""

@@ -1118,10 +1118,15 @@ class SchannelProtocol(ProtocolWrapper):
                 call.cancel()
 
     def _peer_name(self) -> str:
+        """The peer as a log reads best: ``host:port`` for IP, else what the transport says."""
         try:
-            return str(self.transport.getPeer())
+            address = self.transport.getPeer()
         except Exception:
             return "(unknown peer)"
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        if isinstance(host, str) and isinstance(port, int):
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return str(address)
 
 
 def _succeed(value: SchannelProtocol) -> Deferred[SchannelProtocol]:
