@@ -249,12 +249,13 @@ class ServerTestsMixin:
         make: Callable[[Outcome], Protocol] = Greeter,
         credentials: Credentials | None = None,
         alpn: Sequence[str] = ("h2", "http/1.1"),
+        interface: str = "127.0.0.1",
     ) -> tuple[int, OneShotFactory]:
         if credentials is None:
             credentials = Credentials.server(certificate=self.files.server_both, alpn=alpn)
         app = OneShotFactory(make)
         port = reactor.listenTCP(  # type: ignore[attr-defined]
-            0, SchannelFactory(credentials, False, app), interface="127.0.0.1"
+            0, SchannelFactory(credentials, False, app), interface=interface
         )
         self.addCleanup(port.stopListening)  # type: ignore[attr-defined]
         return port.getHost().port, app
@@ -385,6 +386,24 @@ class OurServerTests(ServerTestsMixin, TestCase):
         yield within(app.outcome.lost, "our server's connectionLost")
         reason = app.outcome.reason
         self.assertEqual((total, alpn, version), (size, "http/1.1", "TLSv1.3"))
+        self.assertTrue(reason.check(ConnectionDone), reason)
+
+    @defer.inlineCallbacks
+    def test_openssl_client_over_ipv6_loopback(self) -> Any:
+        port, app = self.serve(interface="::1")
+        peer = spawn(
+            self,
+            [
+                "openssl", "s_client", "-connect", f"[::1]:{port}", "-servername", "localhost",
+                "-verify_return_error", "-CAfile", self.files.ca_pem, "-quiet",
+            ],
+            stdin=b"ping6\n",
+        )
+        yield within(peer.ended, "openssl s_client to finish")
+        yield within(app.outcome.lost, "our server's connectionLost")
+        self.assertIn(b"pong ping6 TLSv1.3", peer.output)
+        reason = app.outcome.reason
+        assert reason is not None
         self.assertTrue(reason.check(ConnectionDone), reason)
 
     @defer.inlineCallbacks
