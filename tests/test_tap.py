@@ -317,6 +317,19 @@ class ReloadTests(TestCase):
         self.assertEqual(served_fingerprint(self.port), changed.group(1))
 
 
+class PortZeroTests(TestCase):
+    """With port 0 the log says which port was given."""
+
+    def test_listening_line_names_the_real_port(self) -> None:
+        home = Path(tempfile.mkdtemp(prefix="txschannel-zero-"))
+        twist = Twist(self, "--listen", "schannel:tcp:0:interface=127.0.0.1",
+                      "--state-dir", str(home / "state"), home=home)
+        port = int(twist.wait_for(r"listening on schannel:tcp:0:\S+ at 127\.0\.0\.1:(\d+)")
+                   .group(1))
+        self.assertNotEqual(port, 0)
+        self.assertEqual(len(served_fingerprint(port)), 95)
+
+
 class SeveralListenersTests(TestCase):
     """--listen repeats: every endpoint accepts, plain and TLS side by side."""
 

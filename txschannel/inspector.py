@@ -48,6 +48,7 @@ def _certificate(certificate: x509.Certificate) -> dict[str, Any]:
 
 
 def _address(address: object) -> str:
+    """``host:port``, ``[v6]:port`` or ``unix:path`` for a Twisted address."""
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     if host is not None and port is not None:

@@ -62,7 +62,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from txschannel.credentials import Credentials
-from txschannel.inspector import InspectorSite, describe
+from txschannel.inspector import InspectorSite, _address, describe
 from txschannel.relay import RelayFactory, no_delay
 
 __all__ = [
@@ -593,7 +593,12 @@ class SchannelService(service.Service):
 
         def listening(port: IListeningPort, description: str) -> None:
             self.ports.append(port)
-            _log.info("listening on {endpoint}", endpoint=description)
+            # The address says which port "tcp:0" got.
+            _log.info(
+                "listening on {endpoint} at {address}",
+                endpoint=description,
+                address=_address(port.getHost()),
+            )
 
         def failed(failure: Failure, description: str) -> None:
             message = f"cannot listen on {description}: {failure.getErrorMessage()}"
