@@ -39,6 +39,8 @@ from txschannel import ClientContext, Credentials, SecurityError, ServerContext,
 
 VERSIONS = ("TLSv1.2", "TLSv1.3")
 KEYS = ("RSA", "ECDSA")
+LAYERS = ("context", "transport")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER_ALPN = ("h2", "http/1.1")
 CLIENT_ALPN = ("h2", "http/1.1")
 REQUEST = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n"
@@ -532,21 +534,29 @@ def _require_peer(argv: list[str]) -> None:
 
 @dataclass(frozen=True)
 class Cell:
-    """One interop cell: which side is ours, the peer, the version, the key."""
+    """One interop cell: which side is ours and how it runs, the peer, the
+    version, the key.
+
+    ``layer`` is ``"context"`` (the sans-IO context over a blocking socket)
+    or ``"transport"`` (the Twisted transport: ``twist schannel`` as the
+    server, a ``schannel:`` client endpoint as the client, in a subprocess).
+    """
 
     our_side: str  # "server" or "client"
+    layer: str
     peer: str
     version: str
     key: str
 
     @property
     def name(self) -> str:
-        return f"our {self.our_side} x {self.peer}, {self.version}, {self.key}"
+        return f"our {self.our_side} ({self.layer}) x {self.peer}, {self.version}, {self.key}"
 
 
 CELLS = [
-    Cell(side, peer, version, key)
+    Cell(side, layer, peer, version, key)
     for side, peers in (("server", PEER_CLIENTS), ("client", PEER_SERVERS))
+    for layer in LAYERS
     for peer in peers
     for version in VERSIONS
     for key in KEYS
@@ -635,10 +645,168 @@ def run_client_cell(cell: Cell) -> str:
     return f"{fetched.protocol} {fetched.cipher} alpn={fetched.alpn}"
 
 
+def _repo_env() -> dict[str, str]:
+    # The repository goes on the path so that its twisted/plugins (the
+    # schannel: endpoint, twist schannel) are found from an editable
+    # install too; a normal install finds them anyway.
+    path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+@contextmanager
+def twist_server(certificates: Pki) -> Iterator[int]:
+    """``twist schannel`` (the inspector) on a loopback port; yields the port."""
+    with tempfile.TemporaryDirectory(prefix="txschannel-interop-twist-") as state:
+        endpoint = f"schannel:tcp:0:interface=127.0.0.1:certificate={certificates.chain_file}"
+        argv = [
+            sys.executable, "-m", "twisted", "--log-format=text", "--log-file=-", "schannel",
+            "--listen", endpoint, "--state-dir", state,
+        ]
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=_repo_env(), cwd=state,
+        )
+        try:
+            assert process.stdout is not None
+            seen = []
+            for _ in range(200):  # log lines before the port shows up
+                line = process.stdout.readline().decode("utf-8", "replace")
+                if not line:
+                    break
+                seen.append(line)
+                match = re.search(r"starting on (\d+)", line)
+                if match:
+                    # Keep draining the log so the server never blocks on it.
+                    threading.Thread(target=process.stdout.read, daemon=True).start()
+                    yield int(match.group(1))
+                    return
+            raise FailTest("twist schannel did not start:\n" + "".join(seen)[-3000:])
+        finally:
+            process.kill()
+            process.wait(10)
+
+
+def run_transport_server_cell(cell: Cell) -> str:
+    """``twist schannel`` as the server, the peer as client."""
+    certificates = pki(cell.key)
+    with twist_server(certificates) as port:
+        argv = peer_client_argv(cell.peer, port, cell.version, certificates)
+        with _process(argv) as process:
+            try:
+                output, _ = process.communicate(REQUEST, timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                output, _ = process.communicate()
+                raise FailTest(
+                    f"{cell.name}: the peer did not finish: {output[-2000:]!r}"
+                ) from None
+    text = output.decode("utf-8", "replace")
+    if process.returncode != 0:
+        raise FailTest(f"{cell.name}: exit {process.returncode}; peer said:\n{text[-3000:]}")
+    # The inspector page's own lines (the peers print similar words too).
+    protocol = re.search(r"^protocol:\s+(\S+)", text, re.MULTILINE)
+    cipher = re.search(r"^cipher:\s+(\S+)", text, re.MULTILINE)
+    alpn = re.search(r"^ALPN:\s+(\S+)", text, re.MULTILINE)
+    if not (protocol and cipher and alpn):
+        raise FailTest(f"{cell.name}: no inspector page in the peer's output:\n{text[-3000:]}")
+    if protocol.group(1) != cell.version or alpn.group(1) != "http/1.1":
+        raise FailTest(f"{cell.name}: the server negotiated {protocol.group(1)} {alpn.group(1)}")
+    return f"{protocol.group(1)} {cipher.group(1)} alpn={alpn.group(1)}"
+
+
+TRANSPORT_CLIENT = r"""
+import sys
+from twisted.internet import defer, endpoints, protocol, task
+from twisted.internet.interfaces import IHandshakeListener
+from zope.interface import implementer
+
+
+@implementer(IHandshakeListener)
+class Fetch(protocol.Protocol):
+    def __init__(self):
+        self.data = b""
+        self.done = defer.Deferred()
+        self.negotiated = None
+
+    def handshakeCompleted(self):
+        attributes = self.transport.securityContext.attributes
+        self.negotiated = (attributes.protocol, attributes.cipher, attributes.alpn)
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.reason = reason
+        self.done.callback(None)
+
+
+@defer.inlineCallbacks
+def main(reactor, port, ca):
+    endpoint = endpoints.clientFromString(
+        reactor,
+        f"schannel:tcp:host=127.0.0.1:port={port}:timeout=20:hostname=localhost"
+        f":trustRoots={ca}:alpn=h2,http/1.1",
+    )
+    fetch = yield endpoints.connectProtocol(endpoint, Fetch())
+    fetch.transport.write(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+    yield fetch.done
+    if fetch.negotiated is None:
+        raise SystemExit(f"no handshake: {fetch.reason.getErrorMessage()}")
+    print("negotiated", *fetch.negotiated)
+    sys.stdout.write(fetch.data.decode("utf-8", "replace"))
+
+
+task.react(main, sys.argv[1:])
+"""
+
+
+def run_transport_client_cell(cell: Cell) -> str:
+    """A ``schannel:`` client endpoint (the Twisted transport) against the peer server."""
+    certificates = pki(cell.key)
+    port = 0 if cell.peer in _PRINTS_PORT else free_port()
+    argv = peer_server_argv(cell.peer, port, cell.version, certificates)
+    with _process(argv) as server:
+        assert server.stdout is not None
+        if cell.peer in _PRINTS_PORT:
+            line = server.stdout.readline()
+            if not line.strip().isdigit():
+                raise FailTest(f"{cell.name}: the peer server did not start: {line!r}")
+            port = int(line)
+        else:
+            wait_for_port(port, timeout=TIMEOUT)
+        try:
+            result = subprocess.run(
+                [sys.executable, "-c", TRANSPORT_CLIENT, str(port), certificates.ca_file],
+                capture_output=True, timeout=TIMEOUT * 2, env=_repo_env(),
+            )
+        except subprocess.TimeoutExpired:
+            raise FailTest(f"{cell.name}: our client did not finish") from None
+    text = result.stdout.decode("utf-8", "replace")
+    if result.returncode != 0:
+        raise FailTest(
+            f"{cell.name}: exit {result.returncode}:\n{text[-2000:]}"
+            f"{result.stderr.decode('utf-8', 'replace')[-2000:]}"
+        )
+    match = re.search(r"negotiated (\S+) (\S+) (\S+)", text)
+    if not match:
+        raise FailTest(f"{cell.name}: no handshake report:\n{text[-2000:]}")
+    protocol, cipher, alpn = match.groups()
+    if protocol != cell.version or alpn != "http/1.1":
+        raise FailTest(f"{cell.name}: negotiated {protocol} alpn={alpn}")
+    if not re.search(r"^HTTP/1\.[01] 200", text, re.MULTILINE):
+        raise FailTest(f"{cell.name}: not a 200 response:\n{text[-2000:]}")
+    return f"{protocol} {cipher} alpn={alpn}"
+
+
 def run_cell(cell: Cell) -> str:
-    if cell.our_side == "server":
-        return run_server_cell(cell)
-    return run_client_cell(cell)
+    """Run one cell; a one-line description of what was negotiated, or FailTest."""
+    runners = {
+        ("server", "context"): run_server_cell,
+        ("client", "context"): run_client_cell,
+        ("server", "transport"): run_transport_server_cell,
+        ("client", "transport"): run_transport_client_cell,
+    }
+    return runners[cell.our_side, cell.layer](cell)
 
 
 class InteropMatrixTests(TestCase):
@@ -658,7 +826,10 @@ def _cell_test(cell: Cell) -> Callable[[InteropMatrixTests], None]:
 def _method_name(cell: Cell) -> str:
     peer = re.sub(r"[^a-z0-9]+", "_", cell.peer.lower()).strip("_")
     version = cell.version.replace("TLSv1.", "tls1")
-    return f"test_our_{cell.our_side}_with_{peer}_over_{version}_{cell.key.lower()}_alpn"
+    return (
+        f"test_our_{cell.our_side}_{cell.layer}_with_{peer}_over_{version}"
+        f"_{cell.key.lower()}_alpn"
+    )
 
 
 for _cell in CELLS:
@@ -685,6 +856,7 @@ def table(results: list[tuple[Cell, bool, str]]) -> str:
         "   :header-rows: 1",
         "",
         "   * - our side",
+        "     - as",
         "     - peer",
         "     - version",
         "     - key",
@@ -694,6 +866,7 @@ def table(results: list[tuple[Cell, bool, str]]) -> str:
         outcome = f"pass: {detail}" if passed else f"FAIL: {detail}"
         lines += [
             f"   * - {cell.our_side}",
+            f"     - {cell.layer}",
             f"     - {cell.peer}",
             f"     - {cell.version}",
             f"     - {cell.key}",
