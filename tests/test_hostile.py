@@ -129,9 +129,10 @@ class TwistServer:
 def read_answer(sock: socket.socket) -> str:
     """Read until the server closes and classify what it sent.
 
-    ``"alert"``: a fatal TLS alert record, then the close. ``"close"``: the
-    server closed (or reset) without sending anything. Anything else is a
-    wrong answer, described.
+    ``"alert NAME"``: a fatal TLS alert record (e.g. ``"alert
+    unexpected_message"``), then the close. ``"close"``: the server closed
+    (or reset) without sending anything. Anything else is a wrong answer,
+    described.
     """
     data = b""
     sock.settimeout(PROBE_TIMEOUT)
@@ -148,12 +149,26 @@ def read_answer(sock: socket.socket) -> str:
     if not data:
         return "close"
     if data[0] == 21 and data[1] == 3 and len(data) >= 7 and data[5] == 2:
-        return "alert"
+        return "alert " + ALERTS.get(data[6], str(data[6]))
     if data[0] == 22:
         # A ServerHello flight: the server is still handshaking (the probe
         # sent a valid ClientHello); what matters is what follows it.
         return "handshake, then " + ("close" if _ends_cleanly(data) else "alert")
     return f"unexpected bytes {data[:16]!r}"
+
+
+#: TLS alert descriptions (RFC 8446 section 6) a server may send here.
+ALERTS = {
+    10: "unexpected_message",
+    20: "bad_record_mac",
+    22: "record_overflow",
+    40: "handshake_failure",
+    47: "illegal_parameter",
+    50: "decode_error",
+    70: "protocol_version",
+    80: "internal_error",
+}
+ANY_ALERT = "alert *"
 
 
 def _ends_cleanly(data: bytes) -> bool:
@@ -182,6 +197,12 @@ class Kind:
     name: str
     probe: Callable[[int, int], str]
     correct: tuple[str, ...]
+
+    def accepts(self, answer: str) -> bool:
+        """Whether *answer* is correct for this kind (``"alert *"``: any fatal alert)."""
+        if answer in self.correct:
+            return True
+        return ANY_ALERT in self.correct and answer.startswith("alert ")
 
 
 def _connect(port: int) -> socket.socket:
@@ -290,18 +311,25 @@ def _renegotiation(port: int, index: int) -> str:
 
 KINDS = [
     Kind("plain HTTP to the TLS port",
-         _send_then_read(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"), ("alert",)),
-    Kind("random garbage", _random_garbage, ("alert", "close")),
-    Kind("truncated ClientHello, then end of stream", _truncated_hello, ("alert", "close")),
+         _send_then_read(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+         ("alert unexpected_message",)),
+    Kind("random garbage", _random_garbage, (ANY_ALERT, "close")),
+    Kind("truncated ClientHello, then end of stream", _truncated_hello, (ANY_ALERT, "close")),
     Kind("truncated ClientHello, then silence", _truncated_hello_then_silence,
-         ("alert", "close")),
+         (ANY_ALERT, "close")),
+    Kind("malformed ClientHello (message too short)",
+         _send_then_read(b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00"),
+         ("alert decode_error", "alert illegal_parameter")),
     Kind("record longer than TLS allows",
-         _send_then_read(b"\x16\x03\x01\x48\x01" + bytes(64)), ("alert",)),
-    Kind("handshake message claiming 16 MiB", _oversized_handshake_message, ("alert", "close")),
+         _send_then_read(b"\x16\x03\x01\x48\x01" + bytes(64)), ("alert record_overflow",)),
+    Kind("handshake message claiming 16 MiB", _oversized_handshake_message, (ANY_ALERT, "close")),
     Kind("record of unknown content type",
-         _send_then_read(b"\x63\x03\x03\x00\x04ABCD"), ("alert",)),
+         _send_then_read(b"\x63\x03\x03\x00\x04ABCD"), ("alert unexpected_message",)),
+    Kind("application data before the handshake",
+         _send_then_read(b"\x17\x03\x03\x00\x10" + bytes(16)), ("alert unexpected_message",)),
     Kind("alert record before any handshake",
-         _send_then_read(b"\x15\x03\x03\x00\x02\x02\x28"), ("close", "alert")),
+         _send_then_read(b"\x15\x03\x03\x00\x02\x02\x28"),
+         ("close", "alert unexpected_message")),
     Kind("valid ClientHello, then silence (slowloris)", _hello_then_silence,
          ("handshake, then close", "handshake, then alert")),
     Kind("renegotiation request (TLS 1.2)", _renegotiation, ("refused",)),
@@ -318,6 +346,7 @@ class Figures:
     tried: Counter[str] = field(default_factory=Counter)
     correct: Counter[str] = field(default_factory=Counter)
     wrong: dict[str, Counter[str]] = field(default_factory=dict)
+    answers: dict[str, Counter[str]] = field(default_factory=dict)
     good_served: int = 0
     good_failed: list[str] = field(default_factory=list)
     rss_baseline: int = 0
@@ -327,6 +356,8 @@ class Figures:
         out = [f"{'kind':50} tried  answered correctly"]
         for kind in KINDS:
             out.append(f"{kind.name:50} {self.tried[kind.name]:5}  {self.correct[kind.name]:5}")
+            seen = self.answers.get(kind.name, Counter())
+            out.append("    " + ", ".join(f"{a} x{n}" for a, n in sorted(seen.items())))
             for answer, count in self.wrong.get(kind.name, Counter()).items():
                 out.append(f"    wrong answer x{count}: {answer}")
         out.append(f"well-behaved clients served: {self.good_served}, "
@@ -385,7 +416,8 @@ def run(server: TwistServer, rounds: int = 2, per_kind: int = PER_KIND) -> Figur
                     answer = job.result(PROBE_TIMEOUT * 4)
                 except Exception as e:
                     answer = f"probe failed: {e!r}"
-                if answer in kind.correct:
+                figures.answers.setdefault(kind.name, Counter())[answer[:80]] += 1
+                if kind.accepts(answer):
                     figures.correct[kind.name] += 1
                 else:
                     figures.wrong.setdefault(kind.name, Counter())[answer[:200]] += 1
