@@ -298,10 +298,12 @@ class HandshakeTests(SynchronousTestCase):
             self.assertEqual(event["server_name"], "localhost")
             self.assertTrue(event["cipher"])
             self.assertIn("peer", event)
+            self.assertEqual(event["log_level"].name, "debug")  # the normal case
         del events[:]
         Pair(client=Credentials.client(trust_roots=OTHER_CA.cert_pem.bytes())).flush()
         statuses = sorted(e["status"] for e in events)
         self.assertEqual(statuses, ["UNTRUSTED_ROOT", "UNTRUSTED_ROOT"])
+        self.assertEqual({e["log_level"].name for e in events}, {"warn"})
 
 
 class ALPNTests(SynchronousTestCase):

@@ -636,7 +636,10 @@ class SchannelProtocol(ProtocolWrapper):
         self._update_write_state()
         self._cancel("_handshake_timer")
         attributes = self.securityContext.attributes
-        _log.info(
+        # Debug, not info: a completed handshake is the normal case, and a
+        # written info line costs about as much as 5% of the handshake itself
+        # (applications log their own connections; failures are warnings).
+        _log.debug(
             "TLS handshake with {peer} done: {protocol} {cipher}, ALPN {alpn}, "
             "server name {server_name}",
             peer=self._peer_name(),
