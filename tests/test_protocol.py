@@ -652,6 +652,33 @@ class EdgeTests(SynchronousTestCase):
         pair.flush()
         self.assertEqual(pair.client_app.received, b"answer")  # type: ignore[attr-defined]
 
+    def test_client_bounds_its_handshake_as_the_docs_show(self) -> None:
+        clock = Clock()
+        app = App()
+        factory = SchannelFactory(client_credentials(), True,
+                                  ClientFactory.forProtocol(lambda: app), clock,
+                                  target_name="localhost")
+        silent_server = Protocol()
+        client, _, pump = connectedServerAndClient(
+            lambda: silent_server, lambda: factory.buildProtocol(None), greet=False, clock=clock
+        )
+        timeouts: list[Failure] = []
+
+        def give_up(failure: Failure) -> None:
+            timeouts.append(failure)
+            client.abortConnection()
+
+        client.whenHandshakeDone().addTimeout(10, clock).addErrback(give_up)
+        clock.advance(9.9)
+        self.assertEqual(timeouts, [])
+        clock.advance(0.1)
+        pump.flush(advanceClock=False)
+        (timeout,) = timeouts
+        self.assertTrue(timeout.check(defer.TimeoutError))
+        self.assertTrue(client.transport.disconnecting)
+        self.assertEqual(len(app.lost), 1)
+        self.assertEqual(client.handshakeLadder[0][:2], ("initialize", "CONTINUE_NEEDED"))
+
     def test_twisted_credentials_follow_the_factory_they_are_given_to(self) -> None:
         """ALPN comes from the wrapped factory of the factory that uses them."""
         options = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(CA_PEM))
