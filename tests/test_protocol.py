@@ -679,6 +679,23 @@ class EdgeTests(SynchronousTestCase):
         self.assertEqual(len(app.lost), 1)
         self.assertEqual(client.handshakeLadder[0][:2], ("initialize", "CONTINUE_NEEDED"))
 
+    def test_close_with_writes_waiting_for_a_silent_server_is_bounded(self) -> None:
+        clock = Clock()
+        app = App(greeting=b"held")
+        factory = SchannelFactory(client_credentials(), True,
+                                  ClientFactory.forProtocol(lambda: app), clock,
+                                  target_name="localhost", close_timeout=3.0)
+        client, _, pump = connectedServerAndClient(
+            Protocol, lambda: factory.buildProtocol(None), greet=False, clock=clock
+        )
+        client.loseConnection()  # waits for the handshake, to send "held"
+        clock.advance(2.9)
+        self.assertFalse(client.transport.disconnecting)
+        clock.advance(0.1)
+        self.assertTrue(client.transport.disconnecting)
+        pump.flush(advanceClock=False)
+        self.assertEqual(len(app.lost), 1)
+
     def test_twisted_credentials_follow_the_factory_they_are_given_to(self) -> None:
         """ALPN comes from the wrapped factory of the factory that uses them."""
         options = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(CA_PEM))

@@ -882,7 +882,7 @@ class SchannelProtocol(ProtocolWrapper):
         close_notify, or after ``close_timeout`` seconds if it does not.
         Before the handshake completes there is nothing to protect and the
         transport is closed at once, unless writes are waiting for the
-        handshake.
+        handshake; then ``close_timeout`` bounds the wait for it too.
         """
         if self.disconnecting or not self.connected or self._lost:
             return
@@ -893,6 +893,8 @@ class SchannelProtocol(ProtocolWrapper):
         if not self._established:
             if not self._pending:
                 self.transport.loseConnection()
+            else:
+                self._start_close_timer()
             return
         if self._producer is None:
             self._shutdown()
@@ -942,10 +944,15 @@ class SchannelProtocol(ProtocolWrapper):
         if self._peer_closed:
             self.transport.loseConnection()
             return
-        timeout = self.factory.close_timeout
-        if timeout is None:
+        if self.factory.close_timeout is None:
             self.transport.loseConnection()
-        elif self._close_timer is None:
+        else:
+            self._start_close_timer()
+
+    def _start_close_timer(self) -> None:
+        """Bound the wait for the peer from now (if not bounded already)."""
+        timeout = self.factory.close_timeout
+        if timeout is not None and self._close_timer is None:
             self._close_timer = self.factory._clock.callLater(timeout, self._close_timed_out)
 
     def _send_close_notify(self) -> None:
