@@ -28,14 +28,14 @@ from typing import Any
 from twisted.internet import defer, reactor, threads
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from tests import certs
-from txschannel import ClientContext, Credentials, Status
+from txschannel import ClientContext, Credentials, SecurityError, ServerContext, Status
 from txschannel.protocol import ConnectionTruncated, SchannelFactory
 
 TIMEOUT = 15.0
@@ -64,6 +64,8 @@ class Recorder(Protocol):
         self.lost: list[Failure] = []
         self.gone: defer.Deferred[None] = defer.Deferred()
         self.on_handshake: Callable[[Recorder], None] | None = None
+        #: Written back for each delivery, so a peer can tell it was delivered.
+        self.reply: bytes | None = None
 
     def connectionMade(self) -> None:
         self.made += 1
@@ -75,6 +77,8 @@ class Recorder(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
+        if self.reply is not None:
+            self.transport.write(self.reply)  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         self.lost.append(reason)
@@ -281,6 +285,134 @@ class FaultTests(TestCase):
         yield threads.deferToThread(polite)
         protocol = yield self.assertLostOnce(clean=True)
         self.assertEqual(protocol.received, b"bye")
+
+
+class ServerPeer:
+    """A one-connection blocking TLS server in a thread (a ServerContext on
+    a socket) that misbehaves on cue, for faults seen by our client."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(TIMEOUT)
+        self.port: int = self.listener.getsockname()[1]
+
+    def accept(self) -> socket.socket:
+        sock, _ = self.listener.accept()
+        sock.settimeout(TIMEOUT)
+        self.listener.close()
+        return sock
+
+
+class ClientFaultTests(TestCase):
+    """Our client (SchannelFactory, isClient=True) when the server vanishes."""
+
+    timeout = 60
+
+    def connect(self, port: int) -> Recorder:
+        recorder = Recorder()
+        recorder.reply = b"ack"
+        factory = SchannelFactory(
+            client_credentials(), True, ClientFactory.forProtocol(lambda: recorder),
+            target_name="localhost",
+        )
+        reactor.connectTCP("127.0.0.1", port, factory, timeout=TIMEOUT)  # type: ignore[attr-defined]
+        return recorder
+
+    @defer.inlineCallbacks
+    def assertLostOnce(self, recorder: Recorder) -> Any:
+        yield defer.DeferredList([recorder.gone]).addTimeout(TIMEOUT, reactor)
+        yield deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(recorder.made, 1)
+        self.assertEqual(len(recorder.lost), 1, recorder.lost)
+        self.assertFalse(type(recorder.lost[0].value) is ConnectionDone, recorder.lost[0])
+        # (Returning the Failure itself would fail this Deferred.)
+        return [recorder.lost[0]]
+
+    @defer.inlineCallbacks
+    def test_server_reset_after_the_client_hello_is_one_connection_lost(self) -> Any:
+        server = ServerPeer()
+
+        def fault() -> None:
+            sock = server.accept()
+            sock.recv(65536)
+            reset(sock)
+
+        done = threads.deferToThread(fault)
+        recorder = self.connect(server.port)
+        yield done
+        yield self.assertLostOnce(recorder)
+        self.assertEqual(recorder.handshakes, 0)
+
+    @defer.inlineCallbacks
+    def test_server_answering_garbage_is_one_connection_lost_with_the_security_error(
+        self,
+    ) -> Any:
+        server = ServerPeer()
+        answer: list[bytes] = []
+
+        def fault() -> None:
+            sock = server.accept()
+            sock.recv(65536)
+            sock.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            data = b""
+            try:
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            except OSError:
+                pass
+            answer.append(data)
+            sock.close()
+
+        done = threads.deferToThread(fault)
+        recorder = self.connect(server.port)
+        yield done
+        [reason] = yield self.assertLostOnce(recorder)
+        self.assertTrue(reason.check(SecurityError), reason)
+        self.assertEqual(reason.value.status, Status.ILLEGAL_MESSAGE)
+        # Our client told the server why before closing: a fatal alert.
+        self.assertEqual(answer[0][:1], b"\x15", answer)
+
+    @defer.inlineCallbacks
+    def test_server_reset_mid_record_is_one_connection_lost(self) -> Any:
+        server = ServerPeer()
+        credentials = server_credentials()
+
+        def fault() -> None:
+            sock = server.accept()
+            context = ServerContext(credentials)
+            buffer = b""
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("the client closed during the handshake")
+                step = context.accept(buffer + data)
+                if step.token:
+                    sock.sendall(step.token)
+                buffer = step.extra
+                if step.status is Status.OK:
+                    break
+            sock.sendall(context.encrypt(b"first"))
+            # Wait for the client's "ack": "first" was delivered, so the
+            # reset below cannot overtake it.
+            while True:
+                unwrapped = context.decrypt(buffer)
+                buffer = unwrapped.extra
+                if unwrapped.data:
+                    break
+                buffer += sock.recv(65536)
+            records = context.encrypt(b"r" * 5000)
+            sock.sendall(records[: len(records) // 2])
+            reset(sock)
+
+        done = threads.deferToThread(fault)
+        recorder = self.connect(server.port)
+        yield done
+        yield self.assertLostOnce(recorder)
+        self.assertEqual(recorder.handshakes, 1)
+        self.assertEqual(recorder.received, b"first")
 
 
 @implementer(IPushProducer)
