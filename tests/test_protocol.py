@@ -28,6 +28,8 @@ from twisted.internet.interfaces import (
     IProtocolNegotiationFactory,
     IPushProducer,
     ISSLTransport,
+    ITCPTransport,
+    ITLSTransport,
 )
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, ServerFactory
 from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
@@ -1020,6 +1022,7 @@ class LoopbackTests(TestCase):
         done: defer.Deferred[None] = defer.Deferred()
         server_lines: list[bytes] = []
         client_lines: list[bytes] = []
+        interfaces_seen: list[tuple[bool, bool]] = []
 
         class Server(LineReceiver):
             delimiter = b"\n"
@@ -1031,6 +1034,9 @@ class LoopbackTests(TestCase):
                     startSchannel(self, server_credentials(), False)
                 elif line == b"secret":
                     tls: SchannelProtocol = self.transport  # type: ignore[assignment]
+                    interfaces_seen.append(
+                        (ITCPTransport.providedBy(tls), ITLSTransport.providedBy(tls))
+                    )
                     self.sendLine(tls.securityContext.attributes.protocol.encode())
 
         class Client(LineReceiver):
@@ -1059,6 +1065,8 @@ class LoopbackTests(TestCase):
         yield done.addTimeout(20, reactor)  # type: ignore[arg-type]
         self.assertEqual(server_lines, [b"STARTTLS", b"secret"])
         self.assertEqual(client_lines, [b"GO", b"TLSv1.3"])
+        # TCP's interfaces come through, except starting TLS under our TLS.
+        self.assertEqual(interfaces_seen, [(True, False)])
         # Both ends logged the handshake, naming the peer as host:port.
         peers = sorted(e["peer"] for e in events if e.get("status") == "OK")
         self.assertEqual(len(peers), 2)

@@ -36,6 +36,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ISSLTransport,
     ISystemHandle,
+    ITLSTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -506,7 +507,10 @@ class SchannelProtocol(ProtocolWrapper):
     def makeConnection(self, transport: interfaces.ITransport) -> None:
         """Create the security context, connect the wrapped protocol, start the handshake."""
         self.securityContext = self.factory._new_context()
-        directlyProvides(self, providedBy(transport))
+        # Whatever the real transport provides (ITCPTransport: getPeer(),
+        # setTcpNoDelay(), ...), except starting TLS at its level: under
+        # this layer that could only corrupt the stream.
+        directlyProvides(self, providedBy(transport) - ITLSTransport)
         cast(Any, Protocol).makeConnection(self, transport)
         cast(Any, self.factory).registerProtocol(self)
         if self._connectWrapped:
