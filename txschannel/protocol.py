@@ -127,6 +127,26 @@ def _timeout_error(timeout: float | None) -> HandshakeTimeout:
     return error
 
 
+_PASSED_ON: dict[Any, Any] = {}
+
+
+def _passed_on(provided: Any) -> Any:
+    """What the real transport provides, for us to provide too.
+
+    Everything (ITCPTransport: getPeer(), setTcpNoDelay(), ...) except
+    ITLSTransport: starting TLS at the transport's level, under this layer,
+    could only corrupt the stream. Subtracting an interface builds a new
+    zope declaration, which costs about 200 us, so the result is kept per
+    transport class (its declaration object is the key).
+    """
+    result = _PASSED_ON.get(provided)
+    if result is None:
+        result = provided - ITLSTransport
+        if len(_PASSED_ON) < 256:  # per-instance declarations must not pile up
+            _PASSED_ON[provided] = result
+    return result
+
+
 #: ProtocolWrapper's methods carry no type hints; calling them through this
 #: name keeps ``mypy --strict`` quiet without an ignore at every call.
 _Wrapper: Any = ProtocolWrapper
@@ -507,10 +527,7 @@ class SchannelProtocol(ProtocolWrapper):
     def makeConnection(self, transport: interfaces.ITransport) -> None:
         """Create the security context, connect the wrapped protocol, start the handshake."""
         self.securityContext = self.factory._new_context()
-        # Whatever the real transport provides (ITCPTransport: getPeer(),
-        # setTcpNoDelay(), ...), except starting TLS at its level: under
-        # this layer that could only corrupt the stream.
-        directlyProvides(self, providedBy(transport) - ITLSTransport)
+        directlyProvides(self, _passed_on(providedBy(transport)))
         cast(Any, Protocol).makeConnection(self, transport)
         cast(Any, self.factory).registerProtocol(self)
         if self._connectWrapped:
