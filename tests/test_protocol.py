@@ -276,6 +276,27 @@ class HandshakeTests(SynchronousTestCase):
         self.assertGreater(pair.client.handshakeLadder[-1][3], 0)  # the alert
         self.assertEqual(pair.client_app.handshakes, 0)  # type: ignore[attr-defined]
 
+    def test_tampered_record_after_the_handshake_is_message_altered(self) -> None:
+        """A forged record fails its integrity check: alert sent, SecurityError reported."""
+        events, stop = log_events()
+        self.addCleanup(stop)
+        pair = Pair()
+        pair.flush()
+        sent: list[bytes] = []
+        pair.server.transport.write = sent.append
+        forged = b"\x17\x03\x03\x00\x20" + b"\x00" * 32
+        pair.server.dataReceived(forged)
+        self.assertEqual(pair.server_app.lost, [])  # type: ignore[attr-defined]
+        self.assertTrue(pair.server.transport.disconnecting)
+        pair.server.connectionLost(Failure(ConnectionDone()))
+        (reason,) = pair.server_app.lost  # type: ignore[attr-defined]
+        self.assertIsInstance(reason.value, SecurityError)
+        self.assertEqual(reason.value.status, Status.MESSAGE_ALTERED)
+        self.assertEqual(frame(b"".join(sent)).complete, len(b"".join(sent)))
+        self.assertEqual(b"".join(sent)[0], ContentType.APPLICATION_DATA)  # the encrypted alert
+        self.assertEqual([e["status"] for e in events if e["log_level"].name == "warn"],
+                         ["MESSAGE_ALTERED"])
+
     def test_when_handshake_done_fires_or_fails(self) -> None:
         pair = Pair()
         done = pair.client.whenHandshakeDone()
