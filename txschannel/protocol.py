@@ -40,7 +40,6 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols._tls_legacy import LegacyContextFactoryWarning
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
@@ -59,6 +58,13 @@ __all__ = [
 ]
 
 _log = Logger(namespace="txschannel.protocol")
+
+try:
+    from twisted.protocols._tls_legacy import LegacyContextFactoryWarning
+except ImportError:  # an older Twisted: warn with a class of our own
+
+    class LegacyContextFactoryWarning(Warning):  # type: ignore[no-redef]
+        """A getContext() object that declares no OpenSSL creator interface."""
 
 
 class _NoClock:
