@@ -550,24 +550,27 @@ class OpenSSLProcessTests(SynchronousTestCase):
 
                 say(b"before\n")
                 _read_until(sock, side, b"before\n")
+                # KeyUpdate, no answer requested. s_server reports each
+                # KeyUpdate it sends; wait for that so that "k" is read as
+                # a command, not together with the next line as data.
+                say(b"k\n")
+                output = _drain_process(peer.process, b"SSL_do_handshake -> 1")
+                say(b"after-k\n")  # encrypted under s_server's new keys
+                _read_until(sock, side, b"after-k\n")
+                sock.sendall(side.context.encrypt(b"client-after-k\n"))
+                output += _drain_process(peer.process, b"client-after-k", seen=output)
                 # KeyUpdate with update_requested: our answer must come back
-                # as a decrypt token at once.
+                # as a decrypt token at once (s_server waits for it).
                 say(b"K\n")
                 answer = _read_token(sock, side)
                 self.assertEqual(answer[:1], b"\x17")
                 sock.sendall(answer + side.context.encrypt(b"client-after-K\n"))
-                output = _drain_process(peer.process, b"client-after-K")
-                say(b"after-K\n")  # encrypted under s_server's new keys
+                output += _drain_process(peer.process, b"client-after-K", seen=output)
+                say(b"after-K\n")  # encrypted under s_server's newer keys
                 _read_until(sock, side, b"after-K\n")
-                say(b"k\n")  # KeyUpdate, no answer requested
-                say(b"after-k\n")
-                _read_until(sock, side, b"after-k\n")
-                sock.sendall(side.context.encrypt(b"client-after-k\n") + side.context.shutdown())
-                # s_server prints what it decrypts.
-                output += _drain_process(peer.process, b"client-after-k")
+                sock.sendall(side.context.shutdown())
         self.assertIn(b"client-after-K", output)
         self.assertIn(b"client-after-k", output)
-        # s_server reports each KeyUpdate it sends this way.
         self.assertEqual(output.count(b"SSL_do_handshake -> 1"), 2, output)
 
     def test_openssl_s_client_talks_to_our_server(self) -> None:
@@ -599,15 +602,17 @@ class OpenSSLProcessTests(SynchronousTestCase):
         self.assertIn(b"Verification: OK", output)
 
 
-def _drain_process(process: subprocess.Popen[bytes], wanted: bytes) -> bytes:
-    """Read a peer's stdout until *wanted* shows up (or it exits, or time runs out)."""
+def _drain_process(process: subprocess.Popen[bytes], wanted: bytes, *, count: int = 1,
+                   seen: bytes = b"") -> bytes:
+    """Read a peer's stdout until *wanted* has shown up *count* times,
+    counting what was *seen* before (or it exits, or time runs out)."""
     import time
 
     assert process.stdout is not None
     output = b""
     deadline = time.monotonic() + TIMEOUT
     fd = process.stdout.fileno()
-    while wanted not in output and time.monotonic() < deadline:
+    while (seen + output).count(wanted) < count and time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 0.2)
         if ready:
             chunk = os.read(fd, 1 << 16)

@@ -22,6 +22,7 @@ from tests.test_context import (
     client_credentials,
     failure,
     handshake,
+    peer_error,
     server_credentials,
 )
 from tests.test_context_peers import PythonSide, converse, fails
@@ -223,11 +224,12 @@ class SourceTests(SynchronousTestCase):
         # A trusted intermediate CA's certificate with the right name is
         # still not a server certificate.
         pem = _ca_certificate_for(NAME)
-        side, error, _ = failure(ClientContext(client_credentials(manual_validation=False),
-                                               NAME),
-                                 ServerContext(Credentials.server(certificate=pem)))
+        side, error, pair = failure(ClientContext(client_credentials(), NAME),
+                                    ServerContext(Credentials.server(certificate=pem)))
         self.assertEqual((side, error.status), ("client", Status.CERT_UNKNOWN))
         self.assertIn("CA certificate", error.reason)
+        # The server is told bad_certificate (not internal_error).
+        self.assertEqual(peer_error(pair.server, error.token).status, Status.CERT_UNKNOWN)
 
 
 def _ca_certificate_for(name: str) -> bytes:

@@ -295,6 +295,9 @@ class Verification:
         self.failure: tuple[Status, str] | None = None
         #: Set when the server sent a CertificateRequest (client side).
         self.certificate_requested = False
+        #: The X509_V_ERR_* code to report when :meth:`judge` refuses a
+        #: certificate that OpenSSL accepted (it decides the alert sent).
+        self.reject_code = 0
         #: Per-connection ALPN choices on a server (None: the credentials').
         self.alpn: tuple[bytes, ...] | None = None
 
@@ -322,14 +325,20 @@ class Verification:
             problem = _ca_as_end_entity(certificate.to_cryptography())
             if problem is not None:
                 # OpenSSL's purpose checks let this through; Mozilla's and
-                # webpki's do not. (The alert is internal_error: pyOpenSSL's
-                # callback cannot set a verify error code.)
+                # webpki's do not. OpenSSL's alert for this code is
+                # bad_certificate.
                 self.failure = (Status.CERT_UNKNOWN, problem)
+                self.reject_code = _lib.X509_V_ERR_INVALID_NON_CA
                 return False
         if depth == 0 and self.target_name is not None:
             problem = _name_mismatch(certificate.to_cryptography(), self.target_name)
             if problem is not None:
                 self.failure = (Status.WRONG_PRINCIPAL, problem)
+                self.reject_code = (
+                    _lib.X509_V_ERR_IP_ADDRESS_MISMATCH
+                    if _is_ip(self.target_name)
+                    else _lib.X509_V_ERR_HOSTNAME_MISMATCH
+                )
                 return False
         return True
 
@@ -401,13 +410,50 @@ def _certificate_requested(ssl: Any, arg: Any) -> int:
 _on_certificate_request = _ffi.callback("int (*)(SSL *, void *)", _certificate_requested)
 
 
-def _verify_callback(
-    connection: SSL.Connection, certificate: crypto.X509, errno: int, depth: int, ok: int
-) -> bool:
-    verification = connection.get_app_data()
-    if not isinstance(verification, Verification):
-        return bool(ok)
-    return verification.judge(certificate, errno, depth, ok)
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _verify(ok: int, store: Any) -> int:
+    """OpenSSL's verify callback, at the C level.
+
+    pyOpenSSL's own wrapper hides the X509_STORE_CTX, so a refusal decided
+    in Python would leave its error at X509_V_OK and OpenSSL would send the
+    peer an internal_error alert. Here the refusal's code is set, so the
+    peer gets the alert OpenSSL maps it to (bad_certificate, ...).
+    """
+    try:
+        ssl = _lib.X509_STORE_CTX_get_ex_data(store, _lib.SSL_get_ex_data_X509_STORE_CTX_idx())
+        connection = SSL.Connection._reverse_mapping.get(ssl)
+        verification = connection.get_app_data() if connection is not None else None
+        if not isinstance(verification, Verification):
+            return ok
+        pointer = _lib.X509_STORE_CTX_get_current_cert(store)
+        _lib.X509_up_ref(pointer)
+        certificate = crypto.X509._from_raw_x509_ptr(pointer)
+        errno = _lib.X509_STORE_CTX_get_error(store)
+        depth = _lib.X509_STORE_CTX_get_error_depth(store)
+        if verification.judge(certificate, errno, depth, ok):
+            _lib.X509_STORE_CTX_set_error(store, _lib.X509_V_OK)
+            return 1
+        if ok and verification.reject_code:
+            _lib.X509_STORE_CTX_set_error(store, verification.reject_code)
+        return 0
+    except Exception:  # pragma: no cover - never let an exception into OpenSSL
+        return 0
+
+
+# One C callback for every context (cffi callbacks are a scarce resource).
+_verify_callback = _ffi.callback("int (*)(int, X509_STORE_CTX *)", _verify)
+
+
+def _set_verify(context: SSL.Context, mode: int) -> None:
+    """Judge peers with :class:`Verification` (the connection's app data)."""
+    _lib.SSL_CTX_set_verify(context._context, mode, _verify_callback)
 
 
 class Credentials:
@@ -481,7 +527,7 @@ class Credentials:
         protocols = _alpn(alpn)
         if protocols:
             context.set_alpn_protos(list(protocols))
-        context.set_verify(SSL.VERIFY_PEER, _verify_callback)
+        _set_verify(context, SSL.VERIFY_PEER)
         _lib.SSL_CTX_set_cert_cb(context._context, _on_certificate_request, _ffi.NULL)
         return cls(
             context, is_client=True, alpn=protocols, manual_validation=manual_validation
@@ -536,7 +582,7 @@ class Credentials:
                 mode = SSL.VERIFY_PEER
                 if require_client_certificate:
                     mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-                context.set_verify(mode, _verify_callback)
+                _set_verify(context, mode)
             context.set_alpn_select_callback(_select_alpn(protocols))
             return context
 
