@@ -373,6 +373,25 @@ class FromTwistedTests(SynchronousTestCase):
         pair = handshake(ClientContext(credentials), ServerContext(server_credentials()))
         self.assertEqual(pair.client_to_server(b"legacy"), b"legacy")
 
+    def test_contexts_from_twisted_creators_are_freed_without_the_gc(self) -> None:
+        # The stand-in protocol refers back to its context weakly; a cycle
+        # would keep each connection's OpenSSL memory until a GC pass.
+        import gc
+
+        from txschannel import SecurityContext
+
+        credentials = Credentials.from_twisted(
+            twisted_ssl.optionsForClientTLS(NAME, trustRoot=self.roots()))
+        server = server_credentials()
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        before = sum(1 for o in gc.get_objects() if isinstance(o, SecurityContext))
+        for _ in range(3):
+            handshake(ClientContext(credentials), ServerContext(server))
+        after = sum(1 for o in gc.get_objects() if isinstance(o, SecurityContext))
+        self.assertEqual(after, before)
+
     def test_wrong_objects(self) -> None:
         self.assertRaises(TypeError, Credentials.from_twisted, object())
         self.assertRaises(TypeError, Credentials.from_twisted, client_credentials(),

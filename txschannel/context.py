@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -671,12 +672,17 @@ class _TwistedShim:
     """
 
     def __init__(self, context: SecurityContext, app_data: object | None) -> None:
-        self._context = context
+        # Weak: the context holds its connection, whose app data (or
+        # verify callback) holds this shim; a strong reference back would
+        # make every context a reference cycle that only the GC frees.
+        self._context = weakref.ref(context)
         self._app_data = app_data
 
     def failVerification(self, reason: object) -> None:
-        value = getattr(reason, "value", reason)
-        self._context._twisted_failure = f"certificate verification failed: {value}"
+        context = self._context()
+        if context is not None:
+            value = getattr(reason, "value", reason)
+            context._twisted_failure = f"certificate verification failed: {value}"
 
     def __getattr__(self, name: str) -> object:
         if self._app_data is not None:
