@@ -368,6 +368,20 @@ class HandshakeTests(SynchronousTestCase):
                                  ServerContext(server_credentials()))
         self.assertEqual((side, error.status), ("client", Status.WRONG_PRINCIPAL))
 
+    def test_target_names_are_compared_as_openssl_sees_them(self) -> None:
+        # A trailing dot (RFC 6125 6.2.1) and an internationalised name in
+        # any case and spelling match the certificate's A-label.
+        leaf = authority().ca.issue_cert("xn--bcher-kva.example", key_type=trustme.KeyType.ECDSA)
+        idn = Credentials.server(certificate=leaf.private_key_and_cert_chain_pem.bytes())
+        for name, server in (("localhost.", server_credentials()), ("bücher.example", idn),
+                             ("BÜCHER.example.", idn)):
+            pair = handshake(ClientContext(client_credentials(), name), ServerContext(server))
+            self.assertEqual(pair.client_to_server(b"ok"), b"ok", name)
+        side, error, _ = failure(ClientContext(client_credentials(), "bucher.example"),
+                                 ServerContext(idn))
+        self.assertEqual((side, error.status), ("client", Status.WRONG_PRINCIPAL))
+        self.assertRaises(ValueError, ClientContext, client_credentials(), "bad..name")
+
     def test_client_credentials_cannot_make_a_server_context(self) -> None:
         self.assertRaises(ValueError, ServerContext, client_credentials())
         self.assertRaises(ValueError, ClientContext, server_credentials(), NAME)

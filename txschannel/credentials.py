@@ -363,29 +363,43 @@ def _ca_as_end_entity(certificate: x509.Certificate) -> str | None:
 
 
 def _name_mismatch(certificate: x509.Certificate, name: str) -> str | None:
+    """Why *certificate* is not for *name* (service_identity's rules), or None.
+
+    A host name is compared as OpenSSL sees it: without a trailing dot
+    (RFC 6125 section 6.2.1) and as its IDNA A-label (so case and Unicode
+    spelling do not matter).
+    """
+    import idna
     from service_identity import CertificateError, VerificationError
     from service_identity.cryptography import (
         verify_certificate_hostname,
         verify_certificate_ip_address,
     )
 
+    def offered() -> str:
+        try:
+            san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            return "no subjectAltName"
+        names = [str(v) for v in san.value.get_values_for_type(x509.DNSName)] + [
+            str(v) for v in san.value.get_values_for_type(x509.IPAddress)
+        ]
+        return ", ".join(names) if names else "no DNS or IP subjectAltName"
+
     try:
         try:
             address = ipaddress.ip_address(name)
         except ValueError:
-            verify_certificate_hostname(certificate, name)
+            host = idna.encode(name.rstrip("."), uts46=True).decode("ascii")
+            verify_certificate_hostname(certificate, host)
         else:
             verify_certificate_ip_address(certificate, str(address))
     except (VerificationError, CertificateError) as e:
-        try:
-            san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-            names = [str(v) for v in san.value.get_values_for_type(x509.DNSName)] + [
-                str(v) for v in san.value.get_values_for_type(x509.IPAddress)
-            ]
-        except x509.ExtensionNotFound:
-            names = []
-        offered = ", ".join(names) if names else "no subjectAltName"
-        return f"certificate for {offered} does not match {name!r} ({e})"
+        return f"certificate for {offered()} does not match {name!r} ({e})"
+    except (idna.IDNAError, UnicodeError) as e:
+        return f"{name!r} is not a valid host name ({e})"
+    except Exception as e:  # service_identity refusing in a way it does not document
+        return f"certificate for {offered()} does not match {name!r} ({type(e).__name__}: {e})"
     return None
 
 
