@@ -697,6 +697,16 @@ class ResumptionTests(SynchronousTestCase):
             second = handshake(ClientContext(credentials, NAME), ServerContext(server_side))
             self.assertTrue(second.client.context.attributes.session_reused, version)
 
+    def test_tls_unique_of_a_resumed_tls12_session_agrees(self) -> None:
+        # In an abbreviated handshake the server's Finished comes first.
+        credentials = client_credentials(maximum_version="TLSv1.2")
+        server_side = server_credentials()
+        handshake(ClientContext(credentials, NAME), ServerContext(server_side))
+        pair = handshake(ClientContext(credentials, NAME), ServerContext(server_side))
+        client, server = pair.client.context, pair.server.context
+        self.assertTrue(client.attributes.session_reused)
+        self.assertEqual(client.channel_binding("tls-unique"), server.channel_binding("tls-unique"))
+
     def test_a_failed_handshake_forgets_the_session(self) -> None:
         credentials = client_credentials(maximum_version="TLSv1.2")
         handshake(ClientContext(credentials, NAME), ServerContext(server_credentials()))
