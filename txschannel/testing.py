@@ -516,6 +516,8 @@ def connected_pair(
         the pump (``pair.client_tls`` / ``pair.server_tls`` are the
         ``SchannelProtocol`` instances).
     :raises TypeError: *client* or *server* is neither a factory nor callable.
+    :raises ValueError: a factory refused the connection (``buildProtocol``
+        returned None), or credentials for the wrong side were given.
     """
     from txschannel.protocol import SchannelFactory
 
