@@ -254,6 +254,11 @@ class ConnectedPairTests(SynchronousTestCase):
             connected_pair(Recorder, refusing)
         self.assertIn("server", str(caught.exception))
 
+    def test_credentials_for_the_wrong_side_raise_value_error(self) -> None:
+        ca = CertificateAuthority()
+        with self.assertRaises(ValueError):
+            connected_pair(Recorder, Recorder, client_credentials=ca.server_credentials())
+
     def test_handshake_completes_without_sockets(self) -> None:
         client, server, pump = connected_pair(HandshakeRecorder, HandshakeRecorder)
         self.assertEqual((client.handshakes, server.handshakes), (1, 1))
