@@ -82,9 +82,9 @@ __all__ = [
 DEFAULT_PORT = 8443
 #: The names the self-signed certificate is good for.
 _SELF_SIGNED_NAMES = ("localhost", "127.0.0.1", "::1")
-#: Short enough that clients which cap certificate lifetimes accept it; a
+#: Within the 366 days that Mozilla's profile (and browsers) accept; a
 #: new one is made (and its fingerprint logged) when it runs out.
-_SELF_SIGNED_DAYS = 397
+_SELF_SIGNED_DAYS = 365
 #: ``twist``'s own exit status for a bad command line (EX_USAGE).
 _EX_USAGE = 64
 
