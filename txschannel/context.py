@@ -211,7 +211,6 @@ class SecurityContext:
         self._target_name = target_name
         self._state = _State.HANDSHAKE
         self._started = False
-        self._ticket_seen = False
         self._closed_by_peer = False
         self._closed_by_us = False
         self._twisted_failure: str | None = None
@@ -550,7 +549,11 @@ class SecurityContext:
         """Return the close_notify token to send (ApplyControlToken + one more call).
 
         Before the handshake is done there is nothing to close politely and
-        the token is empty. Calling it twice returns an empty token.
+        the token is empty. Calling it twice returns an empty token. Later
+        ``encrypt`` calls raise CONTEXT_EXPIRED; ``decrypt`` still reads
+        what the peer sends until its own close_notify.
+
+        :raises SecurityError: INVALID_HANDLE after delete() or an error.
         """
         connection = self._alive()
         if self._closed_by_us or self._state is not _State.ESTABLISHED:
