@@ -631,6 +631,17 @@ class CloseTests(SynchronousTestCase):
         error = self.assertRaises(SecurityError, pair.client.context.encrypt, b"x")
         self.assertEqual(error.status, Status.CONTEXT_EXPIRED)
 
+    def test_after_our_shutdown_the_peer_may_still_send(self) -> None:
+        for version in ("TLSv1.2", "TLSv1.3"):
+            pair = connected(version=version)
+            client, server = pair.client.context, pair.server.context
+            close = client.shutdown()
+            late = server.encrypt(b"late data")
+            reply = server.decrypt(pair.to_server + close)
+            self.assertEqual(reply.status, Status.CONTEXT_EXPIRED)
+            result = client.decrypt(pair.client.extra + pair.to_client + late + server.shutdown())
+            self.assertEqual((result.status, result.data), (Status.CONTEXT_EXPIRED, b"late data"))
+
     def test_use_after_delete_is_invalid_handle(self) -> None:
         pair = connected()
         client = pair.client.context
