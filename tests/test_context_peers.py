@@ -602,6 +602,38 @@ class OpenSSLProcessTests(SynchronousTestCase):
         self.assertIn(b"Verification: OK", output)
 
 
+    def test_key_update_from_openssl_s_client_to_our_server(self) -> None:
+        """The server side of KeyUpdate: s_client's "K" asks for our answer."""
+        openssl = require("openssl")
+        folder = self.mktemp()
+        roots = _write(folder, "ca.pem", authority().roots)
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(TIMEOUT)
+        port = listener.getsockname()[1]
+        argv = [openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-servername", NAME,
+                "-CAfile", roots, "-verify_return_error", "-tls1_3"]
+        with listener, Peer(argv) as peer:
+            sock, _ = listener.accept()
+            with sock:
+                sock.settimeout(TIMEOUT)
+                side = Side(ServerContext(server_credentials()))
+                _handshake_over(sock, side, side.feed(sock.recv(1 << 16)))
+                stdin = peer.process.stdin
+                assert stdin is not None
+                stdin.write(b"K\n")  # KeyUpdate, update_requested
+                stdin.flush()
+                output = _drain_process(peer.process, b"KEYUPDATE")
+                answer = _read_token(sock, side)
+                sock.sendall(answer + side.context.encrypt(b"server-after-K\n"))
+                output += _drain_process(peer.process, b"server-after-K", seen=output)
+                stdin.write(b"client-after-K\n")  # under s_client's new keys
+                stdin.flush()
+                _read_until(sock, side, b"client-after-K\n")
+                sock.sendall(side.context.shutdown())
+        self.assertIn(b"KEYUPDATE", output)
+        self.assertIn(b"server-after-K", output)
+
+
 def _drain_process(process: subprocess.Popen[bytes], wanted: bytes, *, count: int = 1,
                    seen: bytes = b"") -> bytes:
     """Read a peer's stdout until *wanted* has shown up *count* times,
