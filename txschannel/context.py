@@ -463,21 +463,22 @@ class SecurityContext:
         ssl = connection._ssl
         # Straight to the binding: pyOpenSSL's sendall() and bio_read() cost
         # more Python per 16 KiB record than AES-GCM costs C.
-        with _ffi.from_buffer(data) as source:
-            written = 0
-            while written < size:
-                result = _lib.SSL_write(ssl, source + written, size - written)
-                if result <= 0:
-                    try:
-                        connection._raise_ssl_error(ssl, result)
-                    except SSL.Error as e:
-                        error = self._fail_openssl(e)
-                    else:
-                        error = self._fail(Status.INTERNAL_ERROR, "SSL_write wrote nothing", b"")
-                    raise error
-                written += result
-        records = size // MAX_PLAINTEXT + 1
-        return self._drain(connection, size + records * _RECORD_OVERHEAD)
+        source = _ffi.from_buffer(data)
+        written = 0
+        while written < size:
+            result = _lib.SSL_write(ssl, source + written, size - written)
+            if result <= 0:
+                try:
+                    connection._raise_ssl_error(ssl, result)
+                except SSL.Error as e:
+                    error = self._fail_openssl(e)
+                else:
+                    error = self._fail(Status.INTERNAL_ERROR, "SSL_write wrote nothing", b"")
+                raise error
+            written += result
+        return _read_bio(
+            connection._from_ssl, size + (size // MAX_PLAINTEXT + 1) * _RECORD_OVERHEAD
+        )
 
     def decrypt(self, data: bytes | bytearray | memoryview) -> Unwrapped:
         """Decrypt every complete record in *data*.
@@ -511,7 +512,7 @@ class SecurityContext:
             failure: SecurityError | None = None
             try:
                 plaintext, unread, reads = _read_records(
-                    connection, view[:complete], len(framing.ends)
+                    connection, view, complete, len(framing.ends)
                 )
             except SSL.Error as e:
                 failure = self._fail_openssl(e)
@@ -529,8 +530,8 @@ class SecurityContext:
                 self._after_handshake_message(connection)
             elif bad is None:
                 # Application data only: OpenSSL had nothing to answer.
-                missing = framing.missing
-                return Unwrapped(status, plaintext, bytes(view[consumed:]), missing, b"")
+                extra = bytes(view[consumed:]) if consumed < len(view) else b""
+                return Unwrapped(status, plaintext, extra, framing.missing, b"")
         if bad is not None and status is not Status.CONTEXT_EXPIRED:
             raise self._fail(bad.status, bad.reason, self._alert_for_garbage(view[bad.offset :]))
         token = self._drain(connection)
@@ -803,8 +804,16 @@ class ServerContext(SecurityContext):
 
 def _read_bio(bio: object, size_hint: int) -> bytes:
     """All the bytes waiting in a memory BIO (one copy into the result)."""
-    chunks = []
-    size = size_hint
+    # The usual case: everything fits in the first buffer.
+    buffer = _new_buffer("char[]", size_hint)
+    count = _lib.BIO_read(bio, buffer, size_hint)
+    if count <= 0:
+        return b""
+    first: bytes = _ffi.buffer(buffer, count)[:]
+    if count < size_hint:
+        return first
+    chunks = [first]
+    size = size_hint * 2
     while True:
         buffer = _new_buffer("char[]", size)
         count = _lib.BIO_read(bio, buffer, size)
@@ -821,10 +830,11 @@ def _read_bio(bio: object, size_hint: int) -> bytes:
 
 
 def _read_records(
-    connection: SSL.Connection, records: memoryview, count: int
+    connection: SSL.Connection, buffer: memoryview, size: int, count: int
 ) -> tuple[bytes, int | None, int]:
-    """Decrypt *count* whole *records*: (plaintext, unread bytes after a
-    close_notify or None, how many reads gave application data).
+    """Decrypt the *count* whole records in the first *size* bytes of
+    *buffer*: (plaintext, unread bytes after a close_notify or None, how
+    many reads gave application data).
 
     All the records go into OpenSSL's input at once and SSL_read runs until
     it wants more; OpenSSL reads no further than the record it works on
@@ -835,10 +845,8 @@ def _read_records(
     :raises SSL.Error: as pyOpenSSL raises it, for the context to map.
     """
     ssl = connection._ssl
-    size = len(records)
-    with _ffi.from_buffer(records) as source:
-        if _lib.BIO_write(connection._into_ssl, source, size) != size:
-            raise SSL.Error([("txschannel", "", "internal error: BIO_write was short")])
+    if _lib.BIO_write(connection._into_ssl, _ffi.from_buffer(buffer), size) != size:
+        raise SSL.Error([("txschannel", "", "internal error: BIO_write was short")])
     target = _new_buffer("char[]", size)
     produced = reads = 0
     unread: int | None = None
