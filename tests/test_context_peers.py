@@ -634,6 +634,39 @@ class OpenSSLProcessTests(SynchronousTestCase):
         self.assertIn(b"server-after-K", output)
 
 
+class GnuTLSProcessTests(SynchronousTestCase):
+    """A TLS stack that shares no code with OpenSSL: gnutls-serv --echo."""
+
+    def check(self, priority: str, version: str) -> None:
+        gnutls = require("gnutls-serv")
+        folder = self.mktemp()
+        leaf = authority().server
+        certificate = _write(folder, "cert.pem",
+                             b"".join(p.bytes() for p in leaf.cert_chain_pems))
+        key = _write(folder, "key.pem", leaf.private_key_pem.bytes())
+        port = free_port()
+        argv = [gnutls, "--echo", "--port", str(port), "--x509certfile", certificate,
+                "--x509keyfile", key, "--priority", priority]
+        with Peer(argv, stdin=subprocess.DEVNULL) as peer:
+            with _connect(port) as sock:
+                side = Side(ClientContext(client_credentials(alpn=["h2"]), NAME))
+                _handshake_over(sock, side, side.start())
+                self.assertEqual(side.context.attributes.protocol, version)
+                # Lines: gnutls-serv --echo answers line by line, with a
+                # line buffer of its own (one 40 KB line never comes back).
+                message = b"".join(os.urandom(200).hex().encode() + b"\n" for _ in range(20))
+                sock.sendall(side.context.encrypt(message))
+                self.assertEqual(_read_until(sock, side, message), message)
+                sock.sendall(side.context.shutdown())
+            self.assertTrue(peer.process.poll() is None, peer.output)
+
+    def test_tls13_to_gnutls_serv(self) -> None:
+        self.check("NORMAL", "TLSv1.3")
+
+    def test_tls12_to_gnutls_serv(self) -> None:
+        self.check("NORMAL:-VERS-TLS1.3", "TLSv1.2")
+
+
 def _drain_process(process: subprocess.Popen[bytes], wanted: bytes, *, count: int = 1,
                    seen: bytes = b"") -> bytes:
     """Read a peer's stdout until *wanted* has shown up *count* times,
