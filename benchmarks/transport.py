@@ -559,18 +559,22 @@ def orchestrate(args: argparse.Namespace) -> None:
             for kind in kinds:
                 step("idle memory", kind, idle_memory, idle_count, 100)
 
-    results: dict[str, dict[str, Any]] = {k: {} for k in samples}
+    best: dict[str, dict[str, Any]] = {k: {} for k in samples}
+    median: dict[str, dict[str, Any]] = {k: {} for k in samples}
     for kind, by_name in samples.items():
         for name, values in by_name.items():
+            # Throughput: higher is better; CPU (microseconds, count,
+            # resumed) and memory: lower is better.
+            ordered = sorted(values, key=lambda v: v[0] if isinstance(v, tuple) else v)
             if name.startswith("bulk"):
-                results[kind][name] = max(values)
-            elif name == "idle memory":
-                results[kind][name] = min(values)
-            else:  # (microseconds, count, resumed): least CPU per connection
-                results[kind][name] = min(values, key=lambda v: v[0])
-    print_table(results, kinds, idle_count, args.key_type)
+                ordered.reverse()
+            best[kind][name] = ordered[0]
+            median[kind][name] = ordered[(len(ordered) - 1) // 2]
+    if rounds > 1:
+        print_table(median, kinds, idle_count, args.key_type, f"median of {rounds} rounds")
+    print_table(best, kinds, idle_count, args.key_type, f"best of {rounds} round(s)")
     nice = f" --nice {args.nice}" if args.nice else ""
-    print(f"best of {rounds} round(s); the command: python benchmarks/transport.py "
+    print(f"the command: python benchmarks/transport.py "
           f"--rounds {rounds} --key-type {args.key_type}{nice}{' --quick' if quick else ''}")
     load_after = os.getloadavg()
     print(f"load average (1, 5, 15 min) before: {' '.join(f'{v:.2f}' for v in load_before)}; "
@@ -585,7 +589,7 @@ def ratio(ours: float | None, other: float | None, better: str) -> str:
 
 
 def print_table(results: dict[str, dict[str, Any]], kinds: list[str], idle_count: int,
-                key_type: str) -> None:
+                key_type: str, title: str) -> None:
     columns = [*kinds, "s_server"]
 
     def cell(kind: str, name: str) -> Any:
@@ -613,7 +617,7 @@ def print_table(results: dict[str, dict[str, Any]], kinds: list[str], idle_count
     ]
     width = 40
     print()
-    print(f"key: {key_type}; loopback; server and client in separate processes")
+    print(f"{title}; key: {key_type}; loopback; server and client in separate processes")
     header = f"{'':<{width}}" + "".join(f"{LABELS[k]:>22}" for k in columns)
     header += f"{'vs Twisted':>12}{'vs plain':>10}{'vs s_server':>13}"
     print(header)
