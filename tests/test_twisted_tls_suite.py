@@ -28,7 +28,14 @@ from typing import Any, TypeVar
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.protocols.test import test_tls as twisted_tls
+
+try:
+    from twisted.protocols.test import test_tls as twisted_tls
+except ImportError as e:  # pragma: no cover - a broken environment, reported loudly
+    raise ImportError(
+        f"Twisted's TLS test suite cannot be imported ({e}); it needs the test extras "
+        "(pip install '.[test]', which brings pyhamcrest and hypothesis)"
+    ) from e
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
