@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
 try:
     from twisted.protocols.test import test_tls as twisted_tls
@@ -36,8 +38,6 @@ except ImportError as e:  # pragma: no cover - a broken environment, reported lo
         f"Twisted's TLS test suite cannot be imported ({e}); it needs the test extras "
         "(pip install '.[test]', which brings pyhamcrest and hypothesis)"
     ) from e
-from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
 
 from txschannel.protocol import SchannelFactory, SchannelProtocol
 from txschannel.testing import connected_pair
