@@ -407,6 +407,33 @@ class CoalescingTests(SynchronousTestCase):
         pair.client.write(b"x" * 70000)
         self.assertEqual(pair.client.bytesSent - before, 70000)
 
+    def test_each_flush_of_small_writes_fits_the_tcp_transport_buffer(self) -> None:
+        # Twisted's TCP transport pauses its producer once it holds more than
+        # 64 KiB: the records of one gathered flush must stay below that, so
+        # that a producer of small writes is not paused after every flush.
+        pair = Pair()
+        pair.flush()
+        sent: list[bytes] = []
+        transport = pair.client.transport
+        original = transport.write
+
+        def capture(data: bytes) -> None:
+            sent.append(data)
+            original(data)
+
+        transport.write = capture
+        most = 0
+        for _ in range(3000):
+            pair.client.write(b"y" * 100)
+            most = max(most, pair.client._outgoing.size)
+        self.assertLessEqual(most, 64000)
+        self.assertGreaterEqual(len(sent), 4)  # flushed within the turn, not only at its end
+        pair.clock.advance(0)
+        self.assertLessEqual(max(map(len, sent)), 65536)  # FileDescriptor.bufferSize
+        self.assertEqual(pair.client.bytesSent, 300000)
+        pair.flush()
+        self.assertEqual(pair.server_app.received, b"y" * 300000)  # type: ignore[attr-defined]
+
     def test_write_rejects_text(self) -> None:
         pair = Pair()
         self.assertRaises(TypeError, pair.client.write, "text")
@@ -653,6 +680,22 @@ class EdgeTests(SynchronousTestCase):
         class Suspicious(App):
             def connectionMade(self) -> None:
                 self.transport.write(b"secret")  # type: ignore[union-attr]
+
+            def handshakeCompleted(self) -> None:
+                self.transport.abortConnection()  # type: ignore[union-attr]
+
+        pair = Pair(Suspicious())
+        pair.flush()
+        self.assertEqual(pair.server_app.received, b"")  # type: ignore[attr-defined]
+        self.assertEqual(pair.client.bytesSent, 0)
+
+    def test_abort_in_handshake_completed_keeps_large_early_data_from_leaving(self) -> None:
+        # Held writes bigger than the coalescing limits must wait for
+        # handshakeCompleted() too, not be flushed while they are re-queued.
+        class Suspicious(App):
+            def connectionMade(self) -> None:
+                for _ in range(5):
+                    self.transport.write(b"s" * 70000)  # type: ignore[union-attr]
 
             def handshakeCompleted(self) -> None:
                 self.transport.abortConnection()  # type: ignore[union-attr]
