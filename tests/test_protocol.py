@@ -329,6 +329,54 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual({e["log_level"].name for e in events}, {"warn"})
 
 
+    def test_logged_completion_fields_are_the_attributes(self) -> None:
+        # The log event reads its fields from the connection directly; they
+        # must say what securityContext.attributes says, resumption included.
+        events, stop = log_events()
+        self.addCleanup(stop)
+        client = client_credentials(alpn=["h2"], maximum_version="TLSv1.2")
+        server = server_credentials(alpn=["h2"])
+        for resumed in (False, True):
+            del events[:]
+            pair = Pair(client=client, server=server)
+            pair.flush()
+            logged = sorted(
+                (
+                    (e["protocol"], e["cipher"], e["alpn"], e["server_name"], e["resumed"])
+                    for e in events
+                    if e.get("status") == "OK"
+                ),
+                key=repr,
+            )
+            expected = sorted(
+                (
+                    (a.protocol, a.cipher, a.alpn, a.server_name, a.session_reused)
+                    for a in (pair.client.securityContext.attributes,
+                              pair.server.securityContext.attributes)
+                ),
+                key=repr,
+            )
+            self.assertEqual(logged, expected)
+            self.assertEqual({(e[0], e[2], e[4]) for e in logged}, {("TLSv1.2", "h2", resumed)})
+
+    def test_tls_transport_interface_of_the_real_transport_is_not_passed_on(self) -> None:
+        # Starting TLS under our TLS would corrupt the stream: a wrapped
+        # protocol must not see ITLSTransport, whatever the transport offers.
+        @implementer(ITLSTransport, ITCPTransport)
+        class TCPLike(StringTransport):
+            pass
+
+        factory = SchannelFactory(server_credentials(), False, Factory.forProtocol(App), Clock())
+        tls = factory.buildProtocol(None)
+        assert tls is not None
+        tls.makeConnection(TCPLike())
+        self.assertTrue(ITCPTransport.providedBy(tls))
+        self.assertFalse(ITLSTransport.providedBy(tls))
+        self.assertIs(tls.wrappedProtocol.transport, tls)
+        self.assertEqual(factory.protocols, {tls: 1})
+        tls.abortConnection()
+
+
 class ALPNTests(SynchronousTestCase):
     """ALPN from IProtocolNegotiationFactory, per connection."""
 

@@ -44,7 +44,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from txschannel.context import ClientContext, SecurityContext, ServerContext
+from txschannel.context import ClientContext, SecurityContext, ServerContext, _session_reused
 from txschannel.credentials import Credentials
 from txschannel.status import SecurityError, Status
 
@@ -550,7 +550,10 @@ class SchannelProtocol(ProtocolWrapper):
         cast(Any, Protocol).makeConnection(self, transport)
         cast(Any, self.factory).registerProtocol(self)
         if self._connectWrapped:
-            _Wrapper.makeConnection(self, transport)
+            # Not ProtocolWrapper.makeConnection, which would repeat what was
+            # just done and declare every interface of the transport again,
+            # ITLSTransport included (see _passed_on).
+            self.wrappedProtocol.makeConnection(self)
         if self._lost or self._aborted or self._failed:
             return
         if self.disconnecting and not self._pending:
@@ -675,20 +678,30 @@ class SchannelProtocol(ProtocolWrapper):
         self._established = True
         self._update_write_state()
         self._cancel("_handshake_timer")
-        attributes = self.securityContext.attributes
         # Debug, not info: a completed handshake is the normal case, and a
         # written info line costs about as much as 5% of the handshake itself
         # (applications log their own connections; failures are warnings).
+        # The fields are read straight from the connection: the full
+        # ``attributes`` (certificates, sizes) would cost a few percent of a
+        # handshake's CPU time for an event most deployments filter out.
+        context = self.securityContext
+        connection = cast(SSL.Connection, context._connection)
+        alpn = connection.get_alpn_proto_negotiated()
+        if isinstance(context, ClientContext):
+            server_name = context.target_name
+        else:
+            raw = connection.get_servername()
+            server_name = raw.decode("ascii", "replace") if raw else None
         _log.debug(
             "TLS handshake with {peer} done: {protocol} {cipher}, ALPN {alpn}, "
             "server name {server_name}",
             peer=self._peer_name(),
-            status=Status.OK.name,
-            protocol=attributes.protocol,
-            cipher=attributes.cipher,
-            alpn=attributes.alpn,
-            server_name=attributes.server_name,
-            resumed=attributes.session_reused,
+            status="OK",
+            protocol=connection.get_protocol_version_name(),
+            cipher=connection.get_cipher_name() or "",
+            alpn=alpn.decode("ascii", "replace") if alpn else None,
+            server_name=server_name,
+            resumed=_session_reused(connection),
         )
         # Writes held during the handshake go first, ahead of anything the
         # application writes from here on; they are sent only after it has
