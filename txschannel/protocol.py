@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Union, cast
 
 from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as _lib  # SSL_session_reused has no pyOpenSSL wrapper
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -44,7 +45,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from txschannel.context import ClientContext, SecurityContext, ServerContext, _session_reused
+from txschannel.context import ClientContext, SecurityContext, ServerContext
 from txschannel.credentials import Credentials
 from txschannel.status import SecurityError, Status
 
@@ -159,6 +160,27 @@ def _passed_on(provided: Any) -> Any:
         if len(_PASSED_ON) < 256:  # per-instance declarations must not pile up
             _PASSED_ON[provided] = result
     return result
+
+
+_DECLARATIONS: dict[tuple[type, Any], Any] = {}
+
+
+def _provide_like(protocol: SchannelProtocol, transport: object) -> None:
+    """Declare that *protocol* provides what *transport* does (see :func:`_passed_on`).
+
+    ``directlyProvides`` normalises the interfaces every time (about 6 us
+    per connection); the declaration it makes depends only on the two
+    classes' declarations, so the first one is kept and handed to later
+    protocols as is.
+    """
+    key = (type(protocol), providedBy(transport))
+    declaration = _DECLARATIONS.get(key)
+    if declaration is not None:
+        cast(Any, protocol).__provides__ = declaration
+        return
+    directlyProvides(protocol, _passed_on(key[1]))
+    if len(_DECLARATIONS) < 256:  # per-instance declarations must not pile up
+        _DECLARATIONS[key] = cast(Any, protocol).__provides__
 
 
 #: ProtocolWrapper's methods carry no type hints; calling them through this
@@ -546,7 +568,7 @@ class SchannelProtocol(ProtocolWrapper):
     def makeConnection(self, transport: interfaces.ITransport) -> None:
         """Create the security context, connect the wrapped protocol, start the handshake."""
         self.securityContext = self.factory._new_context()
-        directlyProvides(self, _passed_on(providedBy(transport)))
+        _provide_like(self, transport)
         cast(Any, Protocol).makeConnection(self, transport)
         cast(Any, self.factory).registerProtocol(self)
         if self._connectWrapped:
@@ -701,7 +723,7 @@ class SchannelProtocol(ProtocolWrapper):
             cipher=connection.get_cipher_name() or "",
             alpn=alpn.decode("ascii", "replace") if alpn else None,
             server_name=server_name,
-            resumed=_session_reused(connection),
+            resumed=bool(_lib.SSL_session_reused(connection._ssl)),
         )
         # Writes held during the handshake go first, ahead of anything the
         # application writes from here on; they are sent only after it has
@@ -1127,10 +1149,14 @@ class SchannelProtocol(ProtocolWrapper):
             return reason
         # The stream ended, cleanly or not at the TCP level, without the
         # peer's close_notify: what we received may be cut short.
-        ended = reason.check(ConnectionDone, ConnectionLost)  # type: ignore[no-untyped-call]
-        if ended is None or reason.check(ConnectionTruncated):  # type: ignore[no-untyped-call]
+        # isinstance, not reason.check(): check() compares qualified class
+        # names, built anew for every class asked about, once per connection.
+        value = reason.value
+        if not isinstance(value, (ConnectionDone, ConnectionLost)) or isinstance(
+            value, ConnectionTruncated
+        ):
             return reason
-        how = "closed" if ended is ConnectionDone else f"was lost ({reason.value})"
+        how = "closed" if isinstance(value, ConnectionDone) else f"was lost ({value})"
         if not self._established:
             message = f"the connection {how} before the TLS handshake completed"
         else:
