@@ -304,12 +304,15 @@ class SecurityContext:
         done = False
         if first_call and not framing.ends:
             done = self._drive(connection)
-        for end in framing.ends:
-            connection.bio_write(view[consumed:end])
-            consumed = end
+        if framing.ends:
+            # Every whole record at once, one do_handshake per flight: OpenSSL
+            # reads no further than the record it works on (no read-ahead), so
+            # once the handshake is done, what it left in its input BIO is
+            # exactly what followed the last handshake record.
+            complete = framing.complete
+            connection.bio_write(view[:complete])
             done = self._drive(connection)
-            if done:
-                break
+            consumed = complete - len(_read_bio(connection._into_ssl, complete))
         token = self._drain(connection)
         extra = bytes(view[consumed:])
         if done:
