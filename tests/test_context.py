@@ -683,6 +683,8 @@ class ResumptionTests(SynchronousTestCase):
         second = handshake(ClientContext(credentials, NAME), ServerContext(server_side))
         self.assertTrue(second.client.context.attributes.session_reused)
         self.assertTrue(second.server.context.attributes.session_reused)
+        # The server still knows which name the client asked for.
+        self.assertEqual(second.server.context.attributes.server_name, NAME)
         self.assertEqual(second.client.context.attributes.protocol, version)
         self.assertEqual(second.client_to_server(b"again"), b"again")
         # Another target name does not get this session.

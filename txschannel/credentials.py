@@ -602,8 +602,10 @@ class Credentials:
 
         context = build(identity)
         named = {name: build(Identity.load(path)) for name, path in _sni_sources(sni).items()}
-        if named:
-            context.set_tlsext_servername_callback(_switch_context(named))
+        # Always answer the server_name extension: OpenSSL keeps the name in
+        # the session only when a callback acknowledged it, and without it a
+        # resumed TLS 1.2 connection would report no server name.
+        context.set_tlsext_servername_callback(_switch_context(named))
         return cls(context, is_client=False, alpn=protocols, sni=named)
 
     @classmethod
