@@ -111,6 +111,11 @@ def run_server(kind: str, certificate: str, port: int) -> None:
     raise_fd_limit()
     from twisted.internet import reactor
     from twisted.internet.protocol import Factory, Protocol
+    from twisted.logger import globalLogBeginner
+
+    # As `twist` does: without an observer Twisted keeps recent events in a
+    # buffer, which would charge per-connection log events as memory.
+    globalLogBeginner.beginLoggingTo([], redirectStandardIO=False)
 
     class Sink(Protocol):
         received = 0
