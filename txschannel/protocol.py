@@ -669,15 +669,7 @@ class SchannelProtocol(ProtocolWrapper):
             unwrapped = self.securityContext.decrypt(self._received)
         except SecurityError as e:
             self._received = b""
-            if e.token:
-                self.transport.write(e.token)
-            _log.warn(
-                "TLS connection with {peer} failed: {status}: {reason}",
-                peer=self._peer_name(),
-                status=e.status.name,
-                reason=e.reason,
-            )
-            self._fail(_failure(e))
+            self._security_failed(e, "connection")
             return
         self._received = unwrapped.extra
         self._needed = len(unwrapped.extra) + unwrapped.missing
@@ -752,18 +744,21 @@ class SchannelProtocol(ProtocolWrapper):
             self._shutdown()
 
     def _handshake_failed(self, error: SecurityError) -> None:
+        self._security_failed(
+            error, "handshake", protocol=None, cipher=None, alpn=None, server_name=None
+        )
+
+    def _security_failed(self, error: SecurityError, stage: str, **fields: object) -> None:
         if error.token:
             # The alert tells the peer why; it must leave before the close.
             self.transport.write(error.token)
         _log.warn(
-            "TLS handshake with {peer} failed: {status}: {reason}",
+            "TLS {stage} with {peer} failed: {status}: {reason}",
+            stage=stage,
             peer=self._peer_name(),
             status=error.status.name,
             reason=error.reason,
-            protocol=None,
-            cipher=None,
-            alpn=None,
-            server_name=None,
+            **fields,
         )
         self._fail(_failure(error))
 
