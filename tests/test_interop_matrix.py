@@ -612,10 +612,15 @@ def run_server_cell(cell: Cell) -> str:
     return f"{connection.protocol} {connection.cipher} alpn={connection.alpn}"
 
 
-def run_client_cell(cell: Cell) -> str:
-    """Our client, the peer as server. Returns a one-line description or raises FailTest."""
-    certificates = pki(cell.key)
-    credentials = Credentials.client(trust_roots=certificates.ca_file, alpn=CLIENT_ALPN)
+@contextmanager
+def _peer_server(
+    cell: Cell, certificates: Pki
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """The cell's peer server, running, with the port it listens on.
+
+    Peers in ``_PRINTS_PORT`` bind port 0 and print the port they got;
+    the others are given a free port and waited for.
+    """
     port = 0 if cell.peer in _PRINTS_PORT else free_port()
     argv = peer_server_argv(cell.peer, port, cell.version, certificates)
     with _process(argv) as process:
@@ -627,6 +632,15 @@ def run_client_cell(cell: Cell) -> str:
             port = int(line)
         else:
             wait_for_port(port, timeout=TIMEOUT)
+        yield process, port
+
+
+def run_client_cell(cell: Cell) -> str:
+    """Our client, the peer as server. Returns a one-line description or raises FailTest."""
+    certificates = pki(cell.key)
+    credentials = Credentials.client(trust_roots=certificates.ca_file, alpn=CLIENT_ALPN)
+    with _peer_server(cell, certificates) as (process, port):
+        assert process.stdout is not None
         try:
             fetched = context_request(credentials, port, "localhost")
         except SecurityError as e:
@@ -763,17 +777,7 @@ task.react(main, sys.argv[1:])
 def run_transport_client_cell(cell: Cell) -> str:
     """A ``schannel:`` client endpoint (the Twisted transport) against the peer server."""
     certificates = pki(cell.key)
-    port = 0 if cell.peer in _PRINTS_PORT else free_port()
-    argv = peer_server_argv(cell.peer, port, cell.version, certificates)
-    with _process(argv) as server:
-        assert server.stdout is not None
-        if cell.peer in _PRINTS_PORT:
-            line = server.stdout.readline()
-            if not line.strip().isdigit():
-                raise FailTest(f"{cell.name}: the peer server did not start: {line!r}")
-            port = int(line)
-        else:
-            wait_for_port(port, timeout=TIMEOUT)
+    with _peer_server(cell, certificates) as (_, port):
         try:
             result = subprocess.run(
                 [sys.executable, "-c", TRANSPORT_CLIENT, str(port), certificates.ca_file],
