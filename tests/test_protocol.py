@@ -169,6 +169,20 @@ class Pair:
     def flush(self) -> None:
         self.pump.flush(advanceClock=True)
 
+    def capture_client_writes(self) -> list[bytes]:
+        """Record every write the client's TLS layer makes to its transport
+        (the bytes still go through)."""
+        sent: list[bytes] = []
+        transport = self.client.transport
+        original = transport.write
+
+        def capture(data: bytes) -> None:
+            sent.append(data)
+            original(data)
+
+        transport.write = capture
+        return sent
+
 
 def log_events() -> tuple[list[dict[str, Any]], Callable[[], None]]:
     """Collect txschannel.protocol log events; returns (events, stop)."""
@@ -427,15 +441,7 @@ class CoalescingTests(SynchronousTestCase):
     def test_thousand_small_writes_become_one_record(self) -> None:
         pair = Pair()
         pair.flush()
-        sent: list[bytes] = []
-        transport = pair.client.transport
-        original = transport.write
-
-        def capture(data: bytes) -> None:
-            sent.append(data)
-            original(data)
-
-        transport.write = capture
+        sent = pair.capture_client_writes()
         for _ in range(1000):
             pair.client.write(b"0123456789")
         self.assertEqual(sent, [])  # nothing until the reactor turn ends
@@ -461,15 +467,7 @@ class CoalescingTests(SynchronousTestCase):
         # that a producer of small writes is not paused after every flush.
         pair = Pair()
         pair.flush()
-        sent: list[bytes] = []
-        transport = pair.client.transport
-        original = transport.write
-
-        def capture(data: bytes) -> None:
-            sent.append(data)
-            original(data)
-
-        transport.write = capture
+        sent = pair.capture_client_writes()
         most = 0
         for _ in range(3000):
             pair.client.write(b"y" * 100)
