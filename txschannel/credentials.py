@@ -48,6 +48,12 @@ _TLS12_CIPHERS = (
     b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
+#: TLS 1.3 suites in Mozilla's "intermediate" order: AES-128-GCM first. A
+#: client offers them in this order and, as Mozilla advises, a server takes
+#: the client's order (the client knows whether it has AES in hardware).
+#: OpenSSL's own default puts AES-256-GCM first, which costs about 10% more
+#: CPU per byte for no practical gain in strength.
+_TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 _SESSION_CACHE_SIZE = 1024
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL
@@ -666,6 +672,7 @@ def _new_context(minimum_version: str, maximum_version: str | None) -> SSL.Conte
         context.set_max_proto_version(maximum)
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
     context.set_cipher_list(_TLS12_CIPHERS)
+    context.set_tls13_ciphersuites(_TLS13_SUITES)
     _set_groups(context)
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     return context
