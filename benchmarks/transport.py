@@ -313,6 +313,53 @@ def run_idle(kind: str, ca: str, port: int, stages: list[int], concurrency: int)
 
 
 # ---------------------------------------------------------------------------
+# Child process: plaintext connections, the floor under every handshake row
+# ---------------------------------------------------------------------------
+
+
+def run_connect(port: int, seconds: float) -> None:
+    """Connect, send 300 bytes, wait for the server's close, again and again.
+
+    What a Twisted server spends on a connection with no TLS at all (accept,
+    one read, close): the part of every handshake row that is Twisted's.
+    """
+    import socket
+
+    count = 0
+    deadline = time.monotonic() + seconds
+    hello = b"x" * 300
+    while time.monotonic() < deadline:
+        with socket.create_connection((HOST, port), timeout=10) as connection:
+            connection.sendall(hello)
+            connection.shutdown(socket.SHUT_WR)
+            while connection.recv(4096):
+                pass
+        count += 1
+    print(json.dumps({"connections": count}), flush=True)
+
+
+def aes_gcm_mb_per_second(seconds: float = 1.0) -> float:
+    """AES-128-GCM encryption of 16 KiB records in this process (one core).
+
+    ``cryptography`` carries the same OpenSSL as pyOpenSSL, so this is the
+    cipher both TLS transports use, without any TLS or Python around it
+    beyond one call per record.
+    """
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    cipher = AESGCM(bytes(16))
+    record = bytes(16384)
+    nonce = bytes(12)
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(64):
+            cipher.encrypt(nonce, record, None)
+        done += 64 * len(record)
+    return done / (time.perf_counter() - started) / 1e6
+
+
+# ---------------------------------------------------------------------------
 # Orchestrator
 # ---------------------------------------------------------------------------
 
@@ -444,7 +491,10 @@ def bulk(kind: str, files: dict[str, str], size: int, total: int, seconds: float
 def handshakes(kind: str, files: dict[str, str], mode: str, version: str,
                seconds: int) -> tuple[float, int, int]:
     """Server CPU microseconds per connection from ``openssl s_time``; also the
-    connection count and how many of them were resumed."""
+    connection count and how many of them were resumed. For plaintext TCP,
+    the same figure for connections without TLS (see run_connect)."""
+    if kind == "plain":
+        return plain_connections(files, seconds)
     with Server(kind, files["server"]) as server:
         # One connection first, so that lazy imports and first-use setup in
         # the server are not charged to the measured handshakes.
@@ -468,6 +518,20 @@ def handshakes(kind: str, files: dict[str, str], mode: str, version: str,
         if line and set(line) <= {"r", "*"}
     )
     return (after - before) / max(count, 1) * 1e6, count, resumed
+
+
+def plain_connections(files: dict[str, str], seconds: int) -> tuple[float, int, int]:
+    with Server("plain", files["server"]) as server:
+        warm = child("connect", "plain", str(server.port), "0.2")
+        warm.communicate(timeout=30)
+        before = cpu_seconds(server.process.pid)
+        client = child("connect", "plain", str(server.port), str(seconds))
+        out, err = client.communicate(timeout=seconds + 60)
+        after = cpu_seconds(server.process.pid)
+    if '"connections"' not in out:
+        raise RuntimeError(f"plaintext connection loop failed: {out} {err}")
+    count = int(json.loads(out.strip().splitlines()[-1])["connections"])
+    return (after - before) / max(count, 1) * 1e6, count, 0
 
 
 def idle_memory(kind: str, files: dict[str, str], count: int, base: int) -> float:
@@ -535,7 +599,7 @@ def orchestrate(args: argparse.Namespace) -> None:
     # the best round is reported: other load on the machine only ever makes
     # a figure worse, so the best is the least disturbed.
     samples: dict[str, dict[str, list[Any]]] = {k: {} for k in [*kinds, "s_server"]}
-    tls_kinds = [k for k in kinds if k != "plain"] + ["s_server"]
+    handshake_kinds = [*kinds, "s_server"]
     with tempfile.TemporaryDirectory(prefix="txschannel-bench-") as folder:
         files = make_certificates(folder, args.key_type)
 
@@ -559,10 +623,15 @@ def orchestrate(args: argparse.Namespace) -> None:
             for mode, version, name in (("-new", "-tls1_3", "full TLS1.3"),
                                         ("-new", "-tls1_2", "full TLS1.2"),
                                         ("-reuse", "-tls1_2", "resumed TLS1.2")):
-                for kind in tls_kinds:
+                for kind in handshake_kinds:
+                    if kind == "plain" and name != "full TLS1.3":
+                        continue  # no TLS: the same figure for every row
                     step(name, kind, handshakes, mode, version, s_time_seconds)
             for kind in kinds:
                 step("idle memory", kind, idle_memory, idle_count, 100)
+            aes = aes_gcm_mb_per_second()
+            print(f"  {'AES-128-GCM, 16 KiB':<24} {'(in this process)':<22} {aes!r}")
+            samples["plain"].setdefault("aes", []).append(aes)
 
     best: dict[str, dict[str, Any]] = {k: {} for k in samples}
     median: dict[str, dict[str, Any]] = {k: {} for k in samples}
@@ -571,7 +640,7 @@ def orchestrate(args: argparse.Namespace) -> None:
             # Throughput: higher is better; CPU (microseconds, count,
             # resumed) and memory: lower is better.
             ordered = sorted(values, key=lambda v: v[0] if isinstance(v, tuple) else v)
-            if name.startswith("bulk"):
+            if name.startswith("bulk") or name == "aes":
                 ordered.reverse()
             best[kind][name] = ordered[0]
             median[kind][name] = ordered[(len(ordered) - 1) // 2]
@@ -602,6 +671,8 @@ def print_table(results: dict[str, dict[str, Any]], kinds: list[str], idle_count
 
     def cpu(kind: str, name: str) -> float | None:
         value = cell(kind, name)
+        if value is None and kind == "plain" and "TLS" in name:
+            value = cell(kind, "full TLS1.3")  # measured once: there is no TLS
         if value is None:
             return None
         microseconds, count, resumed = value
@@ -624,7 +695,7 @@ def print_table(results: dict[str, dict[str, Any]], kinds: list[str], idle_count
     print()
     print(f"{title}; key: {key_type}; loopback; server and client in separate processes")
     header = f"{'':<{width}}" + "".join(f"{LABELS[k]:>22}" for k in columns)
-    header += f"{'vs Twisted':>12}{'vs plain':>10}{'vs s_server':>13}"
+    header += f"{'vs Twisted':>12}{'vs plain':>10}{'vs s_server':>13}{'TLS part':>10}"
     print(header)
     for name, values, better in rows:
         line = f"{name:<{width}}" + "".join(f"{fmt(values.get(k)):>22}" for k in columns)
@@ -633,10 +704,21 @@ def print_table(results: dict[str, dict[str, Any]], kinds: list[str], idle_count
         line += f"{ratio(ours, values.get('plain'), better) if better == 'up' else '-':>10}"
         s_server = ratio(ours, values.get("s_server"), better) if "handshake" in name else "-"
         line += f"{s_server:>13}"
+        floor = values.get("plain")
+        tls_part = "-"
+        if "handshake" in name and ours is not None and floor is not None and ours > floor:
+            tls_part = ratio(ours - floor, values.get("s_server"), better)
+        line += f"{tls_part:>10}"
         print(line)
     print()
     print("ratios: higher is better for txschannel (throughput ours/theirs, CPU and")
     print("memory theirs/ours); '-' = not applicable or not measured.")
+    print("handshake rows, plaintext TCP column: a Twisted server's CPU per connection")
+    print("with no TLS (accept, one read, close), the floor under any Twisted transport;")
+    print("'TLS part' = s_server / (txschannel - that floor).")
+    aes = results.get("plain", {}).get("aes")
+    if aes is not None:
+        print(f"AES-128-GCM alone, 16 KiB records, one core, same OpenSSL: {aes:,.0f} MB/s")
     print("resumed row: what a client asking to resume costs. Twisted's server has")
     print("resumption off, so for it that is a full handshake (see the counts below).")
     for kind in [*kinds, "s_server"]:
@@ -646,9 +728,11 @@ def print_table(results: dict[str, dict[str, Any]], kinds: list[str], idle_count
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in ("serve", "bulk", "idle"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("serve", "bulk", "idle", "connect"):
         role, kind, *rest = sys.argv[1:]
-        if role == "serve":
+        if role == "connect":
+            run_connect(int(rest[0]), float(rest[1]))
+        elif role == "serve":
             run_server(kind, rest[0], int(rest[1]))
         elif role == "bulk":
             run_bulk(kind, rest[0], int(rest[1]), int(rest[2]), int(rest[3]), float(rest[4]))
