@@ -391,6 +391,81 @@ class HandshakeTests(SynchronousTestCase):
         tls.abortConnection()
 
 
+class StreamTests(SynchronousTestCase):
+    """After the handshake the context keeps partial records itself: bytes
+    cut anywhere must come out whole, in order, with errors as if uncut."""
+
+    def established(self) -> tuple[Pair, list[bytes]]:
+        """A pair after its handshake, the client's writes captured, not delivered."""
+        pair = Pair()
+        pair.flush()
+        sent: list[bytes] = []
+        pair.client.transport.write = sent.append  # type: ignore[method-assign]
+        return pair, sent
+
+    def test_records_cut_anywhere_arrive_whole_and_in_order(self) -> None:
+        messages = [bytes([i]) * size for i, size in enumerate([1, 100, 20000, 70000, 3])]
+        for cut in [1, 2, 3, 4, 5, 6, 7, 13, 1000, 16389, 16390, 65536]:
+            pair, sent = self.established()
+            for message in messages:
+                pair.client.write(message)
+                pair.client._flush()
+            stream = b"".join(sent)
+            for start in range(0, len(stream), cut):
+                pair.server.dataReceived(stream[start : start + cut])
+            self.assertEqual(
+                pair.server_app.received, b"".join(messages), f"pieces of {cut}"  # type: ignore[attr-defined]
+            )
+            self.assertEqual(pair.server.bytesReceived, sum(map(len, messages)))
+
+    def test_a_record_held_back_while_paused_arrives_after_resume(self) -> None:
+        pair, sent = self.established()
+        pair.client.write(b"first")
+        pair.client._flush()
+        pair.client.write(b"second")
+        pair.client._flush()
+        stream = b"".join(sent)
+        pair.server.dataReceived(stream[:7])  # part of the first record
+        pair.server.pauseProducing()
+        pair.server.dataReceived(stream[7:])
+        self.assertEqual(pair.server_app.received, b"")  # type: ignore[attr-defined]
+        pair.server.resumeProducing()
+        self.assertEqual(pair.server_app.received, b"firstsecond")  # type: ignore[attr-defined]
+
+    def test_garbage_after_a_split_header_fails_as_illegal_message_with_an_alert(self) -> None:
+        pair, sent = self.established()
+        pair.client.write(b"hello")
+        pair.client._flush()
+        alerts: list[bytes] = []
+        pair.server.transport.write = alerts.append  # type: ignore[method-assign]
+        # The start of a header that is fine so far, then an absurd length.
+        pair.server.dataReceived(b"".join(sent) + b"\x17\x03")
+        self.assertEqual(pair.server_app.received, b"hello")  # type: ignore[attr-defined]
+        pair.server.dataReceived(b"\x03\xff\xff" + bytes(100))
+        pair.server.connectionLost(Failure(ConnectionDone()))
+        (reason,) = pair.server_app.lost  # type: ignore[attr-defined]
+        self.assertIsInstance(reason.value, SecurityError)
+        self.assertEqual(reason.value.status, Status.ILLEGAL_MESSAGE)
+        self.assertIn("record length 65535 exceeds", reason.value.reason)
+        # OpenSSL's own alert, encrypted: one whole application-data record.
+        alert = b"".join(alerts)
+        self.assertGreater(len(alert), 0)
+        self.assertEqual(alert[0], ContentType.APPLICATION_DATA)
+        self.assertEqual(frame(alert).complete, len(alert))
+
+    def test_bytes_after_close_notify_in_the_same_piece_are_dropped(self) -> None:
+        pair, sent = self.established()
+        pair.client.write(b"last words")
+        pair.client.loseConnection()
+        stream = b"".join(sent)
+        pair.server.dataReceived(stream + b"\x99junk that is not TLS")
+        pair.server.dataReceived(b"more junk")
+        self.assertEqual(pair.server_app.received, b"last words")  # type: ignore[attr-defined]
+        pair.server.connectionLost(Failure(ConnectionDone()))
+        (reason,) = pair.server_app.lost  # type: ignore[attr-defined]
+        self.assertIsInstance(reason.value, ConnectionDone)
+
+
 class ALPNTests(SynchronousTestCase):
     """ALPN from IProtocolNegotiationFactory, per connection."""
 

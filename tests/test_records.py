@@ -13,6 +13,7 @@ from txschannel.records import (
     ContentType,
     Framing,
     FramingError,
+    RecordScanner,
     frame,
 )
 
@@ -109,3 +110,91 @@ class FrameTests(SynchronousTestCase):
             following = records[len(ends)]
             expected = HEADER_SIZE - tail if tail < HEADER_SIZE else len(following) - tail
             self.assertEqual(framing.missing, expected)
+
+
+def pieces_of(stream: bytes, cuts: list[int]) -> list[bytes]:
+    """*stream* cut at the (sorted, deduplicated) offsets in *cuts*."""
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    return [stream[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+class RecordScannerTests(SynchronousTestCase):
+    """RecordScanner must agree with frame() on the joined stream, however cut."""
+
+    def test_a_record_in_three_pieces_ends_in_the_last(self) -> None:
+        scanner = RecordScanner()
+        whole = record(body=b"hello world")
+        self.assertEqual(scanner.feed(whole[:3]), 0)  # a split header
+        self.assertEqual(scanner.feed(whole[3:9]), 0)
+        self.assertEqual(scanner.feed(whole[9:] + whole), 2)
+
+    def test_a_piece_inside_one_record_ends_nothing(self) -> None:
+        scanner = RecordScanner()
+        header = bytes([23, 3, 3]) + (1000).to_bytes(2, "big")
+        self.assertEqual(scanner.feed(header + bytes(10)), 0)
+        self.assertEqual(scanner.feed(bytes(500)), 0)
+        self.assertEqual(scanner.feed(bytes(490)), 1)
+
+    def test_a_bad_header_split_across_pieces_has_a_negative_offset(self) -> None:
+        scanner = RecordScanner()
+        good = record(body=b"ok")
+        self.assertEqual(scanner.feed(good + b"\x17\x03"), 1)
+        error = self.assertRaises(FramingError, scanner.feed, b"\x03\xff\xffx")
+        self.assertEqual(error.offset, -2)
+        self.assertEqual(error.whole, 0)
+        self.assertIn("record length 65535 exceeds", error.reason)
+
+    def test_records_before_a_bad_header_in_the_same_piece_are_counted(self) -> None:
+        scanner = RecordScanner()
+        good = record(body=b"ok")
+        self.assertEqual(scanner.feed(good[:4]), 0)
+        error = self.assertRaises(FramingError, scanner.feed, good[4:] + good + b"GET /")
+        self.assertEqual(error.whole, 2)
+        self.assertEqual(error.offset, len(good) - 4 + len(good))
+        self.assertIn("content type 71", error.reason)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        bodies=st.lists(st.tuples(st.sampled_from([20, 21, 22, 23]),
+                                  st.binary(max_size=300)), max_size=8),
+        cuts=st.lists(st.integers(min_value=0), max_size=12),
+    )
+    def test_any_cutting_counts_the_records_frame_finds(
+        self, bodies: list[tuple[int, bytes]], cuts: list[int]
+    ) -> None:
+        stream = b"".join(record(t, b) for t, b in bodies)
+        scanner = RecordScanner()
+        seen = b""
+        total = 0
+        for piece in pieces_of(stream, cuts):
+            total += scanner.feed(piece)
+            seen += piece
+            self.assertEqual(total, len(frame(seen).ends))
+        self.assertEqual(total, len(bodies))
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        bodies=st.lists(st.binary(max_size=100), max_size=5),
+        garbage=st.sampled_from([b"\x99", b"\x17\x02", b"\x17\x03\x03\xff\xff", b"GET / HTTP/1.1"]),
+        cuts=st.lists(st.integers(min_value=0), max_size=10),
+    )
+    def test_any_cutting_refuses_where_frame_refuses(
+        self, bodies: list[bytes], garbage: bytes, cuts: list[int]
+    ) -> None:
+        stream = b"".join(record(body=b) for b in bodies) + garbage
+        expected = self.assertRaises(FramingError, frame, stream)
+        scanner = RecordScanner()
+        start = 0
+        total = 0
+        for piece in pieces_of(stream, cuts):
+            try:
+                total += scanner.feed(piece)
+            except FramingError as e:
+                self.assertEqual(start + e.offset, expected.offset)
+                self.assertEqual(total + e.whole, expected.whole)
+                # The same reason, except that the sample of the bad bytes it
+                # quotes stops where the piece does.
+                self.assertEqual(e.reason.split(" (first")[0], expected.reason.split(" (first")[0])
+                return
+            start += len(piece)
+        self.fail("the scanner accepted what frame() refused")

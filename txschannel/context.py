@@ -37,7 +37,15 @@ from txschannel.credentials import (
     verify_error_status,
     verify_error_text,
 )
-from txschannel.records import HEADER_SIZE, MAX_PLAINTEXT, Framing, FramingError, frame
+from txschannel.records import (
+    HEADER_SIZE,
+    MAX_PLAINTEXT,
+    MAX_RECORD_PAYLOAD,
+    Framing,
+    FramingError,
+    RecordScanner,
+    frame,
+)
 from txschannel.status import SecurityError, Status
 
 __all__ = [
@@ -213,6 +221,7 @@ class SecurityContext:
         self._started = False
         self._closed_by_peer = False
         self._closed_by_us = False
+        self._scanner: RecordScanner | None = None
         self._twisted_failure: str | None = None
         self._connection: SSL.Connection | None
         self._verification = Verification(target_name, credentials.manual_validation)
@@ -546,6 +555,81 @@ class SecurityContext:
             missing = framing.missing
         return Unwrapped(status, plaintext, bytes(view[consumed:]), missing, token)
 
+    def _feed(self, data: bytes) -> tuple[bytes, bytes, bool]:
+        """decrypt() for a transport that owns the stream: (plaintext, token, closed).
+
+        Every byte goes to OpenSSL as it arrives, a partial record included,
+        instead of coming back as ``extra`` to be joined to the next bytes
+        (a copy of all of them, every time); a :class:`RecordScanner` counts
+        the records that end in each piece. *closed*: the peer's
+        close_notify came (what followed it is dropped). Statuses, alerts
+        and post-handshake messages are handled as decrypt() handles them.
+        A context fed this way must not be given to decrypt() afterwards:
+        OpenSSL holds the partial record that decrypt() expects back.
+
+        :raises SecurityError: as decrypt() raises it.
+        """
+        connection = self._established_connection("decrypt")
+        if self._closed_by_peer:
+            return b"", b"", True
+        scanner = self._scanner
+        if scanner is None:
+            scanner = self._scanner = RecordScanner()
+        bad: FramingError | None = None
+        try:
+            count = scanner.feed(data)
+        except FramingError as e:
+            bad = e.with_traceback(None)
+            count = e.whole
+        # Up to a bad header only: OpenSSL must not judge it while reading
+        # the whole records before it (see _judge_garbage).
+        size = len(data) if bad is None else max(bad.offset, 0)
+        if size and _lib.BIO_write(connection._into_ssl, _ffi.from_buffer(data), size) != size:
+            raise self._fail(Status.INTERNAL_ERROR, "BIO_write was short", b"")
+        if not count and bad is None:
+            return b"", b"", False
+        plaintext = b""
+        unread: int | None = None
+        reads = count
+        if count:
+            failure: SecurityError | None = None
+            # The records ending here hold at most these bytes and one record
+            # begun earlier; their plaintext is shorter still.
+            limit = min(count * MAX_PLAINTEXT, size + HEADER_SIZE + MAX_RECORD_PAYLOAD)
+            try:
+                plaintext, unread, reads = _read_available(connection, count, limit)
+            except SSL.Error as e:
+                failure = self._fail_openssl(e)
+            if failure is not None:
+                raise failure
+        if unread is not None:
+            self._closed_by_peer = True
+            return plaintext, self._drain(connection), True
+        if bad is not None:
+            garbage = memoryview(data)[max(bad.offset, 0) :]
+            raise self._fail(bad.status, bad.reason, self._judge_garbage(connection, garbage, bad))
+        if reads < count:
+            _flush_key_update(connection)
+            self._after_handshake_message(connection)
+            return plaintext, self._drain(connection), False
+        return plaintext, b"", False
+
+    def _judge_garbage(
+        self, connection: SSL.Connection, garbage: memoryview, bad: FramingError
+    ) -> bytes:
+        """_alert_for_garbage() for _feed(): the bad header's first bytes
+        (``-bad.offset`` of them) may be in OpenSSL's input already."""
+        data = bytes(garbage)
+        held = -bad.offset if bad.offset < 0 else 0
+        if held + len(data) < HEADER_SIZE:
+            data += bytes(HEADER_SIZE - held - len(data))
+        try:
+            connection.bio_write(data)
+            connection.recv(_RECV_SIZE)
+        except SSL.Error:
+            pass
+        return self._drain(connection)
+
     def _after_handshake_message(self, connection: SSL.Connection) -> None:
         pass
 
@@ -847,16 +931,24 @@ def _read_records(
 
     :raises SSL.Error: as pyOpenSSL raises it, for the context to map.
     """
-    ssl = connection._ssl
     if _lib.BIO_write(connection._into_ssl, _ffi.from_buffer(buffer), size) != size:
         raise SSL.Error([("txschannel", "", "internal error: BIO_write was short")])
-    target = _new_buffer("char[]", size)
+    return _read_available(connection, count, size)
+
+
+def _read_available(
+    connection: SSL.Connection, count: int, limit: int
+) -> tuple[bytes, int | None, int]:
+    """SSL_read the *count* whole records waiting in OpenSSL's input, whose
+    plaintext is at most *limit* bytes (see _read_records for the result)."""
+    ssl = connection._ssl
+    target = _new_buffer("char[]", limit)
     produced = reads = 0
     unread: int | None = None
     # Each successful SSL_read returns one record's data; when every record
     # has given data there is nothing left to ask OpenSSL about.
     while reads < count:
-        result = _lib.SSL_read(ssl, target + produced, size - produced)
+        result = _lib.SSL_read(ssl, target + produced, limit - produced)
         if result > 0:
             produced += result
             reads += 1
@@ -865,7 +957,7 @@ def _read_records(
         if error == _lib.SSL_ERROR_WANT_READ:
             break
         if error == _lib.SSL_ERROR_ZERO_RETURN:
-            unread = len(_read_bio(connection._into_ssl, size))
+            unread = len(_read_bio(connection._into_ssl, limit))
             break
         connection._raise_ssl_error(ssl, result)
         raise SSL.Error([("txschannel", "", f"SSL_read failed with error {error}")])

@@ -516,11 +516,13 @@ class SchannelProtocol(ProtocolWrapper):
 
     bytesReceived = 0
     bytesSent = 0
-    #: The one receive buffer: a partial record (or, while the wrapped
-    #: protocol has paused us, whole records not yet decrypted).
+    #: Bytes not given to the context yet: during the handshake, a partial
+    #: record; after it, what arrived while the wrapped protocol had paused
+    #: us. (Once established, the context keeps partial records itself.)
     _received = b""
-    #: len(_received) at which the context can make progress again; calling
-    #: it with less would only hand back the same partial record.
+    #: During the handshake, len(_received) at which the context can make
+    #: progress again; calling it with less would only hand back the same
+    #: partial record.
     _needed = 0
     #: Bytes the peer sent while the handshake was in progress.
     _handshake_bytes = 0
@@ -602,25 +604,32 @@ class SchannelProtocol(ProtocolWrapper):
     # -- receiving --------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        """Bytes from the transport: into the receive buffer, then the context."""
-        if self._failed or self._aborted or self._lost:
+        """Bytes from the transport: through the handshake, then decrypted and delivered."""
+        if self._failed or self._aborted or self._lost or self._peer_closed:
+            # (After the peer's close_notify nothing more is its stream.)
+            return
+        if self._established:
+            if self._received or self._read_paused:
+                self._received += data
+                self._unwrap()
+            else:
+                # The usual case: straight to the context, no buffering here.
+                self._deliver(data)
             return
         buffer = self._received + data if self._received else data
-        if not self._established:
-            self._handshake_bytes += len(data)
-            if len(buffer) >= self._needed:
-                self._received = b""
-                remaining = self._handshake_step(buffer)
-                if remaining is None:
-                    return
-                buffer = remaining
-            if not self._established:
-                self._received = buffer
-                limit = self.factory.max_pre_handshake_buffer
-                if self._handshake_bytes > limit:
-                    self._handshake_overflow(limit)
+        self._handshake_bytes += len(data)
+        if len(buffer) >= self._needed:
+            self._received = b""
+            remaining = self._handshake_step(buffer)
+            if remaining is None:
                 return
+            buffer = remaining
         self._received = buffer
+        if not self._established:
+            limit = self.factory.max_pre_handshake_buffer
+            if self._handshake_bytes > limit:
+                self._handshake_overflow(limit)
+            return
         self._unwrap()
 
     def _handshake_step(self, data: bytes) -> bytes | None:
@@ -648,16 +657,14 @@ class SchannelProtocol(ProtocolWrapper):
         return step.extra
 
     def _unwrap(self, final: bool = False) -> None:
-        """Decrypt the whole records in the receive buffer, deliver the plaintext.
+        """Decrypt and deliver the bytes held back while the wrapped protocol
+        had paused us (or left after the handshake's last record).
 
-        ``decrypt`` consumes every whole record at once, so one call is all
-        there is to do; what stays in the buffer is a partial record (or
-        everything, while the wrapped protocol has paused us). *final*: the
-        transport is gone, deliver what there is regardless of the pause.
+        *final*: the transport is gone, deliver what there is regardless of
+        the pause.
         """
         if (
             not self._received
-            or len(self._received) < self._needed
             or (self._read_paused and not final)
             or self._failed
             or self._aborted
@@ -665,20 +672,26 @@ class SchannelProtocol(ProtocolWrapper):
             or (self._lost and not final)
         ):
             return
+        data, self._received = self._received, b""
+        self._deliver(data, final)
+
+    def _deliver(self, data: bytes, final: bool = False) -> None:
+        """Give *data* to the context; deliver the plaintext of every record it completes.
+
+        The context keeps a partial record itself (see ``_feed``), so nothing
+        stays here.
+        """
         try:
-            unwrapped = self.securityContext.decrypt(self._received)
+            plaintext, token, closed = self.securityContext._feed(data)
         except SecurityError as e:
-            self._received = b""
             self._security_failed(e, "connection")
             return
-        self._received = unwrapped.extra
-        self._needed = len(unwrapped.extra) + unwrapped.missing
-        if unwrapped.token:
-            self.transport.write(unwrapped.token)
-        if unwrapped.data:
-            self.bytesReceived += len(unwrapped.data)
-            _Wrapper.dataReceived(self, unwrapped.data)
-        if unwrapped.status is Status.CONTEXT_EXPIRED:
+        if token:
+            self.transport.write(token)
+        if plaintext:
+            self.bytesReceived += len(plaintext)
+            _Wrapper.dataReceived(self, plaintext)
+        if closed:
             # Whatever follows the peer's close_notify is not part of the stream.
             self._received = b""
             if not final:

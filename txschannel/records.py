@@ -19,6 +19,7 @@ __all__ = [
     "Framing",
     "FramingError",
     "ContentType",
+    "RecordScanner",
     "frame",
 ]
 
@@ -52,6 +53,9 @@ class FramingError(SecurityError):
     def __init__(self, reason: str, offset: int) -> None:
         super().__init__(Status.ILLEGAL_MESSAGE, reason)
         self.offset = offset
+        #: How many whole records came before the bad header (in the
+        #: piece given to :meth:`RecordScanner.feed`).
+        self.whole = 0
 
 
 class Framing(NamedTuple):
@@ -82,6 +86,16 @@ def frame(buffer: bytes | bytearray | memoryview) -> Framing:
         after a bad header is looked at.
     """
     ends: list[int] = []
+    try:
+        missing = _scan(buffer, ends)
+    except FramingError as e:
+        e.whole = len(ends)
+        raise
+    return Framing(ends, missing)
+
+
+def _scan(buffer: bytes | bytearray | memoryview, ends: list[int]) -> int:
+    """frame()'s loop: append each record's end to *ends*; return ``missing``."""
     size = len(buffer)
     offset = 0
     while size - offset >= HEADER_SIZE:
@@ -106,7 +120,7 @@ def frame(buffer: bytes | bytearray | memoryview) -> Framing:
             )
         end = offset + HEADER_SIZE + length
         if end > size:
-            return Framing(ends, end - size)
+            return end - size
         ends.append(end)
         offset = end
     if offset < size:
@@ -123,5 +137,72 @@ def frame(buffer: bytes | bytearray | memoryview) -> Framing:
                 f"not a TLS record: protocol version {buffer[offset + 1]}",
                 offset,
             )
-        return Framing(ends, HEADER_SIZE - (size - offset))
-    return Framing(ends, 0)
+        return HEADER_SIZE - (size - offset)
+    return 0
+
+
+class RecordScanner:
+    """:func:`frame` for a stream that arrives in pieces.
+
+    A transport hands every piece to OpenSSL as it comes, partial record
+    and all, instead of keeping the partial record back and joining it to
+    the next piece (a copy of the whole piece, each time). This tells it how
+    many records end in each piece; it keeps only the position inside the
+    record in progress, and at most four bytes of a split header.
+    """
+
+    __slots__ = ("_owed", "_head")
+
+    def __init__(self) -> None:
+        #: Bytes of the record in progress not seen yet (0 at a boundary).
+        self._owed = 0
+        #: The start of a header split across pieces (0 to 4 bytes).
+        self._head = b""
+
+    def feed(self, piece: bytes | bytearray | memoryview) -> int:
+        """How many records end in *piece* (the next bytes of the stream).
+
+        :raises FramingError: as :func:`frame` does. Its ``offset`` is where
+            the bad header starts in *piece*, negative when the header began
+            in an earlier piece; ``whole`` counts the records that ended in
+            *piece* before it. The scanner is of no further use.
+        """
+        size = len(piece)
+        count = 0
+        offset = self._owed
+        if self._head:
+            head = self._head
+            joined = head + bytes(piece[: HEADER_SIZE - len(head)])
+            try:
+                frame(joined)
+            except FramingError as e:
+                e.offset -= len(head)
+                raise
+            if len(joined) < HEADER_SIZE:
+                self._head = joined
+                return 0
+            self._head = b""
+            offset = HEADER_SIZE - len(head) + ((joined[3] << 8) | joined[4])
+        elif not offset:
+            offset = -1  # at a boundary: no record in progress to finish
+        if offset > size:
+            self._owed = offset - size
+            return 0
+        if offset >= 0:
+            count = 1  # the record in progress ends in this piece
+        else:
+            offset = 0
+        self._owed = 0
+        try:
+            framing = frame(memoryview(piece)[offset:])
+        except FramingError as e:
+            e.offset += offset
+            e.whole += count
+            raise
+        count += len(framing.ends)
+        tail = size - offset - framing.complete
+        if tail >= HEADER_SIZE:
+            self._owed = framing.missing
+        elif tail:
+            self._head = bytes(piece[size - tail :])
+        return count
