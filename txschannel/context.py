@@ -521,15 +521,7 @@ class SecurityContext:
         plaintext = b""
         consumed = complete
         if complete:
-            failure: SecurityError | None = None
-            try:
-                plaintext, unread, reads = _read_records(
-                    connection, view, complete, len(framing.ends)
-                )
-            except SSL.Error as e:
-                failure = self._fail_openssl(e)
-            if failure is not None:
-                raise failure
+            plaintext, unread, reads = self._read(connection, len(framing.ends), complete, view)
             if unread is not None:
                 # close_notify: the records after it were not read.
                 self._closed_by_peer = True
@@ -592,16 +584,10 @@ class SecurityContext:
         unread: int | None = None
         reads = count
         if count:
-            failure: SecurityError | None = None
             # The records ending here hold at most these bytes and one record
             # begun earlier; their plaintext is shorter still.
             limit = min(count * MAX_PLAINTEXT, size + HEADER_SIZE + MAX_RECORD_PAYLOAD)
-            try:
-                plaintext, unread, reads = _read_available(connection, count, limit)
-            except SSL.Error as e:
-                failure = self._fail_openssl(e)
-            if failure is not None:
-                raise failure
+            plaintext, unread, reads = self._read(connection, count, limit)
         if unread is not None:
             self._closed_by_peer = True
             return plaintext, self._drain(connection), True
@@ -613,6 +599,28 @@ class SecurityContext:
             self._after_handshake_message(connection)
             return plaintext, self._drain(connection), False
         return plaintext, b"", False
+
+    def _read(
+        self,
+        connection: SSL.Connection,
+        count: int,
+        limit: int,
+        records: memoryview | None = None,
+    ) -> tuple[bytes, int | None, int]:
+        """Decrypt *count* whole records, given here as the first *limit*
+        bytes of *records* or already in OpenSSL's input (see _read_records).
+
+        :raises SecurityError: what OpenSSL's error maps to.
+        """
+        # Raised outside the except block (see _frame).
+        error: SecurityError
+        try:
+            if records is not None:
+                return _read_records(connection, records, limit, count)
+            return _read_available(connection, count, limit)
+        except SSL.Error as e:
+            error = self._fail_openssl(e)
+        raise error
 
     def _judge_garbage(
         self, connection: SSL.Connection, garbage: memoryview, bad: FramingError
