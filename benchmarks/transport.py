@@ -14,15 +14,18 @@ loopback (127.0.0.1). The rows:
 * server CPU per handshake: ``openssl s_time`` connects again and again
   (full TLS 1.3, full TLS 1.2, resumed TLS 1.2: s_time cannot resume
   TLS 1.3) and the server process's user+system CPU time (from
-  ``/proc/<pid>/stat``) is divided by the number of connections. ``openssl
-  s_server`` on the same certificate is the reference.
+  ``/proc/<pid>/stat``) is divided by the number of connections. The
+  servers of a row run together and s_time visits them in turn, a second
+  each. ``openssl s_server`` on the same certificate is the reference, and
+  a plaintext Twisted server's cost per connection is the floor.
 * memory per idle connection: the server's resident set size (VmRSS) with
   2,100 established, idle connections minus that with 100, divided by 2,000.
 
 Each measurement is repeated (``--rounds``, default 3) with the kinds taking
-turns, and the best round is reported, since other load on the machine only
-makes figures worse. Not a test: nothing here asserts. Bounded: every phase has a byte and a
-time limit and every process a timeout.
+turns, and the median and the best round are reported, since other load on
+the machine only makes figures worse. Not a test: nothing here asserts.
+Bounded: every phase has a byte and a time limit and every process a
+timeout.
 """
 
 from __future__ import annotations
@@ -488,50 +491,67 @@ def bulk(kind: str, files: dict[str, str], size: int, total: int, seconds: float
     return float(report["bytes"]) / report["seconds"] / 1e6
 
 
-def handshakes(kind: str, files: dict[str, str], mode: str, version: str,
-               seconds: int) -> tuple[float, int, int]:
-    """Server CPU microseconds per connection from ``openssl s_time``; also the
-    connection count and how many of them were resumed. For plaintext TCP,
-    the same figure for connections without TLS (see run_connect)."""
+def handshakes(kinds: list[str], files: dict[str, str], mode: str, version: str,
+               seconds: int, turns: int = 3) -> dict[str, tuple[float, int, int]]:
+    """Server CPU microseconds per connection from ``openssl s_time``, for each
+    of *kinds*; also the connection count and how many were resumed. For
+    plaintext TCP, the same figure for connections without TLS (see
+    run_connect).
+
+    All the servers run at once and the client visits them in *turns* slices
+    of *seconds* / *turns* each, round robin: a slow spell on a shared
+    machine (they last seconds) then falls on every kind alike instead of
+    on whichever happened to be measured during it.
+    """
+    servers = {kind: Server(kind, files["server"]) for kind in kinds}
+    totals = {kind: [0.0, 0, 0] for kind in kinds}
+    share = max(1.0, seconds / turns)
+    try:
+        for kind, server in servers.items():
+            # Connections first, so that lazy imports and first-use setup in
+            # the server are not charged to the measured handshakes.
+            visit(kind, server, "-new", version, 1)
+        for _ in range(turns):
+            for kind, server in servers.items():
+                before = cpu_seconds(server.process.pid)
+                count, resumed = visit(kind, server, mode, version, share)
+                after = cpu_seconds(server.process.pid)
+                totals[kind][0] += after - before
+                totals[kind][1] += count
+                totals[kind][2] += resumed
+    finally:
+        for server in servers.values():
+            server.stop()
+    return {
+        kind: (cpu / max(count, 1) * 1e6, int(count), int(resumed))
+        for kind, (cpu, count, resumed) in totals.items()
+    }
+
+
+def visit(kind: str, server: Server, mode: str, version: str, seconds: float
+          ) -> tuple[int, int]:
+    """Connect to *server* again and again for *seconds*: (connections, resumed)."""
     if kind == "plain":
-        return plain_connections(files, seconds)
-    with Server(kind, files["server"]) as server:
-        # One connection first, so that lazy imports and first-use setup in
-        # the server are not charged to the measured handshakes.
-        subprocess.run(["openssl", "s_time", "-connect", f"{HOST}:{server.port}", "-new",
-                        "-time", "1", version], capture_output=True, timeout=30)
-        before = cpu_seconds(server.process.pid)
-        result = subprocess.run(
-            ["openssl", "s_time", "-connect", f"{HOST}:{server.port}", mode,
-             "-time", str(seconds), version],
-            capture_output=True, text=True, timeout=seconds + 60,
-        )
-        after = cpu_seconds(server.process.pid)
+        client = child("connect", "plain", str(server.port), str(seconds))
+        out, err = client.communicate(timeout=seconds + 60)
+        if '"connections"' not in out:
+            raise RuntimeError(f"plaintext connection loop failed: {out} {err}")
+        return int(json.loads(out.strip().splitlines()[-1])["connections"]), 0
+    result = subprocess.run(
+        ["openssl", "s_time", "-connect", f"{HOST}:{server.port}", mode,
+         "-time", str(max(1, round(seconds))), version],
+        capture_output=True, text=True, timeout=seconds + 60,
+    )
     match = re.search(r"(\d+) connections in [\d.]+ real seconds", result.stdout)
     if match is None:
         raise RuntimeError(f"s_time against {kind}: {result.stdout[-500:]} {result.stderr}")
-    count = int(match.group(1))
     # s_time prints one progress mark per connection: 'r' when it was resumed.
     resumed = sum(
         line.count("r")
         for line in result.stdout.splitlines()
         if line and set(line) <= {"r", "*"}
     )
-    return (after - before) / max(count, 1) * 1e6, count, resumed
-
-
-def plain_connections(files: dict[str, str], seconds: int) -> tuple[float, int, int]:
-    with Server("plain", files["server"]) as server:
-        warm = child("connect", "plain", str(server.port), "0.2")
-        warm.communicate(timeout=30)
-        before = cpu_seconds(server.process.pid)
-        client = child("connect", "plain", str(server.port), str(seconds))
-        out, err = client.communicate(timeout=seconds + 60)
-        after = cpu_seconds(server.process.pid)
-    if '"connections"' not in out:
-        raise RuntimeError(f"plaintext connection loop failed: {out} {err}")
-    count = int(json.loads(out.strip().splitlines()[-1])["connections"])
-    return (after - before) / max(count, 1) * 1e6, count, 0
+    return int(match.group(1)), resumed
 
 
 def idle_memory(kind: str, files: dict[str, str], count: int, base: int) -> float:
@@ -623,10 +643,18 @@ def orchestrate(args: argparse.Namespace) -> None:
             for mode, version, name in (("-new", "-tls1_3", "full TLS1.3"),
                                         ("-new", "-tls1_2", "full TLS1.2"),
                                         ("-reuse", "-tls1_2", "resumed TLS1.2")):
-                for kind in handshake_kinds:
-                    if kind == "plain" and name != "full TLS1.3":
-                        continue  # no TLS: the same figure for every row
-                    step(name, kind, handshakes, mode, version, s_time_seconds)
+                # No TLS in plaintext: one row measures its floor for all.
+                visited = [k for k in handshake_kinds if k != "plain" or name == "full TLS1.3"]
+                started = time.monotonic()
+                try:
+                    row = handshakes(visited, files, mode, version, s_time_seconds)
+                except Exception as e:  # one broken row must not hide the others
+                    print(f"  {name:<24} FAILED: {e}")
+                    continue
+                for kind, value in row.items():
+                    print(f"  {name:<24} {LABELS[kind]:<22} {value!r}")
+                    samples[kind].setdefault(name, []).append(value)
+                print(f"  ({time.monotonic() - started:.0f}s for the row, kinds taking turns)")
             for kind in kinds:
                 step("idle memory", kind, idle_memory, idle_count, 100)
             aes = aes_gcm_mb_per_second()
