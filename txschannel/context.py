@@ -347,18 +347,20 @@ class SecurityContext:
         # keeps the error would otherwise keep this context's memory alive.
         raise error
 
-    def _alert_for_garbage(self, garbage: memoryview) -> bytes:
+    def _alert_for_garbage(self, garbage: memoryview, held: int = 0) -> bytes:
         """Let OpenSSL judge bytes that are not TLS, so that its alert (if any,
         and encrypted if keys exist) is what the peer gets.
 
         Only the bad record on is shown to OpenSSL: the whole records before
         it must not be decrypted here, where their plaintext would be lost.
-        A header shorter than 5 bytes is padded so that OpenSSL judges it now.
+        *held*: how many of the bad header's first bytes OpenSSL has already
+        (``_feed`` gives it every byte as it comes). A header shorter than 5
+        bytes is padded so that OpenSSL judges it now.
         """
         connection = self._alive()
         data = bytes(garbage)
-        if len(data) < HEADER_SIZE:
-            data += bytes(HEADER_SIZE - len(data))
+        if held + len(data) < HEADER_SIZE:
+            data += bytes(HEADER_SIZE - held - len(data))
         try:
             connection.bio_write(data)
             if self._state is _State.ESTABLISHED:
@@ -574,7 +576,7 @@ class SecurityContext:
             bad = e.with_traceback(None)
             count = e.whole
         # Up to a bad header only: OpenSSL must not judge it while reading
-        # the whole records before it (see _judge_garbage).
+        # the whole records before it (see _alert_for_garbage).
         size = len(data) if bad is None else max(bad.offset, 0)
         if size and _lib.BIO_write(connection._into_ssl, _ffi.from_buffer(data), size) != size:
             raise self._fail(Status.INTERNAL_ERROR, "BIO_write was short", b"")
@@ -593,7 +595,8 @@ class SecurityContext:
             return plaintext, self._drain(connection), True
         if bad is not None:
             garbage = memoryview(data)[max(bad.offset, 0) :]
-            raise self._fail(bad.status, bad.reason, self._judge_garbage(connection, garbage, bad))
+            alert = self._alert_for_garbage(garbage, held=max(-bad.offset, 0))
+            raise self._fail(bad.status, bad.reason, alert)
         if reads < count:
             _flush_key_update(connection)
             self._after_handshake_message(connection)
@@ -621,22 +624,6 @@ class SecurityContext:
         except SSL.Error as e:
             error = self._fail_openssl(e)
         raise error
-
-    def _judge_garbage(
-        self, connection: SSL.Connection, garbage: memoryview, bad: FramingError
-    ) -> bytes:
-        """_alert_for_garbage() for _feed(): the bad header's first bytes
-        (``-bad.offset`` of them) may be in OpenSSL's input already."""
-        data = bytes(garbage)
-        held = -bad.offset if bad.offset < 0 else 0
-        if held + len(data) < HEADER_SIZE:
-            data += bytes(HEADER_SIZE - held - len(data))
-        try:
-            connection.bio_write(data)
-            connection.recv(_RECV_SIZE)
-        except SSL.Error:
-            pass
-        return self._drain(connection)
 
     def _after_handshake_message(self, connection: SSL.Connection) -> None:
         pass
