@@ -41,7 +41,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from transport import HOST, LABELS, free_port, make_certificates, wait_for_port  # noqa: E402
+from transport import (  # noqa: E402
+    HOST,
+    LABELS,
+    free_port,
+    make_certificates,
+    plain_connection,
+    wait_for_port,
+)
 
 KINDS = ("schannel", "twisted", "plain", "s_server")
 MODES = ("full TLS1.3", "full TLS1.2", "resumed TLS1.2")
@@ -127,11 +134,7 @@ def connect(port: int, ca: str, mode: str, count: int, session: ssl.SSLSession |
     how many resumed, and the last session."""
     if mode == "plain":
         for _ in range(count):
-            with socket.create_connection((HOST, port), timeout=60) as connection:
-                connection.sendall(b"x" * 300)
-                connection.shutdown(socket.SHUT_WR)
-                while connection.recv(4096):
-                    pass
+            plain_connection(port)
         return 0, None
     context = client_context(ca, mode)
     resumed = 0
