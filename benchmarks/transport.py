@@ -507,10 +507,13 @@ def handshakes(kinds: list[str], files: dict[str, str], mode: str, version: str,
     machine (they last seconds) then falls on every kind alike instead of
     on whichever happened to be measured during it.
     """
-    servers = {kind: Server(kind, files["server"]) for kind in kinds}
+    servers: dict[str, Server] = {}
     totals = {kind: [0.0, 0, 0] for kind in kinds}
     share = max(1.0, seconds / turns)
     try:
+        for kind in kinds:
+            # Inside the try: if one fails to start, those already running stop.
+            servers[kind] = Server(kind, files["server"])
         for kind, server in servers.items():
             # Connections first, so that lazy imports and first-use setup in
             # the server are not charged to the measured handshakes.
@@ -620,8 +623,8 @@ def orchestrate(args: argparse.Namespace) -> None:
     s_time_seconds = 2 if quick else 3
     idle_count = 500 if quick else 2000
     # Every measurement is taken once per round, the kinds taking turns, and
-    # the best round is reported: other load on the machine only ever makes
-    # a figure worse, so the best is the least disturbed.
+    # the median and the best round are reported: other load on the machine
+    # only ever makes a figure worse, so the best is the least disturbed.
     samples: dict[str, dict[str, list[Any]]] = {k: {} for k in [*kinds, "s_server"]}
     handshake_kinds = [*kinds, "s_server"]
     with tempfile.TemporaryDirectory(prefix="txschannel-bench-") as folder:
