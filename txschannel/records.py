@@ -168,8 +168,9 @@ class RecordScanner:
             *piece* before it. The scanner is of no further use.
         """
         size = len(piece)
-        count = 0
+        # Where the record in progress (if any) ends in this piece.
         offset = self._owed
+        in_progress = offset > 0
         if self._head:
             head = self._head
             joined = head + bytes(piece[: HEADER_SIZE - len(head)])
@@ -183,16 +184,12 @@ class RecordScanner:
                 return 0
             self._head = b""
             offset = HEADER_SIZE - len(head) + ((joined[3] << 8) | joined[4])
-        elif not offset:
-            offset = -1  # at a boundary: no record in progress to finish
+            in_progress = True
         if offset > size:
             self._owed = offset - size
             return 0
-        if offset >= 0:
-            count = 1  # the record in progress ends in this piece
-        else:
-            offset = 0
         self._owed = 0
+        count = 1 if in_progress else 0
         try:
             framing = frame(memoryview(piece)[offset:])
         except FramingError as e:
