@@ -35,7 +35,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol, ServerFa
 from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols._tls_legacy import LegacyContextFactoryWarning
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -43,16 +43,18 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from tests import hellos
 from txschannel import Credentials, SecurityError, Status
 from txschannel.protocol import (
     ConnectionTruncated,
     HandshakeBufferExceeded,
+    HandshakeMemoryExceeded,
     HandshakeTimeout,
     SchannelFactory,
     SchannelProtocol,
     startSchannel,
 )
-from txschannel.records import ContentType, frame
+from txschannel.records import MAX_CLIENT_HELLO, ContentType, frame
 
 CA = trustme.CA()
 SERVER = CA.issue_cert("localhost")
@@ -941,21 +943,148 @@ class LimitTests(SynchronousTestCase):
     def test_bytes_before_handshake_are_bounded(self) -> None:
         events, stop = log_events()
         self.addCleanup(stop)
-        pair, app = self.silent_client()
-        pair.client.transport.write(fragmented_client_hello(80000))
+        pair, app = self.silent_client(max_pre_handshake_buffer=20000)
+        pair.client.transport.write(hellos.claimed_client_hello(120000, 30000))
         pair.pump.flush(advanceClock=False)
         (reason,) = app.lost
         self.assertTrue(reason.check(HandshakeBufferExceeded), reason)
-        self.assertIn("65536", str(reason.value))
+        self.assertIn("the limit is 20000", str(reason.value))
         (event,) = events
         self.assertEqual(event["status"], "BUFFER_EXCEEDED")
         self.assertEqual(event["log_level"].name, "error")
 
-    def test_bytes_under_the_bound_are_fine(self) -> None:
-        pair, app = self.silent_client(max_pre_handshake_buffer=200000)
-        pair.client.transport.write(fragmented_client_hello(80000))
+    def test_the_largest_client_hello_openssl_takes_is_answered(self) -> None:
+        """131,396 bytes of body (OpenSSL's limit), in full records and in
+        1,000-byte records (larger on the wire than the default bound)."""
+        for fragment in (16384, 1000):
+            pair, app = self.silent_client()
+            received: list[bytes] = []
+            pair.client.dataReceived = received.append  # type: ignore[method-assign]
+            wire = hellos.client_hello(MAX_CLIENT_HELLO, fragment)
+            for start in range(0, len(wire), 4096):
+                pair.client.transport.write(wire[start : start + 4096])
+                pair.pump.flush(advanceClock=False)
+            self.assertEqual(app.lost, [], fragment)
+            answer = b"".join(received)
+            # A ServerHello (handshake type 2), not an alert.
+            self.assertEqual(answer[:1], b"\x16", (fragment, answer[:16]))
+            self.assertEqual(answer[5:6], b"\x02", (fragment, answer[:16]))
+
+    def test_a_hello_longer_than_openssl_takes_is_refused_at_once(self) -> None:
+        pair, app = self.silent_client()
+        received: list[bytes] = []
+        pair.client.dataReceived = received.append  # type: ignore[method-assign]
+        pair.client.transport.write(hellos.claimed_client_hello(MAX_CLIENT_HELLO + 1, 100))
+        pair.pump.flush(advanceClock=False)
+        (reason,) = app.lost
+        self.assertIsInstance(reason.value, SecurityError)
+        self.assertEqual(reason.value.status, Status.ILLEGAL_MESSAGE)
+        # A fatal alert in the clear (illegal_parameter or decode_error, as OpenSSL judges).
+        self.assertEqual(b"".join(received)[:1], b"\x15")
+
+    def test_a_stalled_hello_is_held_as_sent_not_as_claimed(self) -> None:
+        """The records of an unfinished ClientHello wait here, not in OpenSSL
+        (which would allocate the claimed 130,816 bytes at once)."""
+        pair, app = self.silent_client()
+        wire = hellos.claimed_client_hello(130816, 64000)
+        pair.client.transport.write(wire)
         pair.pump.flush(advanceClock=False)
         self.assertEqual(app.lost, [])
+        self.assertEqual(pair.server._received, wire)
+        self.assertEqual(pair.server.handshakeLadder, [])
+        self.assertEqual(pair.server.factory.handshake_memory_held, len(wire))
+
+
+class HandshakeMemoryTests(SynchronousTestCase):
+    """handshake_memory: a server-wide budget for the bytes of unfinished handshakes."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.apps: list[App] = []
+
+        def app() -> App:
+            self.apps.append(App())
+            return self.apps[-1]
+
+        self.factory = SchannelFactory(
+            server_credentials(), False, ServerFactory.forProtocol(app), self.clock,
+            handshake_memory=150_000,
+        )
+
+    def connect(self) -> tuple[SchannelProtocol, Any, Any]:
+        raw = Protocol()
+        client, server, pump = connectedServerAndClient(
+            lambda: self.factory.buildProtocol(None), lambda: raw, greet=False, clock=self.clock
+        )
+        return server, client, pump
+
+    def test_past_the_budget_new_handshakes_are_refused_with_one_line(self) -> None:
+        events, stop = log_events()
+        self.addCleanup(stop)
+        stalled = []
+        for _ in range(2):
+            server, client, pump = self.connect()
+            client.transport.write(hellos.claimed_client_hello(130816, 64000))
+            pump.flush(advanceClock=False)
+            stalled.append((server, client, pump))
+        self.assertEqual([app.lost for app in self.apps], [[], []])
+        self.assertEqual(self.factory.handshake_memory_held, 2 * 64024)
+        # The budget has 21,952 bytes left: an ordinary hello fits ...
+        server, client, pump = self.connect()
+        client.transport.write(hellos.client_hello(500))
+        pump.flush(advanceClock=False)
+        self.assertEqual(self.apps[2].lost, [])
+        # ... a third large one does not, nor do the next ones.
+        for _ in range(3):
+            server, client, pump = self.connect()
+            client.transport.write(hellos.claimed_client_hello(130816, 30000))
+            pump.flush(advanceClock=False)
+            (reason,) = self.apps[-1].lost
+            self.assertTrue(reason.check(HandshakeMemoryExceeded), reason)
+            self.assertIn("150000", str(reason.value))
+        self.assertEqual(self.factory.handshakes_refused, 3)
+        refused = [e for e in events if e.get("status") == "HANDSHAKE_MEMORY_EXCEEDED"]
+        self.assertEqual(len(refused), 1)  # one line, not one per refusal
+        self.assertIn("150000", formatEvent(refused[0]))
+        # A stalled handshake that ends gives its bytes back.
+        server, client, pump = stalled[0]
+        client.transport.loseConnection()
+        pump.flush(advanceClock=False)
+        self.assertEqual(self.factory.handshake_memory_held, 64024 + 509)
+        server, client, pump = self.connect()
+        client.transport.write(hellos.claimed_client_hello(130816, 30000))
+        pump.flush(advanceClock=False)
+        self.assertEqual(self.apps[-1].lost, [])
+        # Ten seconds on, the next refusal is logged again, with the count.
+        self.clock.advance(11)
+        for _ in range(2):
+            server, client, pump = self.connect()
+            client.transport.write(hellos.claimed_client_hello(130816, 64000))
+            pump.flush(advanceClock=False)
+        refused = [e for e in events if e.get("status") == "HANDSHAKE_MEMORY_EXCEEDED"]
+        self.assertEqual(len(refused), 2)
+
+    def test_completed_and_failed_handshakes_give_their_bytes_back(self) -> None:
+        pair = Pair()
+        pair.flush()
+        self.assertEqual(pair.server.factory.handshake_memory_held, 0)
+        server, client, pump = self.connect()
+        client.transport.write(hellos.claimed_client_hello(MAX_CLIENT_HELLO + 1, 100))
+        pump.flush(advanceClock=False)
+        self.assertEqual(len(self.apps[-1].lost), 1)
+        self.assertEqual(self.factory.handshake_memory_held, 0)
+
+    def test_clients_have_no_budget_and_bad_budgets_are_refused(self) -> None:
+        client = SchannelFactory(
+            client_credentials(), True, ClientFactory(), Clock(), target_name="localhost"
+        )
+        self.assertIsNone(client.handshake_memory)
+        for bad in (0, -1, 1.5):
+            error = self.assertRaises(
+                ValueError, SchannelFactory, server_credentials(), False, Factory(), Clock(),
+                handshake_memory=bad,
+            )
+            self.assertIn("handshake_memory", str(error))
 
 
 class FactoryTests(SynchronousTestCase):

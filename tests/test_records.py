@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests import hellos
 from txschannel import SecurityError, Status
 from txschannel.records import (
     HEADER_SIZE,
@@ -14,6 +15,7 @@ from txschannel.records import (
     Framing,
     FramingError,
     RecordScanner,
+    first_message_missing,
     frame,
 )
 
@@ -198,3 +200,35 @@ class RecordScannerTests(SynchronousTestCase):
                 return
             start += len(piece)
         self.fail("the scanner accepted what frame() refused")
+
+
+class FirstMessageTests(SynchronousTestCase):
+    """first_message_missing: when a ClientHello in records is whole, and a
+    lower bound on what it still lacks (so a caller wakes up only when it may be)."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        size=st.integers(min_value=120, max_value=40000),
+        fragment=st.sampled_from([1, 7, 100, 1000, 16384]),
+        cuts=st.lists(st.floats(min_value=0, max_value=1), min_size=1, max_size=8),
+    )
+    def test_zero_exactly_when_whole_and_never_more_than_is_missing(
+        self, size: int, fragment: int, cuts: list[float]
+    ) -> None:
+        wire = hellos.client_hello(size, fragment)
+        for cut in [int(c * len(wire)) for c in cuts] + [len(wire)]:
+            prefix = wire[:cut]
+            missing = first_message_missing(prefix, frame(prefix))
+            if cut == len(wire):
+                self.assertEqual(missing, 0)
+            else:
+                self.assertGreater(missing, 0, cut)
+                self.assertLessEqual(cut + missing, len(wire), cut)
+
+    def test_other_records_and_oversized_hellos_are_for_openssl_to_judge(self) -> None:
+        alert = record(ContentType.ALERT, b"\x02\x28")
+        self.assertEqual(first_message_missing(alert, frame(alert)), 0)
+        huge = hellos.claimed_client_hello(131397, 100)
+        self.assertEqual(first_message_missing(huge, frame(huge)), 0)
+        stalled = hellos.claimed_client_hello(131396, 100)
+        self.assertGreater(first_message_missing(stalled, frame(stalled)), 131396 - 100)

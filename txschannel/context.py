@@ -39,11 +39,13 @@ from txschannel.credentials import (
 )
 from txschannel.records import (
     HEADER_SIZE,
+    MAX_CLIENT_HELLO_WIRE,
     MAX_PLAINTEXT,
     MAX_RECORD_PAYLOAD,
     Framing,
     FramingError,
     RecordScanner,
+    first_message_missing,
     frame,
 )
 from txschannel.status import SecurityError, Status
@@ -200,6 +202,8 @@ class SecurityContext:
     """
 
     _is_client: bool
+    #: A server that has not yet handed a ClientHello to OpenSSL.
+    _awaiting_hello = False
 
     def __init__(
         self,
@@ -313,6 +317,27 @@ class SecurityContext:
         done = False
         if first_call and not framing.ends:
             done = self._drive(connection)
+        if framing.ends and self._awaiting_hello:
+            # OpenSSL allocates the length a ClientHello claims as soon as
+            # it reads the message header: a peer that sends the start of a
+            # large hello and stalls would cost that much, not what it sent.
+            # So the records of the hello are handed back (as extra) until
+            # the whole of it is here, up to the largest hello OpenSSL takes.
+            missing = first_message_missing(view, framing)
+            if missing and len(view) <= MAX_CLIENT_HELLO_WIRE:
+                return Step(Status.INCOMPLETE_MESSAGE, b"", bytes(view), missing)
+            self._awaiting_hello = False
+            if len(framing.ends) > 1:
+                # A hello in many records goes in one record at a time, so
+                # that OpenSSL's input buffer grows to one record, not to
+                # the whole hello (a memory BIO keeps its largest size).
+                start = 0
+                for end in framing.ends[:-1]:
+                    connection.bio_write(view[start:end])
+                    self._drive(connection)
+                    start = end
+                framing = Framing([framing.ends[-1] - start], framing.missing)
+                view = view[start:]
         if framing.ends:
             # Every whole record at once, one do_handshake per flight: OpenSSL
             # reads no further than the record it works on (no read-ahead), so
@@ -863,6 +888,7 @@ class ServerContext(SecurityContext):
     """
 
     _is_client = False
+    _awaiting_hello = True
 
     def __init__(
         self,

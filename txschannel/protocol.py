@@ -47,11 +47,15 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from txschannel.context import ClientContext, SecurityContext, ServerContext
 from txschannel.credentials import Credentials
+from txschannel.records import MAX_CLIENT_HELLO_WIRE
 from txschannel.status import SecurityError, Status
 
 __all__ = [
     "ConnectionTruncated",
+    "DEFAULT_HANDSHAKE_MEMORY",
+    "DEFAULT_PRE_HANDSHAKE_BUFFER",
     "HandshakeBufferExceeded",
+    "HandshakeMemoryExceeded",
     "HandshakeTimeout",
     "SchannelFactory",
     "SchannelProtocol",
@@ -91,6 +95,22 @@ _NO_CLOCK = cast(IReactorTime, _NoClock())
 #: idle longer and fall out of the CPU cache.)
 _COALESCE_LIMIT = 64000
 
+#: The bytes a peer may have waiting before the handshake completes, by
+#: default: the largest ClientHello OpenSSL accepts, with its record
+#: headers. (Later flights go to OpenSSL record by record, so they never
+#: wait here in more than one partial record.)
+DEFAULT_PRE_HANDSHAKE_BUFFER = MAX_CLIENT_HELLO_WIRE
+
+#: The bytes a server's unfinished handshakes may hold together, by
+#: default (see :class:`_HandshakeBudget`): room for about 500 stalled
+#: handshakes of the largest ClientHello, or tens of thousands of ordinary
+#: ones, which are a few hundred bytes to a few kilobytes each.
+DEFAULT_HANDSHAKE_MEMORY = 64 * 1024 * 1024
+
+#: Seconds between two log lines about refused handshakes: a flood of
+#: refusals must not become a flood of lines.
+_REFUSAL_LOG_INTERVAL = 10.0
+
 #: Anything :meth:`Credentials.from_twisted` accepts, or our own credentials.
 CredentialsOrCreator = Union[Credentials, object]  # noqa: UP007 (a runtime alias)
 
@@ -119,6 +139,63 @@ class HandshakeBufferExceeded(ConnectionLost):
     """The peer sent more bytes than allowed before the handshake completed."""
 
     MESSAGE = "TLS pre-handshake limit exceeded"
+
+
+class HandshakeMemoryExceeded(ConnectionLost):
+    """The server's unfinished handshakes hold their whole memory budget."""
+
+    MESSAGE = "TLS handshake memory budget exhausted"
+
+
+class _HandshakeBudget:
+    """The bytes that a server's unfinished handshakes hold, against a limit.
+
+    Each connection is charged the largest buffer its handshake has needed
+    so far: the bytes waiting here for the rest of a record or of the
+    ClientHello, and, by the same measure, what OpenSSL keeps of them (its
+    input buffer and the message it is assembling grow to that size and do
+    not shrink until the handshake ends). The charge is given back when the
+    handshake completes, fails or the connection closes. A connection whose
+    charge would take the total past the limit is refused; while the budget
+    is spent, that means every new handshake.
+    """
+
+    __slots__ = ("limit", "held", "refused", "_logged_at", "_unlogged")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        #: Handshakes refused since the budget was made.
+        self.refused = 0
+        self._logged_at: float | None = None
+        self._unlogged = 0
+
+    def take(self, amount: int) -> bool:
+        """Charge *amount* more bytes; False (and nothing charged) when over the limit."""
+        if self.held + amount > self.limit:
+            return False
+        self.held += amount
+        return True
+
+    def give_back(self, amount: int) -> None:
+        self.held -= amount
+
+    def refusal(self, now: float, peer: str) -> None:
+        """Count a refused handshake and log it, at most once per interval."""
+        self.refused += 1
+        self._unlogged += 1
+        if self._logged_at is not None and now - self._logged_at < _REFUSAL_LOG_INTERVAL:
+            return
+        _log.warn(
+            "TLS handshake memory budget of {limit} bytes is in use by unfinished "
+            "handshakes: refused {count} new handshake(s), the last from {peer}",
+            limit=self.limit,
+            count=self._unlogged,
+            peer=peer,
+            status="HANDSHAKE_MEMORY_EXCEEDED",
+        )
+        self._logged_at = now
+        self._unlogged = 0
 
 
 def _failure(error: BaseException) -> Failure:
@@ -524,8 +601,9 @@ class SchannelProtocol(ProtocolWrapper):
     #: progress again; calling it with less would only hand back the same
     #: partial record.
     _needed = 0
-    #: Bytes the peer sent while the handshake was in progress.
-    _handshake_bytes = 0
+    #: What this handshake is charged against the server's budget (see
+    #: _HandshakeBudget): the largest buffer it has needed.
+    _charged = 0
     _established = False
     #: Plaintext written before the handshake completed (created on demand).
     _pending: list[bytes] | None = None
@@ -617,8 +695,13 @@ class SchannelProtocol(ProtocolWrapper):
                 self._deliver(data)
             return
         buffer = self._received + data if self._received else data
-        self._handshake_bytes += len(data)
-        if len(buffer) >= self._needed:
+        if len(buffer) > self._charged and not self._charge(len(buffer)):
+            return
+        limit = self.factory.max_pre_handshake_buffer
+        # Past the limit, the context gets a look before the verdict: it may
+        # take the whole records off the buffer (a ClientHello cut into
+        # small records, for one, is larger on the wire than the limit).
+        if len(buffer) >= self._needed or len(buffer) > limit:
             self._received = b""
             remaining = self._handshake_step(buffer)
             if remaining is None:
@@ -626,11 +709,38 @@ class SchannelProtocol(ProtocolWrapper):
             buffer = remaining
         self._received = buffer
         if not self._established:
-            limit = self.factory.max_pre_handshake_buffer
-            if self._handshake_bytes > limit:
-                self._handshake_overflow(limit)
+            if len(buffer) > limit:
+                self._handshake_overflow(len(buffer), limit)
             return
         self._unwrap()
+
+    def _charge(self, size: int) -> bool:
+        """Charge the server's handshake budget up to *size* bytes; False if refused."""
+        budget = self.factory._budget
+        if budget is None:
+            self._charged = size
+            return True
+        if budget.take(size - self._charged):
+            self._charged = size
+            return True
+        budget.refusal(self.factory._clock.seconds(), self._peer_name())
+        self._fail(
+            _failure(
+                HandshakeMemoryExceeded(
+                    f"the server's unfinished TLS handshakes hold its whole budget of "
+                    f"{budget.limit} bytes (handshake_memory)"
+                )
+            ),
+            abort=True,
+        )
+        return False
+
+    def _uncharge(self) -> None:
+        """The handshake is over, one way or another: give its charge back."""
+        charged, self._charged = self._charged, 0
+        budget = self.factory._budget if self.factory is not None else None
+        if charged and budget is not None:
+            budget.give_back(charged)
 
     def _handshake_step(self, data: bytes) -> bytes | None:
         """One ``initialize``/``accept`` call; the bytes left, or None on failure."""
@@ -688,7 +798,12 @@ class SchannelProtocol(ProtocolWrapper):
             return
         if token:
             self.transport.write(token)
-        if plaintext:
+        if plaintext and not (self.disconnecting and self._sent_close_notify):
+            # (After loseConnection() and our close_notify, the records are
+            # still read, to find the peer's close_notify, but what they
+            # carry is dropped: the application is done with the stream,
+            # as a TCP transport stops reading then, and a peer that keeps
+            # sending must not have it buffered somewhere above us.)
             self.bytesReceived += len(plaintext)
             _Wrapper.dataReceived(self, plaintext)
         if closed:
@@ -705,6 +820,8 @@ class SchannelProtocol(ProtocolWrapper):
         self._established = True
         self._update_write_state()
         self._cancel("_handshake_timer")
+        if self._charged:
+            self._uncharge()
         # Debug, not info: a completed handshake is the normal case, and a
         # written info line costs about as much as 5% of the handshake itself
         # (applications log their own connections; failures are warnings).
@@ -789,19 +906,19 @@ class SchannelProtocol(ProtocolWrapper):
             abort=True,
         )
 
-    def _handshake_overflow(self, limit: int) -> None:
+    def _handshake_overflow(self, size: int, limit: int) -> None:
         _log.error(
-            "{peer} sent {size} bytes before the TLS handshake completed "
+            "{peer} had {size} bytes waiting before the TLS handshake completed "
             "(limit {limit}): dropped",
             peer=self._peer_name(),
             status="BUFFER_EXCEEDED",
-            size=self._handshake_bytes,
+            size=size,
             limit=limit,
         )
         self._fail(
             _failure(
                 HandshakeBufferExceeded(
-                    f"the peer sent {self._handshake_bytes} bytes before the TLS handshake "
+                    f"the peer had {size} bytes waiting before the TLS handshake "
                     f"completed; the limit is {limit}"
                 )
             ),
@@ -818,6 +935,8 @@ class SchannelProtocol(ProtocolWrapper):
         self._pending = None
         self._outgoing.drop()
         self._cancel("_handshake_timer")
+        if self._charged:
+            self._uncharge()
         self._fail_waiters(reason)
         self.securityContext.delete()
         if abort:
@@ -1121,6 +1240,8 @@ class SchannelProtocol(ProtocolWrapper):
         self._outgoing.drop()
         for timer in ("_handshake_timer", "_close_timer"):
             self._cancel(timer)
+        if self._charged:
+            self._uncharge()
         if self._established:
             # Whole records that arrived while the wrapped protocol had paused
             # us are still the peer's data (and may end with its close_notify).
@@ -1259,8 +1380,15 @@ class SchannelFactory(WrappingFactory):
         or the credentials' ``hostname``.
     :param handshake_timeout: (server) seconds a connection may take to
         complete the handshake before it is dropped; None for no limit.
-    :param max_pre_handshake_buffer: bytes a peer may send before the
-        handshake completes; more and it is disconnected (and logged).
+    :param max_pre_handshake_buffer: bytes a peer may have waiting for the
+        handshake at once (a partial record, or the records of a ClientHello
+        not yet whole); more and it is disconnected (and logged). The
+        default, :data:`DEFAULT_PRE_HANDSHAKE_BUFFER`, fits the largest
+        ClientHello OpenSSL accepts.
+    :param handshake_memory: (server) bytes that all unfinished handshakes
+        of this factory may hold together (see :data:`DEFAULT_HANDSHAKE_MEMORY`);
+        past it new handshakes are refused, with a log line. None for no
+        limit.
     :param close_timeout: seconds :meth:`SchannelProtocol.loseConnection`
         waits for the peer's close_notify before closing anyway.
     :raises ValueError: credentials for the wrong side, a client without a
@@ -1284,8 +1412,9 @@ class SchannelFactory(WrappingFactory):
         *,
         target_name: str | None = None,
         handshake_timeout: float | None = 30.0,
-        max_pre_handshake_buffer: int = 65536,
+        max_pre_handshake_buffer: int = DEFAULT_PRE_HANDSHAKE_BUFFER,
         close_timeout: float | None = 5.0,
+        handshake_memory: int | None = DEFAULT_HANDSHAKE_MEMORY,
     ) -> None:
         cast(Any, super()).__init__(wrappedFactory)
         self.isClient = bool(isClient)
@@ -1300,9 +1429,21 @@ class SchannelFactory(WrappingFactory):
                 "max_pre_handshake_buffer must be a positive number of bytes, "
                 f"not {max_pre_handshake_buffer!r}"
             )
+        if handshake_memory is not None and (
+            not isinstance(handshake_memory, int) or handshake_memory <= 0
+        ):
+            raise ValueError(
+                f"handshake_memory must be a positive number of bytes or None, "
+                f"not {handshake_memory!r}"
+            )
         self.handshake_timeout = handshake_timeout
         self.max_pre_handshake_buffer = max_pre_handshake_buffer
         self.close_timeout = close_timeout
+        self._budget = (
+            _HandshakeBudget(handshake_memory)
+            if handshake_memory is not None and not self.isClient
+            else None
+        )
         if clock is None:
             from twisted.internet import reactor
 
@@ -1335,6 +1476,21 @@ class SchannelFactory(WrappingFactory):
     def clock(self) -> IReactorTime:
         """The clock used for write coalescing and timeouts."""
         return self._clock
+
+    @property
+    def handshake_memory(self) -> int | None:
+        """The budget of bytes for unfinished handshakes (server), or None."""
+        return None if self._budget is None else self._budget.limit
+
+    @property
+    def handshake_memory_held(self) -> int:
+        """The bytes unfinished handshakes are charged now (0 without a budget)."""
+        return 0 if self._budget is None else self._budget.held
+
+    @property
+    def handshakes_refused(self) -> int:
+        """How many handshakes the memory budget has refused so far."""
+        return 0 if self._budget is None else self._budget.refused
 
     def _new_context(self) -> SecurityContext:
         credentials = self._credentials
@@ -1376,7 +1532,7 @@ def startSchannel(
     clock: IReactorTime | None = None,
     target_name: str | None = None,
     handshake_timeout: float | None = 30.0,
-    max_pre_handshake_buffer: int = 65536,
+    max_pre_handshake_buffer: int = DEFAULT_PRE_HANDSHAKE_BUFFER,
     close_timeout: float | None = 5.0,
 ) -> SchannelProtocol:
     """Upgrade *protocol*'s connection to TLS in place (STARTTLS).
@@ -1412,6 +1568,7 @@ def startSchannel(
         handshake_timeout=handshake_timeout,
         max_pre_handshake_buffer=max_pre_handshake_buffer,
         close_timeout=close_timeout,
+        handshake_memory=None,
     )
     tls = SchannelProtocol(factory, protocol, _connectWrapped=False)
     if isinstance(transport, ProtocolWrapper):

@@ -16,11 +16,14 @@ __all__ = [
     "HEADER_SIZE",
     "MAX_RECORD_PAYLOAD",
     "MAX_PLAINTEXT",
+    "MAX_CLIENT_HELLO",
+    "MAX_CLIENT_HELLO_WIRE",
     "Framing",
     "FramingError",
     "ContentType",
     "RecordScanner",
     "frame",
+    "first_message_missing",
 ]
 
 HEADER_SIZE = 5
@@ -29,6 +32,14 @@ MAX_PLAINTEXT = 2**14
 #: Largest payload a record may declare: 2^14 plus the 2048 bytes of
 #: expansion that TLS 1.2 allows (RFC 5246 section 6.2.3); TLS 1.3 is tighter.
 MAX_RECORD_PAYLOAD = 2**14 + 2048
+#: The largest ClientHello body OpenSSL accepts (its CLIENT_HELLO_MAX_LENGTH).
+MAX_CLIENT_HELLO = 131396
+#: The most bytes the largest ClientHello takes on the wire: its body and
+#: 4-byte message header, in records of :data:`MAX_PLAINTEXT` bytes, each
+#: with its 5-byte header (131,445 bytes).
+MAX_CLIENT_HELLO_WIRE = (
+    MAX_CLIENT_HELLO + 4 + HEADER_SIZE * -(-(MAX_CLIENT_HELLO + 4) // MAX_PLAINTEXT)
+)
 
 
 class ContentType:
@@ -203,3 +214,46 @@ class RecordScanner:
         elif tail:
             self._head = bytes(piece[size - tail :])
         return count
+
+
+def first_message_missing(buffer: bytes | bytearray | memoryview, framing: Framing) -> int:
+    """How many more bytes, at least, before the first handshake message is whole.
+
+    *buffer* starts a TLS stream in the clear (a server's input before the
+    ClientHello) and *framing* is :func:`frame` of it. Returns 0 when the
+    complete records hold the whole first handshake message, and also when
+    they cannot be a handshake message in the making (a record of another
+    type, or a message longer than :data:`MAX_CLIENT_HELLO`): OpenSSL is
+    the one to judge those, at once. Otherwise the result is a lower bound
+    on the bytes still to come, so that a caller waiting for that many
+    looks at the buffer again only when it may be whole.
+    """
+    need = -1  # the message's bytes with its header, once the header is known
+    have = 0
+    header = b""
+    start = 0
+    for end in framing.ends:
+        if buffer[start] != ContentType.HANDSHAKE:
+            return 0
+        fragment = bytes(buffer[start + HEADER_SIZE : min(end, start + HEADER_SIZE + 4)])
+        if need < 0:
+            header += fragment[: 4 - len(header)]
+            if len(header) == 4:
+                length = int.from_bytes(header[1:4], "big")
+                if length > MAX_CLIENT_HELLO:
+                    return 0
+                need = 4 + length
+        have += end - start - HEADER_SIZE
+        if 0 <= need <= have:
+            return 0
+        start = end
+    tail = len(buffer) - start
+    if need < 0:
+        # Not even the message header yet: at least the rest of this record.
+        return framing.missing if tail else HEADER_SIZE + 1
+    if tail >= HEADER_SIZE:
+        declared = (buffer[start + 3] << 8) | buffer[start + 4]
+        if have + declared >= need:
+            return framing.missing
+        return framing.missing + HEADER_SIZE + (need - have - declared)
+    return HEADER_SIZE - tail + (need - have)
