@@ -299,6 +299,25 @@ class ServerStringTests(SynchronousTestCase):
         endpoint = self.parse(f"schannel:tcp:8443:certificate={q(pki().server)}")
         self.assertEqual(endpoint.handshake_timeout, 30.0)
 
+    def test_handshake_memory(self) -> None:
+        for text, size in (("1048576", 1 << 20), ("64M", 64 << 20), ("2g", 2 << 30),
+                           ("512KiB", 512 << 10)):
+            endpoint = self.parse(
+                f"schannel:tcp:8443:certificate={q(pki().server)}:handshakeMemory={text}"
+            )
+            self.assertEqual(endpoint.handshake_memory, size, text)
+
+    def test_handshake_memory_defaults_to_64_mib_and_reaches_the_factory(self) -> None:
+        endpoint = self.parse(f"schannel:tcp:8443:certificate={q(pki().server)}")
+        self.assertEqual(endpoint.handshake_memory, 64 * 1024 * 1024)
+        endpoint = self.parse(
+            f"schannel:tcp:0:interface=127.0.0.1:certificate={q(pki().server)}"
+            ":handshakeMemory=1M"
+        )
+        port = self.successResultOf(endpoint.listen(Factory.forProtocol(Protocol)))
+        self.addCleanup(port.stopListening)
+        self.assertEqual(port.factory.handshake_memory, 1 << 20)
+
     def test_alpn_comma_list(self) -> None:
         endpoint = self.parse(f"schannel:tcp:8443:certificate={q(pki().server)}:alpn=h2,http/1.1")
         self.assertEqual(endpoint.credentials.alpn, (b"h2", b"http/1.1"))
@@ -326,6 +345,7 @@ class ServerStringTests(SynchronousTestCase):
             {
                 "certificate", "privateKey", "chain", "clientCA", "requireClientCertificate",
                 "alpn", "minimumVersion", "maximumVersion", "sni", "handshakeTimeout",
+                "handshakeMemory",
             },
         )  # fmt: skip
 
@@ -538,6 +558,18 @@ class ServerErrorTests(SynchronousTestCase):
                 f"schannel:tcp:8443:certificate={q(pki().server)}:handshakeTimeout={value}"
             )
             self.assertIn(f"handshakeTimeout={value}: expected a positive number", message)
+
+    def test_handshake_memory_not_a_size(self) -> None:
+        for value in ("lots", "0", "-5", "1.5M", "64T"):
+            message = self.error(
+                f"schannel:tcp:8443:certificate={q(pki().server)}:handshakeMemory={value}"
+            )
+            self.assertIn(f"handshakeMemory={value}: expected a positive number of bytes",
+                          message)
+        message = self.error(
+            f"schannel:tcp:8443:certificate={q(pki().server)}:handshakeMemory=64K"
+        )
+        self.assertIn("handshakeMemory=64K: at least 131445 bytes", message)
 
     def test_empty_alpn_name(self) -> None:
         message = self.error(f"schannel:tcp:8443:certificate={q(pki().server)}:alpn=h2,,x")

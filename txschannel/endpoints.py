@@ -49,7 +49,11 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txschannel.credentials import Credentials
-from txschannel.protocol import SchannelFactory
+from txschannel.protocol import (
+    DEFAULT_HANDSHAKE_MEMORY,
+    DEFAULT_PRE_HANDSHAKE_BUFFER,
+    SchannelFactory,
+)
 
 __all__ = [
     "CLIENT_OPTIONS",
@@ -75,6 +79,7 @@ SERVER_OPTIONS: tuple[str, ...] = (
     "maximumVersion",
     "sni",
     "handshakeTimeout",
+    "handshakeMemory",
 )
 
 #: The options a ``schannel:`` client string takes for itself.
@@ -144,8 +149,12 @@ class SchannelServerEndpoint:
         Twisted server TLS creator (``CertificateOptions``, ...).
     :param handshake_timeout: seconds a client may take to finish the
         handshake before it is dropped; ``None`` for no limit.
-    :param max_pre_handshake_buffer: how many bytes the application may
-        write before the handshake completes.
+    :param max_pre_handshake_buffer: how many bytes a client may have
+        waiting for the handshake at once (see
+        :class:`~txschannel.protocol.SchannelFactory`).
+    :param handshake_memory: the bytes all unfinished handshakes on one
+        listening port may hold together; past it new handshakes are
+        refused (see :class:`~txschannel.protocol.SchannelFactory`).
     :param clock: the clock for the handshake timeout (the reactor by
         default).
     :param rebuild: how to make the credentials again from their source
@@ -158,13 +167,15 @@ class SchannelServerEndpoint:
         credentials: Credentials | object,
         *,
         handshake_timeout: float | None = 30.0,
-        max_pre_handshake_buffer: int = 65536,
+        max_pre_handshake_buffer: int = DEFAULT_PRE_HANDSHAKE_BUFFER,
+        handshake_memory: int | None = DEFAULT_HANDSHAKE_MEMORY,
         clock: IReactorTime | None = None,
         rebuild: Callable[[], Credentials] | None = None,
     ) -> None:
         self.inner = inner
         self.handshake_timeout = handshake_timeout
         self.max_pre_handshake_buffer = max_pre_handshake_buffer
+        self.handshake_memory = handshake_memory
         self._clock = clock
         self._rebuild = rebuild
         # Kept as given: SchannelFactory turns a Twisted creator into
@@ -212,6 +223,7 @@ class SchannelServerEndpoint:
                 self._clock,
                 handshake_timeout=self.handshake_timeout,
                 max_pre_handshake_buffer=self.max_pre_handshake_buffer,
+                handshake_memory=self.handshake_memory,
             )
         except (TypeError, ValueError):
             return fail()
@@ -433,6 +445,23 @@ def _boolean(options: Mapping[str, str], name: str) -> bool:
     raise ValueError(f"schannel: {name}={value}: expected yes or no")
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _size(options: Mapping[str, str], name: str, default: int) -> int:
+    """A byte count: digits, optionally followed by K, M or G (binary units)."""
+    value = options.get(name)
+    if value is None:
+        return default
+    match = re.fullmatch(r"(\d+)([KMG]?)(?:i?B)?", value.strip(), re.IGNORECASE)
+    if match is None or int(match.group(1)) <= 0:
+        raise ValueError(
+            f"schannel: {name}={value}: expected a positive number of bytes, "
+            "such as 67108864 or 64M"
+        )
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
 def _alpn(options: Mapping[str, str]) -> tuple[str, ...]:
     value = options.get("alpn")
     if value is None:
@@ -482,6 +511,7 @@ class _ServerSettings:
     maximum_version: str | None
     sni: str | None
     handshake_timeout: float
+    handshake_memory: int
 
     @classmethod
     def from_options(cls, options: Mapping[str, str]) -> _ServerSettings:
@@ -524,6 +554,13 @@ class _ServerSettings:
             raise ValueError(
                 f"schannel: maximumVersion={maximum} is below minimumVersion={minimum}"
             )
+        memory = _size(options, "handshakeMemory", DEFAULT_HANDSHAKE_MEMORY)
+        if memory < DEFAULT_PRE_HANDSHAKE_BUFFER:
+            raise ValueError(
+                f"schannel: handshakeMemory={options['handshakeMemory']}: at least "
+                f"{DEFAULT_PRE_HANDSHAKE_BUFFER} bytes (one ClientHello of the largest "
+                "size OpenSSL accepts) are needed"
+            )
         return cls(
             certificate=certificate,
             private_key=_path(options, "privateKey"),
@@ -535,6 +572,7 @@ class _ServerSettings:
             maximum_version=maximum,
             sni=sni,
             handshake_timeout=timeout,
+            handshake_memory=memory,
         )
 
     def credentials(self) -> Credentials:
@@ -596,6 +634,13 @@ class _ClientSettings:
             raise ValueError(
                 f"schannel: maximumVersion={maximum} is below minimumVersion={minimum}"
             )
+        memory = _size(options, "handshakeMemory", DEFAULT_HANDSHAKE_MEMORY)
+        if memory < DEFAULT_PRE_HANDSHAKE_BUFFER:
+            raise ValueError(
+                f"schannel: handshakeMemory={options['handshakeMemory']}: at least "
+                f"{DEFAULT_PRE_HANDSHAKE_BUFFER} bytes (one ClientHello of the largest "
+                "size OpenSSL accepts) are needed"
+            )
         return cls(
             hostname=hostname,
             trust_roots=trust_roots,
@@ -653,6 +698,7 @@ def parse_server(reactor: Any, *args: object, **kwargs: object) -> SchannelServe
         inner,
         credentials,
         handshake_timeout=settings.handshake_timeout,
+        handshake_memory=settings.handshake_memory,
         clock=reactor if IReactorTime.providedBy(reactor) else None,
         rebuild=settings.credentials,
     )
