@@ -46,10 +46,6 @@ _PRIVATE = "inspects or replaces a private attribute of Twisted's class: "
 
 #: ``Class.test_name`` -> why txschannel's transport does not pass it.
 KNOWN_DIFFERENCES: dict[str, str] = {
-    "TLSMemoryBIOTests.test_handshakeFailure": (
-        "by design: the application's connectionLost gets a SecurityError "
-        "(here Status.NO_CREDENTIALS) where Twisted gives OpenSSL.SSL.Error"
-    ),
     "TLSMemoryBIOTests.test_connectionLostOnlyAfterUnderlyingCloses": (
         _PRIVATE + "it calls _tlsShutdownFinished()"
     ),
@@ -72,7 +68,10 @@ KNOWN_DIFFERENCES: dict[str, str] = {
         "(get_protocol_version_name, ...) and fails on the fake"
     ),
     "TLSProducerTests.test_brokenContextFactoryErrors": (
-        "the TypeError is raised, but its message is worded differently from Twisted's"
+        "wording: both TypeErrors are raised, but in txschannel's words "
+        "('X.getContext() returned None, not an SSL.Context', 'X is not txschannel "
+        "Credentials, ...'), and an object with no getContext gets no "
+        "LegacyContextFactoryWarning"
     ),
 }
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 
+from OpenSSL import SSL
+
 __all__ = ["SecurityError", "Status"]
 
 
@@ -57,8 +59,14 @@ _PROGRESS = frozenset(
 )
 
 
-class SecurityError(Exception):
+class SecurityError(SSL.Error):
     """A security-context call failed; the context is dead.
+
+    It is an ``OpenSSL.SSL.Error``, so that code written for Twisted's own
+    TLS transport, ``reason.check(SSL.Error)`` or ``except SSL.Error``,
+    recognises a failed handshake from txschannel as well. Unlike the errors
+    pyOpenSSL raises, its ``args`` are ``(status, reason, token)``, not a
+    list of OpenSSL error-queue tuples: read the attributes below.
 
     :ivar status: the most specific :class:`Status` for the failure.
     :ivar reason: a readable explanation, with OpenSSL's reason where it gave one.
