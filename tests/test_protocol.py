@@ -576,6 +576,24 @@ class CloseTests(SynchronousTestCase):
             (reason,) = app.lost  # type: ignore[attr-defined]
             self.assertTrue(reason.check(ConnectionDone), reason)
 
+    def test_after_lose_connection_the_peers_data_is_read_but_not_delivered(self) -> None:
+        """A peer that keeps sending after our close_notify is not buffered for
+        an application that is done (a TCP transport stops reading then)."""
+        pair = Pair()
+        pair.flush()
+        pair.client.write(b"before")
+        pair.flush()
+        pair.server.loseConnection()
+        # The client has not read our close_notify yet and keeps sending.
+        pair.client.write(b"x" * 100000)
+        pair.pump.flush(advanceClock=False)
+        pair.clock.advance(0)
+        pair.pump.flush(advanceClock=False)
+        self.assertEqual(pair.server_app.received, b"before")  # type: ignore[attr-defined]
+        pair.flush()
+        (reason,) = pair.server_app.lost  # type: ignore[attr-defined]
+        self.assertTrue(reason.check(ConnectionDone), reason)
+
     def test_lose_connection_does_not_wait_forever_for_close_notify(self) -> None:
         """Twisted #7926: the peer never answers; the transport closes anyway."""
         pair = Pair()

@@ -40,11 +40,14 @@ class Twist:
     """One ``twist schannel`` process for a test; its log is read as it grows."""
 
     def __init__(self, test: TestCase | SynchronousTestCase, *arguments: str,
-                 home: Path | None = None) -> None:
+                 home: Path | None = None, python_wrapper: str | None = None) -> None:
         self.home = home or Path(tempfile.mkdtemp(prefix="txschannel-home-"))
         self.log_path = self.home / "twist.log"
-        self.argv = [sys.executable, "-m", "twisted", "--log-format=text", "schannel",
-                     *arguments]
+        # python_wrapper: a script that prepares the process (say, lowers a
+        # resource limit) and then runs Python with the arguments after it.
+        wrapper = [python_wrapper] if python_wrapper else []
+        self.argv = [sys.executable, *wrapper, "-m", "twisted", "--log-format=text",
+                     "schannel", *arguments]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
@@ -207,6 +210,33 @@ class AccessPolicyTests(SynchronousTestCase):
     def test_subject_alt_name_admitted(self) -> None:
         service = self.ca.issue("svc.internal", common_name="service").certificate
         self.assertIsNone(AccessPolicy((), ("SVC.internal",)).refusal(service))
+
+    def test_a_subject_with_two_common_names_is_refused_under_allow_cn(self) -> None:
+        ca = CertificateAuthority()
+        issued = ca.issue(common_name="alice")
+        from cryptography import x509 as _x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.x509.oid import NameOID
+
+        subject = _x509.Name([
+            _x509.NameAttribute(NameOID.COMMON_NAME, "bob"),
+            _x509.NameAttribute(NameOID.COMMON_NAME, "alice"),
+        ])
+        certificate = (
+            _x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issued.certificate.issuer)
+            .public_key(issued.private_key.public_key())
+            .serial_number(_x509.random_serial_number())
+            .not_valid_before(issued.certificate.not_valid_before_utc)
+            .not_valid_after(issued.certificate.not_valid_after_utc)
+            .sign(issued.private_key, hashes.SHA256())
+        )
+        refusal = AccessPolicy(common_names=("alice",)).refusal(certificate)
+        self.assertIsNotNone(refusal)
+        self.assertIn("2 common names (bob, alice)", refusal or "")
+        # Without --allow-cn the rule does not apply (SAN rules decide).
+        self.assertIn("matches none", AccessPolicy(alt_names=("x",)).refusal(certificate) or "")
 
     def test_no_certificate_refused(self) -> None:
         why = AccessPolicy(("alice",)).refusal(None)

@@ -47,6 +47,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from txschannel.context import ClientContext, SecurityContext, ServerContext
 from txschannel.credentials import Credentials
+from txschannel.peertext import PeerText
 from txschannel.records import MAX_CLIENT_HELLO_WIRE
 from txschannel.status import SecurityError, Status
 
@@ -843,8 +844,8 @@ class SchannelProtocol(ProtocolWrapper):
             status="OK",
             protocol=connection.get_protocol_version_name(),
             cipher=connection.get_cipher_name() or "",
-            alpn=alpn.decode("ascii", "replace") if alpn else None,
-            server_name=server_name,
+            alpn=PeerText(alpn.decode("ascii", "replace")) if alpn else None,
+            server_name=None if server_name is None else PeerText(server_name),
             resumed=bool(_lib.SSL_session_reused(connection._ssl)),
         )
         # Writes held during the handshake go first, ahead of anything the
@@ -887,7 +888,9 @@ class SchannelProtocol(ProtocolWrapper):
             stage=stage,
             peer=self._peer_name(),
             status=error.status.name,
-            reason=error.reason,
+            # The reason may quote the peer (its certificate's names, its
+            # server name): written escaped, never as extra log lines.
+            reason=PeerText(error.reason),
             **fields,
         )
         self._fail(_failure(error))

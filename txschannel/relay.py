@@ -12,13 +12,26 @@ and the two are joined:
 - *half-close*: end-of-stream from one side (TCP FIN, or TLS close_notify)
   becomes a write shutdown toward the other, so request/response protocols
   that signal "done sending" that way keep working;
-- when one side ends, the other is closed too (after its pending bytes).
+- when one side ends cleanly (TCP FIN, TLS close_notify), the other is
+  closed cleanly too, after its pending bytes; when one side ends in an
+  abort (a reset, a TLS error, a stream cut short without close_notify),
+  the other is aborted: no close_notify is sent and a TCP peer gets a
+  reset, so a cut-off stream never looks complete on the other side;
+- nothing is buffered without a bound: until the backend is connected the
+  client is not read, and once either side has ended, whatever still
+  arrives for it is dropped.
 
 The relay says why a connection ended in :attr:`Inbound.close_reason`, for
 the one log line ``twist schannel`` writes per connection.
 """
 
 from __future__ import annotations
+
+import errno
+import resource
+import socket
+import struct
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -34,9 +47,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["RelayFactory", "Inbound", "Outbound", "no_delay"]
+from txschannel.peertext import PeerText
+
+__all__ = ["RelayFactory", "Inbound", "Outbound", "no_delay", "reset"]
 
 _log = Logger()
+
+#: Bytes an inbound connection may hold while its backend connection is
+#: being made. Reading is paused meanwhile, so only what was already on its
+#: way arrives (one read of the transport, at most 64 KiB, decrypted); more
+#: means the transport does not honour pauseProducing, and the client is
+#: aborted rather than buffered.
+MAX_PENDING = 256 * 1024
+
+#: Seconds between two warnings that file descriptors ran out: a flood of
+#: clients must not become a flood of identical log lines.
+_FD_WARNING_INTERVAL = 10.0
 
 
 def no_delay(transport: object) -> None:
@@ -84,6 +110,53 @@ def _lose_write(transport: ITransport | None) -> None:
         transport.loseConnection()
 
 
+def _socket_under(transport: object) -> socket.socket | None:
+    """The socket at the bottom of *transport* (through TLS and gate layers), if any."""
+    for _ in range(8):
+        get_handle = getattr(transport, "getHandle", None)
+        handle = get_handle() if callable(get_handle) else None
+        if isinstance(handle, socket.socket):
+            return handle
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return None
+    return None
+
+
+def reset(transport: ITransport | None) -> None:
+    """End *transport* as an abort: no TLS close_notify, and a TCP reset.
+
+    Twisted's ``abortConnection`` drops pending bytes but closes the socket
+    with a FIN, which a plaintext peer cannot tell from a complete stream;
+    with SO_LINGER at zero the kernel sends a reset instead.
+    """
+    if transport is None:
+        return
+    _unregister(transport)
+    sock = _socket_under(transport)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    abort = getattr(transport, "abortConnection", None)
+    if callable(abort):
+        abort()
+    else:
+        transport.loseConnection()
+
+
+def _is_abort(reason: Failure) -> bool:
+    """Whether *reason* ended a connection other than cleanly.
+
+    Clean is a TCP FIN or, for TLS, the peer's close_notify: both are
+    ``ConnectionDone``. A reset, a TLS error, a timeout, or a TLS stream
+    that ended without close_notify (``ConnectionTruncated``, a
+    ``ConnectionLost``) is an abort.
+    """
+    return not isinstance(reason.value, ConnectionDone)
+
+
 @implementer(IHalfCloseableProtocol)
 class _Side(Protocol):
     """One end of a joined pair: what it reads, its partner writes.
@@ -103,7 +176,12 @@ class _Side(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         partner = self.partner
-        if partner is not None and partner.transport is not None:
+        # Once the partner is gone or its writing half is shut, there is
+        # no one to give the bytes to: drop them (its transport may still
+        # buffer writes while it closes, with no producer left to pause us).
+        if partner is not None and partner.transport is not None and not (
+            partner.lost or partner.write_closed
+        ):
             partner.transport.write(data)
 
     def readConnectionLost(self) -> None:
@@ -131,7 +209,10 @@ class _Side(Protocol):
         self.lost = True
         partner = self.partner
         if partner is not None and not partner.lost:
-            _lose(partner.transport)
+            if _is_abort(reason):
+                reset(partner.transport)
+            else:
+                _lose(partner.transport)
 
 
 class Inbound(_Side):
@@ -146,6 +227,9 @@ class Inbound(_Side):
     def __init__(self, factory: RelayFactory) -> None:
         self.factory = factory
         self._pending: list[bytes] = []
+        self._pending_size = 0
+        #: The backend cannot be had: nothing more is kept for it.
+        self._given_up = False
         self._connecting: Deferred[IProtocol] | None = None
 
     def _ended(self, reason: str) -> None:
@@ -178,6 +262,7 @@ class Inbound(_Side):
         self.transport.registerProducer(outbound.transport, True)  # type: ignore[attr-defined]
         outbound.transport.registerProducer(self.transport, True)  # type: ignore[attr-defined]
         pending, self._pending = self._pending, []
+        self._pending_size = 0
         for data in pending:
             outbound.transport.write(data)
         if self.read_closed:
@@ -190,22 +275,36 @@ class Inbound(_Side):
         self._connecting = None
         if self.lost:
             return
+        self._given_up = True
+        self._pending = []
         self._ended(f"connect endpoint failed: {failure.getErrorMessage()}")
-        _log.warn(
-            "cannot reach {endpoint}: {error}",
-            endpoint=self.factory.name,
-            error=failure.getErrorMessage(),
-        )
-        if self.transport is not None:
-            # Reading was paused while connecting; a TLS close needs the
-            # peer's answer, and a TCP close its FIN, so read again.
-            resume = getattr(self.transport, "resumeProducing", None)
-            if callable(resume):
-                resume()
-            self.transport.loseConnection()
+        if _out_of_descriptors(failure):
+            self.factory._descriptors_exhausted()
+        else:
+            _log.warn(
+                "cannot reach {endpoint}: {error}",
+                endpoint=self.factory.name,
+                # (A TLS backend's error may quote its certificate.)
+                error=PeerText(failure.getErrorMessage()),
+            )
+        # An abort, not a close: a clean close (TLS close_notify, TCP FIN)
+        # would tell the client that the service answered with nothing.
+        reset(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.partner is None:
+            if self._given_up or self.lost:
+                return
+            self._pending_size += len(data)
+            if self._pending_size > MAX_PENDING:
+                self._ended(
+                    f"client sent over {MAX_PENDING} bytes while the backend connection "
+                    "was being made"
+                )
+                self._given_up = True
+                self._pending = []
+                reset(self.transport)
+                return
             self._pending.append(data)
             return
         super().dataReceived(data)
@@ -242,6 +341,15 @@ class Outbound(_Side):
         super().connectionLost(reason)
 
 
+def _out_of_descriptors(failure: Failure) -> bool:
+    """Whether a connect failed because this process has no file descriptor left."""
+    value = failure.value
+    number = getattr(value, "osError", None)
+    if number is None:
+        number = getattr(value, "errno", None)
+    return number in (errno.EMFILE, errno.ENFILE)
+
+
 def _describe(side: str, reason: Failure) -> str:
     if reason.check(ConnectionDone):  # type: ignore[no-untyped-call]
         return f"{side} closed"
@@ -274,9 +382,41 @@ class RelayFactory(Factory):
 
     noisy = False
 
-    def __init__(self, endpoint: IStreamClientEndpoint, name: str | None = None) -> None:
+    def __init__(
+        self, endpoint: IStreamClientEndpoint, name: str | None = None, clock: Any = None
+    ) -> None:
         self.endpoint = endpoint
         self.name = name if name is not None else repr(endpoint)
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        self._clock = clock
+        self._fd_warned_at: float | None = None
+        self._fd_unwarned = 0
+
+    def _descriptors_exhausted(self) -> None:
+        """A backend connection could not be made for want of a file descriptor.
+
+        Warn once, naming the limit, then at most once every
+        ``_FD_WARNING_INTERVAL`` seconds with how many clients were aborted
+        since: the cause is this process's limit, not the backend.
+        """
+        self._fd_unwarned += 1
+        now = self._clock.seconds()
+        if self._fd_warned_at is not None and now - self._fd_warned_at < _FD_WARNING_INTERVAL:
+            return
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        _log.warn(
+            "out of file descriptors (the open-files limit, ulimit -n, is {limit}): "
+            "{count} client(s) aborted because no connection to {endpoint} could be "
+            "opened; raise the limit or lower the load",
+            limit=soft,
+            count=self._fd_unwarned,
+            endpoint=self.name,
+        )
+        self._fd_warned_at = now
+        self._fd_unwarned = 0
 
     def buildProtocol(self, addr: IAddress | None) -> Inbound:
         protocol = Inbound(self)

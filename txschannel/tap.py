@@ -63,7 +63,8 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from txschannel.credentials import Credentials
 from txschannel.inspector import InspectorSite, _address, describe
-from txschannel.relay import RelayFactory, no_delay
+from txschannel.peertext import PeerText, printable
+from txschannel.relay import RelayFactory, no_delay, reset
 
 __all__ = [
     "DEFAULT_PORT",
@@ -285,6 +286,15 @@ class AccessPolicy:
         if certificate is None:
             return "no client certificate (the listen endpoint needs clientCA=...)"
         cns = _common_names(certificate)
+        if self.common_names and len(cns) > 1:
+            # Which of them would a rule be about? Software disagrees (the
+            # first, the last, any), so a subject such as "CN=bob, CN=alice"
+            # is refused outright rather than read the way that admits it.
+            return (
+                f"client certificate {certificate.subject.rfc4514_string()} has "
+                f"{len(cns)} common names ({', '.join(cns)}); --allow-cn admits only "
+                "certificates with exactly one"
+            )
         if any(cn in self.common_names for cn in cns):
             return None
         sans = _subject_alt_names(certificate)
@@ -307,7 +317,12 @@ class AccessPolicy:
 
 
 def _logfmt(value: object) -> str:
-    text = "-" if value is None or value == "" else str(value)
+    # Every value may come from the peer (server name, certificate names,
+    # ALPN, reasons quoting them): unprintable characters are escaped, so
+    # that one connection is always one line.
+    if value is None or value == "":
+        return "-"
+    text = printable(value if isinstance(value, str) else str(value))
     if re.search(r'[\s"=]', text):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text
@@ -378,9 +393,15 @@ class ConnectionGate:
         if refusal is not None:
             self.refused = refusal
             _log.warn(
-                "refused {peer}: {why}", peer=self._description.get("peer"), why=refusal
+                "refused {peer}: {why}",
+                peer=self._description.get("peer"),
+                why=PeerText(refusal),
             )
-            self.transport.loseConnection()
+            # An abort, not a clean close: a client that completed the
+            # handshake must not read "the server had nothing to say". (TLS
+            # has access_denied for this, but once the handshake is over
+            # OpenSSL offers no way to send an alert of our choosing.)
+            reset(self.transport)
             return
         inner = self.factory.wrapped.buildProtocol(self.address)
         if inner is None:

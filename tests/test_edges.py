@@ -1,0 +1,348 @@
+"""``twist schannel`` at its hostile edges: bounded buffers, aborts passed on as
+aborts, peer text that cannot forge log lines, and running out of descriptors.
+
+Each test runs a real ``twist schannel`` process on loopback with a real
+backend process (or none), and real TLS clients (Python's ``ssl``, curl).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from OpenSSL import SSL
+from twisted.trial.unittest import TestCase
+
+from tests.peers import Peer, free_port, require, wait_for_port
+from tests.test_tap import Twist, curl
+from txschannel.testing import CertificateAuthority
+
+#: Accepts connections one after another; sends argv[2] bytes, then resets.
+RESET_AFTER = """
+import socket, struct, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen()
+while True:
+    connection, _ = server.accept()
+    try:
+        connection.sendall(b"r" * int(sys.argv[2]))
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass  # (the readiness probe does not read)
+    connection.close()
+"""
+
+#: Reads each connection to its end and appends "EOF <bytes>" (a FIN) or
+#: "RESET <bytes>" to the file argv[2].
+RECORDER = """
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen()
+while True:
+    connection, _ = server.accept()
+    size, how = 0, "EOF"
+    try:
+        while True:
+            data = connection.recv(65536)
+            if not data:
+                break
+            size += len(data)
+    except ConnectionResetError:
+        how = "RESET"
+    with open(sys.argv[2], "a") as out:
+        out.write(f"{how} {size}\\n")
+    connection.close()
+"""
+
+#: Echoes every connection, each in a thread of its own.
+ECHO = """
+import socket, sys, threading
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen(512)
+def echo(connection):
+    with connection:
+        try:
+            while data := connection.recv(65536):
+                connection.sendall(data)
+        except OSError:
+            pass
+while True:
+    connection, _ = server.accept()
+    threading.Thread(target=echo, args=(connection,), daemon=True).start()
+"""
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+class Edge(TestCase):
+    """A folder, a CA-signed server certificate, and helpers to start processes."""
+
+    def setUp(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="txschannel-edges-"))
+        self.ca = CertificateAuthority()
+        self.ca.write(self.folder / "ca.pem")
+        self.ca.issue("localhost", "127.0.0.1").write(self.folder / "server.pem")
+
+    def backend(self, script: str, *arguments: str) -> int:
+        path = self.folder / f"backend{len(list(self.folder.iterdir()))}.py"
+        path.write_text(script)
+        port = free_port()
+        peer = Peer([sys.executable, str(path), str(port), *arguments])
+        self.addCleanup(peer.stop)
+        wait_for_port(port)
+        return port
+
+    def twist(self, backend: int, *extra: str, limit_files: int | None = None) -> tuple[Twist, int]:
+        port = free_port()
+        arguments = (
+            "--listen",
+            f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.folder}/server.pem",
+            "--connect", f"tcp:127.0.0.1:{backend}", *extra,
+        )
+        if limit_files is None:
+            twist = Twist(self, *arguments)
+        else:
+            # The limit applies to the twist process alone (the argument is
+            # read by a small wrapper that lowers it, then execs Python).
+            wrapper = self.folder / "limited.py"
+            wrapper.write_text(
+                "import os, resource, sys\n"
+                f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit_files}, {limit_files}))\n"
+                "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+            )
+            twist = Twist(self, *arguments, python_wrapper=str(wrapper))
+        # (No test connection: it would be a log line of its own.)
+        twist.wait_for("listening on")
+        return twist, port
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.folder / "ca.pem"))
+        return context
+
+    def tls(self, port: int, timeout: float = 10.0) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        # suppress_ragged_eofs=False: an end without close_notify is an
+        # error (SSLEOFError), and a clean close_notify reads as b"".
+        return self.client_context().wrap_socket(
+            raw, server_hostname="localhost", suppress_ragged_eofs=False
+        )
+
+
+def read_to_end(tls: ssl.SSLSocket) -> tuple[int, str]:
+    """Read until the stream ends: (bytes read, "close_notify" / "no close_notify" / "reset")."""
+    size = 0
+    try:
+        while True:
+            data = tls.recv(65536)
+            if not data:
+                return size, "close_notify"
+            size += len(data)
+    except ssl.SSLEOFError:
+        return size, "no close_notify"
+    except ConnectionResetError:
+        return size, "reset"
+
+
+class AbortTests(Edge):
+    """An abort on one side reaches the other side as an abort, never as a clean end."""
+
+    def test_a_backend_reset_after_a_million_bytes_is_not_a_clean_end_for_the_client(self) -> None:
+        backend = self.backend(RESET_AFTER, "1000000")
+        twist, port = self.twist(backend)
+        with self.tls(port) as tls:
+            size, how = read_to_end(tls)
+        self.assertNotEqual(how, "close_notify", f"{size} bytes, then a clean close_notify")
+        self.assertLessEqual(size, 1000000)
+        twist.wait_for(r'connection closed .*reason="backend lost: ')
+
+    def test_a_client_that_ends_without_close_notify_resets_the_backend(self) -> None:
+        record = self.folder / "record.txt"
+        backend = self.backend(RECORDER, str(record))
+        twist, port = self.twist(backend)
+        tls = self.tls(port)
+        tls.sendall(b"q" * 5000)
+        time.sleep(0.3)
+        # The TCP connection ends (FIN) with no TLS close_notify before it.
+        socket.socket(fileno=tls.detach()).close()
+        self.waitForLine(record)
+        # (The first line is wait_for_port's own connection.)
+        self.assertEqual(record.read_text().split()[-2], "RESET", record.read_text())
+        twist.wait_for(r'connection closed .*reason="client lost: ')
+
+    def test_a_clean_client_close_is_a_clean_backend_close(self) -> None:
+        record = self.folder / "record.txt"
+        backend = self.backend(RECORDER, str(record))
+        twist, port = self.twist(backend)
+        tls = self.tls(port)
+        tls.sendall(b"q" * 5000)
+        raw = tls.unwrap()  # close_notify, then the TCP close
+        raw.close()
+        self.waitForLine(record)
+        self.assertEqual(record.read_text().split()[-2:], ["EOF", "5000"])
+
+    def test_an_unreachable_backend_aborts_the_client(self) -> None:
+        require("curl")
+        twist, port = self.twist(free_port())
+        result = curl("--cacert", str(self.folder / "ca.pem"), f"https://localhost:{port}/")
+        # 52 is curl's "Empty reply from server": what a clean close looked like.
+        self.assertNotIn(result.returncode, (0, 52), result.stderr)
+        with self.tls(port) as tls:
+            try:
+                tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
+                pass  # the abort came first
+            else:
+                self.assertNotEqual(read_to_end(tls)[1], "close_notify")
+        twist.wait_for(r'reason="connect endpoint failed: .*refused')
+
+    def waitForLine(self, path: Path) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if path.exists() and path.read_text().count("\n") >= 2:
+                return
+            time.sleep(0.05)
+        self.fail(f"the backend recorded nothing in {path}")
+
+
+class BufferTests(Edge):
+    """A client that sends without end, and never reads, is not buffered."""
+
+    def flood(self, port: int, seconds: float) -> int:
+        """Complete a handshake, then send 16 KiB writes for *seconds* or until refused."""
+        sent = 0
+        with self.tls(port, timeout=1.0) as tls:
+            chunk = os.urandom(16384)
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                try:
+                    sent += tls.send(chunk)
+                except (TimeoutError, ssl.SSLWantWriteError):
+                    continue
+                except (OSError, ssl.SSLError):
+                    break
+        return sent
+
+    def test_a_client_flooding_an_unreachable_backend_is_not_buffered(self) -> None:
+        twist, port = self.twist(free_port())
+        before = rss_kib(twist.process.pid)
+        sent = self.flood(port, 3.0)
+        after = rss_kib(twist.process.pid)
+        # Before the fix, every byte was kept for the backend: about 1 GB here.
+        self.assertLess(after - before, 20 * 1024, f"sent {sent} bytes")
+        twist.wait_for(r'reason="connect endpoint failed: ')
+
+    def test_a_client_flooding_after_the_backend_closed_is_not_buffered(self) -> None:
+        backend = self.backend(RESET_AFTER, "10")
+        twist, port = self.twist(backend)
+        before = rss_kib(twist.process.pid)
+        sent = self.flood(port, 3.0)
+        after = rss_kib(twist.process.pid)
+        self.assertLess(after - before, 20 * 1024, f"sent {sent} bytes")
+
+
+class LogLineTests(Edge):
+    """Peer-supplied text is escaped in text logs: one connection, one line."""
+
+    def test_a_server_name_with_a_newline_cannot_forge_a_line(self) -> None:
+        twist, port = self.twist(self.backend(ECHO))
+        forged = "localhost\n2026-12-01T00:00:00+0000 [txschannel#info] forged"
+        # Python's ssl refuses such a server name itself; pyOpenSSL sends
+        # whatever bytes it is given, as a hostile client would.
+        openssl = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        connection = SSL.Connection(openssl, socket.create_connection(("127.0.0.1", port)))
+        connection.set_tlsext_host_name(forged.encode("ascii"))
+        connection.set_connect_state()
+        connection.do_handshake()
+        connection.sendall(b"ping")
+        connection.recv(4)
+        connection.shutdown()
+        connection.sock_shutdown(socket.SHUT_RDWR)
+        connection.close()
+        line = twist.wait_for(r"connection closed [^\n]*")
+        self.assertIn('server_name="localhost\\\\x0a2026-12-01T00:00:00', line.group(0))
+        self.assertNotIn("\n2026-12-01T00:00:00+0000 [txschannel#info] forged", twist.output)
+
+
+class DescriptorTests(Edge):
+    """Out of file descriptors: one warning naming the limit, and aborts."""
+
+    def test_running_out_of_descriptors_is_said_once_and_aborts_clients(self) -> None:
+        backend = self.backend(ECHO)
+        limit = 48
+        twist, port = self.twist(backend, limit_files=limit)
+        outcomes: list[str] = []
+        lock = threading.Lock()
+        held: list[ssl.SSLSocket] = []
+
+        def client() -> None:
+            try:
+                tls = self.tls(port, timeout=5.0)
+            except (OSError, ssl.SSLError) as e:
+                outcome = f"no handshake: {type(e).__name__}"
+            else:
+                try:
+                    tls.sendall(b"ping")
+                    data = tls.recv(4)
+                    outcome = "served" if data == b"ping" else "clean close" if not data else "?"
+                except TimeoutError:
+                    outcome = "waiting"
+                except (ssl.SSLEOFError, ConnectionResetError, ssl.SSLError) as e:
+                    outcome = f"aborted: {type(e).__name__}"
+                with lock:
+                    held.append(tls)
+            with lock:
+                outcomes.append(outcome)
+
+        threads = [threading.Thread(target=client) for _ in range(60)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        for tls in held:
+            tls.close()
+        summary = {o: outcomes.count(o) for o in set(outcomes)}
+        self.assertNotIn("clean close", summary, summary)
+        self.assertGreater(summary.get("served", 0), 0, summary)
+        self.assertGreater(sum(n for o, n in summary.items() if o.startswith("aborted")), 0,
+                           summary)
+        warning = twist.wait_for(r"out of file descriptors \(the open-files limit, "
+                                 r"ulimit -n, is (\d+)\)")
+        self.assertEqual(int(warning.group(1)), limit)
+        self.assertEqual(twist.output.count("out of file descriptors"), 1, twist.output)
+        self.assertNotIn("cannot reach", twist.output)
+
+
+class PeerTextTests(TestCase):
+    """What PeerText and the logfmt line make of hostile strings."""
+
+    def test_control_and_format_characters_are_escaped_in_text_not_in_json(self) -> None:
+        from twisted.logger import eventAsJSON, formatEvent
+
+        from txschannel.peertext import PeerText, printable
+        from txschannel.tap import _logfmt
+
+        hostile = "a\nb\x00c\x1b[31m\u202ed\\e"
+        self.assertEqual(printable(hostile), "a\\x0ab\\x00c\\x1b[31m\\u202ed\\\\e")
+        event = {"log_format": "refused {why}", "why": PeerText(hostile)}
+        self.assertEqual(formatEvent(event), "refused " + printable(hostile))
+        self.assertIn('"why": "a\\nb\\u0000c', eventAsJSON(event))
+        self.assertNotIn("\n", _logfmt(hostile))
+        self.assertNotIn("\x00", _logfmt("CN=x\x00y"))
