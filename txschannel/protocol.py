@@ -15,6 +15,7 @@ plaintext protocol (STARTTLS).
 
 from __future__ import annotations
 
+import ctypes
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Union, cast
@@ -148,6 +149,24 @@ class HandshakeMemoryExceeded(ConnectionLost):
     MESSAGE = "TLS handshake memory budget exhausted"
 
 
+def _find_malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``, or None where the C library has none (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
+
+
+_MALLOC_TRIM = _find_malloc_trim()
+
+#: Bytes of handshakes that must have ended since the last trim before the
+#: memory allocator is asked to give free memory back (see _HandshakeBudget).
+_TRIM_AFTER = 8 * 1024 * 1024
+
+
 class _HandshakeBudget:
     """The bytes that a server's unfinished handshakes hold, against a limit.
 
@@ -159,17 +178,35 @@ class _HandshakeBudget:
     handshake completes, fails or the connection closes. A connection whose
     charge would take the total past the limit is refused; while the budget
     is spent, that means every new handshake.
+
+    Refusals are logged at once, then at most once per
+    ``_REFUSAL_LOG_INTERVAL`` with how many there were since.
+
+    Memory given back: the buffers of stalled handshakes are many blocks of
+    tens of kilobytes, below the size glibc serves with mmap, so once they
+    are freed the allocator keeps them (a flood of 1,000 stalled hellos of
+    64 KB each left 80 MB behind for good). After ``_TRIM_AFTER`` bytes of
+    handshakes have ended, ``malloc_trim(0)`` is called a second later
+    (once, however many ended meanwhile), which returns free pages to the
+    system.
     """
 
-    __slots__ = ("limit", "held", "refused", "_logged_at", "_unlogged")
+    __slots__ = (
+        "limit", "held", "refused", "_clock", "_logged_at", "_unlogged", "_summary",
+        "_released", "_trim_call",
+    )
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, clock: IReactorTime) -> None:
         self.limit = limit
         self.held = 0
         #: Handshakes refused since the budget was made.
         self.refused = 0
+        self._clock = clock
         self._logged_at: float | None = None
         self._unlogged = 0
+        self._summary: IDelayedCall | None = None
+        self._released = 0
+        self._trim_call: IDelayedCall | None = None
 
     def take(self, amount: int) -> bool:
         """Charge *amount* more bytes; False (and nothing charged) when over the limit."""
@@ -180,23 +217,49 @@ class _HandshakeBudget:
 
     def give_back(self, amount: int) -> None:
         self.held -= amount
+        self._released += amount
+        if self._released >= _TRIM_AFTER and self._trim_call is None and _MALLOC_TRIM:
+            self._trim_call = self._clock.callLater(1.0, self._trim)
 
-    def refusal(self, now: float, peer: str) -> None:
-        """Count a refused handshake and log it, at most once per interval."""
+    def _trim(self) -> None:
+        self._trim_call = None
+        self._released = 0
+        if _MALLOC_TRIM is not None:
+            _MALLOC_TRIM()
+
+    def refusal(self, peer: str) -> None:
+        """Count a refused handshake; log it now, or in the interval's summary."""
         self.refused += 1
         self._unlogged += 1
+        now = self._clock.seconds()
         if self._logged_at is not None and now - self._logged_at < _REFUSAL_LOG_INTERVAL:
+            if self._summary is None:
+                self._summary = self._clock.callLater(
+                    self._logged_at + _REFUSAL_LOG_INTERVAL - now, self._log, peer
+                )
             return
+        self._log(peer)
+
+    def _log(self, peer: str) -> None:
+        self._summary = None
         _log.warn(
             "TLS handshake memory budget of {limit} bytes is in use by unfinished "
-            "handshakes: refused {count} new handshake(s), the last from {peer}",
+            "handshakes: refused {count} new handshake(s) since the last such line, "
+            "the last from {peer}",
             limit=self.limit,
             count=self._unlogged,
             peer=peer,
             status="HANDSHAKE_MEMORY_EXCEEDED",
         )
-        self._logged_at = now
+        self._logged_at = self._clock.seconds()
         self._unlogged = 0
+
+    def stop(self) -> None:
+        """Cancel the timers (the factory stopped)."""
+        for call in (self._summary, self._trim_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._summary = self._trim_call = None
 
 
 def _failure(error: BaseException) -> Failure:
@@ -362,39 +425,41 @@ def _credentials_from(
             factory=factory,
             creator=value,
         )
+    # Anything else goes as in TLSMemoryBIOFactory (Twisted's
+    # _tls_legacy.oldest): the same warning and TypeErrors, in the same
+    # words, which Twisted's own test_brokenContextFactoryErrors compares.
     get_context = getattr(value, "getContext", None)
-    if callable(get_context):
-        if not interfaces.IOpenSSLContextFactory.providedBy(value):
-            # The same warning, in the same words, as TLSMemoryBIOFactory.
-            side = "Client" if is_client else "Server"
-            warnings.warn(
-                f"{value} does not explicitly provide any OpenSSL connection-creator "
-                f"{side} interface; neither IOpenSSL{side}ConnectionCreator, nor "
-                "IOpenSSLContextFactory.",
-                LegacyContextFactoryWarning,
-                stacklevel=4,
-            )
-        context = get_context()
-        if not isinstance(context, SSL.Context):
-            raise TypeError(f"{value!r}.getContext() returned {context!r}, not an SSL.Context")
-
-        def make_connection(protocol: object) -> SSL.Connection:
-            # As Twisted does for these legacy factories: ask again for
-            # every connection, so a factory that rotates its context works.
-            return SSL.Connection(get_context(), None)
-
-        return _TwistedCredentials(
-            make_connection,
-            is_client=is_client,
-            hostname=None,
-            context=context,
-            factory=factory,
-            creator=value,
+    if not interfaces.IOpenSSLContextFactory.providedBy(value):
+        side = "Client" if is_client else "Server"
+        warnings.warn(
+            f"{value} does not explicitly provide any OpenSSL connection-creator "
+            f"{side} interface; neither IOpenSSL{side}ConnectionCreator, nor "
+            "IOpenSSLContextFactory.",
+            LegacyContextFactoryWarning,
+            stacklevel=4,
         )
-    raise TypeError(
-        f"{value!r} is not txschannel Credentials, an "
-        f"IOpenSSL{role.capitalize()}ConnectionCreator (e.g. optionsForClientTLS(...) or "
-        "CertificateOptions) or an object with getContext()"
+    if not callable(get_context):
+        raise TypeError(
+            f"{value} does not even have a `getContext` method (SchannelFactory takes "
+            f"txschannel Credentials, an IOpenSSL{role.capitalize()}ConnectionCreator such "
+            "as optionsForClientTLS(...) or CertificateOptions, or a context factory)"
+        )
+    context = get_context()
+    if not isinstance(context, SSL.Context):
+        raise TypeError(f"{value}'s `getContext` method doesn't return a `Context`")
+
+    def make_connection(protocol: object) -> SSL.Connection:
+        # As Twisted does for these legacy factories: ask again for
+        # every connection, so a factory that rotates its context works.
+        return SSL.Connection(get_context(), None)
+
+    return _TwistedCredentials(
+        make_connection,
+        is_client=is_client,
+        hostname=None,
+        context=context,
+        factory=factory,
+        creator=value,
     )
 
 
@@ -724,7 +789,7 @@ class SchannelProtocol(ProtocolWrapper):
         if budget.take(size - self._charged):
             self._charged = size
             return True
-        budget.refusal(self.factory._clock.seconds(), self._peer_name())
+        budget.refusal(self._peer_name())
         self._fail(
             _failure(
                 HandshakeMemoryExceeded(
@@ -799,12 +864,7 @@ class SchannelProtocol(ProtocolWrapper):
             return
         if token:
             self.transport.write(token)
-        if plaintext and not (self.disconnecting and self._sent_close_notify):
-            # (After loseConnection() and our close_notify, the records are
-            # still read, to find the peer's close_notify, but what they
-            # carry is dropped: the application is done with the stream,
-            # as a TCP transport stops reading then, and a peer that keeps
-            # sending must not have it buffered somewhere above us.)
+        if plaintext:
             self.bytesReceived += len(plaintext)
             _Wrapper.dataReceived(self, plaintext)
         if closed:
@@ -1442,16 +1502,16 @@ class SchannelFactory(WrappingFactory):
         self.handshake_timeout = handshake_timeout
         self.max_pre_handshake_buffer = max_pre_handshake_buffer
         self.close_timeout = close_timeout
-        self._budget = (
-            _HandshakeBudget(handshake_memory)
-            if handshake_memory is not None and not self.isClient
-            else None
-        )
         if clock is None:
             from twisted.internet import reactor
 
             clock = cast(IReactorTime, reactor)
         self._clock = clock
+        self._budget = (
+            _HandshakeBudget(handshake_memory, clock)
+            if handshake_memory is not None and not self.isClient
+            else None
+        )
         self.credentials = credentials_or_creator
 
     @property
@@ -1515,6 +1575,11 @@ class SchannelFactory(WrappingFactory):
         if wrapped is None:
             return None
         return self.protocol(self, wrapped)
+
+    def stopFactory(self) -> None:
+        """No more ports use this factory: cancel the handshake budget's timers."""
+        if self._budget is not None:
+            self._budget.stop()
 
     def logPrefix(self) -> str:
         """The wrapped factory's log prefix, marked as TLS."""
