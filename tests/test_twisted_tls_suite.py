@@ -67,12 +67,6 @@ KNOWN_DIFFERENCES: dict[str, str] = {
         "calls; txschannel's security context calls more of the Connection API "
         "(get_protocol_version_name, ...) and fails on the fake"
     ),
-    "TLSProducerTests.test_brokenContextFactoryErrors": (
-        "wording: both TypeErrors are raised, but in txschannel's words "
-        "('X.getContext() returned None, not an SSL.Context', 'X is not txschannel "
-        "Credentials, ...'), and an object with no getContext gets no "
-        "LegacyContextFactoryWarning"
-    ),
 }
 
 #: Tests in the substituted classes that never touch the transport.

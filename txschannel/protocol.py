@@ -439,11 +439,14 @@ def _credentials_from(
             stacklevel=4,
         )
     if not callable(get_context):
-        raise TypeError(
-            f"{value} does not even have a `getContext` method (SchannelFactory takes "
-            f"txschannel Credentials, an IOpenSSL{role.capitalize()}ConnectionCreator such "
-            "as optionsForClientTLS(...) or CertificateOptions, or a context factory)"
-        )
+        error = TypeError(f"{value} does not even have a `getContext` method")
+        if hasattr(error, "add_note"):  # Python 3.11: the hint, in the traceback
+            error.add_note(
+                f"SchannelFactory takes txschannel Credentials, an "
+                f"IOpenSSL{role.capitalize()}ConnectionCreator such as "
+                "optionsForClientTLS(...) or CertificateOptions, or a context factory"
+            )
+        raise error
     context = get_context()
     if not isinstance(context, SSL.Context):
         raise TypeError(f"{value}'s `getContext` method doesn't return a `Context`")
