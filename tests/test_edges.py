@@ -117,21 +117,27 @@ class Edge(TestCase):
             f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.folder}/server.pem",
             "--connect", f"tcp:127.0.0.1:{backend}", *extra,
         )
-        if limit_files is None:
-            twist = Twist(self, *arguments)
-        else:
-            # The limit applies to the twist process alone (the argument is
-            # read by a small wrapper that lowers it, then execs Python).
-            wrapper = self.folder / "limited.py"
-            wrapper.write_text(
-                "import os, resource, sys\n"
-                f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit_files}, {limit_files}))\n"
-                "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
-            )
-            twist = Twist(self, *arguments, python_wrapper=str(wrapper))
+        limits = {} if limit_files is None else {"RLIMIT_NOFILE": limit_files}
+        twist = Twist(self, *arguments, python_wrapper=self.limited(limits))
         # (No test connection: it would be a log line of its own.)
         twist.wait_for("listening on")
         return twist, port
+
+    def limited(self, limits: dict[str, int]) -> str | None:
+        """A wrapper script that sets resource *limits* for the twist process
+        alone, then runs Python with the arguments after it (or None)."""
+        if not limits:
+            return None
+        wrapper = self.folder / "limited.py"
+        wrapper.write_text(
+            "import os, resource, sys\n"
+            + "".join(
+                f"resource.setrlimit(resource.{name}, ({value}, {value}))\n"
+                for name, value in limits.items()
+            )
+            + "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+        )
+        return str(wrapper)
 
     def client_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.folder / "ca.pem"))
@@ -346,3 +352,30 @@ class PeerTextTests(TestCase):
         self.assertIn('"why": "a\\nb\\u0000c', eventAsJSON(event))
         self.assertNotIn("\n", _logfmt(hostile))
         self.assertNotIn("\x00", _logfmt("CN=x\x00y"))
+
+
+class InspectorBodyTests(Edge):
+    """The inspector answers a POST without keeping its body (memory or disk)."""
+
+    def test_a_large_body_is_counted_not_kept(self) -> None:
+        require("curl")
+        port = free_port()
+        # No file the process writes may grow past 4 MiB (twisted.web puts
+        # bodies over 100 KB in a temporary file; the kernel would stop it).
+        twist = Twist(
+            self, "--listen",
+            f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.folder}/server.pem",
+            python_wrapper=self.limited({"RLIMIT_FSIZE": 4 * 1024 * 1024}),
+        )
+        twist.wait_for("listening on")
+        before = rss_kib(twist.process.pid)
+        body = self.folder / "body.bin"
+        body.write_bytes(os.urandom(64 * 1024 * 1024))
+        result = curl("--cacert", str(self.folder / "ca.pem"), "--data-binary", f"@{body}",
+                      "-H", "Content-Type: application/octet-stream",
+                      f"https://localhost:{port}/?format=json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(b'"method": "POST"', result.stdout)
+        self.assertTrue(twist.process.poll() is None, twist.output)
+        self.assertLess(rss_kib(twist.process.pid) - before, 8 * 1024)
+        body.unlink()

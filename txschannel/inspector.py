@@ -241,6 +241,40 @@ class InspectorResource(resource.Resource):
         return body.encode("utf-8")
 
 
+class _Discarded:
+    """A request body the inspector does not keep: counted, then dropped.
+
+    twisted.web keeps every body, in memory or (past 100 KB) in a temporary
+    file, without a limit; the page never looks at it, so a client that
+    POSTs without end would only fill memory or the disk.
+    """
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+class _InspectorRequest(server.Request):
+    """A request whose body is discarded as it arrives (see :class:`_Discarded`)."""
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = _Discarded()
+
+
 class InspectorSite(server.Site):
     """The inspector as a factory: HTTP/1.0 and 1.1 only.
 
@@ -252,7 +286,9 @@ class InspectorSite(server.Site):
     protocol = http.HTTPChannel  # type: ignore[assignment]
 
     def __init__(self) -> None:
-        super().__init__(InspectorResource())  # type: ignore[no-untyped-call]
+        super().__init__(  # type: ignore[no-untyped-call]
+            InspectorResource(), requestFactory=_InspectorRequest
+        )
         # One line per request would double the per-connection log line.
         self.noisy = False
 
