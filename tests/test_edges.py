@@ -19,6 +19,7 @@ from pathlib import Path
 from OpenSSL import SSL
 from twisted.trial.unittest import TestCase
 
+from tests import hellos
 from tests.peers import Peer, free_port, require, wait_for_port
 from tests.test_tap import Twist, curl
 from txschannel.testing import CertificateAuthority
@@ -379,3 +380,45 @@ class InspectorBodyTests(Edge):
         self.assertTrue(twist.process.poll() is None, twist.output)
         self.assertLess(rss_kib(twist.process.pid) - before, 8 * 1024)
         body.unlink()
+
+
+class StalledHandshakeTests(Edge):
+    """Clients that send most of a large ClientHello and go silent: each costs
+    about what it sent, the listener's budget refuses the rest with a log
+    line, and the memory is given back when they leave."""
+
+    def test_stalled_hellos_are_bounded_refused_past_the_budget_and_given_back(self) -> None:
+        port = free_port()
+        twist = Twist(
+            self, "--listen",
+            f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.folder}/server.pem"
+            ":handshakeTimeout=60:handshakeMemory=8M",
+        )
+        twist.wait_for("listening on")
+        time.sleep(0.5)
+        baseline = rss_kib(twist.process.pid)
+        stalled = hellos.claimed_client_hello(130816, 64000)
+        sockets = []
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            try:
+                sock.sendall(stalled)
+            except OSError:
+                pass  # refused (reset) while sending
+            sockets.append(sock)
+        time.sleep(1.5)
+        peak = rss_kib(twist.process.pid)
+        refusals = twist.wait_for(r"refused (\d+) new handshake\(s\)")
+        self.assertGreater(int(refusals.group(1)), 0)
+        # 8 MiB of budget admits about 131 of them; before the fix every one
+        # was admitted and cost about 200 KB (60 MB here).
+        self.assertLess(peak - baseline, 20 * 1024, (baseline, peak))
+        for sock in sockets:
+            sock.close()
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            after = rss_kib(twist.process.pid)
+            if after - baseline < 6 * 1024:
+                break
+            time.sleep(0.5)
+        self.assertLess(after - baseline, 6 * 1024, (baseline, peak, after))

@@ -164,7 +164,7 @@ _MALLOC_TRIM = _find_malloc_trim()
 
 #: Bytes of handshakes that must have ended since the last trim before the
 #: memory allocator is asked to give free memory back (see _HandshakeBudget).
-_TRIM_AFTER = 8 * 1024 * 1024
+_TRIM_AFTER = 1024 * 1024
 
 
 class _HandshakeBudget:
