@@ -4,6 +4,7 @@ key-exchange groups behave as documented."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import ssl
 
@@ -27,6 +28,8 @@ from tests.test_context import (
 )
 from tests.test_context_peers import PythonSide, converse, fails
 from txschannel import ClientContext, Credentials, SecurityError, ServerContext, Status
+from txschannel.credentials import read_passphrase, sni_default, validity_warnings
+from txschannel.testing import CertificateAuthority, IssuedCertificate
 
 
 class BadInputTests(SynchronousTestCase):
@@ -409,3 +412,218 @@ def client_credentials_cached() -> Credentials:
     if not _cached:
         _cached.append(client_credentials())
     return _cached[0]
+
+
+# -- encrypted keys, the sni folder's default, validity periods ---------------------
+
+
+def _encrypted(issued: IssuedCertificate, passphrase: bytes, *, traditional: bool = False) -> bytes:
+    """*issued*'s key encrypted with *passphrase* (PKCS#8, or OpenSSL's
+    traditional ``Proc-Type: 4,ENCRYPTED`` form), then its certificate."""
+    key_format = (
+        serialization.PrivateFormat.TraditionalOpenSSL
+        if traditional
+        else serialization.PrivateFormat.PKCS8
+    )
+    key = issued.private_key.private_bytes(
+        serialization.Encoding.PEM, key_format,
+        serialization.BestAvailableEncryption(passphrase))
+    return key + issued.certificate_pem
+
+
+class PassphraseTests(SynchronousTestCase):
+    """An encrypted private key loads with its passphrase, and only with it."""
+
+    def setUp(self) -> None:
+        self.folder = self.mktemp()
+        os.makedirs(self.folder)
+        self.ca = CertificateAuthority()
+        self.issued = self.ca.issue(NAME)
+
+    def path(self, name: str, data: bytes) -> str:
+        path = os.path.join(self.folder, name)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return path
+
+    def works(self, server: Credentials) -> None:
+        client = Credentials.client(trust_roots=self.ca.certificate_pem)
+        pair = handshake(ClientContext(client, NAME), ServerContext(server))
+        self.assertEqual(pair.client_to_server(b"decrypted"), b"decrypted")
+
+    def test_pkcs8_and_traditional_encrypted_keys_load_with_their_passphrase(self) -> None:
+        for traditional in (False, True):
+            pem = _encrypted(self.issued, b"s3cret", traditional=traditional)
+            path = self.path(f"server-{traditional}.pem", pem)
+            self.works(Credentials.server(certificate=path, passphrase=b"s3cret"))
+            self.works(Credentials.server(certificate=path, passphrase="s3cret"))
+
+    def test_an_encrypted_key_in_its_own_file(self) -> None:
+        key = self.path("key.pem", _encrypted(self.issued, b"k").split(b"-----BEGIN CERT")[0])
+        certificate = self.path("cert.pem", self.issued.certificate_pem)
+        self.works(Credentials.server(certificate=certificate, private_key=key, passphrase=b"k"))
+
+    def test_a_wrong_passphrase_names_the_file_and_never_the_passphrase(self) -> None:
+        path = self.path("server.pem", _encrypted(self.issued, b"right horse"))
+        error = self.assertRaises(ValueError, Credentials.server, certificate=path,
+                                  passphrase=b"wrong battery")
+        self.assertIn(repr(path), str(error))
+        self.assertIn("passphrase given does not decrypt", str(error))
+        self.assertNotIn("wrong battery", str(error))
+        self.assertNotIn("right horse", str(error))
+
+    def test_an_encrypted_key_without_a_passphrase_says_how_to_give_one(self) -> None:
+        path = self.path("server.pem", _encrypted(self.issued, b"k"))
+        error = str(self.assertRaises(ValueError, Credentials.server, certificate=path))
+        self.assertIn(repr(path), error)
+        self.assertIn("encrypted and no passphrase was given", error)
+        self.assertIn("passphraseFile=", error)
+
+    def test_a_passphrase_for_a_key_that_is_not_encrypted_is_not_needed(self) -> None:
+        path = self.path("server.pem", self.issued.pem)
+        self.works(Credentials.server(certificate=path, passphrase=b"unused"))
+
+    def test_sni_files_use_the_same_passphrase(self) -> None:
+        sni = os.path.join(self.folder, "sni")
+        os.makedirs(sni)
+        other = self.ca.issue("other.example")
+        with open(os.path.join(sni, "other.example.pem"), "wb") as handle:
+            handle.write(_encrypted(other, b"k"))
+        server = Credentials.server(certificate=_encrypted(self.issued, b"k"), sni=sni,
+                                    passphrase=b"k")
+        client = Credentials.client(trust_roots=self.ca.certificate_pem)
+        pair = handshake(ClientContext(client, "other.example"), ServerContext(server))
+        self.assertEqual(pair.client.context.attributes.server_name, "other.example")
+
+    def test_a_client_certificate_with_an_encrypted_key(self) -> None:
+        alice = self.ca.issue(common_name="alice")
+        path = self.path("alice.pem", _encrypted(alice, b"k"))
+        client = Credentials.client(trust_roots=self.ca.certificate_pem, certificate=path,
+                                    passphrase=b"k")
+        server = self.ca.server_credentials(NAME, client_ca=self.ca.certificate_pem,
+                                            require_client_certificate=True)
+        pair = handshake(ClientContext(client, NAME), ServerContext(server))
+        peer = pair.server.context.attributes.peer_certificate
+        assert peer is not None
+        self.assertIn("CN=alice", peer.subject.rfc4514_string())
+        self.assertRaises(ValueError, Credentials.client, trust_roots=self.ca.certificate_pem,
+                          certificate=path, passphrase=b"nope")
+
+    def test_read_passphrase_strips_one_trailing_newline(self) -> None:
+        for written, read in ((b"pw\n", b"pw"), (b"pw\r\n", b"pw"), (b"pw", b"pw"),
+                              (b"pw\n\n", b"pw\n"), (b" pw ", b" pw ")):
+            self.assertEqual(read_passphrase(self.path("pass.txt", written)), read, written)
+
+    def test_read_passphrase_errors_name_the_file(self) -> None:
+        missing = os.path.join(self.folder, "missing.txt")
+        self.assertIn(f"passphrase file {missing!r} does not exist",
+                      str(self.assertRaises(ValueError, read_passphrase, missing)))
+        empty = self.path("empty.txt", b"\n")
+        self.assertIn(f"passphrase file {empty!r} is empty",
+                      str(self.assertRaises(ValueError, read_passphrase, empty)))
+        self.assertIn("is a folder",
+                      str(self.assertRaises(ValueError, read_passphrase, self.folder)))
+
+
+class SniDefaultTests(SynchronousTestCase):
+    """An sni folder's default file: txsni's DEFAULT.pem, or default.pem."""
+
+    def folder(self, *names: str) -> str:
+        folder = self.mktemp()
+        os.makedirs(folder)
+        for name in names:
+            with open(os.path.join(folder, name), "wb") as handle:
+                handle.write(b"")
+        return folder
+
+    def test_txsni_spelling_and_lower_case(self) -> None:
+        for name in ("DEFAULT.pem", "default.pem", "Default.pem"):
+            folder = self.folder(name, "alpha.test.pem")
+            self.assertEqual(sni_default(folder), os.path.join(folder, name))
+
+    def test_none_when_absent(self) -> None:
+        self.assertIsNone(sni_default(self.folder("alpha.test.pem")))
+
+    def test_two_spellings_at_once_are_an_error(self) -> None:
+        folder = self.folder("DEFAULT.pem", "default.pem")
+        if len(os.listdir(folder)) < 2:  # a case-insensitive file system
+            return
+        error = str(self.assertRaises(ValueError, sni_default, folder))
+        self.assertIn("DEFAULT.pem and default.pem", error)
+        self.assertIn(repr(folder), error)
+
+    def test_missing_folder(self) -> None:
+        missing = os.path.join(self.folder(), "nope")
+        self.assertIn(repr(missing), str(self.assertRaises(ValueError, sni_default, missing)))
+
+
+class ValidityWarningTests(SynchronousTestCase):
+    """validity_warnings() names the file, subject and dates of a certificate
+    that is out of date or nearly so, and says nothing about a good one."""
+
+    def setUp(self) -> None:
+        self.folder = self.mktemp()
+        os.makedirs(self.folder)
+        self.ca = CertificateAuthority()
+        self.now = datetime.datetime.now(datetime.timezone.utc)
+
+    def file(self, name: str, **dates: datetime.datetime) -> str:
+        path = os.path.join(self.folder, name)
+        self.ca.issue(NAME, **dates).write(path)  # type: ignore[arg-type]
+        return path
+
+    def test_an_expired_certificate(self) -> None:
+        path = self.file("old.pem", not_before=self.now - 30 * DAY,
+                         not_after=self.now - 3 * DAY - HOUR)
+        (warning,) = validity_warnings(Credentials.server(certificate=path))
+        self.assertIn(f"certificate file {path!r}", warning)
+        self.assertIn("(subject CN=localhost,O=txschannel testing)", warning)
+        self.assertIn("has expired (3 days ago)", warning)
+        start = (self.now - 30 * DAY).strftime("%Y-%m-%d %H:%M:%S")
+        end = (self.now - 3 * DAY - HOUR).strftime("%Y-%m-%d %H:%M:%S")
+        self.assertIn(f"valid from {start} to {end} UTC", warning)
+
+    def test_a_certificate_not_valid_yet(self) -> None:
+        path = self.file("early.pem", not_before=self.now + DAY, not_after=self.now + 90 * DAY)
+        (warning,) = validity_warnings(Credentials.server(certificate=path))
+        self.assertIn("is not valid yet", warning)
+        self.assertIn(path, warning)
+
+    def test_fourteen_days_before_expiry(self) -> None:
+        path = self.file("soon.pem", not_after=self.now + 5 * DAY + HOUR)
+        (warning,) = validity_warnings(Credentials.server(certificate=path))
+        self.assertIn("expires in 5 days", warning)
+        path = self.file("today.pem", not_after=self.now + HOUR)
+        (warning,) = validity_warnings(Credentials.server(certificate=path))
+        self.assertIn("expires in less than a day", warning)
+        path = self.file("later.pem", not_after=self.now + 15 * DAY)
+        self.assertEqual(validity_warnings(Credentials.server(certificate=path)), [])
+        self.assertEqual(len(validity_warnings(Credentials.server(certificate=path),
+                                               warn_within=30 * DAY)), 1)
+        self.assertEqual(len(validity_warnings(Credentials.server(certificate=path),
+                                               now=self.now + 16 * DAY)), 1)
+
+    def test_sni_files_and_client_certificates_are_checked_too(self) -> None:
+        sni = os.path.join(self.folder, "sni")
+        os.makedirs(sni)
+        good = self.file("good.pem")
+        expired = os.path.join(sni, "old.example.pem")
+        self.ca.issue("old.example", not_before=self.now - 9 * DAY,
+                      not_after=self.now - DAY).write(expired)
+        (warning,) = validity_warnings(Credentials.server(certificate=good, sni=sni))
+        self.assertIn(expired, warning)
+        client = Credentials.client(trust_roots=self.ca.certificate_pem, certificate=expired)
+        (warning,) = validity_warnings(client)
+        self.assertIn(expired, warning)
+
+    def test_certificates_given_in_memory(self) -> None:
+        issued = self.ca.issue(NAME, not_after=self.now + DAY + HOUR)
+        (warning,) = validity_warnings(Credentials.server(certificate=issued.pem))
+        self.assertTrue(warning.startswith("certificate (given in memory) "), warning)
+        self.assertIn("expires in 1 day", warning)
+        self.assertEqual(validity_warnings(Credentials.client(trust_roots=self.ca.certificate_pem)),
+                         [])
+
+
+DAY = datetime.timedelta(days=1)
+HOUR = datetime.timedelta(hours=1)

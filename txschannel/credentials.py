@@ -8,6 +8,7 @@ so that a bad file is reported with its name before any peer connects.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import types as asymmetric_types
 from OpenSSL import SSL, crypto
@@ -27,7 +29,14 @@ from OpenSSL._util import lib as _lib
 
 from txschannel.status import Status
 
-__all__ = ["Credentials", "CertificateSource", "KeySource"]
+__all__ = [
+    "Credentials",
+    "CertificateSource",
+    "KeySource",
+    "read_passphrase",
+    "sni_default",
+    "validity_warnings",
+]
 
 #: A certificate (or several, for a chain or trust roots): a path to a PEM
 #: file, PEM bytes, or ``cryptography`` certificate objects.
@@ -205,29 +214,75 @@ def _certificates_in(data: bytes, label: str) -> list[x509.Certificate]:
 
 
 def _private_key_in(
-    data: bytes, label: str
+    data: bytes, label: str, passphrase: bytes | None = None
 ) -> asymmetric_types.CertificateIssuerPrivateKeyTypes | None:
     for kind, block in _pem_blocks(data, label):
         if kind.endswith("PRIVATE KEY"):
-            if kind == "ENCRYPTED PRIVATE KEY" or b"ENCRYPTED" in block[:200]:
-                raise ValueError(f"{label}: the private key is encrypted; give an unencrypted key")
+            encrypted = kind == "ENCRYPTED PRIVATE KEY" or b"ENCRYPTED" in block[:200]
+            if encrypted and passphrase is None:
+                raise ValueError(
+                    f"{label}: the private key is encrypted and no passphrase was given "
+                    "(passphrase= in Python, passphraseFile= in a schannel: string)"
+                )
             try:
-                key = serialization.load_pem_private_key(block, password=None)
-            except (ValueError, TypeError) as e:
+                # A passphrase for a key that is not encrypted is not needed,
+                # and not an error: OpenSSL, nginx and Python's ssl ignore it too.
+                key = serialization.load_pem_private_key(
+                    block, password=passphrase if encrypted else None
+                )
+            except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+                if encrypted:
+                    # Never the passphrase itself in the message.
+                    raise ValueError(
+                        f"{label}: the passphrase given does not decrypt the private key "
+                        "(wrong passphrase, or a damaged key)"
+                    ) from None
                 raise ValueError(f"{label}: the private key in it is damaged ({e})") from None
             return key  # type: ignore[return-value]
     return None
 
 
-def _load_key(source: KeySource, what: str) -> asymmetric_types.CertificateIssuerPrivateKeyTypes:
+def _load_key(
+    source: KeySource, what: str, passphrase: bytes | None = None
+) -> asymmetric_types.CertificateIssuerPrivateKeyTypes:
     if not isinstance(source, (str, os.PathLike, bytes, bytearray)):
         return source
     data, label = _read(source, what)
-    key = _private_key_in(data, label)
+    key = _private_key_in(data, label, passphrase)
     if key is None:
         kinds = ", ".join(sorted({kind for kind, _ in _pem_blocks(data, label)}))
         raise ValueError(f"{label} holds no private key (it holds: {kinds})")
     return key
+
+
+def _passphrase(passphrase: bytes | str | None) -> bytes | None:
+    if passphrase is None or isinstance(passphrase, bytes):
+        return passphrase
+    if isinstance(passphrase, str):
+        return passphrase.encode("utf-8")
+    raise TypeError(f"passphrase must be bytes or str, not {type(passphrase).__name__}")
+
+
+def read_passphrase(path: str | os.PathLike[str]) -> bytes:
+    """The passphrase kept in the file at *path*, for an encrypted private key.
+
+    The whole file is the passphrase, less one trailing newline (``\\n`` or
+    ``\\r\\n``, as ``echo`` and editors leave it). The file should be
+    readable by the service's user only; that is not checked here.
+
+    :raises ValueError: the file is missing, unreadable, a folder, or empty
+        (the message names the file, never its contents).
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"passphrase file {os.fspath(path)!r} is a folder, not a file")
+    data, label = _read(path, "passphrase")
+    if data.endswith(b"\r\n"):
+        data = data[:-2]
+    elif data.endswith(b"\n"):
+        data = data[:-1]
+    if not data:
+        raise ValueError(f"{label} is empty")
+    return data
 
 
 def _public_der(key: Any) -> bytes:
@@ -238,11 +293,16 @@ def _public_der(key: Any) -> bytes:
 
 @dataclass
 class Identity:
-    """A certificate chain with its private key, checked to belong together."""
+    """A certificate chain with its private key, checked to belong together.
+
+    :ivar source: where the leaf came from, for messages
+        (``certificate file '/etc/tls/site.pem'``).
+    """
 
     leaf: x509.Certificate
     key: asymmetric_types.CertificateIssuerPrivateKeyTypes
     chain: list[x509.Certificate] = field(default_factory=list)
+    source: str = "certificate"
 
     @classmethod
     def load(
@@ -250,9 +310,12 @@ class Identity:
         certificate: CertificateSource | Sequence[CertificateSource],
         private_key: KeySource | None = None,
         chain: CertificateSource | Iterable[CertificateSource] = (),
+        *,
+        passphrase: bytes | None = None,
     ) -> Identity:
         """Load and check a certificate, its key and its chain.
 
+        :param passphrase: decrypts an encrypted private key.
         :raises ValueError: naming the file and the problem.
         """
         certificates = _load_certificates(certificate, "certificate")
@@ -260,14 +323,14 @@ class Identity:
             key = None
             if isinstance(certificate, (str, os.PathLike, bytes, bytearray)):
                 data, label = _read(certificate, "certificate")
-                key = _private_key_in(data, label)
+                key = _private_key_in(data, label, passphrase)
             if key is None:
                 raise ValueError(
                     f"certificate {_describe(certificate)} holds no private key "
                     "and no private key was given"
                 )
         else:
-            key = _load_key(private_key, "private key")
+            key = _load_key(private_key, "private key", passphrase)
         leaf = certificates[0]
         if _public_der(leaf.public_key()) != _public_der(key.public_key()):
             raise ValueError(
@@ -278,13 +341,74 @@ class Identity:
         extra = list(certificates[1:])
         if chain:
             extra.extend(_load_certificates(chain, "chain"))
-        return cls(leaf, key, extra)
+        if isinstance(certificate, (str, os.PathLike)):
+            source = f"certificate {_describe(certificate)}"
+        else:
+            source = "certificate (given in memory)"
+        return cls(leaf, key, extra, source)
+
+    def validity_warning(
+        self, now: datetime.datetime, warn_within: datetime.timedelta
+    ) -> str | None:
+        """What is wrong with the leaf's validity period at *now*, or None.
+
+        Expired, not valid yet, or expiring within *warn_within*; the text
+        names the source, the subject and both dates.
+        """
+        start, end = self.leaf.not_valid_before_utc, self.leaf.not_valid_after_utc
+        if now < start:
+            problem = "is not valid yet"
+        elif now > end:
+            problem = f"has expired ({_days(now - end)} ago)"
+        elif end - now <= warn_within:
+            problem = f"expires in {_days(end - now)}"
+        else:
+            return None
+        subject = self.leaf.subject.rfc4514_string() or "(empty subject)"
+        return (
+            f"{self.source} (subject {subject}) {problem}: valid from "
+            f"{start:%Y-%m-%d %H:%M:%S} to {end:%Y-%m-%d %H:%M:%S} UTC"
+        )
 
     def install(self, context: SSL.Context) -> None:
         context.use_certificate(self.leaf)
         context.use_privatekey(self.key)  # type: ignore[arg-type]
         for certificate in self.chain:
             context.add_extra_chain_cert(certificate)
+
+
+def _days(delta: datetime.timedelta) -> str:
+    if delta.days < 1:
+        return "less than a day"
+    return "1 day" if delta.days == 1 else f"{delta.days} days"
+
+
+#: How long before a certificate expires :func:`validity_warnings` speaks up.
+EXPIRY_WARNING = datetime.timedelta(days=14)
+
+
+def validity_warnings(
+    credentials: Credentials,
+    *,
+    now: datetime.datetime | None = None,
+    warn_within: datetime.timedelta = EXPIRY_WARNING,
+) -> list[str]:
+    """Warnings about the validity periods of the certificates *credentials* present.
+
+    One line per certificate (the default one, then each SNI host's) that
+    has expired, is not valid yet, or expires within *warn_within* (14 days
+    by default), naming its file, its subject and both dates. Credentials
+    made from a Twisted object have none to check.
+
+    :param now: the time to judge by (default: the current time).
+    """
+    moment = now if now is not None else datetime.datetime.now(datetime.timezone.utc)
+    warnings = []
+    for identity in credentials._identities:
+        warning = identity.validity_warning(moment, warn_within)
+        if warning is not None:
+            warnings.append(warning)
+    return warnings
 
 
 class Verification:
@@ -483,6 +607,10 @@ class Credentials:
     constructor is not public.
     """
 
+    # The certificates these credentials present, each with its key: the
+    # default first, then one per SNI name (see validity_warnings()).
+    _identities: tuple[Identity, ...] = ()
+
     def __init__(
         self,
         context: SSL.Context,
@@ -520,12 +648,16 @@ class Credentials:
         minimum_version: str = "TLSv1.2",
         maximum_version: str | None = None,
         manual_validation: bool = False,
+        passphrase: bytes | str | None = None,
     ) -> Credentials:
         """Credentials for the connecting side (InitializeSecurityContext).
 
         :param trust_roots: ``"system"`` for the operating system's store, or
             a PEM file, a folder of PEM files, PEM bytes, or certificates.
         :param certificate: a client certificate (PEM may include its key).
+        :param passphrase: decrypts the client certificate's key when it is
+            encrypted (a ``str`` is taken as UTF-8); ignored for a key that
+            is not. See :func:`read_passphrase` to read it from a file.
         :param manual_validation: SSPI's ISC_REQ_MANUAL_CRED_VALIDATION: the
             handshake does not judge the server's certificate or name; the
             application must, from ``attributes.peer_certificate``.
@@ -540,8 +672,13 @@ class Credentials:
             assert store is not None
             for root in _load_certificates(trust_roots, "trust roots"):
                 store.add_cert(crypto.X509.from_cryptography(root))
+        identities: tuple[Identity, ...] = ()
         if certificate is not None:
-            Identity.load(certificate, private_key).install(context)
+            identity = Identity.load(
+                certificate, private_key, passphrase=_passphrase(passphrase)
+            )
+            identity.install(context)
+            identities = (identity,)
         elif private_key is not None:
             raise ValueError("private_key was given without a certificate")
         protocols = _alpn(alpn)
@@ -549,9 +686,11 @@ class Credentials:
             context.set_alpn_protos(list(protocols))
         _set_verify(context, SSL.VERIFY_PEER)
         _lib.SSL_CTX_set_cert_cb(context._context, _on_certificate_request, _ffi.NULL)
-        return cls(
+        credentials = cls(
             context, is_client=True, alpn=protocols, manual_validation=manual_validation
         )
+        credentials._identities = identities
+        return credentials
 
     @classmethod
     def server(
@@ -566,6 +705,7 @@ class Credentials:
         minimum_version: str = "TLSv1.2",
         maximum_version: str | None = None,
         sni: str | os.PathLike[str] | dict[str, CertificateSource] | None = None,
+        passphrase: bytes | str | None = None,
     ) -> Credentials:
         """Credentials for the accepting side (AcceptSecurityContext).
 
@@ -576,13 +716,20 @@ class Credentials:
         :param require_client_certificate: refuse clients without one.
         :param sni: a folder of ``<hostname>.pem`` files (key and chain
             inside), or a mapping of host name to such a file, chosen by the
-            client's server name; *certificate* serves every other name.
+            client's server name; *certificate* serves every other name (see
+            :func:`sni_default` for a folder's own default file).
+        :param passphrase: decrypts every encrypted private key loaded here
+            (the certificate's and the SNI files'; a ``str`` is taken as
+            UTF-8); keys that are not encrypted do not need it. See
+            :func:`read_passphrase` to read it from a file.
         :raises ValueError: a file is missing or unreadable, not PEM, a key
-            does not match its certificate, or an option is invalid.
+            does not match its certificate, is encrypted without a passphrase
+            or with a wrong one, or an option is invalid.
         """
         if require_client_certificate and client_ca is None:
             raise ValueError("require_client_certificate needs client_ca (which CAs to trust)")
-        identity = Identity.load(certificate, private_key, chain)
+        secret = _passphrase(passphrase)
+        identity = Identity.load(certificate, private_key, chain, passphrase=secret)
         roots = None if client_ca is None else _load_certificates(client_ca, "client CA")
         protocols = _alpn(alpn)
 
@@ -607,12 +754,18 @@ class Credentials:
             return context
 
         context = build(identity)
-        named = {name: build(Identity.load(path)) for name, path in _sni_sources(sni).items()}
+        hosts = {
+            name: Identity.load(path, passphrase=secret)
+            for name, path in _sni_sources(sni).items()
+        }
+        named = {name: build(host) for name, host in hosts.items()}
         # Always answer the server_name extension: OpenSSL keeps the name in
         # the session only when a callback acknowledged it, and without it a
         # resumed TLS 1.2 connection would report no server name.
         context.set_tlsext_servername_callback(_switch_context(named))
-        return cls(context, is_client=False, alpn=protocols, sni=named)
+        credentials = cls(context, is_client=False, alpn=protocols, sni=named)
+        credentials._identities = (identity, *hosts.values())
+        return credentials
 
     @classmethod
     def from_twisted(cls, creator: object, *, is_client: bool | None = None) -> Credentials:
@@ -763,6 +916,30 @@ def _sni_sources(
     if not found:
         raise ValueError(f"sni folder {str(folder)!r} holds no <hostname>.pem files")
     return found
+
+
+def sni_default(folder: str | os.PathLike[str]) -> str | None:
+    """The file in an ``sni`` folder that serves clients asking for no known name.
+
+    ``DEFAULT.pem`` (txsni's spelling) or ``default.pem``, in any case;
+    ``None`` when the folder holds neither.
+
+    :raises ValueError: the folder does not exist, or holds more than one
+        such file (which one was meant?).
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise ValueError(f"sni folder {str(path)!r} does not exist or is not a folder")
+    found = [
+        entry for entry in sorted(path.iterdir())
+        if entry.name.lower() == "default.pem" and entry.is_file()
+    ]
+    if len(found) > 1:
+        raise ValueError(
+            f"sni folder {str(path)!r} holds {' and '.join(e.name for e in found)}: "
+            "keep one of them as the default"
+        )
+    return str(found[0]) if found else None
 
 
 def _switch_context(named: dict[str, SSL.Context]) -> Callable[[SSL.Connection], None]:
