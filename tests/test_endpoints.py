@@ -12,6 +12,7 @@ assertion is made on what actually crossed the wire.
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import trustme
+from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import (
@@ -33,6 +35,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -45,6 +48,7 @@ from txschannel.endpoints import (
     SchannelServerEndpoint,
     unparse,
 )
+from txschannel.testing import CertificateAuthority, IssuedCertificate
 
 reactor: Any = _reactor
 
@@ -345,7 +349,7 @@ class ServerStringTests(SynchronousTestCase):
             {
                 "certificate", "privateKey", "chain", "clientCA", "requireClientCertificate",
                 "alpn", "minimumVersion", "maximumVersion", "sni", "handshakeTimeout",
-                "handshakeMemory",
+                "handshakeMemory", "passphraseFile",
             },
         )  # fmt: skip
 
@@ -416,7 +420,7 @@ class ClientStringTests(SynchronousTestCase):
             set(CLIENT_OPTIONS),
             {
                 "hostname", "trustRoots", "certificate", "privateKey", "alpn",
-                "minimumVersion", "maximumVersion",
+                "minimumVersion", "maximumVersion", "passphraseFile",
             },
         )  # fmt: skip
 
@@ -590,7 +594,9 @@ class ServerErrorTests(SynchronousTestCase):
         folder.mkdir()
         shutil.copy(pki().sni / "alpha.test.pem", folder)
         message = self.error(f"schannel:tcp:8443:sni={q(folder)}")
-        self.assertIn("holds no default.pem", message)
+        self.assertIn(f"sni folder {str(folder.resolve())!r} holds no DEFAULT.pem or default.pem",
+                      message)
+        self.assertIn("no certificate= was given", message)
 
     def test_sni_file_not_pem(self) -> None:
         folder = Path(self.mktemp())
@@ -673,9 +679,12 @@ class ClientErrorTests(SynchronousTestCase):
 # -- connections: real peers -------------------------------------------------------
 
 
-def server_string(inner: str = "tcp:0:interface=127.0.0.1", **options: str) -> str:
+def server_string(inner: str = "tcp:0:interface=127.0.0.1", **options: str | None) -> str:
+    """A server string; ``certificate`` is the test server's unless given (None: left out)."""
     options.setdefault("certificate", q(pki().server))
-    return f"schannel:{inner}:" + ":".join(f"{key}={value}" for key, value in options.items())
+    return f"schannel:{inner}:" + ":".join(
+        f"{key}={value}" for key, value in options.items() if value is not None
+    )
 
 
 class OpenSSLPeerTests(LiveTestCase):
@@ -1065,6 +1074,8 @@ class DocumentationTests(SynchronousTestCase):
         ):
             shutil.copy(source, folder / name)
         shutil.copytree(pki().sni, folder / "certs")
+        # The example's key is not encrypted: a passphrase for it is not needed.
+        (folder / "server.pass").write_text("unused\n")
         previous = os.getcwd()
         os.chdir(folder)
         self.addCleanup(os.chdir, previous)
@@ -1148,3 +1159,240 @@ class SystemdTests(TestCase):
         )  # fmt: skip
         if b"systemd socket says hello" not in result.stdout:
             self.fail(f"openssl: {result.stdout!r} {result.stderr!r}; service: {stop()!r}")
+
+
+# -- an sni folder's DEFAULT.pem, passphraseFile, validity warnings --------------------
+
+
+def encrypted_pem(issued: IssuedCertificate, passphrase: bytes) -> bytes:
+    """*issued*'s key, encrypted with *passphrase*, then its certificate."""
+    key = issued.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase),
+    )
+    return key + issued.certificate_pem
+
+
+class Files:
+    """A folder for one test's files, with a CA of its own."""
+
+    def __init__(self, test: SynchronousTestCase) -> None:
+        self.folder = Path(test.mktemp()).resolve()
+        self.folder.mkdir()
+        self.ca = CertificateAuthority()
+        self.ca_file = str(self.ca.write(self.folder / "ca.pem"))
+
+    def write(self, name: str, data: bytes) -> Path:
+        path = self.folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+
+class SniDefaultTests(LiveTestCase):
+    """An sni folder's default certificate, spelt DEFAULT.pem as txsni does."""
+
+    @inlineCallbacks
+    def test_a_folder_with_only_txsni_default_pem_serves_it(self) -> Any:
+        files = Files(self)
+        files.write("sni/DEFAULT.pem", files.ca.issue("localhost", common_name="the default").pem)
+        port, _ = yield self.listen(server_string(certificate=None, sni=q(files.folder / "sni")))
+        result = yield run(
+            [
+                "openssl", "s_client", "-connect", f"127.0.0.1:{port.getHost().port}",
+                "-servername", "unknown.test", "-CAfile", files.ca_file, "-ign_eof",
+            ],
+            stdin=b"hello\n",
+        )  # fmt: skip
+        output = result.stdout.decode(errors="replace")
+        self.assertIn("CN = the default", output)
+        self.assertIn("you said hello", output)
+
+    def test_both_spellings_at_once_are_refused(self) -> None:
+        files = Files(self)
+        pem = files.ca.issue("localhost").pem
+        files.write("sni/DEFAULT.pem", pem)
+        files.write("sni/default.pem", pem)
+        if len(os.listdir(files.folder / "sni")) < 2:  # a case-insensitive file system
+            return
+        e = self.assertRaises(ValueError, serverFromString, reactor,
+                              f"schannel:tcp:0:sni={q(files.folder / 'sni')}")
+        self.assertIn("holds DEFAULT.pem and default.pem", str(e))
+
+    def test_certificate_wins_over_the_folders_default(self) -> None:
+        files = Files(self)
+        files.write("sni/DEFAULT.pem", files.ca.issue("localhost", common_name="default").pem)
+        named = files.write("named.pem", files.ca.issue("localhost", common_name="named").pem)
+        endpoint = serverFromString(
+            reactor, f"schannel:tcp:0:certificate={q(named)}:sni={q(files.folder / 'sni')}"
+        )
+        assert isinstance(endpoint, SchannelServerEndpoint)
+        (served,) = endpoint.credentials._identities[:1]  # type: ignore[union-attr]
+        self.assertIn("CN=named", served.leaf.subject.rfc4514_string())
+
+
+class PassphraseFileTests(LiveTestCase):
+    """passphraseFile= decrypts an encrypted key, on servers and clients."""
+
+    def setUp(self) -> None:
+        self.files = Files(self)
+        issued = self.files.ca.issue("localhost", "127.0.0.1")
+        self.server = self.files.write("server.pem", encrypted_pem(issued, b"corr3ct-h0rse"))
+        self.passphrase = self.files.write("server.pass", b"corr3ct-h0rse\n")
+        self.files.folder.joinpath("server.pass").chmod(0o400)
+
+    def error(self, description: str, parse: Any = serverFromString) -> str:
+        return str(self.assertRaises(ValueError, parse, reactor, description))
+
+    @inlineCallbacks
+    def test_openssl_talks_to_a_server_whose_key_is_encrypted(self) -> Any:
+        port, _ = yield self.listen(
+            server_string(certificate=q(self.server), passphraseFile=q(self.passphrase))
+        )
+        result = yield run(
+            [
+                "openssl", "s_client", "-connect", f"127.0.0.1:{port.getHost().port}",
+                "-servername", "localhost", "-CAfile", self.files.ca_file,
+                "-verify_return_error", "-ign_eof",
+            ],
+            stdin=b"hello\n",
+        )  # fmt: skip
+        self.assertIn(b"you said hello", result.stdout)
+
+    @inlineCallbacks
+    def test_a_client_certificate_whose_key_is_encrypted(self) -> Any:
+        alice = self.files.write(
+            "alice.pem", encrypted_pem(self.files.ca.issue(common_name="alice"), b"alice's")
+        )
+        alice_pass = self.files.write("alice.pass", b"alice's")
+        port, _ = yield self.listen(
+            server_string(
+                certificate=q(self.server), passphraseFile=q(self.passphrase),
+                clientCA=q(self.files.ca_file), requireClientCertificate="yes",
+            )
+        )  # fmt: skip
+        reply, _ = yield self.ask_string(
+            f"schannel:tcp:localhost:{port.getHost().port}:trustRoots={q(self.files.ca_file)}:"
+            f"certificate={q(alice)}:passphraseFile={q(alice_pass)}"
+        )
+        self.assertIn(b"peer=CN=alice", reply)
+
+    def test_a_wrong_passphrase_names_the_key_file_not_the_passphrase(self) -> None:
+        wrong = self.files.write("wrong.pass", b"closed-sesame\n")
+        message = self.error(
+            f"schannel:tcp:0:certificate={q(self.server)}:passphraseFile={q(wrong)}"
+        )
+        self.assertIn(f"certificate file {str(self.server)!r}", message)
+        self.assertIn("the passphrase given does not decrypt the private key", message)
+        self.assertNotIn("closed-sesame", message)
+        self.assertNotIn("corr3ct-h0rse", message)
+
+    def test_a_missing_passphrase_file_is_named(self) -> None:
+        missing = self.files.folder / "nope.pass"
+        message = self.error(
+            f"schannel:tcp:0:certificate={q(self.server)}:passphraseFile={q(missing)}"
+        )
+        self.assertIn(f"schannel: passphrase file {str(missing)!r} does not exist", message)
+
+    def test_an_empty_passphrase_file_is_named(self) -> None:
+        empty = self.files.write("empty.pass", b"")
+        message = self.error(
+            f"schannel:tcp:0:certificate={q(self.server)}:passphraseFile={q(empty)}"
+        )
+        self.assertIn(f"passphrase file {str(empty)!r} is empty", message)
+
+    def test_an_encrypted_key_without_passphrase_file_says_how(self) -> None:
+        message = self.error(f"schannel:tcp:0:certificate={q(self.server)}")
+        self.assertIn("is encrypted and no passphrase was given", message)
+        self.assertIn("passphraseFile=", message)
+
+    def test_a_passphrase_file_for_a_plain_key_is_accepted(self) -> None:
+        endpoint = serverFromString(
+            reactor, f"schannel:tcp:0:certificate={q(pki().server)}:"
+            f"passphraseFile={q(self.passphrase)}"
+        )
+        self.assertIsInstance(endpoint, SchannelServerEndpoint)
+
+    def test_a_client_passphrase_file_needs_a_certificate(self) -> None:
+        message = self.error(
+            f"schannel:tcp:localhost:443:passphraseFile={q(self.passphrase)}", clientFromString
+        )
+        self.assertIn("passphraseFile decrypts a client certificate's key", message)
+
+    def test_reload_reads_a_new_key_and_a_new_passphrase(self) -> None:
+        endpoint = serverFromString(
+            reactor, f"schannel:tcp:0:certificate={q(self.server)}:"
+            f"passphraseFile={q(self.passphrase)}"
+        )
+        assert isinstance(endpoint, SchannelServerEndpoint)
+        renewed = self.files.ca.issue("localhost", common_name="renewed")
+        self.server.write_bytes(encrypted_pem(renewed, b"rotated"))
+        e = self.assertRaises(ValueError, endpoint.reload)
+        self.assertIn("does not decrypt", str(e))
+        self.passphrase.chmod(0o600)
+        self.passphrase.write_bytes(b"rotated\n")
+        credentials = endpoint.reload()
+        self.assertEqual(credentials._identities[0].leaf, renewed.certificate)
+
+
+class ValidityWarningTests(SynchronousTestCase):
+    """A certificate out of its validity period, or nearly, is logged when
+    the string is parsed and when the endpoint reloads: it starts anyway."""
+
+    def setUp(self) -> None:
+        self.files = Files(self)
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.now = datetime.datetime.now(datetime.timezone.utc)
+
+    def warnings(self) -> list[str]:
+        found = [formatEvent(e) for e in self.events if e.get("log_level") == LogLevel.warn
+                 and e.get("log_namespace") == "txschannel"]
+        self.events.clear()
+        return found
+
+    def test_expired_server_certificate_at_parse_and_reload(self) -> None:
+        path = self.files.write("old.pem", self.files.ca.issue(
+            "localhost", not_before=self.now - 60 * DAY, not_after=self.now - 2 * DAY - HOUR).pem)
+        endpoint = serverFromString(reactor, f"schannel:tcp:0:certificate={q(path)}")
+        assert isinstance(endpoint, SchannelServerEndpoint)
+        (warning,) = self.warnings()
+        self.assertIn(f"certificate file {str(path)!r}", warning)
+        self.assertIn("subject CN=localhost", warning)
+        self.assertIn("has expired (2 days ago)", warning)
+        self.assertIn((self.now - 60 * DAY).strftime("valid from %Y-%m-%d"), warning)
+        endpoint.reload()
+        self.assertEqual(len(self.warnings()), 1)
+        endpoint.reload(warn=False)
+        self.assertEqual(self.warnings(), [])
+
+    def test_not_yet_valid_and_soon_expiring_certificates(self) -> None:
+        early = self.files.write("early.pem", self.files.ca.issue(
+            "localhost", not_before=self.now + DAY, not_after=self.now + 90 * DAY).pem)
+        serverFromString(reactor, f"schannel:tcp:0:certificate={q(early)}")
+        (warning,) = self.warnings()
+        self.assertIn("is not valid yet", warning)
+        soon = self.files.write("soon.pem", self.files.ca.issue(
+            "localhost", not_after=self.now + 13 * DAY + HOUR).pem)
+        serverFromString(reactor, f"schannel:tcp:0:certificate={q(soon)}")
+        (warning,) = self.warnings()
+        self.assertIn("expires in 13 days", warning)
+
+    def test_good_certificates_say_nothing(self) -> None:
+        good = self.files.write("good.pem", self.files.ca.issue("localhost").pem)
+        serverFromString(reactor, f"schannel:tcp:0:certificate={q(good)}")
+        self.assertEqual(self.warnings(), [])
+
+    def test_an_expired_client_certificate(self) -> None:
+        old = self.files.write("client.pem", self.files.ca.issue(
+            common_name="alice", not_before=self.now - 9 * DAY, not_after=self.now - DAY).pem)
+        clientFromString(reactor, f"schannel:tcp:localhost:443:trustRoots={q(self.files.ca_file)}"
+                         f":certificate={q(old)}")
+        (warning,) = self.warnings()
+        self.assertIn("subject CN=alice", warning)
+
+
+DAY = datetime.timedelta(days=1)
+HOUR = datetime.timedelta(hours=1)

@@ -45,10 +45,16 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
     IStreamServerEndpointStringParser,
 )
+from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from txschannel.credentials import Credentials
+from txschannel.credentials import (
+    Credentials,
+    read_passphrase,
+    sni_default,
+    validity_warnings,
+)
 from txschannel.protocol import (
     DEFAULT_HANDSHAKE_MEMORY,
     DEFAULT_PRE_HANDSHAKE_BUFFER,
@@ -80,6 +86,7 @@ SERVER_OPTIONS: tuple[str, ...] = (
     "sni",
     "handshakeTimeout",
     "handshakeMemory",
+    "passphraseFile",
 )
 
 #: The options a ``schannel:`` client string takes for itself.
@@ -91,6 +98,7 @@ CLIENT_OPTIONS: tuple[str, ...] = (
     "alpn",
     "minimumVersion",
     "maximumVersion",
+    "passphraseFile",
 )
 
 _VERSIONS = ("TLSv1.2", "TLSv1.3")
@@ -127,6 +135,8 @@ _TWISTED_SPELLINGS: dict[str, dict[str, str]] = {
 # Twisted's string functions carry no annotations; these give them types.
 _server_from_string: Callable[[Any, str], IStreamServerEndpoint] = serverFromString
 _client_from_string: Callable[[Any, str], IStreamClientEndpoint] = clientFromString
+
+_log = Logger(namespace="txschannel")
 
 _UNEXPECTED = re.compile(r"unexpected keyword argument '([^']+)'")
 _MISSING = re.compile(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.+)")
@@ -231,13 +241,17 @@ class SchannelServerEndpoint:
         listening: Deferred[IListeningPort] = self.inner.listen(factory)
         return listening
 
-    def reload(self) -> Credentials:
+    def reload(self, *, warn: bool = True) -> Credentials:
         """Build the credentials again from their files and use them from now on.
 
-        Certificates, keys, chains, client CAs and the ``sni`` folder are
-        read again, so renewed files take effect without a restart.
-        Connections already open are not disturbed.
+        Certificates, keys, chains, client CAs, the ``sni`` folder and the
+        passphrase file are read again, so renewed files take effect without
+        a restart. Connections already open are not disturbed.
 
+        :param warn: log a warning (Twisted's logging, namespace
+            ``txschannel``) for each certificate that has expired, is not
+            valid yet or expires within 14 days (see
+            :func:`~txschannel.credentials.validity_warnings`).
         :return: the new credentials.
         :raises ValueError: a file is now missing or bad (the message names
             it); the old credentials stay in use. Also raised when this
@@ -251,6 +265,8 @@ class SchannelServerEndpoint:
             )
         credentials = self._rebuild()
         self.credentials = credentials
+        if warn:
+            _warn_validity(credentials)
         return credentials
 
     def __repr__(self) -> str:
@@ -489,6 +505,14 @@ def _path(options: Mapping[str, str], name: str) -> str | None:
     return os.path.abspath(value)
 
 
+def _warn_validity(credentials: Credentials) -> None:
+    """Log each certificate of *credentials* that is out of date or nearly so."""
+    for warning in validity_warnings(credentials):
+        # Not "warning=": Twisted's legacy observers take that key for a
+        # warnings.warn() event.
+        _log.warn("{validity}", validity=warning)
+
+
 def _checked(build: Callable[[], Credentials]) -> Credentials:
     """Run a Credentials constructor, with its errors marked as ours."""
     try:
@@ -499,9 +523,13 @@ def _checked(build: Callable[[], Credentials]) -> Credentials:
 
 @dataclass(frozen=True)
 class _ServerSettings:
-    """The server options of a ``schannel:`` string, checked and typed."""
+    """The server options of a ``schannel:`` string, checked and typed.
 
-    certificate: str
+    Without ``certificate``, the ``sni`` folder's ``DEFAULT.pem`` (or
+    ``default.pem``) serves; it is looked up again at every build.
+    """
+
+    certificate: str | None
     private_key: str | None
     chain: str | None
     client_ca: str | None
@@ -512,6 +540,7 @@ class _ServerSettings:
     sni: str | None
     handshake_timeout: float
     handshake_memory: int
+    passphrase_file: str | None
 
     @classmethod
     def from_options(cls, options: Mapping[str, str]) -> _ServerSettings:
@@ -524,19 +553,11 @@ class _ServerSettings:
             )
         sni = _path(options, "sni")
         certificate = _path(options, "certificate")
-        if certificate is None:
-            if sni is None:
-                raise ValueError(
-                    "schannel: a server needs certificate=<PEM file> "
-                    "(or sni=<folder> with a default.pem in it)"
-                )
-            certificate = os.path.join(sni, "default.pem")
-            if not os.path.isfile(certificate):
-                raise ValueError(
-                    f"schannel: sni folder {options['sni']!r} holds no default.pem and no "
-                    "certificate= was given: one of them must serve clients that ask "
-                    "for another name or none"
-                )
+        if certificate is None and sni is None:
+            raise ValueError(
+                "schannel: a server needs certificate=<PEM file> "
+                "(or sni=<folder> with a DEFAULT.pem in it)"
+            )
         timeout_text = options.get("handshakeTimeout", "30")
         try:
             timeout = float(timeout_text)
@@ -573,7 +594,22 @@ class _ServerSettings:
             sni=sni,
             handshake_timeout=timeout,
             handshake_memory=memory,
+            passphrase_file=_path(options, "passphraseFile"),
         )
+
+    def _certificate(self) -> str:
+        """The certificate file: ``certificate``, or the sni folder's default."""
+        if self.certificate is not None:
+            return self.certificate
+        assert self.sni is not None
+        default = sni_default(self.sni)
+        if default is None:
+            raise ValueError(
+                f"sni folder {self.sni!r} holds no DEFAULT.pem or default.pem and no "
+                "certificate= was given: one of them must serve clients that ask "
+                "for another name or none"
+            )
+        return default
 
     def credentials(self) -> Credentials:
         """Read the files and build the server credentials.
@@ -582,7 +618,7 @@ class _ServerSettings:
         """
         return _checked(
             lambda: Credentials.server(
-                certificate=self.certificate,
+                certificate=self._certificate(),
                 private_key=self.private_key,
                 chain=() if self.chain is None else self.chain,
                 client_ca=self.client_ca,
@@ -591,6 +627,7 @@ class _ServerSettings:
                 minimum_version=self.minimum_version,
                 maximum_version=self.maximum_version,
                 sni=self.sni,
+                passphrase=_passphrase(self.passphrase_file),
             )
         )
 
@@ -606,6 +643,7 @@ class _ClientSettings:
     alpn: tuple[str, ...]
     minimum_version: str
     maximum_version: str | None
+    passphrase_file: str | None
 
     @classmethod
     def from_options(
@@ -627,6 +665,12 @@ class _ClientSettings:
         private_key = _path(options, "privateKey")
         if private_key is not None and certificate is None:
             raise ValueError("schannel: privateKey needs certificate=<PEM file> as well")
+        passphrase_file = _path(options, "passphraseFile")
+        if passphrase_file is not None and certificate is None:
+            raise ValueError(
+                "schannel: passphraseFile decrypts a client certificate's key: "
+                "it needs certificate=<PEM file> as well"
+            )
         minimum = _version(options, "minimumVersion", "TLSv1.2")
         assert minimum is not None
         maximum = _version(options, "maximumVersion", None)
@@ -649,6 +693,7 @@ class _ClientSettings:
             alpn=_alpn(options),
             minimum_version=minimum,
             maximum_version=maximum,
+            passphrase_file=passphrase_file,
         )
 
     def credentials(self) -> Credentials:
@@ -664,8 +709,14 @@ class _ClientSettings:
                 alpn=self.alpn,
                 minimum_version=self.minimum_version,
                 maximum_version=self.maximum_version,
+                passphrase=_passphrase(self.passphrase_file),
             )
         )
+
+
+def _passphrase(path: str | None) -> bytes | None:
+    """The passphrase in the file *path*, read now (a rotated one is picked up)."""
+    return None if path is None else read_passphrase(path)
 
 
 def _inner_host(args: Sequence[str], inner: Mapping[str, str]) -> str | None:
@@ -686,7 +737,10 @@ def parse_server(reactor: Any, *args: object, **kwargs: object) -> SchannelServe
     """Build a server endpoint from a parsed ``schannel:`` description.
 
     *args* and *kwargs* are what Twisted's parser made of everything after
-    the prefix. Our options are checked and the files read now.
+    the prefix. Our options are checked and the files read now; a
+    certificate that has expired, is not valid yet or expires within 14
+    days is logged as a warning (Twisted's logging, namespace
+    ``txschannel``), since it starts anyway.
 
     :raises ValueError: naming the option, file or inner-endpoint problem.
     """
@@ -694,6 +748,7 @@ def parse_server(reactor: Any, *args: object, **kwargs: object) -> SchannelServe
     inner = _inner_server(reactor, unparse(inner_args, theirs))
     settings = _ServerSettings.from_options(ours)
     credentials = settings.credentials()
+    _warn_validity(credentials)
     return SchannelServerEndpoint(
         inner,
         credentials,
@@ -707,14 +762,19 @@ def parse_server(reactor: Any, *args: object, **kwargs: object) -> SchannelServe
 def parse_client(reactor: Any, *args: object, **kwargs: object) -> SchannelClientEndpoint:
     """Build a client endpoint from a parsed ``schannel:`` description.
 
+    A client certificate out of its validity period, or within 14 days of
+    its end, is logged as a warning, as in :func:`parse_server`.
+
     :raises ValueError: naming the option, file or inner-endpoint problem.
     """
     inner_args, ours, theirs = _split(args, kwargs, CLIENT_OPTIONS)
     inner = _inner_client(reactor, unparse(inner_args, theirs))
     settings = _ClientSettings.from_options(ours, inner_args, theirs)
+    credentials = settings.credentials()
+    _warn_validity(credentials)
     return SchannelClientEndpoint(
         inner,
-        settings.credentials(),
+        credentials,
         settings.hostname,
         clock=reactor if IReactorTime.providedBy(reactor) else None,
     )
