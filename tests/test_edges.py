@@ -24,7 +24,9 @@ from tests.peers import Peer, free_port, require, wait_for_port
 from tests.test_tap import Twist, curl
 from txschannel.testing import CertificateAuthority
 
-#: Accepts connections one after another; sends argv[2] bytes, then resets.
+#: Accepts connections one after another; waits for the first bytes from
+#: the client (so that the relay is surely connected), sends argv[2] bytes,
+#: then resets.
 RESET_AFTER = """
 import socket, struct, sys
 server = socket.socket()
@@ -34,6 +36,8 @@ server.listen()
 while True:
     connection, _ = server.accept()
     try:
+        connection.settimeout(10)
+        connection.recv(1)
         connection.sendall(b"r" * int(sys.argv[2]))
         connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     except OSError:
@@ -175,6 +179,7 @@ class AbortTests(Edge):
         backend = self.backend(RESET_AFTER, "1000000")
         twist, port = self.twist(backend)
         with self.tls(port) as tls:
+            tls.sendall(b"?")
             size, how = read_to_end(tls)
         self.assertNotEqual(how, "close_notify", f"{size} bytes, then a clean close_notify")
         self.assertLessEqual(size, 1000000)

@@ -505,6 +505,54 @@ class ALPNTests(SynchronousTestCase):
         (reason,) = client_app.lost
         self.assertEqual(reason.value.status, Status.APPLICATION_PROTOCOL_MISMATCH)
 
+    def test_alpn_option_narrows_to_what_the_application_speaks(self) -> None:
+        """alpn=h2,http/1.1 on an HTTP/1.1-only application: h2 is not accepted
+        (it would be negotiated, then fail in the application)."""
+        server = server_credentials(alpn=["h2", "http/1.1"])
+        for offered in ([b"h2", b"http/1.1"], [b"http/1.1"]):
+            pair = Pair(
+                server=server,
+                client_factory=NegotiatingFactory(offered, App),
+                server_factory=NegotiatingFactory([b"http/1.1"], App),
+            )
+            pair.flush()
+            self.assertEqual(pair.server.negotiatedProtocol, b"http/1.1")
+        # The option's order is the preference among what the application speaks.
+        server = server_credentials(alpn=["http/1.1", "h2"])
+        pair = Pair(
+            server=server,
+            client_factory=NegotiatingFactory([b"h2", b"http/1.1"], App),
+            server_factory=NegotiatingFactory([b"h2", b"http/1.1"], App),
+        )
+        pair.flush()
+        self.assertEqual(pair.server.negotiatedProtocol, b"http/1.1")
+
+    def test_no_overlap_refuses_alpn_clients_with_one_line(self) -> None:
+        events, stop = log_events()
+        self.addCleanup(stop)
+        server = server_credentials(alpn=["h2"])
+        factory = NegotiatingFactory([b"http/1.1"], App)
+        for _ in range(2):
+            client_app = App()
+            pair = Pair(
+                client_app,
+                server=server,
+                client_factory=NegotiatingFactory([b"h2"], lambda: client_app),  # noqa: B023
+                server_factory=factory,
+            )
+            pair.flush()
+            (reason,) = client_app.lost
+            self.assertEqual(reason.value.status, Status.APPLICATION_PROTOCOL_MISMATCH)
+        warnings_ = [e for e in events if "none of the protocols configured" in e["log_format"]]
+        self.assertEqual(len(warnings_), 2)  # one per factory: each Pair makes its own
+        self.assertIn("(h2)", formatEvent(warnings_[0]))
+        self.assertIn("(http/1.1)", formatEvent(warnings_[0]))
+        # A client that offers no ALPN is served (the application's default).
+        pair = Pair(server=server, server_factory=factory)
+        pair.flush()
+        self.assertIsNone(pair.server.negotiatedProtocol)
+        self.assertTrue(pair.server.securityContext.established)
+
     def test_no_alpn_means_none(self) -> None:
         pair = Pair()
         pair.flush()

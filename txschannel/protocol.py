@@ -113,6 +113,10 @@ DEFAULT_HANDSHAKE_MEMORY = 64 * 1024 * 1024
 #: refusals must not become a flood of lines.
 _REFUSAL_LOG_INTERVAL = 10.0
 
+#: The ALPN list of a connection whose application speaks none of the
+#: configured protocols (see SchannelFactory._alpn).
+_NO_PROTOCOL_SPOKEN = (b"",)
+
 #: Anything :meth:`Credentials.from_twisted` accepts, or our own credentials.
 CredentialsOrCreator = Union[Credentials, object]  # noqa: UP007 (a runtime alias)
 
@@ -1468,6 +1472,8 @@ class SchannelFactory(WrappingFactory):
 
     protocol = SchannelProtocol
     noisy = False
+    #: The (configured, accepted) ALPN lists last warned about as disjoint.
+    _alpn_warned: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None
 
     def __init__(
         self,
@@ -1566,11 +1572,43 @@ class SchannelFactory(WrappingFactory):
         return ServerContext(credentials, alpn=alpn)
 
     def _alpn(self, credentials: Credentials) -> tuple[bytes, ...] | None:
+        """The ALPN protocols this connection offers (client) or accepts (server).
+
+        Only what the application can speak: the wrapped factory's
+        ``acceptableProtocols()``, narrowed to the credentials' list (the
+        ``alpn=`` option) when there is one, in that list's order of
+        preference. Without ``IProtocolNegotiationFactory`` the credentials'
+        list stands as it is (None: the context uses it).
+        """
         negotiation = IProtocolNegotiationFactory(self.wrappedFactory, None)
         if negotiation is None:
             return None
-        wanted = [bytes(p) for p in negotiation.acceptableProtocols()]
-        return tuple(dict.fromkeys([*wanted, *credentials.alpn])) or None
+        wanted = tuple(bytes(p) for p in negotiation.acceptableProtocols())
+        configured = credentials.alpn
+        if not configured:
+            return wanted
+        speakable = tuple(p for p in configured if p in wanted)
+        if speakable:
+            return speakable
+        if self._alpn_warned != (configured, wanted):
+            self._alpn_warned = (configured, wanted)
+            _log.warn(
+                "ALPN: none of the protocols configured ({configured}) is one the "
+                "application accepts ({wanted}): "
+                "{refusal}",
+                configured=", ".join(p.decode("ascii", "replace") for p in configured),
+                wanted=", ".join(p.decode("ascii", "replace") for p in wanted) or "none",
+                refusal=(
+                    "no ALPN is offered"
+                    if self.isClient
+                    else "clients that offer ALPN are refused with no_application_protocol"
+                ),
+            )
+        if self.isClient:
+            return ()
+        # An empty protocol name: no client can offer it (RFC 7301 names are
+        # 1 to 255 bytes), so every offer is refused with no_application_protocol.
+        return _NO_PROTOCOL_SPOKEN
 
     def buildProtocol(self, addr: interfaces.IAddress | None) -> SchannelProtocol | None:  # type: ignore[override]
         """A :class:`SchannelProtocol` around the wrapped factory's protocol."""
