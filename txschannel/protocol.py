@@ -1588,9 +1588,19 @@ class SchannelFactory(WrappingFactory):
         if not configured:
             return wanted
         speakable = tuple(p for p in configured if p in wanted)
-        if speakable:
-            return speakable
-        if self._alpn_warned != (configured, wanted):
+        if self._alpn_warned == (configured, wanted):
+            pass
+        elif speakable:
+            self._alpn_warned = (configured, wanted)
+            unspoken = [p for p in configured if p not in wanted]
+            if unspoken:
+                _log.info(
+                    "ALPN: {unspoken} (configured) is not offered: the application does "
+                    "not accept it (it accepts {wanted})",
+                    unspoken=", ".join(p.decode("ascii", "replace") for p in unspoken),
+                    wanted=", ".join(p.decode("ascii", "replace") for p in wanted),
+                )
+        else:
             self._alpn_warned = (configured, wanted)
             _log.warn(
                 "ALPN: none of the protocols configured ({configured}) is one the "
@@ -1604,6 +1614,8 @@ class SchannelFactory(WrappingFactory):
                     else "clients that offer ALPN are refused with no_application_protocol"
                 ),
             )
+        if speakable:
+            return speakable
         if self.isClient:
             return ()
         # An empty protocol name: no client can offer it (RFC 7301 names are
