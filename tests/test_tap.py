@@ -7,6 +7,7 @@ with a throw-away HOME and state folder, on loopback, and kills it after.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import re
@@ -18,12 +19,29 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from tests.peers import free_port, require, wait_for_port
-from txschannel.tap import AccessPolicy, _has_option, ensure_self_signed
-from txschannel.testing import CertificateAuthority
+from txschannel import Credentials
+from txschannel.tap import (
+    AccessPolicy,
+    Options,
+    SchannelService,
+    _has_option,
+    ensure_self_signed,
+)
+from txschannel.testing import CertificateAuthority, IssuedCertificate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,16 +132,23 @@ def curl(*arguments: str, timeout: float = 60) -> subprocess.CompletedProcess[by
     )
 
 
+def assert_one_line(
+    test: SynchronousTestCase, result: subprocess.CompletedProcess[str], needle: str
+) -> None:
+    """*result* failed with one line on stderr, from twist schannel, holding *needle*."""
+    test.assertNotEqual(result.returncode, 0, result.stderr)
+    test.assertNotIn("Traceback", result.stdout + result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    test.assertEqual(len(lines), 1, result.stderr)
+    test.assertIn(needle, lines[0])
+    test.assertTrue(lines[0].startswith("twist schannel: "), lines[0])
+
+
 class BadCommandLineTests(SynchronousTestCase):
     """A bad command line exits non-zero with one line that names the problem."""
 
     def assertOneLine(self, result: subprocess.CompletedProcess[str], needle: str) -> None:
-        self.assertNotEqual(result.returncode, 0, result.stderr)
-        self.assertNotIn("Traceback", result.stdout + result.stderr)
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        self.assertEqual(len(lines), 1, result.stderr)
-        self.assertIn(needle, lines[0])
-        self.assertTrue(lines[0].startswith("twist schannel: "), lines[0])
+        assert_one_line(self, result, needle)
 
     def test_unknown_option(self) -> None:
         self.assertOneLine(run_twist("--bogus"), "bogus")
@@ -379,3 +404,226 @@ class SeveralListenersTests(TestCase):
         self.assertIn(b'"tls": true', secure.stdout)
         clear = curl(f"http://127.0.0.1:{plain}/?format=json")
         self.assertIn(b'"tls": false', clear.stdout)
+
+
+# -- named certificates, --allow-* forms, validity warnings, passphraseFile ----------
+
+
+def fingerprint_of(certificate: x509.Certificate) -> str:
+    return certificate.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def encrypted_pem(issued: IssuedCertificate, passphrase: bytes) -> bytes:
+    key = issued.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase),
+    )
+    return key + issued.certificate_pem
+
+
+class NamedCertificateTests(TestCase):
+    """An endpoint that names its certificates never gets the self-signed one."""
+
+    def setUp(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="txschannel-named-"))
+        self.ca = CertificateAuthority()
+        self.port = free_port()
+
+    def test_an_sni_folder_with_only_txsni_default_pem_serves_it(self) -> None:
+        default = self.ca.issue("localhost", common_name="the default")
+        (self.folder / "sni").mkdir()
+        default.write(self.folder / "sni" / "DEFAULT.pem")
+        twist = Twist(self, "--listen",
+                      f"schannel:tcp:{self.port}:interface=127.0.0.1:sni={self.folder}/sni",
+                      "--state-dir", str(self.folder / "state"))
+        twist.wait_for("listening on")
+        self.assertEqual(served_fingerprint(self.port, "unknown.example"),
+                         fingerprint_of(default.certificate))
+        self.assertEqual(served_fingerprint(self.port), fingerprint_of(default.certificate))
+        self.assertNotIn("self-signed", twist.output)
+        self.assertFalse((self.folder / "state").exists())
+
+    def test_an_sni_folder_without_a_default_is_one_line_naming_it(self) -> None:
+        (self.folder / "sni").mkdir()
+        self.ca.issue("alpha.test").write(self.folder / "sni" / "alpha.test.pem")
+        result = run_twist("--listen", f"schannel:tcp:{self.port}:sni={self.folder}/sni",
+                           "--state-dir", str(self.folder / "state"))
+        assert_one_line(self, result, f"sni folder '{self.folder}/sni' holds no DEFAULT.pem")
+        self.assertEqual(result.returncode, 64)
+
+    def test_a_private_key_without_certificate_is_the_parsers_error(self) -> None:
+        key = self.folder / "key.pem"
+        key.write_bytes(self.ca.issue("localhost").private_key_pem)
+        result = run_twist("--listen", f"schannel:tcp:{self.port}:privateKey={key}",
+                           "--state-dir", str(self.folder / "state"))
+        assert_one_line(self, result, "a server needs certificate=")
+
+
+class AllowFormTests(SynchronousTestCase):
+    """--allow-cn and --allow-san values that could never match are refused."""
+
+    def assertRefused(self, option: str, value: str, needle: str) -> None:
+        result = run_twist(option, value)
+        assert_one_line(self, result, needle)
+        self.assertEqual(result.returncode, 64)
+
+    def test_an_empty_common_name(self) -> None:
+        self.assertRefused("--allow-cn", "", "--allow-cn '': expected a certificate's common name")
+
+    def test_a_distinguished_name_for_a_common_name(self) -> None:
+        self.assertRefused("--allow-cn", "CN=alice",
+                           "--allow-cn 'CN=alice': give the common name alone, "
+                           "such as --allow-cn alice")
+
+    def test_openssl_prefixes_on_alt_names(self) -> None:
+        self.assertRefused("--allow-san", "DNS:x.example",
+                           "--allow-san 'DNS:x.example': give the name alone, without "
+                           "OpenSSL's DNS: prefix, such as --allow-san x.example")
+        self.assertRefused("--allow-san", "IP Address:10.0.0.1", "--allow-san 10.0.0.1")
+        self.assertRefused("--allow-san", " ", "expected a subjectAltName")
+
+    def test_ip_addresses_are_compared_in_their_short_form(self) -> None:
+        options = Options()
+        options.opt_allow_san("0:0:0:0:0:0:0:1")
+        options.opt_allow_san("svc.example")
+        self.assertEqual(options["allow-san"], ["::1", "svc.example"])
+        client = CertificateAuthority().issue("::1", common_name="svc").certificate
+        self.assertIsNone(AccessPolicy((), tuple(options["allow-san"])).refusal(client))
+
+
+class ValidityWarningProcessTests(TestCase):
+    """A certificate out of date is logged at start and on every SIGHUP; timer
+    reloads log a warning only when it is new. It is served all the same."""
+
+    def test_expired_certificate_is_logged_at_start_and_on_every_reload(self) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="txschannel-expired-"))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        ca = CertificateAuthority()
+        certificate = folder / "server.pem"
+        ca.issue("localhost", not_before=now - 40 * DAY,
+                 not_after=now - 3 * DAY - HOUR).write(certificate)
+        port = free_port()
+        twist = Twist(self, "--listen",
+                      f"schannel:tcp:{port}:interface=127.0.0.1:certificate={certificate}",
+                      "--reload-interval", "0.2")
+        line = (rf"\[txschannel#warn\] {{}}certificate file '{re.escape(str(certificate))}' "
+                r"\(subject CN=localhost,O=txschannel testing\) {}: "
+                r"valid from \S+ \S+ to \S+ \S+ UTC")
+        expired = re.escape("has expired (3 days ago)")
+        twist.wait_for(line.format("", expired))
+        twist.wait_for("listening on")
+        served_fingerprint(port)
+        # Timer reloads of the same file say nothing new.
+        time.sleep(1.0)
+        self.assertNotIn("--reload-interval:", twist.output)
+
+        soon = ca.issue("localhost", not_after=now + 5 * DAY + HOUR)
+        replacement = folder / "server.pem.new"
+        soon.write(replacement)
+        replacement.replace(certificate)
+        expiring = line.format("--reload-interval: ", re.escape("expires in 5 days"))
+        twist.wait_for(expiring)
+        time.sleep(1.0)
+        self.assertEqual(len(re.findall(expiring, twist.output)), 1, twist.output)
+
+        mark = len(twist.output)
+        twist.send_signal(signal.SIGHUP)
+        sighup = line.format("SIGHUP: ", re.escape("expires in 5 days"))
+        twist.wait_for(sighup, start=mark)
+        twist.send_signal(signal.SIGHUP)
+        twist.wait_for(sighup + r"[\s\S]*" + sighup, start=mark)
+
+
+class ValidityCheckTests(SynchronousTestCase):
+    """The daily check warns about a certificate that runs out while nobody reloads."""
+
+    def test_daily_check(self) -> None:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        issued = CertificateAuthority().issue("localhost", not_after=now + 20 * DAY)
+        endpoint = _ListeningEndpoint(Credentials.server(certificate=issued.pem))
+        clock = Clock()
+        service = SchannelService([("schannel:test", endpoint)], Factory(), clock)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service.startService()
+        self.addCleanup(service.stopService)
+        clock.advance(24 * 3600)
+        self.assertEqual([e for e in events if e.get("log_level") == LogLevel.warn], [])
+        # The certificate in use now ends in ten days (the check reads no
+        # file: it looks at the credentials being served).
+        issued = CertificateAuthority().issue("localhost", not_after=now + 10 * DAY + HOUR)
+        endpoint.credentials = Credentials.server(certificate=issued.pem)
+        clock.advance(24 * 3600)
+        (warning,) = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertTrue(warning.startswith("validity check: certificate (given in memory) "),
+                        warning)
+        self.assertIn("expires in 10 days", warning)
+
+
+@implementer(IListeningPort)
+class _Port:
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 1)
+
+    def startListening(self) -> None:
+        pass
+
+    def stopListening(self) -> None:
+        pass
+
+
+class _ListeningEndpoint:
+    """Listens nowhere; holds credentials as SchannelServerEndpoint does."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        self.credentials = credentials
+
+    def listen(self, factory: object) -> Deferred[IListeningPort]:
+        return succeed(_Port())
+
+
+class PassphraseFileProcessTests(TestCase):
+    """twist schannel --listen ...:passphraseFile= serves an encrypted key."""
+
+    def setUp(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="txschannel-passphrase-"))
+        self.issued = CertificateAuthority().issue("localhost")
+        self.certificate = self.folder / "server.pem"
+        self.certificate.write_bytes(encrypted_pem(self.issued, b"twist-and-shout"))
+        self.passphrase = self.folder / "server.pass"
+        self.passphrase.write_bytes(b"twist-and-shout\n")
+        self.passphrase.chmod(0o400)
+
+    def test_served_with_its_passphrase(self) -> None:
+        port = free_port()
+        twist = Twist(self, "--listen",
+                      f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.certificate}"
+                      f":passphraseFile={self.passphrase}")
+        twist.wait_for("listening on")
+        self.assertEqual(served_fingerprint(port), fingerprint_of(self.issued.certificate))
+        self.assertNotIn("twist-and-shout", twist.output)
+
+    def test_a_wrong_passphrase_is_one_line_naming_the_key_file(self) -> None:
+        wrong = self.folder / "wrong.pass"
+        wrong.write_bytes(b"hey-jude\n")
+        result = run_twist("--listen",
+                           f"schannel:tcp:{free_port()}:certificate={self.certificate}"
+                           f":passphraseFile={wrong}")
+        assert_one_line(
+            self, result,
+            f"certificate file '{self.certificate}': the passphrase given does not decrypt",
+        )
+        self.assertNotIn("hey-jude", result.stderr)
+        self.assertNotIn("twist-and-shout", result.stderr)
+
+    def test_a_missing_passphrase_file_is_one_line_naming_it(self) -> None:
+        result = run_twist("--listen",
+                           f"schannel:tcp:{free_port()}:certificate={self.certificate}"
+                           f":passphraseFile={self.folder}/nope.pass")
+        assert_one_line(self, result, f"passphrase file '{self.folder}/nope.pass' does not")
+
+
+DAY = datetime.timedelta(days=1)
+HOUR = datetime.timedelta(hours=1)

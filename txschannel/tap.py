@@ -61,7 +61,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from txschannel.credentials import Credentials
+from txschannel.credentials import Credentials, validity_warnings
 from txschannel.inspector import InspectorSite, _address, describe
 from txschannel.peertext import PeerText, printable
 from txschannel.relay import RelayFactory, no_delay, reset
@@ -88,6 +88,17 @@ _SELF_SIGNED_NAMES = ("localhost", "127.0.0.1", "::1")
 _SELF_SIGNED_DAYS = 365
 #: ``twist``'s own exit status for a bad command line (EX_USAGE).
 _EX_USAGE = 64
+#: Seconds between checks of the served certificates' validity periods, so
+#: that a server nobody reloads still says when its certificate runs out.
+_VALIDITY_CHECK_INTERVAL = 24 * 60 * 60.0
+#: Options by which a listen endpoint names its own certificate: such an
+#: endpoint never gets the self-signed one.
+_IDENTITY_OPTIONS = ("certificate", "privateKey", "chain", "sni", "passphraseFile")
+#: OpenSSL's way of writing subjectAltName entries; --allow-san takes the
+#: name alone.
+_SAN_PREFIX = re.compile(
+    r"(DNS|IP|IP Address|email|URI|RID|dirName|otherName)\s*:", re.IGNORECASE
+)
 
 _log = Logger(namespace="txschannel")
 
@@ -583,6 +594,14 @@ class SchannelService(service.Service):
     :param reactor: for listening, timers and signals.
     :param reload_interval: seconds between certificate reloads, or None.
     :param announce: lines to log when the service starts.
+    :param validity_interval: seconds between checks of the served
+        certificates' validity periods (daily by default), or None.
+
+    A certificate that has expired, is not valid yet or expires within 14
+    days is logged as a warning (naming its file, subject and dates) on
+    every ``SIGHUP``, at each check, and on a timer reload when the warning
+    is new; endpoints made from strings also warn when they are parsed,
+    that is, at start.
     """
 
     def __init__(
@@ -593,16 +612,20 @@ class SchannelService(service.Service):
         *,
         reload_interval: float | None = None,
         announce: Sequence[str] = (),
+        validity_interval: float | None = _VALIDITY_CHECK_INTERVAL,
     ) -> None:
         self.listen = list(listen)
         self.factory = factory
         self.reactor = reactor
         self.reload_interval = reload_interval
         self.announce = list(announce)
+        self.validity_interval = validity_interval
         self.ports: list[IListeningPort] = []
         self._reloader: LoopingCall | None = None
+        self._checker: LoopingCall | None = None
         self._previous_handler: Any = None
         self._last_errors: dict[str, str] = {}
+        self._last_warnings: dict[str, set[str]] = {}
 
     def startService(self) -> None:
         """Listen everywhere; exit with one line when a port cannot be had."""
@@ -641,10 +664,20 @@ class SchannelService(service.Service):
             raise SystemExit(f"twist schannel: {problems[0]}")
         if hasattr(signal, "SIGHUP"):
             self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
+        for description, endpoint in self.listen:
+            # Endpoints made from strings warned when they were parsed: a
+            # timer reload repeats only what is new since.
+            credentials = getattr(endpoint, "credentials", None)
+            if isinstance(credentials, Credentials):
+                self._last_warnings[description] = set(validity_warnings(credentials))
         if self.reload_interval:
             self._reloader = LoopingCall(self.reload, "--reload-interval")
             self._reloader.clock = self.reactor
             self._reloader.start(self.reload_interval, now=False)
+        if self.validity_interval:
+            self._checker = LoopingCall(self.check_validity, "validity check")
+            self._checker.clock = self.reactor
+            self._checker.start(self.validity_interval, now=False)
 
     def _on_sighup(self, number: int, frame: FrameType | None) -> None:
         # A signal handler may run between any two bytecodes: hand the work
@@ -656,16 +689,18 @@ class SchannelService(service.Service):
 
         New handshakes use the new certificate; open connections keep the
         old one. A file that does not load is logged and the old certificate
-        stays in use. Timer reloads log only changes and new errors.
+        stays in use. Timer reloads log only changes, new errors and new
+        validity warnings; other reloads warn about every certificate that
+        has expired, is not valid yet or expires within 14 days.
         """
         quiet = why == "--reload-interval"
         for description, endpoint in self.listen:
-            reload: Callable[[], Credentials] | None = getattr(endpoint, "reload", None)
+            reload: Callable[..., Credentials] | None = getattr(endpoint, "reload", None)
             if reload is None:
                 continue
             before = _served_fingerprint(endpoint.credentials)  # type: ignore[attr-defined]
             try:
-                credentials = reload()
+                credentials = reload(warn=False)
             except ValueError as e:
                 if not quiet or self._last_errors.get(description) != str(e):
                     _log.error(
@@ -677,19 +712,42 @@ class SchannelService(service.Service):
                 continue
             self._last_errors.pop(description, None)
             after = _served_fingerprint(credentials)
-            if quiet and after == before:
-                continue
-            _log.info(
-                "{why}: reloaded {endpoint}: certificate sha256 {fingerprint}{change}",
-                why=why, endpoint=description, fingerprint=after,
-                change="" if after != before else " (unchanged)",
-            )
+            if not quiet or after != before:
+                _log.info(
+                    "{why}: reloaded {endpoint}: certificate sha256 {fingerprint}{change}",
+                    why=why, endpoint=description, fingerprint=after,
+                    change="" if after != before else " (unchanged)",
+                )
+            self._warn_validity(why, description, credentials, only_new=quiet)
+
+    def check_validity(self, why: str = "validity check") -> None:
+        """Warn about every served certificate that is out of date or nearly so.
+
+        Only the certificates in use are looked at; no file is read.
+        """
+        for description, endpoint in self.listen:
+            credentials = getattr(endpoint, "credentials", None)
+            if isinstance(credentials, Credentials):
+                self._warn_validity(why, description, credentials, only_new=False)
+
+    def _warn_validity(
+        self, why: str, description: str, credentials: Credentials, *, only_new: bool
+    ) -> None:
+        # A warning's text counts the days, so a timer reload repeats it
+        # once a day rather than at every tick.
+        warnings = validity_warnings(credentials)
+        previous = self._last_warnings.get(description, set())
+        for warning in warnings:
+            if not only_new or warning not in previous:
+                _log.warn("{why}: {validity}", why=why, validity=warning)
+        self._last_warnings[description] = set(warnings)
 
     def stopService(self) -> Deferred[Any]:
         """Stop listening (open connections are left to finish) and the timers."""
         super().stopService()  # type: ignore[no-untyped-call]
-        if self._reloader is not None and self._reloader.running:
-            self._reloader.stop()
+        for timer in (self._reloader, self._checker):
+            if timer is not None and timer.running:
+                timer.stop()
         if hasattr(signal, "SIGHUP") and self._previous_handler is not None:
             signal.signal(signal.SIGHUP, self._previous_handler)
             self._previous_handler = None
@@ -725,7 +783,10 @@ class Options(usage.Options):
         "or schannel:. Without --connect, answer HTTP requests with a page describing the "
         "connection's TLS. Without --listen, listen on schannel:tcp:8443 with a self-signed "
         "certificate for localhost, kept in the state folder. A schannel: listen endpoint "
-        "without certificate= uses that certificate too. SIGHUP re-reads certificate files."
+        "that names no certificate (certificate=, sni=, ...) uses that certificate too. "
+        "SIGHUP re-reads certificate files. A certificate that has expired, is not valid "
+        "yet or expires within 14 days is logged as a warning at start, on every reload "
+        "and once a day."
     )
     optParameters = [
         [
@@ -758,10 +819,38 @@ class Options(usage.Options):
 
     def opt_allow_cn(self, name: str) -> None:
         """Admit client certificates with this subject common name (repeatable)."""
+        if not name.strip():
+            raise usage.UsageError(
+                f"--allow-cn {name!r}: expected a certificate's common name, "
+                "such as --allow-cn alice"
+            )
+        if re.match(r"\s*CN\s*=", name, re.IGNORECASE):
+            bare = name.split("=", 1)[1].strip()
+            raise usage.UsageError(
+                f"--allow-cn {name!r}: give the common name alone, such as "
+                f"--allow-cn {bare or 'alice'}"
+            )
         self["allow-cn"].append(name)
 
     def opt_allow_san(self, name: str) -> None:
         """Admit client certificates with this subjectAltName (DNS, email, URI, IP; repeatable)."""
+        if not name.strip():
+            raise usage.UsageError(
+                f"--allow-san {name!r}: expected a subjectAltName (a DNS name, email "
+                "address, URI or IP address), such as --allow-san client.example.com"
+            )
+        prefix = _SAN_PREFIX.match(name)
+        if prefix is not None:
+            bare = name[prefix.end():].strip()
+            raise usage.UsageError(
+                f"--allow-san {name!r}: give the name alone, without OpenSSL's "
+                f"{prefix.group(1)}: prefix, such as --allow-san {bare or 'client.example.com'}"
+            )
+        try:
+            # Certificates' IP addresses are compared in their short form.
+            name = str(ipaddress.ip_address(name))
+        except ValueError:
+            pass
         self["allow-san"].append(name)
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
@@ -803,9 +892,12 @@ class Options(usage.Options):
                 else d
                 for d in descriptions
             ]
+        # An endpoint that names a certificate of its own in any way gets
+        # the parser's own error when it is incomplete, never this one.
         needs_default = [
             d for d in descriptions
-            if d.startswith("schannel:") and not _has_option(d, "certificate")
+            if d.startswith("schannel:")
+            and not any(_has_option(d, option) for option in _IDENTITY_OPTIONS)
         ]
         self["self-signed"] = None
         if needs_default:
