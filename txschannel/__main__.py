@@ -1,6 +1,7 @@
 """``python -m txschannel``: command-line tools that need no reactor.
 
 ``python -m txschannel probe HOST:PORT [--servername NAME] [--cacert FILE]
+[--certificate FILE [--private-key FILE] [--passphrase-file FILE]]
 [--alpn PROTOCOLS]`` shakes hands once and prints the Schannel ladder; see
 :mod:`txschannel.probe`. (The TLS terminator is ``twist schannel``.)
 """

@@ -6,9 +6,17 @@ that what it prints is exactly the loop the reference text describes: each
 ``initialize`` call, the status it returned and the token sizes in and out,
 then what was negotiated and the certificate chain the server sent.
 
-Exit status: 0 when the handshake returned OK; 1 when it failed (the status
-name, e.g. ``WRONG_PRINCIPAL``, is printed); 2 for a bad command line; 3
-when the server could not be reached or went silent.
+A TLS 1.3 server gives its verdict on the client's certificate only after
+the client's last handshake message, so the client's ``initialize`` says OK
+before the server has judged it. The probe therefore waits briefly for the
+server's first records after the handshake and decrypts them: a session
+ticket or data means the server accepted the client, an alert (such as
+certificate_required) is a failure with its status.
+
+Exit status: 0 when the handshake returned OK and the server did not refuse
+the client after it; 1 when it failed (the status name, e.g.
+``WRONG_PRINCIPAL``, is printed); 2 for a bad command line; 3 when the
+server could not be reached or went silent.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -24,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from txschannel.context import Attributes, ClientContext
-from txschannel.credentials import Credentials
+from txschannel.credentials import Credentials, read_passphrase
 from txschannel.status import SecurityError, Status
 
 __all__ = [
@@ -32,6 +41,7 @@ __all__ = [
     "EXIT_HANDSHAKE_FAILED",
     "EXIT_USAGE",
     "EXIT_UNREACHABLE",
+    "ANSWER_WAIT",
     "Rung",
     "Probe",
     "parse_address",
@@ -45,31 +55,44 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 _RECEIVE_SIZE = 65536
+#: Seconds to wait, after a TLS 1.3 handshake, for the server's first
+#: records: its verdict on the client (at most --timeout).
+ANSWER_WAIT = 1.0
 
 
 @dataclass(frozen=True)
 class Rung:
-    """One ``initialize`` call of the handshake ladder.
+    """One call of the handshake ladder: ``initialize``, then ``decrypt``.
 
     :ivar call: 1 for the first call (no input), then 2, 3, ...
     :ivar status: the status name the call returned, or the error's.
     :ivar bytes_in: the size of the input buffer (``extra`` + new bytes).
     :ivar bytes_out: the size of the token it returned.
+    :ivar kind: ``"initialize"`` for the handshake, ``"decrypt"`` for the
+        server's first records after it.
     """
 
     call: int
     status: str
     bytes_in: int
     bytes_out: int
+    kind: str = "initialize"
 
 
 @dataclass
 class Probe:
-    """The outcome of :func:`run_probe`: the ladder, then attributes or an error."""
+    """The outcome of :func:`run_probe`: the ladder, then attributes or an error.
+
+    :ivar answer: what the server sent after a TLS 1.3 handshake (a session
+        ticket, data, close_notify, nothing), when it did not refuse.
+    :ivar error: why the handshake failed, or why the server refused the
+        client after it (then :attr:`attributes` is set too).
+    """
 
     ladder: list[Rung] = field(default_factory=list)
     attributes: Attributes | None = None
     error: SecurityError | None = None
+    answer: str | None = None
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -99,8 +122,13 @@ def run_probe(
     server_name: str,
     *,
     alpn: tuple[str, ...] | None = None,
+    answer_wait: float = ANSWER_WAIT,
 ) -> Probe:
     """Drive one client handshake over the connected blocking *sock*.
+
+    After a TLS 1.3 handshake, read what the server sends within
+    *answer_wait* seconds, so that a refusal of the client (an alert after
+    the client's Finished) is reported as the error it is.
 
     :returns: the ladder, and the attributes (or the :class:`SecurityError`).
     :raises OSError: the socket failed or timed out.
@@ -125,9 +153,12 @@ def run_probe(
                 sock.sendall(step.token)
             if step.status is Status.OK:
                 probe.attributes = context.attributes
-                closing = context.shutdown()
-                if closing:
-                    sock.sendall(closing)
+                if probe.attributes.protocol == "TLSv1.3" and answer_wait > 0:
+                    _await_answer(sock, context, step.extra, probe, answer_wait)
+                if probe.error is None:
+                    closing = context.shutdown()
+                    if closing:
+                        sock.sendall(closing)
                 return probe
             received = sock.recv(_RECEIVE_SIZE)
             if not received:
@@ -140,6 +171,65 @@ def run_probe(
         context.delete()
 
 
+def _await_answer(
+    sock: socket.socket, context: ClientContext, buffer: bytes, probe: Probe, wait: float
+) -> None:
+    """Decrypt the server's first records after the handshake, for *wait* seconds at most.
+
+    Sets ``probe.error`` when the server sent an alert, else ``probe.answer``.
+    """
+    deadline = time.monotonic() + wait
+    previous_timeout = sock.gettimeout()
+    call = 0
+    try:
+        while True:
+            if buffer:
+                call += 1
+                try:
+                    result = context.decrypt(buffer)
+                except SecurityError as error:
+                    probe.ladder.append(
+                        Rung(call, error.status.name, len(buffer), len(error.token), "decrypt")
+                    )
+                    if error.token:
+                        sock.sendall(error.token)
+                    probe.error = error
+                    return
+                probe.ladder.append(
+                    Rung(call, result.status.name, len(buffer), len(result.token), "decrypt")
+                )
+                if result.token:
+                    sock.sendall(result.token)
+                if result.status is Status.CONTEXT_EXPIRED:
+                    probe.answer = "close_notify (the server closed the connection at once)"
+                    return
+                if result.status is Status.OK:
+                    # TLS 1.3 tickets come from the client's Finished, so
+                    # the server sends them only once it accepted the client.
+                    probe.answer = (
+                        f"{len(result.data)} bytes of application data" if result.data
+                        else "a session ticket (the server accepted the client)"
+                    )
+                    return
+                buffer = result.extra
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                probe.answer = f"nothing within {wait:g} s (no refusal)"
+                return
+            sock.settimeout(remaining)
+            try:
+                received = sock.recv(_RECEIVE_SIZE)
+            except TimeoutError:
+                probe.answer = f"nothing within {wait:g} s (no refusal)"
+                return
+            if not received:
+                probe.answer = "none: the server closed the connection without a word"
+                return
+            buffer += received
+    finally:
+        sock.settimeout(previous_timeout)
+
+
 def _fingerprint(certificate: x509.Certificate) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex(":").upper()
 
@@ -147,13 +237,13 @@ def _fingerprint(certificate: x509.Certificate) -> str:
 def _print_ladder(ladder: Sequence[Rung], out: TextIO) -> None:
     print(f"  {'call':<16}{'status':<32}{'bytes in':>9}{'bytes out':>10}", file=out)
     for rung in ladder:
-        label = f"initialize #{rung.call}"
+        label = f"{rung.kind} #{rung.call}"
         status = getattr(Status, rung.status, None)
         shown = str(status) if isinstance(status, Status) else rung.status
         print(f"  {label:<16}{shown:<32}{rung.bytes_in:>9}{rung.bytes_out:>10}", file=out)
 
 
-def _print_attributes(attributes: Attributes, out: TextIO) -> None:
+def _print_attributes(attributes: Attributes, answer: str | None, out: TextIO) -> None:
     print("negotiated:", file=out)
     rows = [
         ("protocol", attributes.protocol),
@@ -163,6 +253,8 @@ def _print_attributes(attributes: Attributes, out: TextIO) -> None:
         ("server name", attributes.server_name or "(none)"),
         ("session reused", "yes" if attributes.session_reused else "no"),
     ]
+    if answer is not None:
+        rows.append(("server's answer", answer))
     for name, value in rows:
         print(f"  {name + ':':<20}{value}", file=out)
     chain = attributes.peer_chain or (
@@ -193,6 +285,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         default="system",
         help="PEM file or folder of trust roots (default: the system's store)",
+    )
+    parser.add_argument(
+        "--certificate",
+        metavar="FILE",
+        help="PEM file with a client certificate to present (and its key, unless "
+        "--private-key is given)",
+    )
+    parser.add_argument(
+        "--private-key",
+        metavar="FILE",
+        help="PEM file with the client certificate's private key",
+    )
+    parser.add_argument(
+        "--passphrase-file",
+        metavar="FILE",
+        help="file holding the passphrase of an encrypted client key",
     )
     parser.add_argument(
         "--alpn",
@@ -227,16 +335,37 @@ def run(
         return EXIT_USAGE
     alpn = tuple(p for item in arguments.alpn for p in item.split(",") if p)
     server_name = arguments.servername or host
+    for option in ("private_key", "passphrase_file"):
+        if getattr(arguments, option) is not None and arguments.certificate is None:
+            print(f"probe: --{option.replace('_', '-')} needs --certificate FILE", file=err)
+            return EXIT_USAGE
     try:
-        credentials = Credentials.client(trust_roots=arguments.cacert, alpn=alpn)
+        passphrase = (
+            None if arguments.passphrase_file is None
+            else read_passphrase(arguments.passphrase_file)
+        )
+        credentials = Credentials.client(
+            trust_roots=arguments.cacert,
+            alpn=alpn,
+            certificate=arguments.certificate,
+            private_key=arguments.private_key,
+            passphrase=passphrase,
+        )
     except (ValueError, TypeError) as e:
-        print(f"probe: --cacert: {e}", file=err)
+        # The message names the file (trust roots, certificate, key, passphrase).
+        print(f"probe: {e}", file=err)
         return EXIT_USAGE
-    print(f"probe {host}:{port}, server name {server_name!r}, trust roots {arguments.cacert}",
-          file=out)
+    client = ""
+    if arguments.certificate is not None:
+        client = f", client certificate {arguments.certificate}"
+    print(f"probe {host}:{port}, server name {server_name!r}, trust roots {arguments.cacert}"
+          f"{client}", file=out)
     try:
         with socket.create_connection((host, port), timeout=arguments.timeout) as sock:
-            result = run_probe(sock, credentials, server_name, alpn=alpn or None)
+            result = run_probe(
+                sock, credentials, server_name, alpn=alpn or None,
+                answer_wait=min(ANSWER_WAIT, arguments.timeout),
+            )
     except EOFError as e:
         print(f"error: {host}:{port}: {e}", file=err)
         return EXIT_UNREACHABLE
@@ -247,9 +376,10 @@ def run(
         print(f"error: cannot reach {host}:{port}: {e.strerror or e}", file=err)
         return EXIT_UNREACHABLE
     _print_ladder(result.ladder, out)
+    if result.attributes is not None:
+        _print_attributes(result.attributes, result.answer, out)
     if result.error is not None:
-        print(f"error: {result.error.status}: {result.error.reason}", file=err)
+        after = " after the handshake" if result.attributes is not None else ""
+        print(f"error: {result.error.status}{after}: {result.error.reason}", file=err)
         return EXIT_HANDSHAKE_FAILED
-    assert result.attributes is not None
-    _print_attributes(result.attributes, out)
     return EXIT_OK
