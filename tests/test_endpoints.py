@@ -1380,6 +1380,13 @@ class ValidityWarningTests(SynchronousTestCase):
         (warning,) = self.warnings()
         self.assertIn("expires in 13 days", warning)
 
+    def test_an_sni_folders_default_is_named_once(self) -> None:
+        old = self.files.write("sni/DEFAULT.pem", self.files.ca.issue(
+            "localhost", not_before=self.now - 9 * DAY, not_after=self.now - DAY).pem)
+        serverFromString(reactor, f"schannel:tcp:0:sni={q(old.parent)}")
+        (warning,) = self.warnings()
+        self.assertIn(f"certificate file {str(old)!r}", warning)
+
     def test_good_certificates_say_nothing(self) -> None:
         good = self.files.write("good.pem", self.files.ca.issue("localhost").pem)
         serverFromString(reactor, f"schannel:tcp:0:certificate={q(good)}")

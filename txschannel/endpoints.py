@@ -507,7 +507,9 @@ def _path(options: Mapping[str, str], name: str) -> str | None:
 
 def _warn_validity(credentials: Credentials) -> None:
     """Log each certificate of *credentials* that is out of date or nearly so."""
-    for warning in validity_warnings(credentials):
+    # Once per file: an sni folder's DEFAULT.pem may serve as the
+    # certificate and as a host of the folder.
+    for warning in dict.fromkeys(validity_warnings(credentials)):
         # Not "warning=": Twisted's legacy observers take that key for a
         # warnings.warn() event.
         _log.warn("{validity}", validity=warning)

@@ -735,7 +735,7 @@ class SchannelService(service.Service):
     ) -> None:
         # A warning's text counts the days, so a timer reload repeats it
         # once a day rather than at every tick.
-        warnings = validity_warnings(credentials)
+        warnings = list(dict.fromkeys(validity_warnings(credentials)))  # once per file
         previous = self._last_warnings.get(description, set())
         for warning in warnings:
             if not only_new or warning not in previous:
