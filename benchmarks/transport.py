@@ -235,6 +235,123 @@ def run_bulk(kind: str, ca: str, port: int, size: int, total: int, seconds: floa
 
 
 # ---------------------------------------------------------------------------
+# Child processes: write until paused, through endpoint strings
+# ---------------------------------------------------------------------------
+
+
+def endpoint_strings(kind: str, folder: str, port: int) -> tuple[str, str]:
+    """(server, client) endpoint descriptions of *kind*, as an application writes them."""
+    server_pem = f"{folder}/server.pem"
+    if kind == "schannel":
+        return (f"schannel:tcp:{port}:interface={HOST}:certificate={server_pem}",
+                f"schannel:tcp:{HOST}:{port}:hostname=localhost:trustRoots={folder}/ca.pem")
+    if kind == "twisted":
+        return (f"ssl:{port}:interface={HOST}:privateKey={server_pem}:certKey={server_pem}",
+                f"tls:localhost:{port}:endpoint=tcp\\:{HOST}\\:{port}:trustRoots={folder}/roots")
+    return f"tcp:{port}:interface={HOST}", f"tcp:{HOST}:{port}"
+
+
+def run_paused_server(kind: str, folder: str, total: int) -> None:
+    """Count what arrives; answer one line once *total* bytes are in."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.logger import globalLogBeginner
+
+    globalLogBeginner.beginLoggingTo([], redirectStandardIO=False)
+
+    class Counter(Protocol):
+        received = 0
+
+        def dataReceived(self, data: bytes) -> None:
+            before = self.received
+            self.received += len(data)
+            if before < total <= self.received:
+                assert self.transport is not None
+                self.transport.write(b"done\n")
+
+    port = free_port()
+    endpoint = serverFromString(reactor, endpoint_strings(kind, folder, port)[0])
+    endpoint.listen(Factory.forProtocol(Counter)).addCallback(
+        lambda listening: print(f"READY {listening.getHost().port}", flush=True)
+    )
+    reactor.run()  # type: ignore[attr-defined]
+
+
+def run_paused_client(kind: str, folder: str, port: int, size: int, total: int) -> None:
+    """Write *size*-byte blocks in a loop until paused, *total* bytes in all.
+
+    Prints, as JSON, the seconds from connect() to the server's answer, the
+    client's CPU seconds over the same span, and how long the first
+    ``clientFromString`` took (it imports the endpoint's plugin and modules).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import clientFromString
+    from twisted.internet.interfaces import IPushProducer
+    from twisted.internet.protocol import Factory, Protocol
+    from zope.interface import implementer
+
+    block = os.urandom(size)
+    clock = time.perf_counter
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    @implementer(IPushProducer)
+    class Writer(Protocol):
+        sent = 0
+        paused = False
+
+        def connectionMade(self) -> None:
+            assert self.transport is not None
+            self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+            self.produce()
+
+        def produce(self) -> None:
+            write = self.transport.write  # type: ignore[union-attr]
+            while not self.paused and self.sent < total:
+                write(block)
+                self.sent += size
+            if self.sent >= total and not self.paused:
+                self.transport.unregisterProducer()  # type: ignore[union-attr]
+
+        def pauseProducing(self) -> None:
+            self.paused = True
+
+        def resumeProducing(self) -> None:
+            self.paused = False
+            if self.sent < total:
+                reactor.callLater(0, self.produce)  # type: ignore[attr-defined]
+            else:
+                self.transport.unregisterProducer()  # type: ignore[union-attr]
+
+        def stopProducing(self) -> None:
+            self.paused = True
+
+        def dataReceived(self, data: bytes) -> None:
+            report = {"seconds": clock() - started, "cpu": cpu() - cpu_started,
+                      "parse": parsed - parse_started}
+            print(json.dumps(report), flush=True)
+            reactor.stop()  # type: ignore[attr-defined]
+
+    parse_started = clock()
+    endpoint = clientFromString(reactor, endpoint_strings(kind, folder, port)[1])
+    parsed = clock()
+    cpu_started = cpu()
+    started = clock()
+    d = endpoint.connect(Factory.forProtocol(Writer))
+
+    def failed(failure: Any) -> None:
+        print(json.dumps({"error": str(failure.value)}), flush=True)
+        reactor.stop()  # type: ignore[attr-defined]
+
+    d.addErrback(failed)
+    reactor.callLater(120, reactor.stop)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------
 # Child process: many idle connections
 # ---------------------------------------------------------------------------
 
@@ -495,6 +612,29 @@ def bulk(kind: str, files: dict[str, str], size: int, total: int, seconds: float
     return float(report["bytes"]) / report["seconds"] / 1e6
 
 
+def until_paused(kind: str, files: dict[str, str], size: int, total: int) -> tuple[float, float,
+                                                                                  float]:
+    """(MB/s from connect to the server's answer, client CPU seconds, first parse seconds)."""
+    folder = files["folder"]
+    server = child("pserve", kind, folder, str(total))
+    try:
+        port = int(read_line(server, "READY", 30).split()[1])
+        client = child("pclient", kind, folder, str(port), str(size), str(total))
+        try:
+            out, err = client.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            raise RuntimeError(f"until-paused client for {kind} did not finish") from None
+    finally:
+        server.kill()
+        server.communicate(timeout=10)
+    lines = out.strip().splitlines()
+    if not lines or '"error"' in lines[-1]:
+        raise RuntimeError(f"until-paused client for {kind} failed: {out} {err}")
+    report = json.loads(lines[-1])
+    return total / report["seconds"] / 1e6, report["cpu"], report["parse"]
+
+
 def handshakes(kinds: list[str], files: dict[str, str], mode: str, version: str,
                seconds: int, turns: int = 3) -> dict[str, tuple[float, int, int]]:
     """Server CPU microseconds per connection from ``openssl s_time``, for each
@@ -587,9 +727,13 @@ def make_certificates(folder: str, key_type: str) -> dict[str, str]:
 
     ca = CertificateAuthority(key_type=key_type)  # type: ignore[arg-type]
     server = ca.issue("localhost", "127.0.0.1", key_type=key_type)  # type: ignore[arg-type]
+    # Twisted's tls: endpoint takes a folder of trusted certificates.
+    os.mkdir(os.path.join(folder, "roots"))
+    ca.write(os.path.join(folder, "roots", "ca.pem"))
     return {
         "ca": str(ca.write(os.path.join(folder, "ca.pem"))),
         "server": str(server.write(os.path.join(folder, "server.pem"))),
+        "folder": folder,
     }
 
 
@@ -647,6 +791,8 @@ def orchestrate(args: argparse.Namespace) -> None:
                 step("bulk 64KiB", kind, bulk, 65536, 4 << 30, bulk_seconds)
             for kind in kinds:
                 step("bulk 100B", kind, bulk, 100, 1 << 30, bulk_seconds)
+            for kind in kinds:
+                step("until paused 100B", kind, until_paused, 100, 30_000_000)
             for mode, version, name in (("-new", "-tls1_3", "full TLS1.3"),
                                         ("-new", "-tls1_2", "full TLS1.2"),
                                         ("-reuse", "-tls1_2", "resumed TLS1.2")):
@@ -675,7 +821,7 @@ def orchestrate(args: argparse.Namespace) -> None:
             # Throughput: higher is better; CPU (microseconds, count,
             # resumed) and memory: lower is better.
             ordered = sorted(values, key=lambda v: v[0] if isinstance(v, tuple) else v)
-            if name.startswith("bulk") or name == "aes":
+            if name.startswith(("bulk", "until paused")) or name == "aes":
                 ordered.reverse()
             best[kind][name] = ordered[0]
             median[kind][name] = ordered[(len(ordered) - 1) // 2]
@@ -713,9 +859,22 @@ def print_table(results: dict[str, dict[str, Any]], kinds: list[str], idle_count
         microseconds, count, resumed = value
         return float(microseconds)
 
+    def part(kind: str, name: str, index: int) -> float | None:
+        value = cell(kind, name)
+        return None if value is None else float(value[index])
+
+    def scaled(value: float | None, factor: float) -> float | None:
+        return None if value is None else value * factor
+
     rows: list[tuple[str, dict[str, float | None], str]] = [
         ("bulk MB/s, 64 KiB writes", {k: cell(k, "bulk 64KiB") for k in columns}, "up"),
         ("bulk MB/s, 100 B writes", {k: cell(k, "bulk 100B") for k in columns}, "up"),
+        ("until paused MB/s, 100 B (client clock)",
+         {k: part(k, "until paused 100B", 0) for k in columns}, "up"),
+        ("  client CPU ms for its 30 MB",
+         {k: scaled(part(k, "until paused 100B", 1), 1000) for k in columns}, "down"),
+        ("  first clientFromString ms",
+         {k: scaled(part(k, "until paused 100B", 2), 1000) for k in columns}, "down"),
         ("server CPU us/full handshake TLS1.3",
          {k: cpu(k, "full TLS1.3") for k in columns}, "down"),
         ("server CPU us/full handshake TLS1.2",
@@ -770,9 +929,14 @@ def print_table(results: dict[str, dict[str, Any]], kinds: list[str], idle_count
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in ("serve", "bulk", "idle", "connect"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("serve", "bulk", "idle", "connect", "pserve",
+                                             "pclient"):
         role, kind, *rest = sys.argv[1:]
-        if role == "connect":
+        if role == "pserve":
+            run_paused_server(kind, rest[0], int(rest[1]))
+        elif role == "pclient":
+            run_paused_client(kind, rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
+        elif role == "connect":
             run_connect(int(rest[0]), float(rest[1]))
         elif role == "serve":
             run_server(kind, rest[0], int(rest[1]))
