@@ -554,6 +554,10 @@ class SecurityContext:
                 self._closed_by_peer = True
                 status = Status.CONTEXT_EXPIRED
                 consumed = complete - unread
+                if reads + 1 < sum(1 for end in framing.ends if end <= consumed):
+                    # A ticket came in the same input as the close_notify (a
+                    # server that answers and closes at once): keep it too.
+                    self._after_handshake_message(connection)
             elif reads < len(framing.ends):
                 # A record gave no application data: a post-handshake
                 # message (ticket, KeyUpdate) or an empty record.
@@ -617,6 +621,10 @@ class SecurityContext:
             plaintext, unread, reads = self._read(connection, count, limit)
         if unread is not None:
             self._closed_by_peer = True
+            if reads + 1 < count:
+                # A ticket came in the same piece as the close_notify (a
+                # server that answers and closes at once): keep it too.
+                self._after_handshake_message(connection)
             return plaintext, self._drain(connection), True
         if bad is not None:
             garbage = memoryview(data)[max(bad.offset, 0) :]

@@ -136,7 +136,7 @@ class ConnectionTruncated(ConnectionLost):
 
 
 class HandshakeTimeout(_TwistedTimeoutError):
-    """The server dropped a connection whose handshake did not complete in time."""
+    """A connection whose TLS handshake did not complete in time was dropped."""
 
     MESSAGE = "TLS handshake timed out"
 
