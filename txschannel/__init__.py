@@ -16,6 +16,7 @@ from txschannel.context import (
 )
 from txschannel.credentials import Credentials
 from txschannel.status import SecurityError, Status
+from txschannel.validation import TrustStore, verify_server_chain
 
 __all__ = [
     "Attributes",
@@ -27,7 +28,9 @@ __all__ = [
     "Status",
     "Step",
     "StreamSizes",
+    "TrustStore",
     "Unwrapped",
+    "verify_server_chain",
 ]
 
 __version__ = "0.1.0"

@@ -9,7 +9,6 @@ so that a bad file is reported with its name before any peer connects.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 import re
 import stat
@@ -28,6 +27,18 @@ from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
 from txschannel.status import Status
+from txschannel.validation import (
+    DEFAULT_VALIDATION,
+    VALIDATIONS,
+    Refusal,
+    TrustStore,
+    cryptography_verifier_available,
+    is_ip,
+    judge_peer_chain,
+    name_mismatch,
+)
+from txschannel.validation import verify_error_status as verify_error_status
+from txschannel.validation import verify_error_text as verify_error_text
 
 __all__ = [
     "Credentials",
@@ -68,21 +79,6 @@ _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL
 )
 
-# OpenSSL X509_V_ERR_* codes that have a more specific SSPI status, keyed by
-# the linked OpenSSL's own constants (their numbers change between releases).
-_VERIFY_STATUS = {
-    _lib.X509_V_ERR_CERT_NOT_YET_VALID: Status.CERT_EXPIRED,  # outside the validity period too
-    _lib.X509_V_ERR_CERT_HAS_EXPIRED: Status.CERT_EXPIRED,
-    _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT: Status.UNTRUSTED_ROOT,
-    _lib.X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT: Status.UNTRUSTED_ROOT,
-    _lib.X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN: Status.UNTRUSTED_ROOT,
-    _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: Status.UNTRUSTED_ROOT,
-    _lib.X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE: Status.UNTRUSTED_ROOT,
-    _lib.X509_V_ERR_CERT_UNTRUSTED: Status.UNTRUSTED_ROOT,
-    _lib.X509_V_ERR_HOSTNAME_MISMATCH: Status.WRONG_PRINCIPAL,
-    _lib.X509_V_ERR_EMAIL_MISMATCH: Status.WRONG_PRINCIPAL,
-    _lib.X509_V_ERR_IP_ADDRESS_MISMATCH: Status.WRONG_PRINCIPAL,
-}
 _NAME_ERRORS = frozenset(
     {
         _lib.X509_V_ERR_HOSTNAME_MISMATCH,
@@ -90,17 +86,6 @@ _NAME_ERRORS = frozenset(
         _lib.X509_V_ERR_IP_ADDRESS_MISMATCH,
     }
 )
-
-
-def verify_error_status(errno: int) -> Status:
-    """The SSPI status for an OpenSSL X509_V_ERR_* code."""
-    return _VERIFY_STATUS.get(errno, Status.CERT_UNKNOWN)
-
-
-def verify_error_text(errno: int) -> str:
-    """OpenSSL's own words for an X509_V_ERR_* code."""
-    text = _ffi.string(_lib.X509_verify_cert_error_string(errno))
-    return text.decode("ascii", "replace") if isinstance(text, bytes) else str(text)
 
 
 def _version(value: str | None, option: str) -> int | None:
@@ -430,16 +415,45 @@ class Verification:
         self.reject_code = 0
         #: Per-connection ALPN choices on a server (None: the credentials').
         self.alpn: tuple[bytes, ...] | None = None
+        #: With ``validation="cryptography"``: the verdict on the server's
+        #: whole chain (the path built, or the refusal), reached once, at
+        #: OpenSSL's first callback; OpenSSL's own verdicts are set aside.
+        self.verdict: list[x509.Certificate] | Refusal | None = None
+
+    def judge_chain(self, connection: SSL.Connection, trust: TrustStore) -> None:
+        """Judge the server's chain as a whole, the first time OpenSSL asks.
+
+        The first callback, whatever its depth, and not the one for depth
+        0: once OpenSSL's own refusals are set aside, nothing promises that
+        a callback for depth 0 still comes.
+        """
+        if self.verdict is not None:
+            return
+        try:
+            chain = connection.get_peer_cert_chain(as_cryptography=True)
+            self.verdict = judge_peer_chain(chain, self.target_name, trust)
+        except Exception as e:  # nothing may escape into OpenSSL
+            self.verdict = Refusal(
+                Status.CERT_UNKNOWN,
+                f"the server's chain could not be judged ({type(e).__name__}: {e})",
+                _lib.X509_V_ERR_CERT_REJECTED,
+            )
 
     def judge(self, certificate: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         if self.manual:
+            return True
+        if isinstance(self.verdict, Refusal):
+            self.failure = (self.verdict.status, self.verdict.reason)
+            self.reject_code = self.verdict.code
+            return False
+        if self.verdict is not None:
             return True
         if not ok:
             if self.failure is None and errno in _NAME_ERRORS and self.target_name is not None:
                 # OpenSSL's own name check (set up by the client context so
                 # that the peer gets a bad_certificate alert) failed; say
                 # which names the certificate has, as service_identity does.
-                problem = _name_mismatch(certificate.to_cryptography(), self.target_name)
+                problem = name_mismatch(certificate.to_cryptography(), self.target_name)
                 self.failure = (
                     Status.WRONG_PRINCIPAL,
                     problem or f"certificate does not match {self.target_name!r}",
@@ -461,12 +475,12 @@ class Verification:
                 self.reject_code = _lib.X509_V_ERR_INVALID_NON_CA
                 return False
         if depth == 0 and self.target_name is not None:
-            problem = _name_mismatch(certificate.to_cryptography(), self.target_name)
+            problem = name_mismatch(certificate.to_cryptography(), self.target_name)
             if problem is not None:
                 self.failure = (Status.WRONG_PRINCIPAL, problem)
                 self.reject_code = (
                     _lib.X509_V_ERR_IP_ADDRESS_MISMATCH
-                    if _is_ip(self.target_name)
+                    if is_ip(self.target_name)
                     else _lib.X509_V_ERR_HOSTNAME_MISMATCH
                 )
                 return False
@@ -492,47 +506,6 @@ def _ca_as_end_entity(certificate: x509.Certificate) -> str | None:
     )
 
 
-def _name_mismatch(certificate: x509.Certificate, name: str) -> str | None:
-    """Why *certificate* is not for *name* (service_identity's rules), or None.
-
-    A host name is compared as OpenSSL sees it: without a trailing dot
-    (RFC 6125 section 6.2.1) and as its IDNA A-label (so case and Unicode
-    spelling do not matter).
-    """
-    import idna
-    from service_identity import CertificateError, VerificationError
-    from service_identity.cryptography import (
-        verify_certificate_hostname,
-        verify_certificate_ip_address,
-    )
-
-    def offered() -> str:
-        try:
-            san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        except x509.ExtensionNotFound:
-            return "no subjectAltName"
-        names = [str(v) for v in san.value.get_values_for_type(x509.DNSName)] + [
-            str(v) for v in san.value.get_values_for_type(x509.IPAddress)
-        ]
-        return ", ".join(names) if names else "no DNS or IP subjectAltName"
-
-    try:
-        try:
-            address = ipaddress.ip_address(name)
-        except ValueError:
-            host = idna.encode(name.rstrip("."), uts46=True).decode("ascii")
-            verify_certificate_hostname(certificate, host)
-        else:
-            verify_certificate_ip_address(certificate, str(address))
-    except (VerificationError, CertificateError) as e:
-        return f"certificate for {offered()} does not match {name!r} ({e})"
-    except (idna.IDNAError, UnicodeError) as e:
-        return f"{name!r} is not a valid host name ({e})"
-    except Exception as e:  # service_identity refusing in a way it does not document
-        return f"certificate for {offered()} does not match {name!r} ({type(e).__name__}: {e})"
-    return None
-
-
 def _certificate_requested(ssl: Any, arg: Any) -> int:
     """OpenSSL's cert_cb on a client: the server asked for a certificate.
 
@@ -554,14 +527,6 @@ def _certificate_requested(ssl: Any, arg: Any) -> int:
 _on_certificate_request = _ffi.callback("int (*)(SSL *, void *)", _certificate_requested)
 
 
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
 def _verify(ok: int, store: Any) -> int:
     """OpenSSL's verify callback, at the C level.
 
@@ -574,8 +539,12 @@ def _verify(ok: int, store: Any) -> int:
         ssl = _lib.X509_STORE_CTX_get_ex_data(store, _lib.SSL_get_ex_data_X509_STORE_CTX_idx())
         connection = SSL.Connection._reverse_mapping.get(ssl)
         verification = connection.get_app_data() if connection is not None else None
-        if not isinstance(verification, Verification):
+        if connection is None or not isinstance(verification, Verification):
             return ok
+        if not verification.manual and verification.verdict is None:
+            trust = connection.get_context().get_app_data()
+            if isinstance(trust, TrustStore):
+                verification.judge_chain(connection, trust)
         pointer = _lib.X509_STORE_CTX_get_current_cert(store)
         _lib.X509_up_ref(pointer)
         certificate = crypto.X509._from_raw_x509_ptr(pointer)
@@ -584,7 +553,7 @@ def _verify(ok: int, store: Any) -> int:
         if verification.judge(certificate, errno, depth, ok):
             _lib.X509_STORE_CTX_set_error(store, _lib.X509_V_OK)
             return 1
-        if ok and verification.reject_code:
+        if verification.reject_code and (ok or verification.verdict is not None):
             _lib.X509_STORE_CTX_set_error(store, verification.reject_code)
         return 0
     except Exception:  # pragma: no cover - never let an exception into OpenSSL
@@ -624,6 +593,11 @@ class Credentials:
         self.is_client = is_client
         self.alpn = alpn
         self.manual_validation = manual_validation
+        #: Client credentials: who judges the server's chain, ``"cryptography"``
+        #: or ``"openssl"`` (None for server credentials and Twisted's).
+        self.validation: str | None = None
+        #: With ``validation="cryptography"``: the trust roots, read once.
+        self.trust_store: TrustStore | None = None
         #: For credentials made from a Twisted client creator: its host name.
         self.hostname = hostname
         self._context = context
@@ -649,23 +623,45 @@ class Credentials:
         maximum_version: str | None = None,
         manual_validation: bool = False,
         passphrase: bytes | str | None = None,
+        validation: str | None = None,
     ) -> Credentials:
         """Credentials for the connecting side (InitializeSecurityContext).
 
-        :param trust_roots: ``"system"`` for the operating system's store, or
-            a PEM file, a folder of PEM files, PEM bytes, or certificates.
+        :param trust_roots: ``"system"`` for the operating system's store
+            (read once; see :meth:`txschannel.validation.TrustStore.system`),
+            or a PEM file, a folder of PEM files, PEM bytes, or certificates.
         :param certificate: a client certificate (PEM may include its key).
         :param passphrase: decrypts the client certificate's key when it is
             encrypted (a ``str`` is taken as UTF-8); ignored for a key that
             is not. See :func:`read_passphrase` to read it from a file.
         :param manual_validation: SSPI's ISC_REQ_MANUAL_CRED_VALIDATION: the
             handshake does not judge the server's certificate or name; the
-            application must, from ``attributes.peer_certificate``.
+            application must, from ``attributes.peer_certificate`` (for
+            instance with :func:`txschannel.validation.verify_server_chain`
+            and ``credentials.trust_store``).
+        :param validation: who judges the server's chain: ``"cryptography"``
+            (the default where the installed cryptography has its X.509
+            verifier, 44 and later) or ``"openssl"`` (OpenSSL's verification
+            and service_identity, as before). See :mod:`txschannel.validation`.
         :raises ValueError: a file is missing or unreadable, not PEM, the key
             does not match the certificate, or an option is invalid.
         """
+        validation = _validation(validation)
         context = _new_context(minimum_version, maximum_version)
-        if trust_roots == "system":
+        trust: TrustStore | None = None
+        if validation == "cryptography":
+            # OpenSSL's store stays empty: its verdict is set aside anyway,
+            # and an empty store spares it building a path of its own.
+            if trust_roots == "system":
+                trust = TrustStore.system()
+            else:
+                trust = TrustStore(
+                    _load_certificates(trust_roots, "trust roots"),
+                    source=f"trust roots {_describe(trust_roots)}",
+                )
+            if not manual_validation:
+                context.set_app_data(trust)
+        elif trust_roots == "system":
             context.set_default_verify_paths()
         else:
             store = context.get_cert_store()
@@ -690,6 +686,8 @@ class Credentials:
             context, is_client=True, alpn=protocols, manual_validation=manual_validation
         )
         credentials._identities = identities
+        credentials.validation = validation
+        credentials.trust_store = trust
         return credentials
 
     @classmethod
@@ -810,6 +808,22 @@ class Credentials:
     def __repr__(self) -> str:
         role = "client" if self.is_client else "server"
         return f"<Credentials {role} alpn={[p.decode() for p in self.alpn]}>"
+
+
+def _validation(value: str | None) -> str:
+    if value is None:
+        return DEFAULT_VALIDATION
+    if value not in VALIDATIONS:
+        raise ValueError(f"validation={value!r}: use one of {', '.join(VALIDATIONS)}")
+    if value == "cryptography" and not cryptography_verifier_available():
+        import cryptography
+
+        raise ValueError(
+            "validation='cryptography' needs cryptography 44 or later (its X.509 verifier "
+            f"with extension policies); {cryptography.__version__} is installed: "
+            "use validation='openssl'"
+        )
+    return value
 
 
 def _new_context(minimum_version: str, maximum_version: str | None) -> SSL.Context:

@@ -1,0 +1,934 @@
+"""Judging a server's certificate chain: the rules a txschannel client applies.
+
+A client credentials' default is ``validation="cryptography"``: the chain the
+server sent is judged as a whole, once per connection, by pyca/cryptography's
+X.509 verifier (``cryptography.x509.verification``: path building with
+backtracking, the CA/Browser Forum profile for CA and end-entity
+certificates, name constraints, key strength), and the host name by
+service_identity as well (which refuses wildcards on a public suffix such as
+``*.com``). OpenSSL's own verification still runs inside the handshake, but
+its verdict is replaced by this one; on a refusal, OpenSSL is asked which of
+its checks the chain fails, so that the status (and the alert the server
+gets) is the one OpenSSL alone would have given wherever it refuses too.
+
+:func:`verify_server_chain` applies the same rules offline, to a chain
+loaded from anywhere. ``validation="openssl"`` keeps the earlier rules
+(OpenSSL's X.509 verification, then service_identity); it is also what
+credentials fall back to when the installed cryptography has no verifier
+with extension policies (before 44.0).
+
+What a trust root must be (OpenSSL requires a self-signed one; cryptography
+takes any certificate in its store as an anchor):
+
+- a self-issued root whose authorityKeyIdentifier names another key or
+  another certificate is not used: it does not sign itself, so it is not
+  the end of a path (OpenSSL cannot build one through it either);
+- a root that is not self-issued (an intermediate given as a trust root) is
+  used only if it carries an authorityKeyIdentifier, as RFC 5280 section
+  4.2.1.1 requires of every certificate a CA issues.
+
+The roots of the system store (``trust_roots="system"``) are taken as
+anchors, not judged as certificates: RFC 5280 section 6.1.1 takes from a
+trust anchor its name, its key and its constraints. A few real roots are
+encoded in ways the CA profile refuses (basicConstraints not critical,
+validity dates in GeneralizedTime before 2050); each is given to
+cryptography re-encoded, with the same name, key and extensions. Roots given
+explicitly are judged by the profile like any CA certificate.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import ipaddress
+import os
+import ssl
+import threading
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from OpenSSL import crypto
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
+
+from txschannel.status import SecurityError, Status
+
+__all__ = [
+    "DEFAULT_VALIDATION",
+    "VALIDATIONS",
+    "TrustStore",
+    "cryptography_verifier_available",
+    "verify_server_chain",
+]
+
+#: The values of ``Credentials.client(validation=...)``.
+VALIDATIONS = ("cryptography", "openssl")
+
+
+def cryptography_verifier_available() -> bool:
+    """True when the installed cryptography has the verifier these rules need.
+
+    That is ``cryptography.x509.verification`` with extension policies
+    (cryptography 44.0 and later).
+    """
+    try:
+        from cryptography.x509 import verification
+    except ImportError:  # pragma: no cover - cryptography before 42
+        return False
+    return hasattr(verification, "ExtensionPolicy") and hasattr(
+        verification.PolicyBuilder, "extension_policies"
+    )
+
+
+#: What client credentials use when ``validation`` is not given.
+DEFAULT_VALIDATION = "cryptography" if cryptography_verifier_available() else "openssl"
+
+
+# -- OpenSSL's verdicts, as SSPI statuses ---------------------------------
+
+# OpenSSL X509_V_ERR_* codes that have a more specific SSPI status, keyed by
+# the linked OpenSSL's own constants (their numbers change between releases).
+_VERIFY_STATUS = {
+    _lib.X509_V_ERR_CERT_NOT_YET_VALID: Status.CERT_EXPIRED,  # outside the validity period too
+    _lib.X509_V_ERR_CERT_HAS_EXPIRED: Status.CERT_EXPIRED,
+    _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT: Status.UNTRUSTED_ROOT,
+    _lib.X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT: Status.UNTRUSTED_ROOT,
+    _lib.X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN: Status.UNTRUSTED_ROOT,
+    _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: Status.UNTRUSTED_ROOT,
+    _lib.X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE: Status.UNTRUSTED_ROOT,
+    _lib.X509_V_ERR_CERT_UNTRUSTED: Status.UNTRUSTED_ROOT,
+    _lib.X509_V_ERR_HOSTNAME_MISMATCH: Status.WRONG_PRINCIPAL,
+    _lib.X509_V_ERR_EMAIL_MISMATCH: Status.WRONG_PRINCIPAL,
+    _lib.X509_V_ERR_IP_ADDRESS_MISMATCH: Status.WRONG_PRINCIPAL,
+}
+
+# The codes OpenSSL finds after it has checked the host name (validity
+# periods, signatures, name constraints); every other code comes before it.
+# A refusal says the earlier kind first, then a wrong name, then these, in
+# the order OpenSSL would report them.
+_AFTER_NAME = frozenset(
+    getattr(_lib, name)
+    for name in (
+        "X509_V_ERR_CERT_NOT_YET_VALID",
+        "X509_V_ERR_CERT_HAS_EXPIRED",
+        "X509_V_ERR_ERROR_IN_CERT_NOT_BEFORE_FIELD",
+        "X509_V_ERR_ERROR_IN_CERT_NOT_AFTER_FIELD",
+        "X509_V_ERR_CERT_SIGNATURE_FAILURE",
+        "X509_V_ERR_UNABLE_TO_DECRYPT_CERT_SIGNATURE",
+        "X509_V_ERR_UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY",
+        "X509_V_ERR_PERMITTED_VIOLATION",
+        "X509_V_ERR_EXCLUDED_VIOLATION",
+        "X509_V_ERR_SUBTREE_MINMAX",
+        "X509_V_ERR_UNSUPPORTED_CONSTRAINT_TYPE",
+        "X509_V_ERR_UNSUPPORTED_CONSTRAINT_SYNTAX",
+        "X509_V_ERR_UNSUPPORTED_NAME_SYNTAX",
+    )
+    if hasattr(_lib, name)
+)
+
+
+def verify_error_status(errno: int) -> Status:
+    """The SSPI status for an OpenSSL X509_V_ERR_* code."""
+    return _VERIFY_STATUS.get(errno, Status.CERT_UNKNOWN)
+
+
+def verify_error_text(errno: int) -> str:
+    """OpenSSL's own words for an X509_V_ERR_* code."""
+    text = _ffi.string(_lib.X509_verify_cert_error_string(errno))
+    return text.decode("ascii", "replace") if isinstance(text, bytes) else str(text)
+
+
+# -- names ----------------------------------------------------------------
+
+
+def is_ip(name: str) -> bool:
+    """True when *name* is an IPv4 or IPv6 address, in any spelling."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _reference(name: str) -> tuple[str, x509.DNSName | x509.IPAddress]:
+    """*name* as certificates spell it, and as cryptography's subject.
+
+    An address in its canonical form; a host name without a trailing dot
+    (RFC 6125 section 6.2.1), as its lower-case IDNA A-label.
+
+    :raises ValueError: *name* is not a valid host name.
+    """
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        import idna
+
+        try:
+            host = idna.encode(name.rstrip("."), uts46=True).decode("ascii").lower()
+        except (idna.IDNAError, UnicodeError) as e:
+            raise ValueError(f"{name!r} is not a valid host name ({e})") from None
+        return host, x509.DNSName(host)
+    return str(address), x509.IPAddress(address)
+
+
+def name_mismatch(certificate: x509.Certificate, name: str) -> str | None:
+    """Why *certificate* is not for *name* (service_identity's rules), or None.
+
+    A host name is compared as OpenSSL sees it: without a trailing dot
+    (RFC 6125 section 6.2.1) and as its IDNA A-label (so case and Unicode
+    spelling do not matter).
+    """
+    from service_identity import CertificateError, VerificationError
+    from service_identity.cryptography import (
+        verify_certificate_hostname,
+        verify_certificate_ip_address,
+    )
+
+    def offered() -> str:
+        try:
+            san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            return "no subjectAltName"
+        except ValueError:
+            return "an unreadable subjectAltName"
+        names = [str(v) for v in san.value.get_values_for_type(x509.DNSName)] + [
+            str(v) for v in san.value.get_values_for_type(x509.IPAddress)
+        ]
+        return ", ".join(names) if names else "no DNS or IP subjectAltName"
+
+    try:
+        try:
+            reference, subject = _reference(name)
+        except ValueError as e:
+            return str(e)
+        if isinstance(subject, x509.IPAddress):
+            verify_certificate_ip_address(certificate, reference)
+        else:
+            verify_certificate_hostname(certificate, reference)
+    except (VerificationError, CertificateError) as e:
+        return f"certificate for {offered()} does not match {name!r} ({e})"
+    except Exception as e:  # service_identity refusing in a way it does not document
+        return f"certificate for {offered()} does not match {name!r} ({type(e).__name__}: {e})"
+    return None
+
+
+def _subject(certificate: x509.Certificate) -> str:
+    try:
+        return certificate.subject.rfc4514_string() or "(empty subject)"
+    except ValueError:
+        return "(unreadable subject)"
+
+
+# -- trust anchors --------------------------------------------------------
+
+
+def _anchor_problem(certificate: x509.Certificate) -> str | None:
+    """Why *certificate* cannot end a path as a trust root, or None."""
+    try:
+        extensions = certificate.extensions
+        aki = extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        aki = None
+    except (ValueError, TypeError) as e:
+        # Malformed by RFC 5280 (an authorityKeyIdentifier with an issuer
+        # but no serial number, say): OpenSSL cannot build a path through
+        # it either.
+        return f"its extensions cannot be read ({e})"
+    if certificate.issuer != certificate.subject:
+        if aki is None or aki.key_identifier is None:
+            return (
+                "it is not self-issued and has no authorityKeyIdentifier "
+                "(RFC 5280 section 4.2.1.1)"
+            )
+        return None
+    if aki is None:
+        return None
+    try:
+        ski: bytes | None = extensions.get_extension_for_class(
+            x509.SubjectKeyIdentifier
+        ).value.digest
+    except x509.ExtensionNotFound:
+        ski = None
+    if aki.key_identifier is not None and ski is not None and aki.key_identifier != ski:
+        return "its authorityKeyIdentifier names another key than its own"
+    if aki.authority_cert_issuer is not None and x509.DirectoryName(
+        certificate.issuer
+    ) not in aki.authority_cert_issuer:
+        return "its authorityKeyIdentifier names another issuer"
+    if (
+        aki.authority_cert_serial_number is not None
+        and aki.authority_cert_serial_number != certificate.serial_number
+    ):
+        return "its authorityKeyIdentifier names another certificate"
+    return None
+
+
+# One throw-away key signs every re-encoded anchor: an anchor's own
+# signature is never checked (trust comes from being in the store).
+_ANCHOR_SIGNER: list[ec.EllipticCurvePrivateKey] = []
+
+
+def _reencoded(root: x509.Certificate) -> x509.Certificate | None:
+    """*root* as an anchor the CA profile accepts, or None if it already is.
+
+    Same name, key, validity and extensions; basicConstraints critical (and
+    present, for a version 1 root); dates in the encoding RFC 5280 asks for;
+    a positive serial number.
+    """
+    try:
+        extensions = list(root.extensions)
+        constraints = root.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        constraints = None
+    except (ValueError, TypeError):
+        return None  # an extension Python cannot read: leave the root as it is
+    if (
+        constraints is not None
+        and constraints.critical
+        and root.version is x509.Version.v3
+        and root.serial_number >= 0
+        and not _generalized_time_before_2050(root)
+    ):
+        return None
+    if not _ANCHOR_SIGNER:
+        _ANCHOR_SIGNER.append(ec.generate_private_key(ec.SECP256R1()))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(root.subject)
+        .issuer_name(root.issuer)
+        .serial_number(root.serial_number if root.serial_number > 0 else 1)
+        .not_valid_before(root.not_valid_before_utc)
+        .not_valid_after(root.not_valid_after_utc)
+        .public_key(root.public_key())
+    )
+    if constraints is None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+    for extension in extensions:
+        critical = extension.critical or isinstance(extension.value, x509.BasicConstraints)
+        builder = builder.add_extension(extension.value, critical)
+    try:
+        return builder.sign(_ANCHOR_SIGNER[0], hashes.SHA256())
+    except (TypeError, ValueError):
+        return None  # a key type cryptography cannot put in a certificate
+
+
+def _generalized_time_before_2050(certificate: x509.Certificate) -> bool:
+    """Whether a validity date before 2050 is encoded as GeneralizedTime
+    (RFC 5280 section 4.1.2.5 asks for UTCTime; cryptography refuses it)."""
+    tbs = certificate.tbs_certificate_bytes
+    try:
+        _, position, _ = _der_element(tbs, 0)
+        tag, _, end = _der_element(tbs, position)
+        if tag == 0xA0:  # the version, when it is not v1
+            position = end
+        for _ in range(3):  # the serial number, the signature algorithm, the issuer
+            position = _der_element(tbs, position)[2]
+        _, position, end = _der_element(tbs, position)  # the validity
+        while position < end:
+            tag, value, after = _der_element(tbs, position)
+            if tag == 0x18 and int(tbs[value : value + 4]) < 2050:
+                return True
+            position = after
+    except (IndexError, ValueError):
+        return False
+    return False
+
+
+def _der_element(data: bytes, position: int) -> tuple[int, int, int]:
+    """(tag, start of the value, end of the value) of the DER element at *position*."""
+    tag = data[position]
+    length = data[position + 1]
+    start = position + 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(data[start : start + count], "big")
+        start += count
+    return tag, start, start + length
+
+
+#: Where Linux distributions and BSDs keep the system's PEM bundle, tried in
+#: this order after the SSL_CERT_FILE/SSL_CERT_DIR variables and the paths
+#: the linked OpenSSL and Python's ssl module were built with.
+SYSTEM_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Arch, Gentoo
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+    "/etc/ssl/ca-bundle.pem",  # openSUSE
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",  # RHEL 7 and later
+    "/etc/ssl/cert.pem",  # Alpine, macOS, OpenBSD
+    "/usr/local/share/certs/ca-root-nss.crt",  # FreeBSD
+)
+
+
+def _system_sources() -> list[Path]:
+    candidates: list[str] = []
+    file_variable = os.environ.get("SSL_CERT_FILE")
+    directory_variable = os.environ.get("SSL_CERT_DIR")
+    if file_variable or directory_variable:
+        # As OpenSSL does: the variables replace the built-in locations.
+        candidates = [p for p in (file_variable, directory_variable) if p]
+    else:
+        linked = _ffi.string(_lib.X509_get_default_cert_file())
+        paths = ssl.get_default_verify_paths()
+        candidates = [
+            linked.decode("utf-8", "replace") if isinstance(linked, bytes) else str(linked),
+            *(p for p in (paths.cafile, paths.openssl_cafile) if p),
+            *SYSTEM_BUNDLES,
+        ]
+    for candidate in candidates:
+        path = Path(candidate)
+        if path.is_file():
+            return [path]
+        if path.is_dir() and (file_variable or directory_variable):
+            return sorted(p for p in path.iterdir() if p.is_file())
+    return []
+
+
+def _certificates_in_files(paths: Iterable[Path]) -> list[x509.Certificate]:
+    found: dict[bytes, x509.Certificate] = {}
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if b"-----BEGIN" not in data:
+            continue
+        with warnings.catch_warnings():
+            # Some roots in real bundles have serial number 0, which
+            # cryptography warns about; they are the system's to judge.
+            warnings.simplefilter("ignore")
+            try:
+                certificates = x509.load_pem_x509_certificates(data)
+            except ValueError:
+                certificates = _one_by_one(data)
+        for certificate in certificates:
+            found.setdefault(certificate.public_bytes(serialization.Encoding.DER), certificate)
+    return list(found.values())
+
+
+def _one_by_one(data: bytes) -> list[x509.Certificate]:
+    """The readable certificates of a bundle that also holds unreadable ones."""
+    marker = b"-----BEGIN CERTIFICATE-----"
+    certificates = []
+    for chunk in data.split(marker)[1:]:
+        try:
+            certificates.append(x509.load_pem_x509_certificate(marker + chunk))
+        except ValueError:
+            continue
+    return certificates
+
+
+_SYSTEM_STORES: dict[tuple[tuple[str, int, int], ...], TrustStore] = {}
+
+
+class TrustStore:
+    """Trust roots, read and prepared once for every chain judged against them.
+
+    :class:`~txschannel.Credentials` keeps one per client credentials;
+    build one to call :func:`verify_server_chain` many times.
+
+    :param certificates: the trust roots.
+    :param system: take the roots as the operating system's store is taken
+        (see the module's notes); :meth:`system` does this for you.
+    :param source: where the roots came from, for error messages.
+    """
+
+    def __init__(
+        self,
+        certificates: Iterable[x509.Certificate],
+        *,
+        system: bool = False,
+        source: str = "the trust roots given",
+    ) -> None:
+        #: Every root given, in order.
+        self.certificates: tuple[x509.Certificate, ...] = tuple(certificates)
+        #: Where they came from.
+        self.source = source
+        #: The roots that cannot end a path, each with the reason.
+        self.unusable: tuple[tuple[x509.Certificate, str], ...] = ()
+        anchors: list[x509.Certificate] = []
+        unusable = []
+        pinned = []
+        self._original: dict[x509.Certificate, x509.Certificate] = {}
+        with warnings.catch_warnings():
+            # Real bundles hold roots with serial number 0, which cryptography
+            # warns about on every look; judging them is the system's job.
+            warnings.simplefilter("ignore")
+            for root in self.certificates:
+                problem = _anchor_problem(root)
+                if problem is not None:
+                    unusable.append((root, problem))
+                    continue
+                anchor = _reencoded(root) if system else None
+                if anchor is not None:
+                    self._original[anchor] = root
+                anchors.append(anchor or root)
+                if root.issuer == root.subject:
+                    pinned.append(root)
+        self.unusable = tuple(unusable)
+        #: Self-issued roots: a server may present one of these as it is.
+        self._pinned = frozenset(pinned)
+        self._store: Any = None
+        if anchors and cryptography_verifier_available():
+            from cryptography.x509.verification import Store
+
+            self._store = Store(anchors)
+        self._openssl: crypto.X509Store | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def system(cls) -> TrustStore:
+        """The operating system's trust roots (its PEM bundle), read once.
+
+        Looks where OpenSSL does: ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` if
+        set, else the bundle the linked OpenSSL (or Python's) was built to
+        read, else the usual places of Linux distributions and BSDs
+        (:data:`SYSTEM_BUNDLES`). Finding none is not an error: every chain
+        is then refused as UNTRUSTED_ROOT, with a reason that says so.
+        """
+        sources = _system_sources()
+        key = []
+        for path in sources:
+            try:
+                found = path.stat()
+            except OSError:
+                continue
+            key.append((str(path), found.st_mtime_ns, found.st_size))
+        cached = _SYSTEM_STORES.get(tuple(key))
+        if cached is not None:
+            return cached
+        where = ", ".join(str(p) for p in sources[:3]) + (" ..." if len(sources) > 3 else "")
+        store = cls(
+            _certificates_in_files(sources),
+            system=True,
+            source=f"the system store ({where})" if sources else "the system store (not found)",
+        )
+        # Credentials made one after the other share one store (it does not
+        # change once built) until the bundle on disk changes.
+        _SYSTEM_STORES.clear()
+        _SYSTEM_STORES[tuple(key)] = store
+        return store
+
+    def __len__(self) -> int:
+        return len(self.certificates)
+
+    def __repr__(self) -> str:
+        return f"<TrustStore {len(self.certificates)} roots from {self.source}>"
+
+    def _openssl_store(self) -> crypto.X509Store:
+        """The same roots for OpenSSL, built when a refusal is first explained."""
+        if self._openssl is None:
+            store = crypto.X509Store()
+            for root in self.certificates:
+                try:
+                    store.add_cert(crypto.X509.from_cryptography(root))
+                except crypto.Error:
+                    continue  # a duplicate
+            # What an OpenSSL client checks a server's certificate for.
+            _lib.X509_STORE_set_purpose(store._store, _lib.X509_PURPOSE_SSL_SERVER)
+            self._openssl = store
+        return self._openssl
+
+
+# -- the verifier ---------------------------------------------------------
+
+
+class Refusal(NamedTuple):
+    """Why a chain was refused: the status, a reason naming the certificate
+    at fault, and the X509_V_ERR_* code that makes OpenSSL send the server
+    the matching alert."""
+
+    status: Status
+    reason: str
+    code: int
+
+
+def _key_usage_of_ca(policy: Any, certificate: x509.Certificate, usage: Any) -> None:
+    # RFC 5280 section 4.2.1.3 asks CAs to include keyUsage, but validators
+    # (OpenSSL, Go, browsers) take its absence as "any usage", and so do
+    # x509-limbo's expectations; CAs made by `openssl req -x509` have none.
+    if usage is not None and not usage.key_cert_sign:
+        raise ValueError("the keyUsage of a CA certificate must assert keyCertSign")
+
+
+def _alt_names_of_server(policy: Any, certificate: x509.Certificate, names: Any) -> None:
+    # cryptography's own check, but for one rule: RFC 5280 section 4.2.1.6
+    # only says a subjectAltName SHOULD be non-critical when the subject is
+    # not empty, and trustme's certificates (the usual ones in Python test
+    # suites) mark it critical. The matching below is cryptography's.
+    if len(certificate.subject) == 0 and not _critical(certificate, x509.SubjectAlternativeName):
+        raise ValueError("subjectAltName must be critical when the subject is empty")
+    if not any(_alt_name_matches(name, policy.subject) for name in names):
+        raise ValueError("leaf certificate has no matching subjectAltName")
+
+
+def _usage_of_server(policy: Any, certificate: x509.Certificate, usages: Any) -> None:
+    # cryptography's own check, but for one rule: the CA/Browser Forum
+    # forbids a critical extendedKeyUsage, RFC 5280 section 4.2.1.12 leaves
+    # it to the issuer, and trustme's certificates mark it critical.
+    if usages is not None and ExtendedKeyUsageOID.SERVER_AUTH not in usages:
+        raise ValueError("required EKU not found (serverAuth)")
+
+
+def _critical(certificate: x509.Certificate, kind: type[x509.ExtensionType]) -> bool:
+    try:
+        return certificate.extensions.get_extension_for_class(kind).critical
+    except (x509.ExtensionNotFound, ValueError, TypeError):
+        return False
+
+
+def _alt_name_matches(name: x509.GeneralName, subject: object) -> bool:
+    """cryptography's matching of one subjectAltName entry: an address
+    equals the address; a DNS name equals the host name, or is ``*.``
+    followed by the host name without its first label."""
+    if isinstance(subject, x509.IPAddress):
+        return isinstance(name, x509.IPAddress) and name.value == subject.value
+    if not isinstance(subject, x509.DNSName) or not isinstance(name, x509.DNSName):
+        return False
+    pattern, host = name.value.lower(), subject.value.lower()
+    if pattern.startswith("*."):
+        parent = pattern[2:]
+        return _dns_name(parent) and host.partition(".")[2] == parent
+    return _dns_name(pattern) and pattern == host
+
+
+def _dns_name(value: str) -> bool:
+    """A host name as cryptography accepts one: letters, digits and inner
+    hyphens, labels of 1 to 63 characters, 253 in all."""
+    if not 0 < len(value) <= 253:
+        return False
+    for label in value.split("."):
+        if not 0 < len(label) <= 63 or label[0] == "-" or label[-1] == "-":
+            return False
+        if not all(c.isascii() and (c.isalnum() or c == "-") for c in label):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _policies() -> tuple[Any, Any]:
+    from cryptography.x509.verification import Criticality, ExtensionPolicy
+
+    ca = ExtensionPolicy.webpki_defaults_ca().may_be_present(
+        x509.KeyUsage, Criticality.AGNOSTIC, _key_usage_of_ca
+    )
+    ee = (
+        ExtensionPolicy.webpki_defaults_ee()
+        .require_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, _alt_names_of_server)
+        .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _usage_of_server)
+    )
+    return ca, ee
+
+
+def verify_server_chain(
+    chain: Sequence[x509.Certificate],
+    name: str,
+    *,
+    trust_roots: Sequence[x509.Certificate] | TrustStore,
+    at: datetime.datetime | None = None,
+    max_depth: int | None = None,
+) -> list[x509.Certificate]:
+    """Judge a server's certificate chain as a txschannel client does.
+
+    :param chain: the server's certificates, its own first, then whatever
+        else it sent (in any order; extra certificates are ignored).
+    :param name: the host name (Unicode or IDNA; case and a trailing dot do
+        not matter) or the IP address the certificate must be for.
+    :param trust_roots: the trust roots, or a :class:`TrustStore` built
+        once (``TrustStore.system()`` for the operating system's).
+    :param at: when to judge the validity periods (default: now). A naive
+        datetime is taken as UTC.
+    :param max_depth: how many intermediate CAs a path may have (default:
+        cryptography's, 8).
+    :returns: the path built: the server's certificate, the intermediates
+        used, and the trust root it ends at.
+    :raises SecurityError: the chain is refused; ``status`` is the most
+        specific of UNTRUSTED_ROOT, CERT_EXPIRED, WRONG_PRINCIPAL and
+        CERT_UNKNOWN, ``reason`` names the certificate at fault.
+    :raises ValueError: *chain* is empty, or *name* is not a valid host
+        name or address.
+    :raises RuntimeError: the installed cryptography has no verifier with
+        extension policies (before 44.0).
+    """
+    verdict = judge_server_chain(chain, name, trust_roots=trust_roots, at=at, max_depth=max_depth)
+    if isinstance(verdict, Refusal):
+        raise SecurityError(verdict.status, verdict.reason)
+    return verdict
+
+
+def judge_server_chain(
+    chain: Sequence[x509.Certificate],
+    name: str,
+    *,
+    trust_roots: Sequence[x509.Certificate] | TrustStore,
+    at: datetime.datetime | None = None,
+    max_depth: int | None = None,
+) -> list[x509.Certificate] | Refusal:
+    """:func:`verify_server_chain`, returning the refusal instead of raising it."""
+    if not cryptography_verifier_available():
+        raise RuntimeError(
+            "the installed cryptography has no X.509 verifier with extension policies "
+            "(cryptography 44 or later); use validation='openssl'"
+        )
+    if not chain:
+        raise ValueError("the chain is empty: it starts with the server's own certificate")
+    store = trust_roots if isinstance(trust_roots, TrustStore) else TrustStore(trust_roots)
+    when = _utc(at)
+    text, subject = _reference(name)
+    leaf, intermediates = chain[0], list(chain[1:])
+    if leaf in store._pinned:
+        return _pinned(leaf, name, when)
+    if store._store is None:
+        nothing = Refusal(
+            Status.UNTRUSTED_ROOT,
+            f"no usable trust root in {store.source}: nothing can vouch for "
+            f"{_subject(leaf)}" + _unusable_note(store),
+            _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+        )
+        return _explain(nothing, leaf, intermediates, name, store, when)
+    from cryptography.x509.verification import PolicyBuilder, VerificationError
+
+    ca_policy, ee_policy = _policies()
+    builder = (
+        PolicyBuilder()
+        .store(store._store)
+        .time(when)
+        .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
+    )
+    if max_depth is not None:
+        builder = builder.max_chain_depth(max_depth)
+    try:
+        path = builder.build_server_verifier(subject).verify(leaf, intermediates)
+    except VerificationError as e:
+        return _explain(str(e), leaf, intermediates, name, store, when)
+    except ValueError as e:  # cryptography cannot take the name as a subject
+        return Refusal(
+            Status.WRONG_PRINCIPAL,
+            f"{name!r} cannot be checked against a certificate ({e})",
+            _mismatch_code(text),
+        )
+    problem = name_mismatch(leaf, name)
+    if problem is not None:
+        return Refusal(Status.WRONG_PRINCIPAL, problem, _mismatch_code(text))
+    return [store._original.get(certificate, certificate) for certificate in path]
+
+
+def _utc(at: datetime.datetime | None) -> datetime.datetime:
+    if at is None:
+        return datetime.datetime.now(datetime.timezone.utc)
+    if at.tzinfo is None:
+        return at.replace(tzinfo=datetime.timezone.utc)
+    return at.astimezone(datetime.timezone.utc)
+
+
+def _mismatch_code(text: str) -> int:
+    return int(
+        _lib.X509_V_ERR_IP_ADDRESS_MISMATCH if is_ip(text) else _lib.X509_V_ERR_HOSTNAME_MISMATCH
+    )
+
+
+def _unusable_note(store: TrustStore) -> str:
+    if not store.unusable:
+        return ""
+    notes = "; ".join(f"{_subject(root)}: {why}" for root, why in store.unusable[:3])
+    return f" (trust roots not used: {notes})"
+
+
+def _pinned(leaf: x509.Certificate, name: str, when: datetime.datetime) -> Refusal | list[
+    x509.Certificate
+]:
+    """A self-issued certificate that is itself a trust root (a private
+    service's own certificate, ``twist schannel``'s): its period, its
+    purpose and its name are all there is to check."""
+    if when < leaf.not_valid_before_utc:
+        code = _lib.X509_V_ERR_CERT_NOT_YET_VALID
+    elif when > leaf.not_valid_after_utc:
+        code = _lib.X509_V_ERR_CERT_HAS_EXPIRED
+    else:
+        code = 0
+    if code:
+        return Refusal(
+            Status.CERT_EXPIRED, f"{verify_error_text(code)}: {_subject(leaf)} at depth 0", code
+        )
+    try:
+        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = None
+    if usages is not None and not {
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+    } & set(usages):
+        code = _lib.X509_V_ERR_INVALID_PURPOSE
+        return Refusal(
+            Status.CERT_UNKNOWN, f"{verify_error_text(code)}: {_subject(leaf)} at depth 0", code
+        )
+    problem = name_mismatch(leaf, name)
+    if problem is not None:
+        return Refusal(Status.WRONG_PRINCIPAL, problem, _mismatch_code(_reference(name)[0]))
+    return [leaf]
+
+
+def _explain(
+    refused: str | Refusal,
+    leaf: x509.Certificate,
+    intermediates: list[x509.Certificate],
+    name: str,
+    store: TrustStore,
+    when: datetime.datetime,
+) -> Refusal:
+    """The refusal for a chain cryptography refused (*refused*: its words,
+    or the refusal already made), as specific as can be.
+
+    Where OpenSSL refuses the chain too, its verdict gives the status and
+    the alert (the ones a client gave before this verifier existed); a
+    wrong name comes after the problems OpenSSL finds before it checks the
+    name, and before the ones it finds after.
+    """
+    found = _openssl_error(store, leaf, intermediates, when)
+    if found is not None and found[0] not in _AFTER_NAME:
+        return _openssl_refusal(*found)
+    # (A certificate whose extensions cannot be read is not for a wrong
+    # name: it is malformed, which cryptography's words say.)
+    problem = name_mismatch(leaf, name) if _readable(leaf) else None
+    if problem is not None:
+        return Refusal(Status.WRONG_PRINCIPAL, problem, _mismatch_code(_reference(name)[0]))
+    if found is not None:
+        return _openssl_refusal(*found)
+    if isinstance(refused, Refusal):
+        return refused
+    return _cryptography_refusal(refused, leaf, intermediates, name, store, when)
+
+
+def _readable(certificate: x509.Certificate) -> bool:
+    try:
+        return certificate.extensions is not None
+    except (ValueError, TypeError):
+        return False
+
+
+def _openssl_error(
+    store: TrustStore,
+    leaf: x509.Certificate,
+    intermediates: list[x509.Certificate],
+    when: datetime.datetime,
+) -> tuple[int, int, x509.Certificate] | None:
+    """OpenSSL's first objection to the chain: (code, depth, certificate)."""
+    if not store.certificates:
+        return None
+    context = crypto.X509StoreContext(
+        store._openssl_store(),
+        crypto.X509.from_cryptography(leaf),
+        [crypto.X509.from_cryptography(c) for c in intermediates],
+    )
+    with store._lock:  # the time is a setting of the shared store
+        store._openssl_store().set_time(when)
+        try:
+            context.verify_certificate()
+        except crypto.X509StoreContextError as e:
+            code, depth = int(e.errors[0]), int(e.errors[1])
+            return code, depth, e.certificate.to_cryptography()
+    return None
+
+
+def _openssl_refusal(code: int, depth: int, certificate: x509.Certificate) -> Refusal:
+    return Refusal(
+        verify_error_status(code),
+        f"{verify_error_text(code)}: {_subject(certificate)} at depth {depth}",
+        code,
+    )
+
+
+# What cryptography's words mean, most specific first: (words, status, code).
+_CRYPTOGRAPHY_WORDS: tuple[tuple[str, Status, str], ...] = (
+    ("not valid at validation time", Status.CERT_EXPIRED, "X509_V_ERR_CERT_HAS_EXPIRED"),
+    ("no interior errors", Status.UNTRUSTED_ROOT, "X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY"),
+    ("exceeds max depth", Status.CERT_UNKNOWN, "X509_V_ERR_CERT_CHAIN_TOO_LONG"),
+    ("excluded name constraint", Status.CERT_UNKNOWN, "X509_V_ERR_EXCLUDED_VIOLATION"),
+    ("name constraint", Status.CERT_UNKNOWN, "X509_V_ERR_PERMITTED_VIOLATION"),
+    ("EKU", Status.CERT_UNKNOWN, "X509_V_ERR_INVALID_PURPOSE"),
+    ("must not be asserted in an EE", Status.CERT_UNKNOWN, "X509_V_ERR_INVALID_NON_CA"),
+    ("no matching subjectAltName", Status.WRONG_PRINCIPAL, "X509_V_ERR_HOSTNAME_MISMATCH"),
+)
+
+
+def _cryptography_refusal(
+    message: str,
+    leaf: x509.Certificate,
+    intermediates: list[x509.Certificate],
+    name: str,
+    store: TrustStore,
+    when: datetime.datetime,
+) -> Refusal:
+    """A refusal only cryptography's rules make: its own words, a status."""
+    detail = message.removeprefix("validation failed: ")
+    status, code = Status.CERT_UNKNOWN, int(_lib.X509_V_ERR_CERT_REJECTED)
+    for words, word_status, code_name in _CRYPTOGRAPHY_WORDS:
+        if words in detail:
+            status, code = word_status, int(getattr(_lib, code_name, code))
+            break
+    if "candidates exhausted" not in detail:
+        culprit, depth = leaf, 0  # the server's own certificate broke the profile
+    else:
+        culprit, depth = _issuer_at_fault(leaf, intermediates, store, when)
+    if status is Status.CERT_EXPIRED and when < culprit.not_valid_before_utc:
+        code = _lib.X509_V_ERR_CERT_NOT_YET_VALID
+    if status is Status.WRONG_PRINCIPAL:
+        code = _mismatch_code(_reference(name)[0])
+    where = f"{_subject(culprit)} at depth {depth}" if depth == 0 else (
+        f"no valid issuer for {_subject(culprit)} at depth {depth}"
+    )
+    note = _unusable_note(store) if status is Status.UNTRUSTED_ROOT else ""
+    return Refusal(status, f"{verify_error_text(code)}: {where} ({detail}){note}", code)
+
+
+def _issuer_at_fault(
+    leaf: x509.Certificate,
+    intermediates: list[x509.Certificate],
+    store: TrustStore,
+    when: datetime.datetime,
+) -> tuple[x509.Certificate, int]:
+    """Where a path from *leaf* stops: the last certificate reached, by
+    names alone, before there was no issuer (or one out of its period)."""
+    current, depth = leaf, 0
+    pool = [*intermediates, *store.certificates]
+    seen = {leaf}
+    while depth < 16:
+        issuers = [c for c in pool if c.subject == current.issuer and c not in seen]
+        if not issuers:
+            return current, depth
+        current, depth = issuers[0], depth + 1
+        seen.add(current)
+        if not current.not_valid_before_utc <= when <= current.not_valid_after_utc:
+            return current, depth
+        if current in store.certificates:
+            return current, depth
+    return current, depth
+
+
+def judge_peer_chain(
+    chain: Sequence[x509.Certificate] | None,
+    name: str | None,
+    trust: TrustStore,
+) -> list[x509.Certificate] | Refusal:
+    """The handshake's use of :func:`judge_server_chain`: no chain or no
+    name is a refusal, not an exception (nothing may escape into OpenSSL)."""
+    if not chain:
+        code = _lib.X509_V_ERR_UNSPECIFIED if hasattr(_lib, "X509_V_ERR_UNSPECIFIED") else 1
+        return Refusal(Status.CERT_UNKNOWN, "the server sent no certificate", code)
+    if name is None:
+        return Refusal(
+            Status.WRONG_PRINCIPAL,
+            "no target name to check the server's certificate against",
+            _lib.X509_V_ERR_HOSTNAME_MISMATCH,
+        )
+    try:
+        return judge_server_chain(chain, name, trust_roots=trust)
+    except ValueError as e:
+        return Refusal(Status.WRONG_PRINCIPAL, str(e), _lib.X509_V_ERR_HOSTNAME_MISMATCH)
+
