@@ -60,6 +60,7 @@ from txschannel.protocol import (
     DEFAULT_PRE_HANDSHAKE_BUFFER,
     SchannelFactory,
 )
+from txschannel.validation import VALIDATIONS
 
 __all__ = [
     "CLIENT_OPTIONS",
@@ -99,6 +100,7 @@ CLIENT_OPTIONS: tuple[str, ...] = (
     "minimumVersion",
     "maximumVersion",
     "passphraseFile",
+    "validation",
 )
 
 _VERSIONS = ("TLSv1.2", "TLSv1.3")
@@ -646,6 +648,7 @@ class _ClientSettings:
     minimum_version: str
     maximum_version: str | None
     passphrase_file: str | None
+    validation: str | None
 
     @classmethod
     def from_options(
@@ -687,6 +690,11 @@ class _ClientSettings:
                 f"{DEFAULT_PRE_HANDSHAKE_BUFFER} bytes (one ClientHello of the largest "
                 "size OpenSSL accepts) are needed"
             )
+        validation = options.get("validation")
+        if validation is not None and validation not in VALIDATIONS:
+            raise ValueError(
+                f"schannel: validation={validation!r}: use {' or '.join(VALIDATIONS)}"
+            )
         return cls(
             hostname=hostname,
             trust_roots=trust_roots,
@@ -696,6 +704,7 @@ class _ClientSettings:
             minimum_version=minimum,
             maximum_version=maximum,
             passphrase_file=passphrase_file,
+            validation=validation,
         )
 
     def credentials(self) -> Credentials:
@@ -712,6 +721,7 @@ class _ClientSettings:
                 minimum_version=self.minimum_version,
                 maximum_version=self.maximum_version,
                 passphrase=_passphrase(self.passphrase_file),
+                validation=self.validation,
             )
         )
 
