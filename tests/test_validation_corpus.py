@@ -17,10 +17,21 @@ import datetime
 from dataclasses import dataclass
 from functools import cache
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import certs
-from txschannel import ClientContext, Credentials, SecurityError, ServerContext, Status
+from txschannel import (
+    ClientContext,
+    Credentials,
+    SecurityError,
+    ServerContext,
+    Status,
+    TrustStore,
+    verify_server_chain,
+)
 
 VERSIONS = ("TLSv1.2", "TLSv1.3")
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -121,11 +132,20 @@ def server_credentials(identity: certs.Issued, **options: object) -> Credentials
 
 
 class ServerCertificateTests(SynchronousTestCase):
-    """The client judges the server's certificate."""
+    """The client judges the server's certificate (``validation="cryptography"``,
+    the default; :class:`OpenSSLValidationTests` runs the same with
+    ``"openssl"``)."""
+
+    validation = "cryptography"
+
+    def client_credentials(self, version: str, **options: object) -> Credentials:
+        return client_credentials(version, validation=self.validation, **options)
 
     def assertAccepted(self, identity: certs.Issued, target: str) -> None:
         for version in VERSIONS:
-            outcome = handshake(client_credentials(version), server_credentials(identity), target)
+            outcome = handshake(
+                self.client_credentials(version), server_credentials(identity), target
+            )
             self.assertIsNone(outcome.client_error, f"{version}: {outcome.client_error!r}")
             self.assertIsNone(outcome.server_error, f"{version}: {outcome.server_error!r}")
             self.assertTrue(outcome.client.established, version)
@@ -142,7 +162,9 @@ class ServerCertificateTests(SynchronousTestCase):
         """The client fails with *status* and a reason containing *words*,
         and the server, on the client's alert, fails with *server_status*."""
         for version in VERSIONS:
-            outcome = handshake(client_credentials(version), server_credentials(identity), target)
+            outcome = handshake(
+                self.client_credentials(version), server_credentials(identity), target
+            )
             error = outcome.client_error
             self.assertIsNotNone(error, f"{version}: the client accepted the certificate")
             assert error is not None
@@ -167,7 +189,7 @@ class ServerCertificateTests(SynchronousTestCase):
     def test_peer_chain_is_reported_leaf_first(self) -> None:
         identity = certs.leaf(pki()["intermediate"], ["localhost"])
         outcome = handshake(
-            client_credentials("TLSv1.3"), server_credentials(identity), "localhost"
+            self.client_credentials("TLSv1.3"), server_credentials(identity), "localhost"
         )
         attributes = outcome.client.attributes
         self.assertEqual(attributes.peer_certificate, identity.certificate)
@@ -206,7 +228,8 @@ class ServerCertificateTests(SynchronousTestCase):
                               ["localhost"])
         for version in VERSIONS:
             credentials = Credentials.client(
-                trust_roots=[old.certificate], minimum_version=version, maximum_version=version
+                trust_roots=[old.certificate], minimum_version=version, maximum_version=version,
+                validation=self.validation,
             )
             outcome = handshake(credentials, server_credentials(identity), "localhost")
             error = outcome.client_error
@@ -319,7 +342,9 @@ class ServerCertificateTests(SynchronousTestCase):
     def test_self_signed_leaf_that_is_trusted_is_accepted(self) -> None:
         # The way `twist schannel`'s own certificate is used with --cacert.
         identity = certs.leaf(None, ["localhost"])
-        credentials = Credentials.client(trust_roots=[identity.certificate])
+        credentials = Credentials.client(
+            trust_roots=[identity.certificate], validation=self.validation
+        )
         outcome = handshake(credentials, server_credentials(identity), "localhost")
         self.assertIsNone(outcome.client_error)
         self.assertTrue(outcome.client.established)
@@ -374,10 +399,164 @@ class ServerCertificateTests(SynchronousTestCase):
             pki()["stranger"], ["www.example.org"], not_before=NOW - 10 * DAY, not_after=NOW - DAY
         )
         for version in VERSIONS:
-            credentials = client_credentials(version, manual_validation=True)
+            credentials = self.client_credentials(version, manual_validation=True)
             outcome = handshake(credentials, server_credentials(bad), "localhost")
             self.assertIsNone(outcome.client_error, version)
             self.assertEqual(outcome.client.attributes.peer_certificate, bad.certificate)
+
+
+class OpenSSLValidationTests(ServerCertificateTests):
+    """The same certificates, judged with ``validation="openssl"`` (OpenSSL's
+    verification and service_identity): the same statuses."""
+
+    validation = "openssl"
+
+
+class CryptographyValidationTests(SynchronousTestCase):
+    """What ``validation="cryptography"`` refuses or accepts that OpenSSL did not."""
+
+    def outcome(
+        self, identity: certs.Issued, target: str, validation: str, roots: object = None
+    ) -> Outcome:
+        credentials = Credentials.client(
+            trust_roots=roots or [pki()["root"].certificate], validation=validation
+        )
+        return handshake(credentials, server_credentials(identity), target)
+
+    def test_wildcard_overlapping_an_excluded_name_is_cert_unknown(self) -> None:
+        # CVE-2025-61727: *.example.com covers bar.example.com, which the
+        # intermediate may not issue for; OpenSSL compares names, not sets.
+        constrained = certs.authority(
+            "excludes bar", issuer=pki()["root"], excluded=["bar.example.com"]
+        )
+        identity = certs.leaf(constrained, ["*.example.com"])
+        self.assertIsNone(self.outcome(identity, "foo.example.com", "openssl").client_error)
+        outcome = self.outcome(identity, "foo.example.com", "cryptography")
+        error = outcome.client_error
+        assert error is not None
+        self.assertEqual(error.status, Status.CERT_UNKNOWN)
+        self.assertIn("excluded subtree violation", error.reason)
+        self.assertIn("excluded name constraint matched SAN", error.reason)
+        server_error = outcome.server_error
+        assert server_error is not None
+        self.assertEqual(server_error.status, Status.CERT_UNKNOWN)
+
+    def test_intermediate_given_as_trust_root_anchors_the_chain(self) -> None:
+        # OpenSSL insists on a self-signed root; cryptography ends the path
+        # at any trust root, here one that names its issuer (authorityKeyIdentifier).
+        identity = certs.leaf(pki()["intermediate"], ["localhost"])
+        roots = [pki()["intermediate"].certificate]
+        before = self.outcome(identity, "localhost", "openssl", roots).client_error
+        assert before is not None
+        self.assertEqual(before.status, Status.UNTRUSTED_ROOT)
+        outcome = self.outcome(identity, "localhost", "cryptography", roots)
+        self.assertIsNone(outcome.client_error)
+        self.assertTrue(outcome.client.established)
+
+    def test_root_whose_key_identifier_names_another_key_is_not_used(self) -> None:
+        # A self-issued root that does not sign itself cannot end a path
+        # (OpenSSL looks for its issuer and finds none).
+        key = certs.new_key()
+        other = certs.new_key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd root")])
+        root = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - DAY)
+            .not_valid_after(NOW + 30 * DAY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(other.public_key()), False
+            )
+            .sign(key, hashes.SHA256())
+        )
+        store = TrustStore([root])
+        self.assertEqual(len(store.unusable), 1)
+        self.assertIn("another key", store.unusable[0][1])
+        identity = certs.leaf(certs.Issued(root, key), ["localhost"])
+        for validation in ("openssl", "cryptography"):
+            error = self.outcome(identity, "localhost", validation, [root]).client_error
+            assert error is not None, validation
+            self.assertEqual(error.status, Status.UNTRUSTED_ROOT, validation)
+
+    def test_the_default_is_cryptography_and_a_typo_is_refused(self) -> None:
+        self.assertEqual(Credentials.client().validation, "cryptography")
+        self.assertEqual(Credentials.client(validation="openssl").validation, "openssl")
+        with self.assertRaises(ValueError) as raised:
+            Credentials.client(validation="gnutls")
+        self.assertIn("cryptography, openssl", str(raised.exception))
+
+
+class OfflineVerificationTests(SynchronousTestCase):
+    """:func:`txschannel.verify_server_chain`: the handshake's rules, offline."""
+
+    def chain(self) -> list[x509.Certificate]:
+        identity = certs.leaf(pki()["intermediate"], ["www.example.com"])
+        return [identity.certificate, *identity.chain]
+
+    def test_returns_the_path_it_built(self) -> None:
+        chain = self.chain()
+        stray = pki()["stranger"].certificate  # sent, not needed
+        path = verify_server_chain(
+            [*chain, stray], "WWW.Example.com.", trust_roots=[pki()["root"].certificate]
+        )
+        self.assertEqual(path, [*chain, pki()["root"].certificate])
+
+    def test_a_trust_store_is_built_once_and_reused(self) -> None:
+        store = TrustStore([pki()["root"].certificate, pki()["stranger"].certificate])
+        for _ in range(3):
+            self.assertEqual(len(verify_server_chain(self.chain(), "www.example.com",
+                                                     trust_roots=store)), 3)
+
+    def test_judges_at_the_time_given(self) -> None:
+        identity = certs.leaf(
+            pki()["intermediate"], ["www.example.com"], not_after=NOW + 10 * DAY
+        )
+        chain, roots = [identity.certificate, *identity.chain], [pki()["root"].certificate]
+        verify_server_chain(chain, "www.example.com", trust_roots=roots, at=NOW + 9 * DAY)
+        later = (NOW + 20 * DAY).replace(tzinfo=None)  # naive: taken as UTC
+        with self.assertRaises(SecurityError) as raised:
+            verify_server_chain(chain, "www.example.com", trust_roots=roots, at=later)
+        self.assertEqual(raised.exception.status, Status.CERT_EXPIRED)
+        self.assertIn("CN=www.example.com", raised.exception.reason)  # names the certificate
+
+    def test_wrong_name_is_wrong_principal(self) -> None:
+        with self.assertRaises(SecurityError) as raised:
+            verify_server_chain(
+                self.chain(), "mail.example.com", trust_roots=[pki()["root"].certificate]
+            )
+        self.assertEqual(raised.exception.status, Status.WRONG_PRINCIPAL)
+        self.assertIn("does not match 'mail.example.com'", raised.exception.reason)
+
+    def test_unknown_root_is_untrusted_root(self) -> None:
+        with self.assertRaises(SecurityError) as raised:
+            verify_server_chain(
+                self.chain(), "www.example.com", trust_roots=[pki()["stranger"].certificate]
+            )
+        self.assertEqual(raised.exception.status, Status.UNTRUSTED_ROOT)
+        self.assertIn("corpus intermediate", raised.exception.reason)
+
+    def test_max_depth_counts_intermediates(self) -> None:
+        roots = [pki()["root"].certificate]
+        self.assertEqual(
+            len(verify_server_chain(self.chain(), "www.example.com", trust_roots=roots,
+                                    max_depth=1)), 3
+        )
+        with self.assertRaises(SecurityError) as raised:
+            verify_server_chain(self.chain(), "www.example.com", trust_roots=roots, max_depth=0)
+        self.assertEqual(raised.exception.status, Status.CERT_UNKNOWN)
+        self.assertIn("max depth", raised.exception.reason)
+
+    def test_bad_input_is_a_value_error(self) -> None:
+        roots = [pki()["root"].certificate]
+        with self.assertRaises(ValueError):
+            verify_server_chain([], "www.example.com", trust_roots=roots)
+        with self.assertRaises(ValueError):
+            verify_server_chain(self.chain(), "foo_bar.example.com", trust_roots=roots)
 
 
 class ClientCertificateTests(SynchronousTestCase):
@@ -398,6 +577,19 @@ class ClientCertificateTests(SynchronousTestCase):
             outcome = self.outcome(identity, version)
             self.assertIsNone(outcome.server_error, f"{version}: {outcome.server_error!r}")
             self.assertIsNone(outcome.client_error, f"{version}: {outcome.client_error!r}")
+            self.assertEqual(
+                outcome.server.attributes.peer_certificate, identity.certificate, version
+            )
+
+    def test_client_certificate_with_only_a_common_name_is_accepted(self) -> None:
+        # Client certificates stay OpenSSL's to judge: no subjectAltName is
+        # needed (twist schannel's --allow-cn matches the subject's CN).
+        identity = certs.leaf(
+            pki()["intermediate"], [], common_name="alice", usages=("client",)
+        )
+        for version in VERSIONS:
+            outcome = self.outcome(identity, version)
+            self.assertIsNone(outcome.server_error, f"{version}: {outcome.server_error!r}")
             self.assertEqual(
                 outcome.server.attributes.peer_certificate, identity.certificate, version
             )
