@@ -5,8 +5,8 @@ server sent is judged as a whole, once per connection, by pyca/cryptography's
 X.509 verifier (``cryptography.x509.verification``: path building with
 backtracking, the CA/Browser Forum profile for CA and end-entity
 certificates, name constraints, key strength), and the host name by
-service_identity as well (which refuses wildcards on a public suffix such as
-``*.com``). OpenSSL's own verification still runs inside the handshake, but
+service_identity as well (which refuses a wildcard directly under a
+top-level domain, ``*.com``). OpenSSL's own verification still runs inside the handshake, but
 its verdict is replaced by this one; on a refusal, OpenSSL is asked which of
 its checks the chain fails, so that the status (and the alert the server
 gets) is the one OpenSSL alone would have given wherever it refuses too.
