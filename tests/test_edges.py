@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 import threading
@@ -427,3 +428,35 @@ class StalledHandshakeTests(Edge):
                 break
             time.sleep(0.5)
         self.assertLess(after - baseline, 6 * 1024, (baseline, peak, after))
+
+
+class LargeHelloTests(Edge):
+    """A real client's large ClientHello completes the handshake."""
+
+    def test_openssl_s_client_with_a_65_kb_hello_is_served(self) -> None:
+        port = free_port()
+        twist = Twist(
+            self, "--listen",
+            f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.folder}/server.pem",
+        )
+        twist.wait_for("listening on")
+        # 300 protocol names of 215 bytes, then one the inspector speaks: an
+        # ALPN extension of 64,813 bytes, which makes s_client's hello 65,127
+        # bytes on the wire, about as large as OpenSSL 3.0's s_client can make
+        # one (all extensions together may hold 65,535 bytes). Hellos past
+        # 64 KiB, up to OpenSSL's limit, are built byte by byte and answered
+        # by OpenSSL in tests/test_protocol.py (LimitTests).
+        names = [f"x{index:03d}" + "y" * 211 for index in range(300)] + ["http/1.1"]
+        result = subprocess.run(
+            [require("openssl"), "s_client", "-connect", f"127.0.0.1:{port}",
+             "-servername", "localhost", "-CAfile", str(self.folder / "ca.pem"),
+             "-alpn", ",".join(names), "-ign_eof"],
+            input=b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", capture_output=True,
+            timeout=60,
+        )
+        output = result.stdout.decode(errors="replace")
+        self.assertIn("ALPN protocol: http/1.1", output, result.stderr[-2000:])
+        self.assertIn("HTTP/1.0 200", output)
+        self.assertIn("Verify return code: 0 (ok)", output)
+        line = twist.wait_for(r"connection closed [^\n]*")
+        self.assertNotIn("exceeded", line.group(0))
