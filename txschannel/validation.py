@@ -6,10 +6,16 @@ X.509 verifier (``cryptography.x509.verification``: path building with
 backtracking, the CA/Browser Forum profile for CA and end-entity
 certificates, name constraints, key strength), and the host name by
 service_identity as well (which refuses a wildcard directly under a
-top-level domain, ``*.com``). OpenSSL's own verification still runs inside the handshake, but
-its verdict is replaced by this one; on a refusal, OpenSSL is asked which of
-its checks the chain fails, so that the status (and the alert the server
-gets) is the one OpenSSL alone would have given wherever it refuses too.
+top-level domain, ``*.com``). OpenSSL's own verification still runs inside
+the handshake, but its verdict is replaced by this one; on a refusal,
+OpenSSL is asked which of its checks the chain fails, so that the status
+(and the alert the server gets) is the one OpenSSL alone would have given
+wherever it refuses too.
+
+Three rules of cryptography's profile go beyond RFC 5280 and are relaxed to
+it: a CA certificate may lack keyUsage (``openssl req -x509`` makes such
+CAs), and a subjectAltName (with a non-empty subject) or an
+extendedKeyUsage may be critical (trustme's certificates are both).
 
 :func:`verify_server_chain` applies the same rules offline, to a chain
 loaded from anywhere. ``validation="openssl"`` keeps the earlier rules
