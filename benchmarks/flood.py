@@ -41,14 +41,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests import certs  # noqa: E402
+from tests.peers import LISTENER  # noqa: E402
 
 _BACKENDS = {
-    "reset": """
-import socket, struct, sys
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(("127.0.0.1", int(sys.argv[1])))
-server.listen()
+    "reset": LISTENER + """
 while True:
     connection, _ = server.accept()
     try:
@@ -58,12 +54,7 @@ while True:
         pass
     connection.close()
 """,
-    "sink": """
-import socket, sys, threading
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(("127.0.0.1", int(sys.argv[1])))
-server.listen()
+    "sink": LISTENER + """
 def sink(connection):
     with connection:
         while connection.recv(1 << 20):

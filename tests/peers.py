@@ -15,7 +15,18 @@ from collections.abc import Sequence
 
 from twisted.trial.unittest import FailTest
 
-__all__ = ["require", "free_port", "wait_for_port", "Peer"]
+__all__ = ["LISTENER", "require", "free_port", "wait_for_port", "Peer"]
+
+#: The start of a backend script run as ``python script.py PORT ...``: the
+#: modules backends use, and ``server`` listening on 127.0.0.1:PORT. A
+#: script is this followed by its accept loop.
+LISTENER = """
+import hashlib, socket, struct, sys, threading
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen(512)
+"""
 
 
 def require(tool: str) -> str:

@@ -21,19 +21,14 @@ from OpenSSL import SSL
 from twisted.trial.unittest import TestCase
 
 from tests import hellos
-from tests.peers import Peer, free_port, require, wait_for_port
+from tests.peers import LISTENER, Peer, free_port, require, wait_for_port
 from tests.test_tap import Twist, curl
 from txschannel.testing import CertificateAuthority
 
 #: Accepts connections one after another; waits for the first bytes from
 #: the client (so that the relay is surely connected), sends argv[2] bytes,
 #: then resets.
-RESET_AFTER = """
-import socket, struct, sys
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(("127.0.0.1", int(sys.argv[1])))
-server.listen()
+RESET_AFTER = LISTENER + """
 while True:
     connection, _ = server.accept()
     try:
@@ -48,12 +43,7 @@ while True:
 
 #: Reads each connection to its end and appends "EOF <bytes>" (a FIN) or
 #: "RESET <bytes>" to the file argv[2].
-RECORDER = """
-import socket, sys
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(("127.0.0.1", int(sys.argv[1])))
-server.listen()
+RECORDER = LISTENER + """
 while True:
     connection, _ = server.accept()
     size, how = 0, "EOF"
@@ -71,12 +61,7 @@ while True:
 """
 
 #: Echoes every connection, each in a thread of its own.
-ECHO = """
-import socket, sys, threading
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(("127.0.0.1", int(sys.argv[1])))
-server.listen(512)
+ECHO = LISTENER + """
 def echo(connection):
     with connection:
         try:

@@ -23,7 +23,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import FailTest, TestCase
 
-from tests.peers import Peer, free_port, require, wait_for_port
+from tests.peers import LISTENER, Peer, free_port, require, wait_for_port
 from tests.test_tap import Twist, curl
 from txschannel import ClientContext, Credentials, Status
 from txschannel.relay import Inbound, RelayFactory
@@ -31,12 +31,7 @@ from txschannel.testing import CertificateAuthority
 
 #: Reads until end of stream, then answers "<length> <sha256>\n" and closes:
 #: it only answers if the half-close reached it.
-DIGEST_SERVER = """
-import hashlib, socket, sys
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(("127.0.0.1", int(sys.argv[1])))
-server.listen()
+DIGEST_SERVER = LISTENER + """
 while True:
     connection, _ = server.accept()
     with connection:
