@@ -28,7 +28,6 @@ the one log line ``twist schannel`` writes per connection.
 from __future__ import annotations
 
 import errno
-import resource
 import socket
 import struct
 from typing import Any
@@ -378,6 +377,7 @@ class RelayFactory(Factory):
     :param endpoint: where every accepted connection is relayed to (any
         ``IStreamClientEndpoint``; ``schannel:`` for TLS origination).
     :param name: how log lines name *endpoint* (e.g. its description string).
+    :param clock: for spacing repeated warnings (the reactor by default).
     """
 
     noisy = False
@@ -406,7 +406,12 @@ class RelayFactory(Factory):
         now = self._clock.seconds()
         if self._fd_warned_at is not None and now - self._fd_warned_at < _FD_WARNING_INTERVAL:
             return
-        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        try:
+            import resource  # (POSIX only)
+
+            soft: object = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except ImportError:
+            soft = "unknown"
         _log.warn(
             "out of file descriptors (the open-files limit, ulimit -n, is {limit}): "
             "{count} client(s) aborted because no connection to {endpoint} could be "
