@@ -420,7 +420,7 @@ class ClientStringTests(SynchronousTestCase):
             set(CLIENT_OPTIONS),
             {
                 "hostname", "trustRoots", "certificate", "privateKey", "alpn",
-                "minimumVersion", "maximumVersion", "passphraseFile",
+                "minimumVersion", "maximumVersion", "passphraseFile", "validation",
             },
         )  # fmt: skip
 
