@@ -30,6 +30,7 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
+from txschannel.clienthello import handshake_message
 from txschannel.credentials import (
     Credentials,
     NoCommonProtocol,
@@ -204,6 +205,9 @@ class SecurityContext:
     _is_client: bool
     #: A server that has not yet handed a ClientHello to OpenSSL.
     _awaiting_hello = False
+    #: A server asked to keep the ClientHello, and the hello once kept.
+    _keep_client_hello = False
+    _client_hello: bytes | None = None
 
     def __init__(
         self,
@@ -327,6 +331,8 @@ class SecurityContext:
             if missing and len(view) <= MAX_CLIENT_HELLO_WIRE:
                 return Step(Status.INCOMPLETE_MESSAGE, b"", bytes(view), missing)
             self._awaiting_hello = False
+            if self._keep_client_hello:
+                self._client_hello = handshake_message(view, framing.ends)
             if len(framing.ends) > 1:
                 # A hello in many records goes in one record at a time, so
                 # that OpenSSL's input buffer grows to one record, not to
@@ -892,6 +898,8 @@ class ServerContext(SecurityContext):
     :param alpn: protocols to accept on this connection instead of the
         credentials' list, in order of preference.
     :param app_data: as for :class:`ClientContext`.
+    :param keep_client_hello: keep the client's ClientHello message for
+        :attr:`client_hello` (at most 131,400 bytes, until :meth:`delete`).
     :raises ValueError: client credentials.
     """
 
@@ -904,8 +912,29 @@ class ServerContext(SecurityContext):
         *,
         alpn: tuple[str | bytes, ...] | None = None,
         app_data: object | None = None,
+        keep_client_hello: bool = False,
     ) -> None:
         super().__init__(credentials, None, alpn=alpn, app_data=app_data)
+        if keep_client_hello:
+            self._keep_client_hello = True
+
+    @property
+    def client_hello(self) -> bytes | None:
+        """The client's first ClientHello as it arrived: the handshake message
+        (type, length, body), joined from the records that carried it.
+
+        ``None`` unless the context was made with ``keep_client_hello=True``,
+        before the hello is whole, and after :meth:`delete`. After a
+        HelloRetryRequest this is still the first hello. Parse it with
+        :func:`txschannel.clienthello.parse_client_hello`.
+        """
+        return self._client_hello
+
+    def delete(self) -> None:
+        """Free the context, and the kept ClientHello (see :meth:`SecurityContext.delete`)."""
+        super().delete()
+        if self._client_hello is not None:
+            self._client_hello = None
 
     def _configure(self, connection: SSL.Connection) -> None:
         connection.set_accept_state()

@@ -1461,6 +1461,9 @@ class SchannelFactory(WrappingFactory):
         limit.
     :param close_timeout: seconds :meth:`SchannelProtocol.loseConnection`
         waits for the peer's close_notify before closing anyway.
+    :param keep_client_hello: (server) have each connection's context keep
+        the client's ClientHello (see :attr:`ServerContext.client_hello`),
+        for an application that shows or judges what clients offer.
     :raises ValueError: credentials for the wrong side, a client without a
         name to check, or a bad limit.
     :raises TypeError: *credentials_or_creator* is not a TLS configuration.
@@ -1468,6 +1471,8 @@ class SchannelFactory(WrappingFactory):
     :ivar credentials: the :class:`Credentials` new connections use.
         Assign new ones (or a Twisted creator) to reload certificates:
         connections already open keep theirs.
+    :ivar keep_client_hello: whether new server connections keep the
+        ClientHello; may be changed, for the connections accepted after.
     """
 
     protocol = SchannelProtocol
@@ -1487,10 +1492,12 @@ class SchannelFactory(WrappingFactory):
         max_pre_handshake_buffer: int = DEFAULT_PRE_HANDSHAKE_BUFFER,
         close_timeout: float | None = 5.0,
         handshake_memory: int | None = DEFAULT_HANDSHAKE_MEMORY,
+        keep_client_hello: bool = False,
     ) -> None:
         cast(Any, super()).__init__(wrappedFactory)
         self.isClient = bool(isClient)
         self.target_name = target_name
+        self.keep_client_hello = keep_client_hello
         for name, value in (("handshake_timeout", handshake_timeout),
                             ("close_timeout", close_timeout)):
             if value is not None and not value > 0:
@@ -1569,7 +1576,7 @@ class SchannelFactory(WrappingFactory):
         alpn = None if isinstance(credentials, _TwistedCredentials) else self._alpn(credentials)
         if self.isClient:
             return ClientContext(credentials, self.target_name, alpn=alpn)
-        return ServerContext(credentials, alpn=alpn)
+        return ServerContext(credentials, alpn=alpn, keep_client_hello=self.keep_client_hello)
 
     def _alpn(self, credentials: Credentials) -> tuple[bytes, ...] | None:
         """The ALPN protocols this connection offers (client) or accepts (server).
