@@ -111,7 +111,9 @@ class InspectorTests(TestCase):
         result = curl("--cacert", self.cacert, "-H", "Accept: text/html,*/*;q=0.8", self.url,
                       "-w", "%{content_type}")
         self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertIn(b"<th>protocol</th><td>TLSv1.3</td>", result.stdout)
+        self.assertIn(b'<div class="k">protocol</div><div class="v">TLSv1.3</div>',
+                      result.stdout)
+        self.assertIn(b"<title>txschannel inspector</title>", result.stdout)
         self.assertTrue(result.stdout.endswith(b"text/html; charset=utf-8"))
 
     def test_http_1_0_and_other_methods(self) -> None:
