@@ -48,6 +48,13 @@ from zope.interface import implementer
 
 from txschannel.peertext import PeerText
 
+# Imported now, not when the warning is due: with no file descriptor left,
+# an import cannot open the module's file and fails.
+try:
+    import resource  # (POSIX only)
+except ImportError:  # pragma: no cover (Windows)
+    resource = None  # type: ignore[assignment]
+
 __all__ = ["RelayFactory", "Inbound", "Outbound", "no_delay", "reset"]
 
 _log = Logger()
@@ -406,12 +413,9 @@ class RelayFactory(Factory):
         now = self._clock.seconds()
         if self._fd_warned_at is not None and now - self._fd_warned_at < _FD_WARNING_INTERVAL:
             return
-        try:
-            import resource  # (POSIX only)
-
-            soft: object = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        except ImportError:
-            soft = "unknown"
+        soft: object = (
+            "unknown" if resource is None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        )
         _log.warn(
             "out of file descriptors (the open-files limit, ulimit -n, is {limit}): "
             "{count} client(s) aborted because no connection to {endpoint} could be "
