@@ -36,6 +36,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IHalfCloseableProtocol,
     IProtocol,
     IStreamClientEndpoint,
@@ -237,6 +238,9 @@ class Inbound(_Side):
         #: The backend cannot be had: nothing more is kept for it.
         self._given_up = False
         self._connecting: Deferred[IProtocol] | None = None
+        #: Gives up on the backend connection after ``connect_timeout``.
+        self._connect_timer: IDelayedCall | None = None
+        self._timed_out = False
 
     def _ended(self, reason: str) -> None:
         if self.close_reason is None:
@@ -249,11 +253,28 @@ class Inbound(_Side):
         pause = getattr(self.transport, "pauseProducing", None)
         if callable(pause):
             pause()
+        timeout = self.factory.connect_timeout
+        if timeout is not None:
+            self._connect_timer = self.factory._clock.callLater(timeout, self._connect_timed_out)
         self._connecting = self.factory.endpoint.connect(_OutboundFactory(self))
         self._connecting.addCallbacks(self._joined, self._unreachable)
 
+    def _connect_timed_out(self) -> None:
+        self._connect_timer = None
+        connecting = self._connecting
+        if connecting is not None:
+            self._timed_out = True
+            # Cancelling fails the Deferred: _unreachable() aborts the client.
+            connecting.cancel()
+
+    def _stop_connect_timer(self) -> None:
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+            self._connect_timer = None
+
     def _joined(self, outbound: IProtocol) -> None:
         self._connecting = None
+        self._stop_connect_timer()
         assert isinstance(outbound, Outbound)
         if self.lost:
             # The client left while we were connecting.
@@ -279,14 +300,26 @@ class Inbound(_Side):
 
     def _unreachable(self, failure: Failure) -> None:
         self._connecting = None
+        self._stop_connect_timer()
         if self.lost:
             return
         self._given_up = True
         self._pending = []
-        self._ended(f"connect endpoint failed: {failure.getErrorMessage()}")
-        if _out_of_descriptors(failure):
+        if self._timed_out:
+            self._ended(
+                f"connect endpoint timed out: no connection within "
+                f"--connect-timeout {self.factory.connect_timeout:g} s"
+            )
+            _log.warn(
+                "cannot reach {endpoint}: no connection within --connect-timeout {timeout} s",
+                endpoint=self.factory.name,
+                timeout=f"{self.factory.connect_timeout:g}",
+            )
+        elif _out_of_descriptors(failure):
+            self._ended(f"connect endpoint failed: {failure.getErrorMessage()}")
             self.factory._descriptors_exhausted()
         else:
+            self._ended(f"connect endpoint failed: {failure.getErrorMessage()}")
             _log.warn(
                 "cannot reach {endpoint}: {error}",
                 endpoint=self.factory.name,
@@ -327,6 +360,7 @@ class Inbound(_Side):
         # Marked before cancelling: the cancellation runs _unreachable(),
         # which must see that there is no client left to tell.
         self.lost = True
+        self._stop_connect_timer()
         connecting, self._connecting = self._connecting, None
         if connecting is not None:
             connecting.cancel()
@@ -384,15 +418,26 @@ class RelayFactory(Factory):
     :param endpoint: where every accepted connection is relayed to (any
         ``IStreamClientEndpoint``; ``schannel:`` for TLS origination).
     :param name: how log lines name *endpoint* (e.g. its description string).
-    :param clock: for spacing repeated warnings (the reactor by default).
+    :param clock: for spacing repeated warnings and the connect timeout
+        (the reactor by default).
+    :param connect_timeout: seconds to wait for the backend connection
+        before aborting the client (``--connect-timeout``), or ``None``
+        (the endpoint's own timeout, such as ``tcp:``'s ``timeout=`` of 30
+        s, still applies).
     """
 
     noisy = False
 
     def __init__(
-        self, endpoint: IStreamClientEndpoint, name: str | None = None, clock: Any = None
+        self,
+        endpoint: IStreamClientEndpoint,
+        name: str | None = None,
+        clock: Any = None,
+        *,
+        connect_timeout: float | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.connect_timeout = connect_timeout
         self.name = name if name is not None else repr(endpoint)
         if clock is None:
             from twisted.internet import reactor

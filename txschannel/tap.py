@@ -44,6 +44,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IHalfCloseableProtocol,
     IHandshakeListener,
     IListeningPort,
@@ -65,6 +66,7 @@ from txschannel.credentials import Credentials, validity_warnings
 from txschannel.inspector import InspectorSite, _address, describe
 from txschannel.peertext import PeerText, printable
 from txschannel.relay import RelayFactory, no_delay, reset
+from txschannel.terminator.limits import ConnectionLimit
 
 __all__ = [
     "DEFAULT_PORT",
@@ -373,6 +375,12 @@ class ConnectionGate:
         self._pending: list[bytes] = []
         self._pending_eof = False
         self._description: dict[str, Any] = {}
+        #: Why we ended the connection ourselves (idle, over the limit), for the log line.
+        self._our_reason: str | None = None
+        #: Whether the connection is counted in the factory's ConnectionLimit.
+        self._counted = False
+        self._idle: IDelayedCall | None = None
+        self._last_activity = 0.0
 
     # -- IProtocol (from the real transport) -----------------------------
 
@@ -384,6 +392,11 @@ class ConnectionGate:
         directlyProvides(self, providedBy(transport))
         self.connected = True
         self._started = self.factory.clock.seconds()
+        if not self.factory.limit.opened():
+            self._our_reason = f"over --max-connections {self.factory.limit.maximum}"
+            reset(transport)
+            return
+        self._counted = True
         no_delay(transport)
         context = getattr(transport, "securityContext", None)
         if context is None or getattr(context, "established", False):
@@ -419,6 +432,11 @@ class ConnectionGate:
             self.transport.loseConnection()
             return
         self.inner = inner
+        if self.factory.idle_timeout is not None:
+            # Counted from here: until the handshake is done, the listen
+            # endpoint's handshakeTimeout applies.
+            self._last_activity = self.factory.clock.seconds()
+            self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_check)
         inner.makeConnection(self)  # type: ignore[arg-type]
         pending, self._pending = self._pending, []
         for data in pending:
@@ -426,9 +444,27 @@ class ConnectionGate:
         if self._pending_eof:
             self.readConnectionLost()
 
+    def _idle_check(self) -> None:
+        # One timer per connection, moved only when it fires: noting the
+        # time of each read and write is cheaper than rescheduling a
+        # DelayedCall for every chunk of a transfer.
+        self._idle = None
+        timeout = self.factory.idle_timeout
+        assert timeout is not None
+        quiet = self.factory.clock.seconds() - self._last_activity
+        if quiet < timeout:
+            self._idle = self.factory.clock.callLater(timeout - quiet, self._idle_check)
+            return
+        self._our_reason = f"idle timeout: no bytes either way for {timeout:g} s"
+        # Neither side finished its stream: both get an abort (the relay
+        # passes the client's on to the backend), never a clean end.
+        reset(self.transport)
+
     def dataReceived(self, data: bytes) -> None:
         """Count *data* and pass it on (or keep it until the client is admitted)."""
         self.bytes_in += len(data)
+        if self._idle is not None:
+            self._last_activity = self.factory.clock.seconds()
         if self.inner is not None:
             self.inner.dataReceived(data)
         elif self.refused is None:
@@ -454,6 +490,12 @@ class ConnectionGate:
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Finish the application protocol and write the connection's log line."""
         self.connected = False
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self._counted:
+            self._counted = False
+            self.factory.limit.closed()
         if self.inner is not None:
             self.inner.connectionLost(reason)
         self._log_close(reason)
@@ -462,6 +504,8 @@ class ConnectionGate:
         description = self._description or describe(self.transport)
         if self.refused is not None:
             why = f"refused: {self.refused}"
+        elif self._our_reason is not None:
+            why = self._our_reason
         else:
             why = getattr(self.inner, "close_reason", None) or _reason_text(
                 reason, we_closed=self.disconnecting
@@ -487,12 +531,16 @@ class ConnectionGate:
     def write(self, data: bytes) -> None:
         """Count and send *data*."""
         self.bytes_out += len(data)
+        if self._idle is not None:
+            self._last_activity = self.factory.clock.seconds()
         self.transport.write(data)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         """Count and send every item of *data*."""
         items = list(data)
         self.bytes_out += sum(len(item) for item in items)
+        if self._idle is not None:
+            self._last_activity = self.factory.clock.seconds()
         self.transport.writeSequence(items)
 
     def loseConnection(self) -> None:
@@ -557,17 +605,28 @@ class GateFactory(Factory):
 
     :param wrapped: the application's factory (relay or inspector).
     :param policy: who may connect, checked after the TLS handshake.
-    :param clock: for connection durations.
+    :param clock: for connection durations and the idle timeout.
+    :param limit: counts the open connections (``--max-connections``).
+    :param idle_timeout: seconds without a byte either way after which a
+        connection is aborted (``--idle-timeout``), or ``None``.
     """
 
     noisy = False
 
     def __init__(
-        self, wrapped: IProtocolFactory, policy: AccessPolicy, clock: IReactorTime
+        self,
+        wrapped: IProtocolFactory,
+        policy: AccessPolicy,
+        clock: IReactorTime,
+        *,
+        limit: ConnectionLimit | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.wrapped = wrapped
         self.policy = policy
         self.clock = clock
+        self.limit = limit if limit is not None else ConnectionLimit()
+        self.idle_timeout = idle_timeout
 
     def doStart(self) -> None:
         """Start the wrapped factory too."""
@@ -596,6 +655,7 @@ class SchannelService(service.Service):
     :param announce: lines to log when the service starts.
     :param validity_interval: seconds between checks of the served
         certificates' validity periods (daily by default), or None.
+    :param limit: the ``--max-connections`` count, whose ports it pauses.
 
     A certificate that has expired, is not valid yet or expires within 14
     days is logged as a warning (naming its file, subject and dates) on
@@ -613,8 +673,10 @@ class SchannelService(service.Service):
         reload_interval: float | None = None,
         announce: Sequence[str] = (),
         validity_interval: float | None = _VALIDITY_CHECK_INTERVAL,
+        limit: ConnectionLimit | None = None,
     ) -> None:
         self.listen = list(listen)
+        self.limit = limit
         self.factory = factory
         self.reactor = reactor
         self.reload_interval = reload_interval
@@ -637,6 +699,8 @@ class SchannelService(service.Service):
 
         def listening(port: IListeningPort, description: str) -> None:
             self.ports.append(port)
+            if self.limit is not None:
+                self.limit.add_port(port)
             # The address says which port "tcp:0" got.
             _log.info(
                 "listening on {endpoint} at {address}",
@@ -751,6 +815,8 @@ class SchannelService(service.Service):
         if hasattr(signal, "SIGHUP") and self._previous_handler is not None:
             signal.signal(signal.SIGHUP, self._previous_handler)
             self._previous_handler = None
+        if self.limit is not None:
+            self.limit.remove_ports()
         stopping = [port.stopListening() for port in self.ports]
         self.ports = []
         return DeferredList([d for d in stopping if isinstance(d, Deferred)])
@@ -802,6 +868,20 @@ class Options(usage.Options):
         [
             "reload-interval", None, None,
             "Also re-read certificate files every SECONDS (a changed certificate is logged).",
+        ],
+        [
+            "max-connections", None, None,
+            "At N open connections stop accepting (the listening ports pause) until one "
+            "closes.",
+        ],
+        [
+            "idle-timeout", None, None,
+            "Abort a connection (both sides) after SECONDS without a byte either way.",
+        ],
+        [
+            "connect-timeout", None, None,
+            "Give up on a --connect connection not made within SECONDS (the client is "
+            "aborted).",
         ],
     ]
 
@@ -866,16 +946,11 @@ class Options(usage.Options):
         from twisted.internet.endpoints import clientFromString, serverFromString
 
         self["reactor"] = reactor
-        interval = self["reload-interval"]
-        if interval is not None:
-            try:
-                self["reload-interval"] = float(interval)
-            except ValueError:
-                raise usage.UsageError(
-                    f"--reload-interval {interval!r}: expected a number of seconds"
-                ) from None
-            if not self["reload-interval"] > 0:
-                raise usage.UsageError(f"--reload-interval {interval!r}: must be above 0")
+        for name in ("reload-interval", "idle-timeout", "connect-timeout"):
+            if self[name] is not None:
+                self[name] = _seconds(name, self[name])
+        if self["max-connections"] is not None:
+            self["max-connections"] = _count("max-connections", self["max-connections"])
         announce: list[str] = []
         descriptions: list[str] = list(self["listen"])
         inspector = self["connect"] is None
@@ -955,6 +1030,27 @@ class Options(usage.Options):
         self["announce"] = announce
 
 
+def _seconds(option: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise usage.UsageError(f"--{option} {text!r}: expected a number of seconds") from None
+    # (NaN and infinity are no durations either.)
+    if not 0 < value < 1e9:
+        raise usage.UsageError(f"--{option} {text!r}: must be above 0")
+    return value
+
+
+def _count(option: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise usage.UsageError(f"--{option} {text!r}: expected a whole number") from None
+    if value < 1:
+        raise usage.UsageError(f"--{option} {text!r}: must be at least 1")
+    return value
+
+
 def _error_text(error: Exception) -> str:
     text = str(error)
     if isinstance(error, TypeError) and "missing" in text:
@@ -983,12 +1079,19 @@ def makeService(options: Options) -> SchannelService:
     if connect is None:
         application = InspectorSite()
     else:
-        application = RelayFactory(connect, options["connect"])
-    gated = GateFactory(application, options["policy"], reactor)
+        application = RelayFactory(
+            connect, options["connect"], reactor, connect_timeout=options["connect-timeout"]
+        )
+    limit = ConnectionLimit(options["max-connections"])
+    gated = GateFactory(
+        application, options["policy"], reactor,
+        limit=limit, idle_timeout=options["idle-timeout"],
+    )
     return SchannelService(
         options["endpoints"],
         gated,
         reactor,
         reload_interval=options["reload-interval"],
         announce=options["announce"],
+        limit=limit,
     )

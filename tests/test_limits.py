@@ -1,0 +1,146 @@
+"""``twist schannel --max-connections``, ``--idle-timeout`` and ``--connect-timeout``.
+
+Real ``twist schannel`` processes on loopback, real backends (Python
+processes) and Python's ``ssl`` as the client. Waits are generous; no
+assertion depends on how fast the machine is, beyond "not served within a
+second while paused".
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.test_edges import ECHO, RECORDER, Edge, read_to_end
+from tests.test_tap import assert_one_line, run_twist
+
+
+class MaxConnectionsTests(Edge):
+    """At N open connections the listening port pauses; below N it resumes."""
+
+    def test_at_the_limit_new_clients_wait_and_are_served_when_one_closes(self) -> None:
+        backend = self.backend(ECHO)
+        twist, port = self.twist(backend, "--max-connections", "2")
+        first, second = self.tls(port), self.tls(port)
+        self.addCleanup(first.close)
+        self.addCleanup(second.close)
+        for client in (first, second):
+            client.sendall(b"x")
+            self.assertEqual(client.recv(1), b"x")
+        twist.wait_for(r"at --max-connections 2: stopped accepting until a connection closes")
+
+        answers: list[bytes | BaseException] = []
+
+        def third() -> None:
+            try:
+                with self.tls(port, timeout=30) as client:
+                    client.sendall(b"3")
+                    answers.append(client.recv(1))
+            except BaseException as e:  # reported by the assertion below
+                answers.append(e)
+
+        waiting = threading.Thread(target=third, daemon=True)
+        waiting.start()
+        waiting.join(1.0)
+        # The kernel holds the client in its accept queue: no handshake yet.
+        self.assertTrue(waiting.is_alive(), f"served while paused: {answers}")
+        self.assertEqual(twist.output.count("stopped accepting"), 1, twist.output)
+
+        first.close()
+        waiting.join(30)
+        self.assertEqual(answers, [b"3"])
+        twist.wait_for(r"below --max-connections 2 \(1 open\): accepting again")
+
+
+class IdleTimeoutTests(Edge):
+    """No bytes either way for the idle timeout aborts both sides, with the reason logged."""
+
+    def test_an_idle_connection_is_aborted_on_both_sides(self) -> None:
+        record = self.folder / "record.txt"
+        backend = self.backend(RECORDER, str(record))
+        twist, port = self.twist(backend, "--idle-timeout", "1")
+        started = time.monotonic()
+        with self.tls(port, timeout=30) as client:
+            client.sendall(b"q" * 100)
+            size, how = read_to_end(client)
+        self.assertEqual(size, 0)
+        # Not a clean end: the stream was cut, not finished by either peer.
+        self.assertNotEqual(how, "close_notify")
+        self.assertGreaterEqual(time.monotonic() - started, 1.0)
+        twist.wait_for(
+            r'connection closed .*bytes_in=100 .*reason="idle timeout: no bytes either way '
+            r'for 1 s"'
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "100" not in (
+            record.read_text() if record.exists() else ""
+        ):
+            time.sleep(0.05)
+        self.assertIn("RESET 100", record.read_text())
+
+    def test_traffic_keeps_a_connection_open(self) -> None:
+        backend = self.backend(ECHO)
+        twist, port = self.twist(backend, "--idle-timeout", "2")
+        with self.tls(port, timeout=30) as client:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                client.sendall(b"ping")
+                self.assertEqual(client.recv(4), b"ping")
+                time.sleep(0.2)
+            client.unwrap().close()
+        twist.wait_for(r'connection closed .*bytes_in=100 .*reason="(client|backend) closed"')
+        self.assertNotIn("idle timeout", twist.output)
+
+
+class ConnectTimeoutTests(Edge):
+    """A backend that does not accept within --connect-timeout aborts the client."""
+
+    def test_a_backend_whose_accept_queue_is_full_times_out(self) -> None:
+        # A listening socket that never accepts, its queue filled: the
+        # kernel drops further SYNs, so connecting hangs.
+        server = socket.socket()
+        self.addCleanup(server.close)
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        backend = server.getsockname()[1]
+        for _ in range(3):
+            filler = socket.socket()
+            self.addCleanup(filler.close)
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", backend))
+        twist, port = self.twist(backend, "--connect-timeout", "1")
+        with self.tls(port, timeout=30) as client:
+            try:
+                client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
+                how = "aborted before the write"
+            else:
+                how = read_to_end(client)[1]
+        self.assertNotEqual(how, "close_notify")
+        twist.wait_for(
+            r'reason="connect endpoint timed out: no connection within --connect-timeout 1 s"'
+        )
+        twist.wait_for(r"cannot reach tcp:127\.0\.0\.1:\d+: no connection within "
+                       r"--connect-timeout 1 s")
+
+
+class BadLimitTests(SynchronousTestCase):
+    """Bad values are one line naming the option, exit status 64."""
+
+    def assertRefused(self, option: str, value: str, needle: str) -> None:
+        result = run_twist(option, value)
+        assert_one_line(self, result, f"{option} {value!r}: {needle}")
+        self.assertEqual(result.returncode, 64)
+
+    def test_max_connections(self) -> None:
+        self.assertRefused("--max-connections", "0", "must be at least 1")
+        self.assertRefused("--max-connections", "many", "expected a whole number")
+
+    def test_timeouts(self) -> None:
+        self.assertRefused("--idle-timeout", "-1", "must be above 0")
+        self.assertRefused("--idle-timeout", "nan", "must be above 0")
+        self.assertRefused("--connect-timeout", "soon", "expected a number of seconds")
