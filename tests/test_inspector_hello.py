@@ -268,16 +268,19 @@ class PythonClientTests(TestCase):
     def setUp(self) -> None:
         self.server = InspectorServer(self)
 
-    def fetch(self, context: ssl.SSLContext, session: ssl.SSLSession | None = None
-              ) -> tuple[dict[str, Any], ssl.SSLSession | None]:
-        """GET the JSON page (in a thread): the page and the session to resume."""
+    def fetch(self, context: ssl.SSLContext, session: ssl.SSLSession | None = None,
+              kind: str = "json") -> tuple[Any, ssl.SSLSession | None]:
+        """GET the page (in a thread): the JSON page (or the HTML text) and
+        the session to resume."""
         with socket.create_connection(("127.0.0.1", self.server.port), timeout=30) as raw:
             with context.wrap_socket(raw, server_hostname="localhost",
                                      session=session) as tls:
-                tls.sendall(REQUEST.format(format="json").encode())
+                tls.sendall(REQUEST.format(format=kind).encode())
                 output = b""
                 while chunk := tls.recv(65536):
                     output += chunk
+                if kind == "html":
+                    return body_of(output).decode(), tls.session
                 return json_of(output), tls.session
 
     def context(self, maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
@@ -298,7 +301,7 @@ class PythonClientTests(TestCase):
         self.assertEqual(hello["server_name"], "localhost")
         self.assertIsNone(hello["resumption"])
         self.assertFalse(first["session_reused"])
-        again, _ = yield deferToThread(self.fetch, context, session)
+        again, session = yield deferToThread(self.fetch, context, session)
         self.assertTrue(again["session_reused"])
         self.assertEqual(again["client_hello"]["resumption"], "TLS 1.3 PSK")
         self.assertEqual(names(again["client_hello"]["extensions"])[-1], "pre_shared_key")
@@ -307,6 +310,11 @@ class PythonClientTests(TestCase):
                          ["ServerHello", "ChangeCipherSpec", "EncryptedExtensions", "Finished"])
         # No certificate on a resumed session: the server's flight is smaller.
         self.assertLess(flights[0]["bytes_out"], first["flights"][0]["bytes_out"])
+        page, _ = yield deferToThread(self.fetch, context, session, "html")
+        svg = re.search(r"<svg .*?</svg>", page, re.S)
+        assert svg is not None
+        self.assertIn(">resumed session (TLS 1.3 PSK)</text>", svg.group(0))
+        self.assertNotIn(">Certificate</text>", svg.group(0))
 
     @inlineCallbacks
     def test_a_resumed_tls12_session_is_drawn(self) -> Any:

@@ -545,6 +545,7 @@ svg .pill-wait{fill:var(--wait-soft);stroke:var(--wait)}
 svg .pill-bad{fill:var(--card);stroke:var(--bad)}
 svg .pilltext{font-family:var(--mono);font-size:12px;font-weight:600;fill:var(--fg)}
 svg .retry{fill:var(--wait);font-weight:650}
+svg .resumed{fill:var(--ok);font-size:13px;font-weight:650}
 """
 
 
@@ -562,6 +563,14 @@ def _ladder_svg(description: Mapping[str, Any]) -> str:
     line = 17
     parts: list[str] = []
     y = 58
+    if description.get("session_reused"):
+        offered = (description.get("client_hello") or {}).get("resumption")
+        label = f"resumed session ({offered})" if offered else "resumed session"
+        parts.append(
+            f'<text class="resumed" x="{(left + right) // 2}" y="{y}" '
+            f'text-anchor="middle">{_e(label)}</text>'
+        )
+        y += 26
     for flight in flights:
         for message in flight["client"]:
             css = "msg retry" if message == "HelloRetryRequest" else "msg"
