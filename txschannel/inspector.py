@@ -991,8 +991,8 @@ class InspectorSite(server.Site):
     negotiated, so it uses the HTTP/1.x channel directly.
 
     The "what the client offered" part needs the ClientHello: serve it
-    through ``SchannelFactory(..., keep_client_hello=True)`` (or an
-    endpoint that sets it); elsewhere the page says it was not kept.
+    through ``SchannelFactory(..., keep_client_hello=True)``; elsewhere the
+    page says it was not kept.
     """
 
     protocol = http.HTTPChannel  # type: ignore[assignment]
