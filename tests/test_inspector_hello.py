@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -70,6 +71,7 @@ class InspectorServer:
 
     def __init__(self, test: TestCase) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="txschannel-hello-"))
+        test.addCleanup(shutil.rmtree, self.folder, ignore_errors=True)
         authority = CertificateAuthority()
         self.cafile = str(authority.write(self.folder / "ca.pem"))
         self.issued = authority.issue("localhost", "127.0.0.1")
@@ -340,13 +342,16 @@ class ChromiumTests(TestCase):
 
     def chromium_argv(self, *arguments: str) -> list[str]:
         profile = tempfile.mkdtemp(prefix="txschannel-chromium-")
+        self.addCleanup(shutil.rmtree, profile, ignore_errors=True)
         return [self.chromium, "--headless", "--no-sandbox", "--disable-gpu",
                 f"--user-data-dir={profile}", "--hide-scrollbars",
                 f"--ignore-certificate-errors-spki-list={self.server.pin}", *arguments]
 
     @inlineCallbacks
     def screenshot(self, url: str, width: int, height: int, *arguments: str) -> Any:
-        path = Path(tempfile.mkdtemp(prefix="txschannel-shot-")) / "page.png"
+        folder = tempfile.mkdtemp(prefix="txschannel-shot-")
+        self.addCleanup(shutil.rmtree, folder, ignore_errors=True)
+        path = Path(folder) / "page.png"
         result = yield run(self.chromium_argv(
             f"--screenshot={path}", f"--window-size={width},{height}", *arguments, url,
         ), timeout=120)
