@@ -171,6 +171,9 @@ class SchannelServerEndpoint:
         default).
     :param rebuild: how to make the credentials again from their source
         files, for :meth:`reload`; endpoints made from a string have one.
+    :param keep_client_hello: have each connection keep the client's
+        ClientHello (see :class:`~txschannel.protocol.SchannelFactory`); an
+        attribute too, read when :meth:`listen` is called.
     """
 
     def __init__(
@@ -183,8 +186,10 @@ class SchannelServerEndpoint:
         handshake_memory: int | None = DEFAULT_HANDSHAKE_MEMORY,
         clock: IReactorTime | None = None,
         rebuild: Callable[[], Credentials] | None = None,
+        keep_client_hello: bool = False,
     ) -> None:
         self.inner = inner
+        self.keep_client_hello = keep_client_hello
         self.handshake_timeout = handshake_timeout
         self.max_pre_handshake_buffer = max_pre_handshake_buffer
         self.handshake_memory = handshake_memory
@@ -236,6 +241,7 @@ class SchannelServerEndpoint:
                 handshake_timeout=self.handshake_timeout,
                 max_pre_handshake_buffer=self.max_pre_handshake_buffer,
                 handshake_memory=self.handshake_memory,
+                keep_client_hello=self.keep_client_hello,
             )
         except (TypeError, ValueError):
             return fail()
