@@ -30,7 +30,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -48,6 +48,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txschannel.peertext import PeerText
+
+if TYPE_CHECKING:
+    from txschannel.terminator.routing import Router
 
 # Imported now, not when the warning is due: with no file descriptor left,
 # an import cannot open the module's file and fails.
@@ -238,6 +241,8 @@ class Inbound(_Side):
         #: The backend cannot be had: nothing more is kept for it.
         self._given_up = False
         self._connecting: Deferred[IProtocol] | None = None
+        #: How log lines name the backend this connection is relayed to.
+        self.backend_name = factory.name
         #: Gives up on the backend connection after ``connect_timeout``.
         self._connect_timer: IDelayedCall | None = None
         self._timed_out = False
@@ -253,10 +258,30 @@ class Inbound(_Side):
         pause = getattr(self.transport, "pauseProducing", None)
         if callable(pause):
             pause()
+        endpoint = self.factory.endpoint
+        router = self.factory.router
+        if router is not None:
+            server_name = _server_name(self.transport)
+            route = router.pick(server_name)
+            if route is None:
+                # A TLS client asking for such a name was already refused in
+                # the handshake (unrecognized_name): this is a plain
+                # listener's client, which names nothing.
+                self._given_up = True
+                self._ended(
+                    "no --route for "
+                    + (f"server name {server_name!r}" if server_name else "a client without a "
+                       "server name")
+                    + " and no --connect"
+                )
+                reset(self.transport)
+                return
+            endpoint, self.backend_name = route.endpoint, route.description
+        assert endpoint is not None
         timeout = self.factory.connect_timeout
         if timeout is not None:
             self._connect_timer = self.factory._clock.callLater(timeout, self._connect_timed_out)
-        self._connecting = self.factory.endpoint.connect(_OutboundFactory(self))
+        self._connecting = endpoint.connect(_OutboundFactory(self))
         self._connecting.addCallbacks(self._joined, self._unreachable)
 
     def _connect_timed_out(self) -> None:
@@ -312,7 +337,7 @@ class Inbound(_Side):
             )
             _log.warn(
                 "cannot reach {endpoint}: no connection within --connect-timeout {timeout} s",
-                endpoint=self.factory.name,
+                endpoint=self.backend_name,
                 timeout=f"{self.factory.connect_timeout:g}",
             )
         elif _out_of_descriptors(failure):
@@ -322,7 +347,7 @@ class Inbound(_Side):
             self._ended(f"connect endpoint failed: {failure.getErrorMessage()}")
             _log.warn(
                 "cannot reach {endpoint}: {error}",
-                endpoint=self.factory.name,
+                endpoint=self.backend_name,
                 # (A TLS backend's error may quote its certificate.)
                 error=PeerText(failure.getErrorMessage()),
             )
@@ -381,6 +406,15 @@ class Outbound(_Side):
         super().connectionLost(reason)
 
 
+def _server_name(transport: object) -> str | None:
+    """The server name a TLS client asked for on *transport* (None for plain TCP)."""
+    context = getattr(transport, "securityContext", None)
+    if context is None or not getattr(context, "established", False):
+        return None
+    name: str | None = context.attributes.server_name
+    return name
+
+
 def _out_of_descriptors(failure: Failure) -> bool:
     """Whether a connect failed because this process has no file descriptor left."""
     value = failure.value
@@ -424,20 +458,25 @@ class RelayFactory(Factory):
         before aborting the client (``--connect-timeout``), or ``None``
         (the endpoint's own timeout, such as ``tcp:``'s ``timeout=`` of 30
         s, still applies).
+    :param router: picks the endpoint by the client's server name
+        (``--route``); *endpoint* is then the default for other names, and
+        may be ``None`` (no default: such clients are aborted).
     """
 
     noisy = False
 
     def __init__(
         self,
-        endpoint: IStreamClientEndpoint,
+        endpoint: IStreamClientEndpoint | None,
         name: str | None = None,
         clock: Any = None,
         *,
         connect_timeout: float | None = None,
+        router: Router | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.connect_timeout = connect_timeout
+        self.router = router
         self.name = name if name is not None else repr(endpoint)
         if clock is None:
             from twisted.internet import reactor

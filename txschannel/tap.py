@@ -67,6 +67,7 @@ from txschannel.inspector import InspectorSite, _address, describe
 from txschannel.peertext import PeerText, printable
 from txschannel.relay import RelayFactory, no_delay, reset
 from txschannel.terminator.limits import ConnectionLimit
+from txschannel.terminator.routing import Route, Router, normalize_route_name
 
 __all__ = [
     "DEFAULT_PORT",
@@ -656,6 +657,9 @@ class SchannelService(service.Service):
     :param validity_interval: seconds between checks of the served
         certificates' validity periods (daily by default), or None.
     :param limit: the ``--max-connections`` count, whose ports it pauses.
+    :param prepare: called with the credentials of every ``schannel:``
+        listen endpoint before they serve a handshake: at start and after
+        each reload (``--route`` installs its server-name check this way).
 
     A certificate that has expired, is not valid yet or expires within 14
     days is logged as a warning (naming its file, subject and dates) on
@@ -674,9 +678,11 @@ class SchannelService(service.Service):
         announce: Sequence[str] = (),
         validity_interval: float | None = _VALIDITY_CHECK_INTERVAL,
         limit: ConnectionLimit | None = None,
+        prepare: Callable[[Credentials], None] | None = None,
     ) -> None:
         self.listen = list(listen)
         self.limit = limit
+        self.prepare = prepare
         self.factory = factory
         self.reactor = reactor
         self.reload_interval = reload_interval
@@ -717,6 +723,9 @@ class SchannelService(service.Service):
                 self.reactor.stop()
 
         for description, endpoint in self.listen:
+            credentials = getattr(endpoint, "credentials", None)
+            if self.prepare is not None and isinstance(credentials, Credentials):
+                self.prepare(credentials)
             waiting = endpoint.listen(self.factory)
             waiting.addCallbacks(
                 listening, failed, callbackArgs=(description,), errbackArgs=(description,)
@@ -775,6 +784,8 @@ class SchannelService(service.Service):
                 self._last_errors[description] = str(e)
                 continue
             self._last_errors.pop(description, None)
+            if self.prepare is not None:
+                self.prepare(credentials)
             after = _served_fingerprint(credentials)
             if not quiet or after != before:
                 _log.info(
@@ -888,8 +899,25 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
+        self["route"] = []
         self["allow-cn"] = []
         self["allow-san"] = []
+
+    def opt_route(self, route: str) -> None:
+        """NAME=ENDPOINT: relay server name NAME (wildcards too) to ENDPOINT (repeatable)."""
+        name, equals, description = route.partition("=")
+        if not equals or not description.strip():
+            raise usage.UsageError(
+                f"--route {route!r}: expected NAME=ENDPOINT, such as "
+                "--route api.example.com=tcp:127.0.0.1:8081"
+            )
+        try:
+            normalized = normalize_route_name(name)
+        except ValueError as e:
+            raise usage.UsageError(f"--route {route!r}: {name!r}: {e}") from None
+        if any(given == normalized for given, _, _ in self["route"]):
+            raise usage.UsageError(f"--route {route!r}: {normalized} has a route already")
+        self["route"].append((normalized, description, route))
 
     def opt_listen(self, description: str) -> None:
         """Listen on this server endpoint (repeatable; default: schannel:tcp:8443)."""
@@ -953,7 +981,7 @@ class Options(usage.Options):
             self["max-connections"] = _count("max-connections", self["max-connections"])
         announce: list[str] = []
         descriptions: list[str] = list(self["listen"])
-        inspector = self["connect"] is None
+        inspector = self["connect"] is None and not self["route"]
         if not descriptions:
             default = f"schannel:tcp:{DEFAULT_PORT}"
             descriptions = [default]
@@ -1000,7 +1028,7 @@ class Options(usage.Options):
             listen.append((description, endpoint))
         self["endpoints"] = listen
         self["connect-endpoint"] = None
-        if not inspector:
+        if self["connect"] is not None:
             try:
                 self["connect-endpoint"] = clientFromString(  # type: ignore[no-untyped-call]
                     reactor, self["connect"]
@@ -1009,6 +1037,24 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"--connect {self['connect']!r}: {_error_text(e)}"
                 ) from None
+        self["router"] = None
+        if self["route"]:
+            routes = []
+            for name, description, given in self["route"]:
+                try:
+                    endpoint = clientFromString(reactor, description)  # type: ignore[no-untyped-call]
+                except Exception as e:
+                    raise usage.UsageError(f"--route {given!r}: {_error_text(e)}") from None
+                routes.append(Route(name, description, endpoint))
+            fallback = None
+            if self["connect-endpoint"] is not None:
+                fallback = Route(None, self["connect"], self["connect-endpoint"])
+            elif any(not d.startswith("schannel:") for d, _ in listen):
+                raise usage.UsageError(
+                    "--route without --connect: a plain listener's clients send no server "
+                    "name, so they could never be routed; add --connect for them"
+                )
+            self["router"] = Router(routes, fallback, reactor)
         policy = AccessPolicy(tuple(self["allow-cn"]), tuple(self["allow-san"]))
         if policy.active and not any(_asks_for_client_certificates(e) for _, e in listen):
             raise usage.UsageError(
@@ -1016,7 +1062,16 @@ class Options(usage.Options):
                 "certificates: add clientCA=<CA file> (and requireClientCertificate=yes)"
             )
         self["policy"] = policy
-        announce.append("serving the inspector" if inspector else f"relaying to {self['connect']}")
+        if inspector:
+            announce.append("serving the inspector")
+        for name, description, _ in self["route"]:
+            announce.append(f"relaying server name {name} to {description}")
+        if self["connect"] is not None:
+            announce.append(
+                f"relaying {'other server names ' if self['route'] else ''}to {self['connect']}"
+            )
+        elif self["route"]:
+            announce.append("refusing other server names (unrecognized_name)")
         if self["self-signed"] is not None and inspector:
             ports = [
                 match.group(1)
@@ -1075,12 +1130,14 @@ def makeService(options: Options) -> SchannelService:
     """The ``twist schannel`` service for parsed *options*."""
     reactor = options["reactor"]
     connect: IStreamClientEndpoint | None = options["connect-endpoint"]
+    router: Router | None = options["router"]
     application: IProtocolFactory
-    if connect is None:
+    if connect is None and router is None:
         application = InspectorSite()
     else:
         application = RelayFactory(
-            connect, options["connect"], reactor, connect_timeout=options["connect-timeout"]
+            connect, options["connect"], reactor,
+            connect_timeout=options["connect-timeout"], router=router,
         )
     limit = ConnectionLimit(options["max-connections"])
     gated = GateFactory(
@@ -1094,4 +1151,5 @@ def makeService(options: Options) -> SchannelService:
         reload_interval=options["reload-interval"],
         announce=options["announce"],
         limit=limit,
+        prepare=router.install if router is not None else None,
     )

@@ -1,0 +1,174 @@
+"""``twist schannel --route NAME=ENDPOINT``: the backend chosen by the server name.
+
+Real ``twist schannel`` processes, real backends (Python processes that
+say who they are), and real clients: curl, ``openssl s_client`` and
+Python's ``ssl``.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import ssl
+import subprocess
+
+from cryptography.hazmat.primitives import serialization
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.peers import LISTENER, free_port, require
+from tests.test_edges import Edge
+from tests.test_tap import Twist, assert_one_line, curl, run_twist
+
+#: Answers every connection with an HTTP response whose body is argv[2].
+NAMED = LISTENER + """
+while True:
+    connection, _ = server.accept()
+    with connection:
+        try:
+            connection.settimeout(10)
+            connection.recv(65536)
+            body = sys.argv[2].encode()
+            connection.sendall(
+                b"HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (len(body), body)
+            )
+        except OSError:
+            pass
+"""
+
+
+class RoutingTests(Edge):
+    """Each server name reaches its own backend; --connect takes the rest."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.ca.issue(
+            "localhost", "a.localhost", "*.b.localhost", "c.localhost", "x.y.b.localhost"
+        ).write(self.folder / "server.pem")
+        self.backends = {name: self.backend(NAMED, name) for name in ("A", "B", "default")}
+
+    def start(self, *routes: str, connect: bool = True) -> tuple[Twist, int]:
+        port = free_port()
+        arguments = [
+            "--listen",
+            f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.folder}/server.pem",
+            *routes,
+        ]
+        if connect:
+            arguments += ["--connect", f"tcp:127.0.0.1:{self.backends['default']}"]
+        twist = Twist(self, *arguments)
+        twist.wait_for("listening on")
+        return twist, port
+
+    def routes(self) -> list[str]:
+        return [
+            "--route", f"A.localhost.=tcp:127.0.0.1:{self.backends['A']}",
+            "--route", f"*.b.localhost=tcp:127.0.0.1:{self.backends['B']}",
+        ]
+
+    def fetch(self, port: int, name: str) -> subprocess.CompletedProcess[bytes]:
+        return curl(
+            "--cacert", str(self.folder / "ca.pem"),
+            "--resolve", f"{name}:{port}:127.0.0.1", f"https://{name}:{port}/",
+        )
+
+    def test_curl_reaches_the_backend_of_each_name(self) -> None:
+        twist, port = self.start(*self.routes())
+        answers = {name: self.fetch(port, name) for name in (
+            "a.localhost", "one.b.localhost", "x.y.b.localhost", "c.localhost", "localhost"
+        )}
+        bodies = {name: result.stdout for name, result in answers.items()}
+        self.assertEqual(bodies, {
+            "a.localhost": b"A",
+            "one.b.localhost": b"B",
+            # A wildcard is one label, as in certificates.
+            "x.y.b.localhost": b"default",
+            "c.localhost": b"default",
+            "localhost": b"default",
+        }, {name: result.stderr for name, result in answers.items()})
+        twist.wait_for(r"relaying server name a\.localhost to tcp:127")
+
+    def test_an_unknown_name_without_a_default_gets_unrecognized_name(self) -> None:
+        require("openssl")
+        twist, port = self.start(*self.routes(), connect=False)
+        self.assertEqual(self.fetch(port, "a.localhost").stdout, b"A")
+        for server_name in (["-servername", "c.localhost"], ["-noservername"]):
+            result = subprocess.run(
+                ["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                 "-CAfile", str(self.folder / "ca.pem"), *server_name],
+                input=b"", capture_output=True, timeout=30,
+            )
+            self.assertIn(b"unrecognized name", result.stdout + result.stderr, server_name)
+        # Python's ssl names the alert too.
+        context = ssl.create_default_context(cafile=str(self.folder / "ca.pem"))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with self.assertRaises(ssl.SSLError) as caught:
+                context.wrap_socket(raw, server_hostname="c.localhost")
+        self.assertIn("UNRECOGNIZED_NAME", str(caught.exception))
+        twist.wait_for(r"connection closed .*reason=.*TLS error")
+        twist.wait_for(
+            r"refused server name 'c\.localhost' with unrecognized_name: no --route matches "
+            r"it and there is no --connect \(1 refusal"
+        )
+        # A refusal is not an error: no traceback per client.
+        self.assertNotIn("Traceback", twist.output)
+        self.assertNotIn("UnrecognizedName", twist.output)
+
+    def test_the_refusal_survives_a_reload(self) -> None:
+        twist, port = self.start(*self.routes(), connect=False)
+        twist.send_signal(signal.SIGHUP)
+        twist.wait_for("SIGHUP: reloaded")
+        self.assertEqual(self.fetch(port, "one.b.localhost").stdout, b"B")
+        result = self.fetch(port, "c.localhost")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn(b"unrecognized name", result.stderr.lower())
+
+    def test_an_sni_folder_still_picks_the_certificate(self) -> None:
+        sites = self.folder / "sites"
+        sites.mkdir()
+        other = self.ca.issue("a.localhost")
+        other.write(sites / "a.localhost.pem")
+        self.ca.issue("localhost").write(sites / "DEFAULT.pem")
+        port = free_port()
+        twist = Twist(
+            self, "--listen", f"schannel:tcp:{port}:interface=127.0.0.1:sni={sites}",
+            *self.routes(),
+        )
+        twist.wait_for("listening on")
+        context = ssl.create_default_context(cafile=str(self.folder / "ca.pem"))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="a.localhost") as tls:
+                served = tls.getpeercert(binary_form=True)
+                tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                answer = tls.recv(65536)
+        self.assertEqual(served, other.certificate.public_bytes(serialization.Encoding.DER))
+        self.assertTrue(answer.endswith(b"A"), answer)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with self.assertRaises(ssl.SSLError):
+                context.wrap_socket(raw, server_hostname="c.localhost")
+
+
+class BadRouteTests(SynchronousTestCase):
+    """A route that can never work is one line naming it, exit status 64."""
+
+    def assertRefused(self, needle: str, *arguments: str) -> None:
+        result = run_twist(*arguments)
+        assert_one_line(self, result, needle)
+        self.assertEqual(result.returncode, 64)
+
+    def test_forms(self) -> None:
+        self.assertRefused("--route 'api.example'", "--route", "api.example")
+        self.assertRefused("expected a server name", "--route", "=tcp:127.0.0.1:1")
+        self.assertRefused("wildcard", "--route", "a.*.example=tcp:127.0.0.1:1")
+        self.assertRefused("IP address", "--route", "10.0.0.1=tcp:127.0.0.1:1")
+        self.assertRefused("--route 'a.example=nosuch:1'", "--route", "a.example=nosuch:1")
+        self.assertRefused(
+            "a.example has a route already",
+            "--route", "a.example=tcp:127.0.0.1:1", "--route", "A.example.=tcp:127.0.0.1:2",
+        )
+
+    def test_a_plain_listener_needs_a_default(self) -> None:
+        self.assertRefused(
+            "add --connect",
+            "--listen", f"tcp:{free_port()}:interface=127.0.0.1",
+            "--route", "a.example=tcp:127.0.0.1:1",
+        )
