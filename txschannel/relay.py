@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -313,6 +314,9 @@ class Inbound(_Side):
         # one side pauses reading on the other.
         self.transport.registerProducer(outbound.transport, True)  # type: ignore[attr-defined]
         outbound.transport.registerProducer(self.transport, True)  # type: ignore[attr-defined]
+        if self.factory.proxy_header is not None:
+            # Before any byte of the client's: the backend reads it first.
+            outbound.transport.write(self.factory.proxy_header(self.transport))
         pending, self._pending = self._pending, []
         self._pending_size = 0
         for data in pending:
@@ -461,6 +465,9 @@ class RelayFactory(Factory):
     :param router: picks the endpoint by the client's server name
         (``--route``); *endpoint* is then the default for other names, and
         may be ``None`` (no default: such clients are aborted).
+    :param proxy_header: makes the bytes written to each backend connection
+        before the client's, from the accepted transport (``--proxy-protocol``:
+        a PROXY header).
     """
 
     noisy = False
@@ -473,10 +480,12 @@ class RelayFactory(Factory):
         *,
         connect_timeout: float | None = None,
         router: Router | None = None,
+        proxy_header: Callable[[Any], bytes] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.connect_timeout = connect_timeout
         self.router = router
+        self.proxy_header = proxy_header
         self.name = name if name is not None else repr(endpoint)
         if clock is None:
             from twisted.internet import reactor

@@ -63,10 +63,12 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from txschannel.credentials import Credentials, validity_warnings
+from txschannel.endpoints import SchannelClientEndpoint
 from txschannel.inspector import InspectorSite, _address, describe
 from txschannel.peertext import PeerText, printable
 from txschannel.relay import RelayFactory, no_delay, reset
 from txschannel.terminator.limits import ConnectionLimit
+from txschannel.terminator.proxyheader import header_v1, header_v2, tls_facts
 from txschannel.terminator.routing import Route, Router, normalize_route_name
 
 __all__ = [
@@ -881,6 +883,12 @@ class Options(usage.Options):
             "Also re-read certificate files every SECONDS (a changed certificate is logged).",
         ],
         [
+            "proxy-protocol", None, None,
+            "Start every backend connection with a PROXY protocol header, v1 or v2 (v2 "
+            "carries ALPN, the server name, and the TLS version, cipher and client "
+            "certificate's CN).",
+        ],
+        [
             "max-connections", None, None,
             "At N open connections stop accepting (the listening ports pause) until one "
             "closes.",
@@ -960,6 +968,33 @@ class Options(usage.Options):
         except ValueError:
             pass
         self["allow-san"].append(name)
+
+    def _check_proxy_protocol(self) -> None:
+        given = self["proxy-protocol"]
+        if given is None:
+            return
+        version = given.lower()
+        if version not in ("v1", "v2"):
+            raise usage.UsageError(f"--proxy-protocol {given!r}: expected v1 or v2")
+        self["proxy-protocol"] = version
+        backends: list[tuple[str, object]] = []
+        if self["connect-endpoint"] is not None:
+            backends.append((f"--connect {self['connect']!r}", self["connect-endpoint"]))
+        if self["router"] is not None:
+            backends += [
+                (f"--route {route.name}={route.description}", route.endpoint)
+                for route in self["router"].routes
+            ]
+        if not backends:
+            raise usage.UsageError(
+                f"--proxy-protocol {given}: there is no backend to tell (add --connect)"
+            )
+        for option, endpoint in backends:
+            if isinstance(endpoint, SchannelClientEndpoint):
+                raise usage.UsageError(
+                    f"--proxy-protocol {given}: {option} is TLS, and the header would have to "
+                    "come before its handshake, which is not supported; use a plain backend"
+                )
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """Parse, or exit with one line naming what is wrong (status 64)."""
@@ -1055,6 +1090,7 @@ class Options(usage.Options):
                     "name, so they could never be routed; add --connect for them"
                 )
             self["router"] = Router(routes, fallback, reactor)
+        self._check_proxy_protocol()
         policy = AccessPolicy(tuple(self["allow-cn"]), tuple(self["allow-san"]))
         if policy.active and not any(_asks_for_client_certificates(e) for _, e in listen):
             raise usage.UsageError(
@@ -1083,6 +1119,14 @@ class Options(usage.Options):
                 f"https://localhost:{ports[0] if ports else 'PORT'}/"
             )
         self["announce"] = announce
+
+
+def _proxy_header(version: str) -> Callable[[Any], bytes]:
+    if version == "v1":
+        return lambda transport: header_v1(transport.getPeer(), transport.getHost())
+    return lambda transport: header_v2(
+        transport.getPeer(), transport.getHost(), tls_facts(transport)
+    )
 
 
 def _seconds(option: str, text: str) -> float:
@@ -1138,6 +1182,9 @@ def makeService(options: Options) -> SchannelService:
         application = RelayFactory(
             connect, options["connect"], reactor,
             connect_timeout=options["connect-timeout"], router=router,
+            proxy_header=(
+                _proxy_header(options["proxy-protocol"]) if options["proxy-protocol"] else None
+            ),
         )
     limit = ConnectionLimit(options["max-connections"])
     gated = GateFactory(

@@ -1,0 +1,239 @@
+"""``twist schannel --proxy-protocol v1|v2``: the backend learns who the client is.
+
+The backends are real parsers: Twisted's own ``haproxy:`` server endpoint,
+run as a separate process, which reports the client address it was told;
+and a raw socket that records the header's bytes, for a byte-level check
+of the version 2 TLVs. Clients are Python's ``ssl`` and curl.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.peers import LISTENER, Peer, free_port, wait_for_port
+from tests.test_edges import Edge
+from tests.test_tap import Twist, assert_one_line, run_twist
+from txschannel.terminator.proxyheader import V2_SIGNATURE
+
+#: Twisted's haproxy: endpoint parses the header; the protocol behind it
+#: answers with the addresses it was given, as one JSON line.
+TWISTED_HAPROXY = """
+import json, sys
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
+
+class Tell(Protocol):
+    def dataReceived(self, data):
+        peer, host = self.transport.getPeer(), self.transport.getHost()
+        self.transport.write(json.dumps({
+            "peer": [peer.host, peer.port], "host": [host.host, host.port],
+            "data": data.decode(),
+        }).encode() + b"\\n")
+
+endpoint = serverFromString(reactor, "haproxy:tcp:%s:interface=127.0.0.1" % sys.argv[1])
+endpoint.listen(Factory.forProtocol(Tell))
+reactor.run()
+"""
+
+#: Writes the first bytes of each connection (all that arrive within a
+#: moment of the first) to argv[2], hex-encoded, one line per connection.
+RECORD_BYTES = LISTENER + """
+import binascii
+while True:
+    connection, _ = server.accept()
+    with connection:
+        connection.settimeout(2)
+        data = b""
+        try:
+            while len(data) < 4096:
+                chunk = connection.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+                if data.endswith(b"hello"):
+                    break
+        except OSError:
+            pass
+        if data:
+            with open(sys.argv[2], "a") as out:
+                out.write(binascii.hexlify(data).decode() + "\\n")
+        connection.sendall(b"ok")
+"""
+
+
+def parse_tlvs(data: bytes) -> list[tuple[int, bytes]]:
+    """TLVs as (type, value), in order; fails on a length that overruns."""
+    tlvs = []
+    while data:
+        kind, length = struct.unpack("!BH", data[:3])
+        value = data[3:3 + length]
+        assert len(value) == length, f"TLV 0x{kind:02x} claims {length} bytes, has {len(value)}"
+        tlvs.append((kind, value))
+        data = data[3 + length:]
+    return tlvs
+
+
+class ProxyProtocolTests(Edge):
+    def setUp(self) -> None:
+        super().setUp()
+        # Client certificates from the same CA; a listener asking for them.
+        self.ca.issue("alice.example.com", common_name="alice").write(self.folder / "alice.pem")
+
+    def twisted_backend(self) -> int:
+        script = self.folder / "haproxy_backend.py"
+        script.write_text(TWISTED_HAPROXY)
+        port = free_port()
+        peer = Peer([sys.executable, str(script), str(port)])
+        self.addCleanup(peer.stop)
+        wait_for_port(port)
+        return port
+
+    def start(self, version: str, backend: int, listen_options: str = "") -> tuple[Twist, int]:
+        port = free_port()
+        twist = Twist(
+            self,
+            "--listen",
+            f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.folder}/server.pem"
+            + listen_options,
+            "--connect", f"tcp:127.0.0.1:{backend}",
+            "--proxy-protocol", version,
+        )
+        twist.wait_for("listening on")
+        return twist, port
+
+    def ask(self, port: int, payload: bytes, certificate: Path | None = None,
+            alpn: list[str] | None = None) -> tuple[bytes, tuple[str, int]]:
+        context = self.client_context()
+        if certificate is not None:
+            context.load_cert_chain(str(certificate))
+        if alpn:
+            context.set_alpn_protocols(alpn)
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+            address = raw.getsockname()
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(payload)
+                answer = b""
+                while not answer.endswith((b"\n", b"ok")):
+                    chunk = tls.recv(65536)
+                    if not chunk:
+                        break
+                    answer += chunk
+        return answer, address
+
+    def test_twisted_haproxy_endpoint_reads_the_client_address(self) -> None:
+        backend = self.twisted_backend()
+        for version in ("v1", "v2"):
+            twist, port = self.start(version, backend)
+            answer, (host, client_port) = self.ask(port, b"hello")
+            told = json.loads(answer)
+            self.assertEqual(told["peer"], [host, client_port], version)
+            self.assertEqual(told["host"], ["127.0.0.1", port], version)
+            self.assertEqual(told["data"], "hello", version)
+            twist.stop()
+
+    def test_v1_is_one_line_before_the_data(self) -> None:
+        record = self.folder / "record.txt"
+        backend = self.backend(RECORD_BYTES, str(record))
+        twist, port = self.start("v1", backend)
+        _, (host, client_port) = self.ask(port, b"hello")
+        data = bytes.fromhex(wait_for_record(record)[-1])
+        self.assertEqual(
+            data, f"PROXY TCP4 {host} 127.0.0.1 {client_port} {port}\r\nhello".encode()
+        )
+
+    def test_v2_tlvs_byte_by_byte(self) -> None:
+        record = self.folder / "record.txt"
+        backend = self.backend(RECORD_BYTES, str(record))
+        twist, port = self.start(
+            "v2", backend,
+            f":clientCA={self.folder}/ca.pem:alpn=h2,http/1.1",
+        )
+        _, (host, client_port) = self.ask(
+            port, b"hello", certificate=self.folder / "alice.pem", alpn=["http/1.1"]
+        )
+        _, (host2, client_port2) = self.ask(port, b"hello")
+        lines = wait_for_record(record, count=2)
+        with_certificate, without = (bytes.fromhex(line) for line in lines[-2:])
+
+        for data, source, source_port in (
+            (with_certificate, host, client_port), (without, host2, client_port2)
+        ):
+            self.assertEqual(data[:12], V2_SIGNATURE)
+            self.assertEqual(data[12], 0x21)  # version 2, PROXY
+            self.assertEqual(data[13], 0x11)  # TCP over IPv4
+            length = struct.unpack("!H", data[14:16])[0]
+            body, rest = data[16:16 + length], data[16 + length:]
+            self.assertEqual(rest, b"hello")
+            self.assertEqual(body[:4], ipaddress.ip_address(source).packed)
+            self.assertEqual(body[4:8], ipaddress.ip_address("127.0.0.1").packed)
+            self.assertEqual(struct.unpack("!HH", body[8:12]), (source_port, port))
+
+        tlvs = parse_tlvs(with_certificate[16 + 12:-len(b"hello")])
+        self.assertEqual([kind for kind, _ in tlvs], [0x01, 0x02, 0x20])
+        self.assertEqual(tlvs[0][1], b"http/1.1")
+        self.assertEqual(tlvs[1][1], b"localhost")
+        ssl_tlv = tlvs[2][1]
+        self.assertEqual(ssl_tlv[0], 0x01 | 0x02 | 0x04)  # SSL, CERT_CONN, CERT_SESS
+        self.assertEqual(struct.unpack("!I", ssl_tlv[1:5])[0], 0)  # verified
+        sub = dict(parse_tlvs(ssl_tlv[5:]))
+        self.assertEqual(sub[0x21], b"TLSv1.3")
+        self.assertEqual(sub[0x22], b"alice")
+        self.assertEqual(sub[0x23], b"TLS_AES_256_GCM_SHA384")
+
+        tlvs = parse_tlvs(without[16 + 12:-len(b"hello")])
+        # No ALPN offered: none negotiated, none sent.
+        self.assertEqual([kind for kind, _ in tlvs], [0x02, 0x20])
+        ssl_tlv = tlvs[1][1]
+        self.assertEqual(ssl_tlv[0], 0x01)
+        self.assertNotEqual(struct.unpack("!I", ssl_tlv[1:5])[0], 0)
+        sub = dict(parse_tlvs(ssl_tlv[5:]))
+        self.assertEqual(sorted(sub), [0x21, 0x23])
+
+    def test_a_plain_listener_sends_addresses_and_no_tls_tlvs(self) -> None:
+        record = self.folder / "record.txt"
+        backend = self.backend(RECORD_BYTES, str(record))
+        port = free_port()
+        twist = Twist(self, "--listen", f"tcp:{port}:interface=127.0.0.1",
+                      "--connect", f"tcp:127.0.0.1:{backend}", "--proxy-protocol", "v2")
+        twist.wait_for("listening on")
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as client:
+            client.sendall(b"hello")
+            client.recv(2)
+        data = bytes.fromhex(wait_for_record(record)[-1])
+        length = struct.unpack("!H", data[14:16])[0]
+        self.assertEqual(length, 12)  # the addresses alone
+        self.assertEqual(data[16 + 12:], b"hello")
+
+
+def wait_for_record(path: Path, count: int = 1) -> list[str]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        # (The first line may be a readiness probe's; it sent nothing.)
+        lines = path.read_text().split() if path.exists() else []
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.05)
+    raise AssertionError(f"the backend recorded nothing in {path}")
+
+
+class BadProxyProtocolTests(SynchronousTestCase):
+    def test_forms(self) -> None:
+        for arguments, needle in (
+            (("--connect", "tcp:127.0.0.1:1", "--proxy-protocol", "v3"),
+             "--proxy-protocol 'v3': expected v1 or v2"),
+            (("--proxy-protocol", "v1"), "no backend to tell"),
+            (("--connect", "schannel:tcp:127.0.0.1:1:hostname=x", "--proxy-protocol", "v2"),
+             "is TLS"),
+        ):
+            result = run_twist(*arguments)
+            assert_one_line(self, result, needle)
+            self.assertEqual(result.returncode, 64)
