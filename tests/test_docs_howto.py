@@ -1,0 +1,407 @@
+"""The getting-started page and the how-to pages, run as a reader would run them.
+
+Every program and script those pages include lives in ``docs/examples/``;
+each test here copies the ones it needs into a folder of its own (the port
+numbers of the page, 8443 and 8080, swapped for free ones), runs them as
+real processes on loopback, and talks to them with real peers: curl,
+``openssl s_client``, Python's ``http.server`` as a backend. The systemd
+units are read the way systemd reads them and their ``ExecStart`` is run,
+with the socket-activated one started through the page's own launcher. A
+missing tool fails the test (``tests.peers.require``), it is never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.peers import free_port, require, wait_for_port
+from txschannel.testing import CertificateAuthority
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "docs" / "examples"
+PAGE_PORT, PAGE_BACKEND = "8443", "8080"
+
+
+def q(path: Path) -> str:
+    """*path* escaped for an endpoint string."""
+    text = str(path)
+    for special in ("\\", ":", "="):
+        text = text.replace(special, "\\" + special)
+    return text
+
+
+class Workspace:
+    """A reader's folder: the certificates of ``certificates.py``, the examples
+    copied in with free ports, and the processes started there."""
+
+    def __init__(self, test: SynchronousTestCase) -> None:
+        self.test = test
+        self.folder = Path(test.mktemp()).resolve()
+        self.folder.mkdir(parents=True)
+        self.port = free_port()
+        self.backend_port = free_port()
+        self.env = dict(os.environ)
+        self.env.pop("XDG_STATE_HOME", None)
+        self.env["HOME"] = str(self.folder)
+        # The checkout's twisted/plugins hold the schannel: and twist plugins,
+        # and `twist` is the one beside this Python.
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
+        bin_folder = Path(sys.executable).parent
+        if not (bin_folder / "twist").exists():
+            test.fail(f"no twist beside {sys.executable}: install the project in that venv")
+        self.env["PATH"] = os.pathsep.join([str(bin_folder), os.environ.get("PATH", "")])
+        self.env.pop("PYTHONWARNINGS", None)
+        made = self.run(sys.executable, self.copy("certificates.py"))
+        test.assertEqual(made.stdout, "wrote ca.pem, server.pem, alice.pem and bob.pem\n")
+
+    def copy(self, name: str) -> str:
+        """Copy ``docs/examples/<name>`` here with this workspace's ports; its file name."""
+        text = (EXAMPLES / name).read_text()
+        text = text.replace(PAGE_PORT, str(self.port)).replace(PAGE_BACKEND, str(self.backend_port))
+        target = self.folder / Path(name).name
+        target.write_text(text)
+        return target.name
+
+    def which(self, tool: str) -> str:
+        """*tool* as this folder's PATH finds it; a test failure when it is missing."""
+        return shutil.which(tool, path=self.env["PATH"]) or require(tool)
+
+    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run *argv* here to the end; its output (and a failure if it failed)."""
+        argv = (self.which(argv[0]), *argv[1:])
+        result = subprocess.run(
+            list(argv),
+            cwd=self.folder,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and result.returncode != 0:
+            self.test.fail(f"{argv}: exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def start(self, *argv: str, log: str = "server.log") -> subprocess.Popen[bytes]:
+        """Start *argv* here, its output into *log*; killed at the end of the test."""
+        argv = (self.which(argv[0]), *argv[1:])
+        output = open(self.folder / log, "wb")  # noqa: SIM115 - closed by the cleanup
+        process = subprocess.Popen(
+            list(argv), cwd=self.folder, env=self.env, stdout=output, stderr=subprocess.STDOUT
+        )
+
+        def stop() -> None:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
+            output.close()
+
+        self.test.addCleanup(stop)
+        return process
+
+    def log(self, name: str = "server.log") -> str:
+        return (self.folder / name).read_text(errors="replace")
+
+    def wait_for_log(self, text: str, name: str = "server.log", timeout: float = 15) -> str:
+        """Block until *text* appears in the log *name*; the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log(name):
+                return self.log(name)
+            time.sleep(0.05)
+        self.test.fail(f"{text!r} never appeared in {name}:\n{self.log(name)}")
+
+    def curl(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        return self.run("curl", "-sS", "--max-time", "20", *arguments, check=False)
+
+    def served_fingerprint(self) -> str:
+        """The SHA-256 fingerprint of the certificate served on the port, by openssl."""
+        hello = self.run(
+            "openssl", "s_client", "-connect", f"127.0.0.1:{self.port}",
+            "-servername", "localhost",
+        )  # fmt: skip
+        return self.fingerprint_of(hello.stdout)
+
+    def fingerprint_of(self, pem: str) -> str:
+        result = subprocess.run(
+            ["openssl", "x509", "-noout", "-fingerprint", "-sha256"],
+            input=pem, capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        return result.stdout.strip()
+
+
+# -- getting started ---------------------------------------------------------------------
+
+
+class GettingStartedTests(SynchronousTestCase):
+    """docs/getting-started.rst, step by step."""
+
+    def test_twist_schannel_serves_its_page_to_curl(self) -> None:
+        place = Workspace(self)
+        # The page runs `twist schannel` alone (port 8443, every interface);
+        # here it is the same self-signed setup on a free loopback port.
+        place.start(
+            "twist", "schannel", "--listen", f"schannel:tcp:{place.port}:interface=127.0.0.1"
+        )
+        wait_for_port(place.port, timeout=30)
+        certificate = place.folder / ".local" / "state" / "txschannel" / "localhost.crt"
+        self.assertIn("created the self-signed certificate", place.log())
+        page = place.curl("--cacert", str(certificate), f"https://localhost:{place.port}/")
+        self.assertEqual(page.returncode, 0, page.stderr)
+        self.assertIn("txschannel inspector", page.stdout)
+        self.assertRegex(page.stdout, r"protocol:\s+TLSv1\.3")
+
+    def test_echo_server_and_client(self) -> None:
+        place = Workspace(self)
+        place.start(sys.executable, place.copy("echo_server.py"))
+        wait_for_port(place.port, timeout=30)
+        client = place.run(sys.executable, place.copy("echo_client.py"))
+        self.assertEqual(client.stdout, "protocol: TLSv1.3\nserver said: hello over TLS\n")
+        self.assertEqual(client.stderr, "")
+
+    def test_echo_client_refuses_a_server_it_does_not_trust(self) -> None:
+        place = Workspace(self)
+        stranger = CertificateAuthority().issue("localhost").write(place.folder / "stranger.pem")
+        place.start(
+            sys.executable, place.copy("echo_server.py"),
+            f"schannel:tcp:{place.port}:interface=127.0.0.1:certificate={q(stranger)}",
+        )  # fmt: skip
+        wait_for_port(place.port, timeout=30)
+        client = place.run(sys.executable, place.copy("echo_client.py"), check=False)
+        self.assertEqual(client.returncode, 1)
+        self.assertIn("UNTRUSTED_ROOT", client.stderr)
+
+    def test_the_first_trial_test_passes(self) -> None:
+        place = Workspace(self)
+        place.copy("echo_server.py")
+        place.copy("test_echo.py")
+        result = place.run(sys.executable, "-m", "twisted.trial", "test_echo")
+        self.assertIn("PASSED (successes=2)", result.stdout)
+
+
+class LogFormatTests(SynchronousTestCase):
+    """What getting-started.rst says about twist's log: text on a terminal,
+    JSON lines otherwise, --log-format to choose."""
+
+    def serve(self, place: Workspace, *twist_options: str, log: str) -> None:
+        place.start(
+            "twist", *twist_options, "schannel", "--listen",
+            f"schannel:tcp:{place.port}:interface=127.0.0.1", log=log,
+        )  # fmt: skip
+        place.wait_for_log("listening on", log)
+
+    def test_json_lines_when_the_output_is_not_a_terminal(self) -> None:
+        place = Workspace(self)
+        self.serve(place, log="json.log")
+        records = [r for r in place.log("json.log").split("\x1e") if r.strip()]
+        self.assertTrue(place.log("json.log").startswith("\x1e{"))
+        events = [json.loads(record) for record in records]
+        self.assertIn("listening on {endpoint} at {address}", [e.get("log_format") for e in events])
+
+    def test_log_format_text_when_the_output_is_not_a_terminal(self) -> None:
+        place = Workspace(self)
+        self.serve(place, "--log-format=text", log="text.log")
+        text = place.log("text.log")
+        self.assertNotIn("\x1e", text)
+        self.assertRegex(text, r"(?m)^\S+ \[txschannel#info\] listening on schannel:tcp:")
+
+    def test_text_on_a_terminal(self) -> None:
+        place = Workspace(self)
+        controller, terminal = pty.openpty()
+        listen = f"schannel:tcp:{place.port}:interface=127.0.0.1"
+        process = subprocess.Popen(
+            [place.which("twist"), "schannel", "--listen", listen],
+            cwd=place.folder, env=place.env, stdout=terminal, stderr=terminal,
+        )  # fmt: skip
+        os.close(terminal)
+
+        def stop() -> None:
+            process.kill()
+            process.wait(timeout=10)
+            os.close(controller)
+
+        self.addCleanup(stop)
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"listening on" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(controller, 65536)
+                except OSError:  # the terminal closed: the process ended
+                    break
+        self.assertIn(b"[txschannel#info] listening on", seen, seen)
+        self.assertNotIn(b"\x1e", seen)
+
+
+# -- how-to pages --------------------------------------------------------------------------
+
+
+class HTTP2HowToTests(SynchronousTestCase):
+    """docs/howto/http2.rst and docs/howto/agent.rst: one site, three clients."""
+
+    def test_curl_gets_http2_or_http11_and_agent_and_treq_get_http11(self) -> None:
+        require("curl")
+        place = Workspace(self)
+        place.start(sys.executable, place.copy("http2_site.py"))
+        wait_for_port(place.port, timeout=30)
+        url = f"https://localhost:{place.port}/"
+        for flag, expected in (("--http2", "hello over HTTP/2\n"),
+                               ("--http1.1", "hello over HTTP/1.1\n")):  # fmt: skip
+            page = place.curl("--cacert", "ca.pem", flag, url)
+            self.assertEqual((page.returncode, page.stdout), (0, expected), page.stderr)
+        result = place.run(sys.executable, place.copy("https_get.py"))
+        self.assertEqual(
+            result.stdout, "Agent: 200 hello over HTTP/1.1\ntreq: 200 hello over HTTP/1.1\n"
+        )
+        self.assertEqual(result.stderr, "")
+
+
+class MutualTLSHowToTests(SynchronousTestCase):
+    """docs/howto/mutual-tls.rst: the allow-list admits alice, refuses bob and
+    clients without a certificate."""
+
+    def test_only_alice_gets_in(self) -> None:
+        require("curl")
+        place = Workspace(self)
+        place.start("sh", place.copy("mutual_tls.sh"))
+        wait_for_port(place.port, timeout=30)
+        knocks = place.run("sh", place.copy("knock.sh")).stdout
+        alice, bob, nobody = re.split(r"(?m)^(?:bob|no certificate):\n", knocks)
+        self.assertEqual(alice, "alice:\nclient certificate: CN=alice,O=txschannel testing\n")
+        self.assertRegex(bob, r"^curl: \((35|56)\) ")  # a reset, never a page
+        self.assertIn("certificate required", nobody)
+        log = place.wait_for_log("matches none of --allow-cn alice")
+        self.assertIn("CN=bob", log)
+
+
+class ReloadHowToTests(SynchronousTestCase):
+    """docs/howto/reload.rst: renew.sh puts a new certificate in service; a
+    broken one is refused and the old one stays."""
+
+    def test_renew_then_a_broken_renewal(self) -> None:
+        require("openssl")
+        place = Workspace(self)
+        server = place.start(
+            "twist", "--log-format=text", "schannel",
+            "--listen", f"schannel:tcp:{place.port}:interface=127.0.0.1:certificate=server.pem",
+        )  # fmt: skip
+        wait_for_port(place.port, timeout=30)
+        before = place.served_fingerprint()
+        self.assertEqual(before, place.fingerprint_of((place.folder / "server.pem").read_text()))
+
+        renewed = CertificateAuthority().issue("localhost").write(place.folder / "new-server.pem")
+        place.run("sh", place.copy("renew.sh"), renewed.name, str(server.pid))
+        place.wait_for_log("SIGHUP: reloaded")
+        after = place.served_fingerprint()
+        self.assertEqual(after, place.fingerprint_of(renewed.read_text()))
+        self.assertNotEqual(after, before)
+
+        (place.folder / "broken.pem").write_text("-----BEGIN CERTIFICATE-----\nhalf")
+        place.run("sh", "renew.sh", "broken.pem", str(server.pid))
+        place.wait_for_log("failed, keeping the old certificate")
+        self.assertEqual(place.served_fingerprint(), after)
+        self.assertIsNone(server.poll())
+
+
+# -- systemd ---------------------------------------------------------------------------------
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """The ``Key=value`` settings of a systemd unit file, joined across
+    backslash-continued lines, comments dropped; each key's values in order."""
+    settings: dict[str, list[str]] = {}
+    logical = ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not logical and (not stripped or stripped[0] in "#;["):
+            continue
+        if stripped.endswith("\\"):
+            logical += stripped[:-1] + " "
+            continue
+        logical += stripped
+        key, _, value = logical.partition("=")
+        settings.setdefault(key.strip(), []).append(value.strip())
+        logical = ""
+    return settings
+
+
+class SystemdHowToTests(SynchronousTestCase):
+    """docs/howto/systemd.rst: the units' command lines run, here, with the
+    paths and ports of a test folder; the socket-activated one through the
+    launcher that hands it a listening socket as file descriptor 3."""
+
+    def backend(self, place: Workspace) -> None:
+        """The page's service on 127.0.0.1:8080: Python's http.server."""
+        (place.folder / "www").mkdir()
+        (place.folder / "www" / "index.html").write_text("the backend says hello\n")
+        place.start(
+            sys.executable, "-m", "http.server", str(place.backend_port),
+            "--bind", "127.0.0.1", "--directory", "www", log="backend.log",
+        )  # fmt: skip
+        wait_for_port(place.backend_port, timeout=30)
+
+    def exec_start(self, place: Workspace, unit: str) -> list[str]:
+        """The unit's ExecStart, with this folder's certificate and ports, and
+        ``python -m twisted`` for the installed ``twist``."""
+        settings = unit_settings(EXAMPLES / "systemd" / unit)
+        (command,) = settings["ExecStart"]
+        command = (
+            command.replace("/etc/txschannel/server.pem", q(place.folder / "server.pem"))
+            .replace("tcp:443:", f"tcp:{place.port}:interface=127.0.0.1:")
+            .replace(f":{PAGE_BACKEND}", f":{place.backend_port}")
+        )
+        argv = shlex.split(command)
+        self.assertEqual(argv[0], "/opt/txschannel/bin/twist")
+        self.assertEqual(settings["ExecReload"], ["/bin/kill -HUP $MAINPID"])
+        return [sys.executable, "-m", "twisted", *argv[1:]]
+
+    def check_served(self, place: Workspace) -> None:
+        require("curl")
+        page = place.curl("--cacert", "ca.pem", f"https://localhost:{place.port}/")
+        self.assertEqual(
+            (page.returncode, page.stdout), (0, "the backend says hello\n"), page.stderr
+        )
+
+    def test_the_service_unit_serves_and_reloads(self) -> None:
+        place = Workspace(self)
+        self.backend(place)
+        service = place.start(*self.exec_start(place, "txschannel.service"))
+        wait_for_port(place.port, timeout=30)
+        self.check_served(place)
+        # --log-format=text: text even though the output is not a terminal.
+        self.assertRegex(place.log(), r"(?m)^\S+ \[txschannel#info\] listening on ")
+        # ExecReload, as systemd runs it with the service's pid.
+        os.kill(service.pid, signal.SIGHUP)
+        place.wait_for_log("SIGHUP: reloaded")
+        self.check_served(place)
+
+    def test_the_socket_unit_hands_its_socket_to_the_service(self) -> None:
+        place = Workspace(self)
+        self.backend(place)
+        (listen,) = unit_settings(EXAMPLES / "systemd" / "txschannel-https.socket")["ListenStream"]
+        self.assertEqual(listen, "0.0.0.0:443")
+        command = self.exec_start(place, "txschannel-https.service")
+        self.assertIn("schannel:systemd:domain=INET:index=0:", " ".join(command))
+        launcher = EXAMPLES / "systemd" / "socket_activate.py"
+        service = place.start(sys.executable, str(launcher), f"127.0.0.1:{place.port}", *command)
+        place.wait_for_log("listening on")
+        self.check_served(place)
+        self.check_served(place)
+        self.assertIsNone(service.poll(), place.log())
+        self.assertNotIn("Traceback", place.log())
