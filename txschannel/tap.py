@@ -68,6 +68,7 @@ from txschannel.inspector import InspectorSite, _address, describe
 from txschannel.peertext import PeerText, printable
 from txschannel.relay import RelayFactory, no_delay, reset
 from txschannel.terminator.limits import ConnectionLimit
+from txschannel.terminator.metrics import Metrics, status_site
 from txschannel.terminator.proxyheader import header_v1, header_v2, tls_facts
 from txschannel.terminator.routing import Route, Router, normalize_route_name
 
@@ -382,6 +383,7 @@ class ConnectionGate:
         self._our_reason: str | None = None
         #: Whether the connection is counted in the factory's ConnectionLimit.
         self._counted = False
+        self._handshaking = False
         self._idle: IDelayedCall | None = None
         self._last_activity = 0.0
 
@@ -395,18 +397,33 @@ class ConnectionGate:
         directlyProvides(self, providedBy(transport))
         self.connected = True
         self._started = self.factory.clock.seconds()
+        metrics = self.factory.metrics
+        if metrics is not None:
+            metrics.connections.inc()
         if not self.factory.limit.opened():
             self._our_reason = f"over --max-connections {self.factory.limit.maximum}"
             reset(transport)
             return
         self._counted = True
+        if metrics is not None:
+            metrics.connections_open.inc()
         no_delay(transport)
         context = getattr(transport, "securityContext", None)
+        # Whether a handshake outcome is still to be counted.
+        self._handshaking = context is not None and not getattr(context, "established", False)
         if context is None or getattr(context, "established", False):
             self._admit()
 
     def handshakeCompleted(self) -> None:
         """The TLS handshake is done: check the client, then start the application."""
+        metrics = self.factory.metrics
+        if self._handshaking and metrics is not None:
+            context = getattr(self.transport, "securityContext", None)
+            metrics.handshake_succeeded(
+                self.factory.clock.seconds() - self._started,
+                bool(context is not None and context.attributes.session_reused),
+            )
+        self._handshaking = False
         if self.inner is None and self.refused is None and self.connected:
             self._admit()
 
@@ -466,6 +483,8 @@ class ConnectionGate:
     def dataReceived(self, data: bytes) -> None:
         """Count *data* and pass it on (or keep it until the client is admitted)."""
         self.bytes_in += len(data)
+        if self.factory.metrics is not None:
+            self.factory.metrics.bytes_in.inc(len(data))
         if self._idle is not None:
             self._last_activity = self.factory.clock.seconds()
         if self.inner is not None:
@@ -499,6 +518,16 @@ class ConnectionGate:
         if self._counted:
             self._counted = False
             self.factory.limit.closed()
+            metrics = self.factory.metrics
+            if metrics is not None:
+                metrics.connections_open.dec()
+                if self._handshaking:
+                    status = getattr(reason.value, "status", None)
+                    # A client that left (or was dropped) before finishing.
+                    metrics.handshake_failed(
+                        getattr(status, "name", None) or "INCOMPLETE_MESSAGE"
+                    )
+            self._handshaking = False
         if self.inner is not None:
             self.inner.connectionLost(reason)
         self._log_close(reason)
@@ -534,6 +563,8 @@ class ConnectionGate:
     def write(self, data: bytes) -> None:
         """Count and send *data*."""
         self.bytes_out += len(data)
+        if self.factory.metrics is not None:
+            self.factory.metrics.bytes_out.inc(len(data))
         if self._idle is not None:
             self._last_activity = self.factory.clock.seconds()
         self.transport.write(data)
@@ -541,7 +572,10 @@ class ConnectionGate:
     def writeSequence(self, data: Iterable[bytes]) -> None:
         """Count and send every item of *data*."""
         items = list(data)
-        self.bytes_out += sum(len(item) for item in items)
+        size = sum(len(item) for item in items)
+        self.bytes_out += size
+        if self.factory.metrics is not None:
+            self.factory.metrics.bytes_out.inc(size)
         if self._idle is not None:
             self._last_activity = self.factory.clock.seconds()
         self.transport.writeSequence(items)
@@ -612,6 +646,7 @@ class GateFactory(Factory):
     :param limit: counts the open connections (``--max-connections``).
     :param idle_timeout: seconds without a byte either way after which a
         connection is aborted (``--idle-timeout``), or ``None``.
+    :param metrics: the ``--status`` figures to keep, or ``None``.
     """
 
     noisy = False
@@ -624,8 +659,10 @@ class GateFactory(Factory):
         *,
         limit: ConnectionLimit | None = None,
         idle_timeout: float | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.wrapped = wrapped
+        self.metrics = metrics
         self.policy = policy
         self.clock = clock
         self.limit = limit if limit is not None else ConnectionLimit()
@@ -659,6 +696,10 @@ class SchannelService(service.Service):
     :param validity_interval: seconds between checks of the served
         certificates' validity periods (daily by default), or None.
     :param limit: the ``--max-connections`` count, whose ports it pauses.
+    :param status: ``(description, endpoint, factory)`` of the ``--status``
+        listener, or None.
+    :param on_credentials: called with the listen endpoints at start and
+        after every reload (the ``--status`` certificate figures).
     :param prepare: called with the credentials of every ``schannel:``
         listen endpoint before they serve a handshake: at start and after
         each reload (``--route`` installs its server-name check this way).
@@ -681,8 +722,15 @@ class SchannelService(service.Service):
         validity_interval: float | None = _VALIDITY_CHECK_INTERVAL,
         limit: ConnectionLimit | None = None,
         prepare: Callable[[Credentials], None] | None = None,
+        status: tuple[str, IStreamServerEndpoint, IProtocolFactory] | None = None,
+        on_credentials: (
+            Callable[[Sequence[tuple[str, IStreamServerEndpoint]]], None] | None
+        ) = None,
     ) -> None:
         self.listen = list(listen)
+        self.status = status
+        self.on_credentials = on_credentials
+        self._status_port: IListeningPort | None = None
         self.limit = limit
         self.prepare = prepare
         self.factory = factory
@@ -732,10 +780,27 @@ class SchannelService(service.Service):
             waiting.addCallbacks(
                 listening, failed, callbackArgs=(description,), errbackArgs=(description,)
             )
+        if self.on_credentials is not None:
+            self.on_credentials(self.listen)
+        if self.status is not None:
+            description, endpoint, factory = self.status
+
+            def serving_status(port: IListeningPort) -> None:
+                self._status_port = port
+                _log.info(
+                    "serving /metrics and /status on {endpoint} at {address}",
+                    endpoint=description, address=_address(port.getHost()),
+                )
+
+            endpoint.listen(factory).addCallbacks(
+                serving_status, failed, errbackArgs=(f"--status {description}",)
+            )
         starting = False
         if problems:
             for port in self.ports:
                 port.stopListening()
+            if self._status_port is not None:
+                self._status_port.stopListening()
             raise SystemExit(f"twist schannel: {problems[0]}")
         if hasattr(signal, "SIGHUP"):
             self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
@@ -796,6 +861,8 @@ class SchannelService(service.Service):
                     change="" if after != before else " (unchanged)",
                 )
             self._warn_validity(why, description, credentials, only_new=quiet)
+        if self.on_credentials is not None:
+            self.on_credentials(self.listen)
 
     def check_validity(self, why: str = "validity check") -> None:
         """Warn about every served certificate that is out of date or nearly so.
@@ -832,6 +899,9 @@ class SchannelService(service.Service):
             self.limit.remove_ports()
         stopping = [port.stopListening() for port in self.ports]
         self.ports = []
+        if self._status_port is not None:
+            stopping.append(self._status_port.stopListening())
+            self._status_port = None
         return DeferredList([d for d in stopping if isinstance(d, Deferred)])
 
 
@@ -881,6 +951,11 @@ class Options(usage.Options):
         [
             "reload-interval", None, None,
             "Also re-read certificate files every SECONDS (a changed certificate is logged).",
+        ],
+        [
+            "status", None, None,
+            "Serve /metrics (Prometheus) and /status (JSON) on this server endpoint, e.g. "
+            "tcp:9090:interface=127.0.0.1.",
         ],
         [
             "proxy-protocol", None, None,
@@ -1091,6 +1166,14 @@ class Options(usage.Options):
                 )
             self["router"] = Router(routes, fallback, reactor)
         self._check_proxy_protocol()
+        self["status-endpoint"] = None
+        if self["status"] is not None:
+            try:
+                self["status-endpoint"] = serverFromString(  # type: ignore[no-untyped-call]
+                    reactor, self["status"]
+                )
+            except Exception as e:
+                raise usage.UsageError(f"--status {self['status']!r}: {_error_text(e)}") from None
         policy = AccessPolicy(tuple(self["allow-cn"]), tuple(self["allow-san"]))
         if policy.active and not any(_asks_for_client_certificates(e) for _, e in listen):
             raise usage.UsageError(
@@ -1187,11 +1270,12 @@ def makeService(options: Options) -> SchannelService:
             ),
         )
     limit = ConnectionLimit(options["max-connections"])
+    metrics = Metrics() if options["status-endpoint"] is not None else None
     gated = GateFactory(
         application, options["policy"], reactor,
-        limit=limit, idle_timeout=options["idle-timeout"],
+        limit=limit, idle_timeout=options["idle-timeout"], metrics=metrics,
     )
-    return SchannelService(
+    service = SchannelService(
         options["endpoints"],
         gated,
         reactor,
@@ -1199,4 +1283,10 @@ def makeService(options: Options) -> SchannelService:
         announce=options["announce"],
         limit=limit,
         prepare=router.install if router is not None else None,
+        on_credentials=metrics.note_certificates if metrics is not None else None,
     )
+    if metrics is not None:
+        service.status = (
+            options["status"], options["status-endpoint"], status_site(metrics, service)
+        )
+    return service

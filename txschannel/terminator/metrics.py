@@ -1,0 +1,205 @@
+"""``--status ENDPOINT``: ``/metrics`` for Prometheus and ``/status`` as JSON.
+
+The figures are kept by :class:`Metrics` in a registry of its own, with
+``prometheus_client`` (which also writes Prometheus' text format and
+serves it, from Twisted's thread pool, with its ``MetricsResource``):
+
+``txschannel_connections_open`` (gauge)
+    connections accepted and not yet closed (handshaking or relaying).
+``txschannel_connections_total`` (counter)
+    connections accepted, including those aborted over ``--max-connections``.
+``txschannel_handshakes_total{status}`` (counter)
+    finished handshakes by outcome: ``OK``, or the :class:`~txschannel.Status`
+    name of the failure (``UNTRUSTED_ROOT``, ...); a client that leaves, or
+    is dropped by ``handshakeTimeout``, before finishing counts as
+    ``INCOMPLETE_MESSAGE``.
+``txschannel_sessions_resumed_total`` (counter)
+    handshakes that resumed a session.
+``txschannel_handshake_seconds`` (histogram)
+    from accepting the connection to the end of a successful handshake.
+``txschannel_bytes_total{direction}`` (counter)
+    application bytes from (``in``) and to (``out``) clients.
+``txschannel_certificate_expiry_timestamp_seconds{file}`` (gauge)
+    the end of each served certificate's validity (Unix time), by file;
+    updated at start and on every reload.
+
+``/status`` gives the same figures as JSON, with the process id, the
+listening addresses and each served certificate's dates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.twisted import MetricsResource
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from txschannel.credentials import Credentials
+
+__all__ = ["Metrics", "status_site"]
+
+_QUOTED = re.compile(r"'(.*)'")
+
+
+class Metrics:
+    """The figures of one ``twist schannel`` process (see the module's list).
+
+    :ivar registry: the ``prometheus_client`` registry holding them.
+    """
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.started = time.time()
+        self.connections_open = Gauge(
+            "txschannel_connections_open",
+            "Connections accepted and not yet closed.",
+            registry=registry,
+        )
+        self.connections = Counter(
+            "txschannel_connections",
+            "Connections accepted.",
+            registry=registry,
+        )
+        self.handshakes = Counter(
+            "txschannel_handshakes",
+            "Finished TLS handshakes by outcome: OK or the Status name of the failure.",
+            ["status"],
+            registry=registry,
+        )
+        self.sessions_resumed = Counter(
+            "txschannel_sessions_resumed",
+            "TLS handshakes that resumed a session.",
+            registry=registry,
+        )
+        self.handshake_seconds = Histogram(
+            "txschannel_handshake_seconds",
+            "Seconds from accepting a connection to the end of its successful handshake.",
+            registry=registry,
+        )
+        bytes_total = Counter(
+            "txschannel_bytes",
+            "Application bytes from (in) and to (out) clients.",
+            ["direction"],
+            registry=registry,
+        )
+        # Children bound once: the byte counters move on every read and write.
+        self.bytes_in = bytes_total.labels(direction="in")
+        self.bytes_out = bytes_total.labels(direction="out")
+        self.certificate_expiry = Gauge(
+            "txschannel_certificate_expiry_timestamp_seconds",
+            "When each served certificate's validity ends (Unix time), by file.",
+            ["file"],
+            registry=registry,
+        )
+        self._handshake_ok = self.handshakes.labels(status="OK")
+        self.certificates: list[dict[str, Any]] = []
+
+    def handshake_succeeded(self, seconds: float, resumed: bool) -> None:
+        """A handshake finished with OK after *seconds*."""
+        self._handshake_ok.inc()
+        self.handshake_seconds.observe(seconds)
+        if resumed:
+            self.sessions_resumed.inc()
+
+    def handshake_failed(self, status: str) -> None:
+        """A handshake ended with *status* (a :class:`~txschannel.Status` name)."""
+        self.handshakes.labels(status=status).inc()
+
+    def note_certificates(
+        self, listen: Sequence[tuple[str, IStreamServerEndpoint]]
+    ) -> None:
+        """Read the served certificates' expiry from every listen endpoint's credentials."""
+        self.certificate_expiry.clear()
+        certificates: list[dict[str, Any]] = []
+        for description, endpoint in listen:
+            credentials = getattr(endpoint, "credentials", None)
+            if not isinstance(credentials, Credentials):
+                continue
+            for identity in getattr(credentials, "_identities", ()):
+                leaf = identity.leaf
+                quoted = _QUOTED.search(identity.source)
+                name = quoted.group(1) if quoted else identity.source
+                expiry = leaf.not_valid_after_utc
+                self.certificate_expiry.labels(file=name).set(expiry.timestamp())
+                certificates.append({
+                    "endpoint": description,
+                    "file": name,
+                    "subject": leaf.subject.rfc4514_string(),
+                    "not_before": leaf.not_valid_before_utc.isoformat(),
+                    "not_after": expiry.isoformat(),
+                })
+        self.certificates = certificates
+
+    def figures(self) -> dict[str, Any]:
+        """Every figure, by metric name (labelled ones as a dict by label value)."""
+        figures: dict[str, Any] = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                if sample.labels:
+                    label = ",".join(
+                        v for k, v in sorted(sample.labels.items()) if k != "le"
+                    )
+                    bucket = sample.labels.get("le")
+                    slot = figures.setdefault(sample.name, {})
+                    if bucket is not None:
+                        slot[bucket] = sample.value
+                    else:
+                        slot[label] = sample.value
+                else:
+                    figures[sample.name] = sample.value
+        return figures
+
+
+class _Status(Resource):
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics, service: Any) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.metrics = metrics
+        self.service = service
+
+    def render_GET(self, request: Request) -> bytes:
+        limit = getattr(self.service, "limit", None)
+        ports = getattr(self.service, "ports", [])
+        body = {
+            "pid": os.getpid(),
+            "started": self.metrics.started,
+            "uptime_seconds": round(time.time() - self.metrics.started, 3),
+            "listening": [_address_text(port.getHost()) for port in ports],
+            "max_connections": getattr(limit, "maximum", None),
+            "accepting": not getattr(limit, "paused", False),
+            "certificates": self.metrics.certificates,
+            "metrics": self.metrics.figures(),
+        }
+        request.setHeader(b"content-type", b"application/json")  # type: ignore[no-untyped-call]
+        request.setHeader(b"cache-control", b"no-store")  # type: ignore[no-untyped-call]
+        return json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def _address_text(address: Any) -> str:
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(getattr(address, "name", address))
+
+
+def status_site(metrics: Metrics, service: Any) -> Site:
+    """The web site of ``--status``: ``/metrics`` and ``/status``; 404 elsewhere."""
+    root = Resource()  # type: ignore[no-untyped-call]
+    root.putChild(b"metrics", MetricsResource(metrics.registry))  # type: ignore[no-untyped-call]
+    root.putChild(b"status", _Status(metrics, service))
+    site = Site(root)  # type: ignore[no-untyped-call]
+    # One line per scrape would drown the connection log.
+    site.log = lambda request: None  # type: ignore[method-assign]
+    site.noisy = False
+    return site
