@@ -30,7 +30,11 @@ from tests.test_context import (
     expired_pem,
     server_credentials,
 )
-from txschannel import ClientContext, Credentials, SecurityError, ServerContext, Status
+from txschannel import ClientContext, Credentials, SecurityError, ServerContext, Status, _openssl
+
+_CERTIFICATE_STATUSES = (
+    Status.WRONG_PRINCIPAL, Status.CERT_EXPIRED, Status.CERT_UNKNOWN, Status.UNTRUSTED_ROOT
+)
 
 TIMEOUT = 10.0
 
@@ -320,7 +324,10 @@ class AlertTests(SynchronousTestCase):
         self.assertIs(speaker, side, f"Python failed first: {error}")
         assert isinstance(error, SecurityError)
         self.assertEqual(error.status, status, error.reason)
-        self.assertIn(reason, theirs.alert_reason(token))
+        if _openssl.FAST or status not in _CERTIFICATE_STATUSES:
+            # (The public path cannot choose the alert for a certificate it
+            # refuses: docs/context.rst.)
+            self.assertIn(reason, theirs.alert_reason(token))
         return error
 
     def our_server_fails(self, theirs: PythonSide, ours: ServerContext,

@@ -39,7 +39,14 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests import certs
 from tests.test_validation_corpus import handshake
-from txschannel import Credentials, SecurityError, Status, TrustStore, verify_server_chain
+from txschannel import (
+    Credentials,
+    SecurityError,
+    Status,
+    TrustStore,
+    _openssl,
+    verify_server_chain,
+)
 
 CORPUS = Path(__file__).parent / "data" / "x509-limbo" / "limbo.json.gz"
 
@@ -367,7 +374,11 @@ class HandshakeTests(SynchronousTestCase):
     def test_statuses_are_as_specific_as_with_openssl(self) -> None:
         for case in filter(replayable, server_cases()):
             ours, before = over_tls(case, "cryptography"), over_tls(case, "openssl")
-            if before is not None and ours is not None:
+            # (On the public path OpenSSL's explanation of a refusal runs
+            # without the TLS server purpose, and OpenSSL does not check the
+            # name: a chain with several faults may be reported by another
+            # of them. docs/context.rst.)
+            if before is not None and ours is not None and _openssl.FAST:
                 self.assertEqual(ours.status, before.status, f"{case['id']}: {ours!r} {before!r}")
             if before is not None and not valid(case):
                 self.assertIsNotNone(ours, f"{case['id']}: refused before, accepted now")

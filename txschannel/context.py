@@ -22,19 +22,20 @@ import enum
 import hashlib
 import weakref
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL
-from OpenSSL._util import ffi as _ffi
-from OpenSSL._util import lib as _lib
 
+from txschannel import _openssl
 from txschannel.clienthello import handshake_message
 from txschannel.credentials import (
+    GROUPS,
     Credentials,
     NoCommonProtocol,
     Verification,
+    group_allowed,
     verify_error_status,
     verify_error_text,
 )
@@ -66,8 +67,13 @@ __all__ = [
 _PLAINTEXT_UNEXPECTED_MESSAGE = b"\x15\x03\x03\x00\x02\x02\x0a"
 _RECORD_OVERHEAD = 5 + 8 + 16 + 1 + 64  # header, explicit nonce, tag, type, slack
 _RECV_SIZE = MAX_PLAINTEXT + 1024
+#: The fast path (pyOpenSSL's internals) or the public API only: see
+#: txschannel._openssl. The hot loops below test it once per call.
+_FAST = _openssl.FAST
+_ffi = _openssl.ffi
+_lib = _openssl.lib
 #: Buffers that OpenSSL fills at once need no zeroing first.
-_new_buffer = _ffi.new_allocator(should_clear_after_alloc=False)
+_new_buffer: Any = _ffi.new_allocator(should_clear_after_alloc=False) if _FAST else None
 
 
 class Step(NamedTuple):
@@ -205,6 +211,8 @@ class SecurityContext:
     _is_client: bool
     #: A server that has not yet handed a ClientHello to OpenSSL.
     _awaiting_hello = False
+    #: A client that asked to resume a session.
+    _offered_session = False
     #: A server asked to keep the ClientHello, and the hello once kept.
     _keep_client_hello = False
     _client_hello: bytes | None = None
@@ -344,7 +352,7 @@ class SecurityContext:
                     start = end
                 framing = Framing([framing.ends[-1] - start], framing.missing)
                 view = view[start:]
-        if framing.ends:
+        if framing.ends and _FAST:
             # Every whole record at once, one do_handshake per flight: OpenSSL
             # reads no further than the record it works on (no read-ahead), so
             # once the handshake is done, what it left in its input BIO is
@@ -353,9 +361,21 @@ class SecurityContext:
             connection.bio_write(view[:complete])
             done = self._drive(connection)
             consumed = complete - len(_read_bio(connection._into_ssl, complete))
+        elif framing.ends:
+            # The public API cannot see what is left in OpenSSL's input, so
+            # the records go in one at a time, and none after the one that
+            # finished the handshake.
+            for end in framing.ends:
+                connection.bio_write(view[consumed:end])
+                consumed = end
+                done = self._drive(connection)
+                if done:
+                    break
         token = self._drain(connection)
         extra = bytes(view[consumed:])
         if done:
+            if self._credentials._observed:
+                self._check_group(connection)
             self._state = _State.ESTABLISHED
             self._on_established(connection)
             return Step(Status.OK, token, extra, 0)
@@ -435,6 +455,19 @@ class SecurityContext:
     def _on_established(self, connection: SSL.Connection) -> None:
         pass
 
+    def _check_group(self, connection: SSL.Connection) -> None:
+        # The public path cannot give OpenSSL our list of groups (its default
+        # list offers more, some weaker): a handshake that settled on one
+        # outside GROUPS is refused here, before any data is exchanged.
+        group = connection.get_group_name()
+        if not group_allowed(group):
+            names = ", ".join(g.decode() for g in GROUPS)
+            raise self._fail(
+                Status.ALGORITHM_MISMATCH,
+                f"the key exchange group {group} is not one of {names}",
+                b"",
+            )
+
     # -- errors -----------------------------------------------------------
 
     def _fail_openssl(self, error: SSL.Error) -> SecurityError:
@@ -448,7 +481,7 @@ class SecurityContext:
             if "certificate verify failed" in reason.lower():
                 # Judged by someone else's callback (a Twisted creator's, or
                 # OpenSSL's default): OpenSSL still knows why.
-                errno = _verify_result(self._alive())
+                errno = _openssl.verify_result(self._alive())
                 if errno:
                     status = verify_error_status(errno)
                     reason = f"{verify_error_text(errno)} ({reason})"
@@ -478,7 +511,9 @@ class SecurityContext:
     @staticmethod
     def _drain(connection: SSL.Connection, size_hint: int = 0) -> bytes:
         """Everything OpenSSL has written for the peer, as one bytes object."""
-        return _read_bio(connection._from_ssl, max(size_hint, 4096))
+        if _FAST:
+            return _read_bio(connection._from_ssl, max(size_hint, 4096))
+        return _bio_read_all(connection, max(size_hint, 4096))
 
     # -- traffic ----------------------------------------------------------
 
@@ -505,6 +540,8 @@ class SecurityContext:
         size = len(data)
         if not size:
             return b""
+        if not _FAST:
+            return self._encrypt_public(connection, data, size)
         ssl = connection._ssl
         # Straight to the binding: pyOpenSSL's sendall() and bio_read() cost
         # more Python per 16 KiB record than AES-GCM costs C.
@@ -524,6 +561,21 @@ class SecurityContext:
         return _read_bio(
             connection._from_ssl, size + (size // MAX_PLAINTEXT + 1) * _RECORD_OVERHEAD
         )
+
+    def _encrypt_public(
+        self, connection: SSL.Connection, data: bytes | bytearray | memoryview, size: int
+    ) -> bytes:
+        """encrypt() through pyOpenSSL's public API."""
+        error: SecurityError
+        try:
+            connection.sendall(data)
+        except SSL.Error as e:
+            error = self._fail_openssl(e)
+        else:
+            return _bio_read_all(
+                connection, size + (size // MAX_PLAINTEXT + 1) * _RECORD_OVERHEAD
+            )
+        raise error
 
     def decrypt(self, data: bytes | bytearray | memoryview) -> Unwrapped:
         """Decrypt every complete record in *data*.
@@ -554,7 +606,9 @@ class SecurityContext:
         plaintext = b""
         consumed = complete
         if complete:
-            plaintext, unread, reads = self._read(connection, len(framing.ends), complete, view)
+            plaintext, unread, reads = self._read(
+                connection, len(framing.ends), complete, view, framing.ends
+            )
             if unread is not None:
                 # close_notify: the records after it were not read.
                 self._closed_by_peer = True
@@ -613,7 +667,11 @@ class SecurityContext:
         # Up to a bad header only: OpenSSL must not judge it while reading
         # the whole records before it (see _alert_for_garbage).
         size = len(data) if bad is None else max(bad.offset, 0)
-        if size and _lib.BIO_write(connection._into_ssl, _ffi.from_buffer(data), size) != size:
+        if not size:
+            pass
+        elif not _FAST:
+            connection.bio_write(data if size == len(data) else memoryview(data)[:size])
+        elif _lib.BIO_write(connection._into_ssl, _ffi.from_buffer(data), size) != size:
             raise self._fail(Status.INTERNAL_ERROR, "BIO_write was short", b"")
         if not count and bad is None:
             return b"", b"", False
@@ -648,15 +706,21 @@ class SecurityContext:
         count: int,
         limit: int,
         records: memoryview | None = None,
+        ends: list[int] | None = None,
     ) -> tuple[bytes, int | None, int]:
         """Decrypt *count* whole records, given here as the first *limit*
-        bytes of *records* or already in OpenSSL's input (see _read_records).
+        bytes of *records* (ending at *ends*) or already in OpenSSL's input
+        (see _read_records).
 
         :raises SecurityError: what OpenSSL's error maps to.
         """
         # Raised outside the except block (see _frame).
         error: SecurityError
         try:
+            if not _FAST:
+                if records is not None and ends is not None:
+                    return _recv_records(connection, records, ends)
+                return _recv_available(connection, count)
             if records is not None:
                 return _read_records(connection, records, limit, count)
             return _read_available(connection, count, limit)
@@ -717,7 +781,7 @@ class SecurityContext:
             server_name=server_name,
             peer_certificate=peer,
             peer_chain=tuple(chain),
-            session_reused=_session_reused(connection),
+            session_reused=self._session_reused(connection),
             stream_sizes=_stream_sizes(protocol, cipher),
             group=group,
         )
@@ -748,7 +812,7 @@ class SecurityContext:
                                  "use tls-exporter")
             # The first Finished message of the handshake: the client's in a
             # full handshake, the server's in a resumed one.
-            ours_first = self._is_client != _session_reused(connection)
+            ours_first = self._is_client != self._session_reused(connection)
             finished = connection.get_finished() if ours_first else connection.get_peer_finished()
             if finished is None:
                 raise ValueError("tls-unique: no Finished message yet")
@@ -756,6 +820,23 @@ class SecurityContext:
         raise ValueError(
             f"unknown channel binding {kind!r}: use tls-exporter, tls-server-end-point "
             "or tls-unique"
+        )
+
+    def _session_reused(self, connection: SSL.Connection) -> bool:
+        """Whether the handshake resumed a session (SSL_session_reused)."""
+        reused = _openssl.session_reused(connection)
+        if reused is not None:
+            return reused
+        # The public path: the credentials' info callback saw whether a
+        # certificate crossed (a resumed handshake sends none).
+        if self._credentials._observed:
+            return not self._verification.full_handshake
+        # A Twisted object's context, whose callbacks are its own: a client
+        # that offered a session and verified no chain this time resumed.
+        return (
+            self._offered_session
+            and connection.get_verified_chain() is None
+            and connection.get_peer_certificate() is not None
         )
 
     def __repr__(self) -> str:
@@ -870,6 +951,7 @@ class ClientContext(SecurityContext):
         session = self._credentials._session_for(name)
         if session is not None:
             connection.set_session(session)
+            self._offered_session = True
 
     def initialize(self, data: bytes | bytearray | memoryview = b"") -> Step:
         """One InitializeSecurityContext call.
@@ -1023,32 +1105,72 @@ def _read_available(
     return plaintext, unread, reads
 
 
+def _bio_read_all(connection: SSL.Connection, size_hint: int) -> bytes:
+    """_read_bio for the output BIO, through pyOpenSSL's public API."""
+    chunks: list[bytes] = []
+    size = size_hint
+    while True:
+        try:
+            chunk = connection.bio_read(size)
+        except SSL.WantReadError:
+            break
+        chunks.append(chunk)
+        if len(chunk) < size:
+            break
+        size *= 2
+    if len(chunks) == 1:
+        return chunks[0]
+    return b"".join(chunks)
+
+
+def _recv_records(
+    connection: SSL.Connection, buffer: memoryview, ends: list[int]
+) -> tuple[bytes, int | None, int]:
+    """_read_records through pyOpenSSL's public API.
+
+    The public API cannot count what OpenSSL left in its input after a
+    close_notify, so the records go in one at a time: after the one that
+    closed, the rest were not given to OpenSSL at all.
+    """
+    pieces: list[bytes] = []
+    start = 0
+    for end in ends:
+        connection.bio_write(buffer[start:end])
+        start = end
+        try:
+            # (A record holds at most MAX_PLAINTEXT bytes: one read.)
+            pieces.append(connection.recv(_RECV_SIZE))
+        except SSL.WantReadError:
+            continue  # no application data: a ticket, a KeyUpdate, ...
+        except SSL.ZeroReturnError:
+            return b"".join(pieces), ends[-1] - end, len(pieces)
+    return b"".join(pieces), None, len(pieces)
+
+
+def _recv_available(connection: SSL.Connection, count: int) -> tuple[bytes, int | None, int]:
+    """_read_available through pyOpenSSL's public API. After a close_notify
+    the bytes left in OpenSSL's input are not counted (0 is returned)."""
+    pieces: list[bytes] = []
+    unread: int | None = None
+    while len(pieces) < count:
+        try:
+            pieces.append(connection.recv(_RECV_SIZE))
+        except SSL.WantReadError:
+            break
+        except SSL.ZeroReturnError:
+            unread = 0
+            break
+    return b"".join(pieces), unread, len(pieces)
+
+
 def _flush_key_update(connection: SSL.Connection) -> None:
     """Make OpenSSL write its answer to a KeyUpdate(update_requested) now.
 
     OpenSSL queues that answer until the application's next write; a peer
     (openssl s_server, for one) may hold its own writes until it sees it,
-    and the contract puts any reply in ``Unwrapped.token``. A zero-length
-    SSL_write sends what is queued and nothing else; it "fails" (returns 0)
-    without touching the connection, so its error report is discarded.
+    and the contract puts any reply in ``Unwrapped.token``.
     """
-    from OpenSSL._util import lib
-
-    lib.SSL_write(connection._ssl, b"", 0)
-    lib.ERR_clear_error()
-
-
-def _verify_result(connection: SSL.Connection) -> int:
-    from OpenSSL._util import lib
-
-    return int(lib.SSL_get_verify_result(connection._ssl))
-
-
-def _session_reused(connection: SSL.Connection) -> bool:
-    # pyOpenSSL has no wrapper for SSL_session_reused; its binding does.
-    from OpenSSL._util import lib
-
-    return bool(lib.SSL_session_reused(connection._ssl))
+    _openssl.flush_key_update(connection)
 
 
 def _a_label(name: str) -> bytes:
@@ -1065,25 +1187,17 @@ def _check_name_in_openssl(connection: SSL.Connection, name: str) -> None:
     send the peer a bad_certificate alert (a refusal decided only in our
     verify callback goes out as internal_error). service_identity still
     judges, with the same rules: no fallback to the subject's CN and no
-    partial wildcards."""
+    partial wildcards. (The public path cannot ask OpenSSL for this: there
+    the verify callback alone judges the name, and the alert is OpenSSL's.)"""
     import ipaddress
 
-    from OpenSSL._util import lib
-
-    param = lib.SSL_get0_param(connection._ssl)
     try:
         address = ipaddress.ip_address(name)
     except ValueError:
-        lib.X509_VERIFY_PARAM_set_hostflags(
-            param,
-            lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT | lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS,
-        )
-        host = _a_label(name)
-        ok = lib.X509_VERIFY_PARAM_set1_host(param, host, len(host))
+        ok = _openssl.expect_host(connection, _a_label(name))
     else:
-        packed = address.packed
-        ok = lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed))
-    if ok != 1:
+        ok = _openssl.expect_ip(connection, address.packed)
+    if not ok:
         raise ValueError(f"target_name {name!r} cannot be checked by OpenSSL")
 
 

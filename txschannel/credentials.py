@@ -23,9 +23,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import types as asymmetric_types
 from OpenSSL import SSL, crypto
-from OpenSSL._util import ffi as _ffi
-from OpenSSL._util import lib as _lib
 
+from txschannel import _openssl
 from txschannel.status import Status
 from txschannel.validation import (
     DEFAULT_VALIDATION,
@@ -79,11 +78,14 @@ _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL
 )
 
+#: pyOpenSSL's public names for OpenSSL's X509_V_ERR_* codes.
+_codes: Any = SSL.X509VerificationCodes
+
 _NAME_ERRORS = frozenset(
     {
-        _lib.X509_V_ERR_HOSTNAME_MISMATCH,
-        _lib.X509_V_ERR_EMAIL_MISMATCH,
-        _lib.X509_V_ERR_IP_ADDRESS_MISMATCH,
+        _codes.ERR_HOSTNAME_MISMATCH,
+        _codes.ERR_EMAIL_MISMATCH,
+        _codes.ERR_IP_ADDRESS_MISMATCH,
     }
 )
 
@@ -410,6 +412,9 @@ class Verification:
         self.failure: tuple[Status, str] | None = None
         #: Set when the server sent a CertificateRequest (client side).
         self.certificate_requested = False
+        #: On the public path (see :mod:`txschannel._openssl`): set when a
+        #: certificate crossed in this handshake, which a resumed one lacks.
+        self.full_handshake = False
         #: The X509_V_ERR_* code to report when :meth:`judge` refuses a
         #: certificate that OpenSSL accepted (it decides the alert sent).
         self.reject_code = 0
@@ -436,7 +441,7 @@ class Verification:
             self.verdict = Refusal(
                 Status.CERT_UNKNOWN,
                 f"the server's chain could not be judged ({type(e).__name__}: {e})",
-                _lib.X509_V_ERR_CERT_REJECTED,
+                _codes.ERR_CERT_REJECTED,
             )
 
     def judge(self, certificate: crypto.X509, errno: int, depth: int, ok: int) -> bool:
@@ -472,16 +477,16 @@ class Verification:
                 # webpki's do not. OpenSSL's alert for this code is
                 # bad_certificate.
                 self.failure = (Status.CERT_UNKNOWN, problem)
-                self.reject_code = _lib.X509_V_ERR_INVALID_NON_CA
+                self.reject_code = _codes.ERR_INVALID_NON_CA
                 return False
         if depth == 0 and self.target_name is not None:
             problem = name_mismatch(certificate.to_cryptography(), self.target_name)
             if problem is not None:
                 self.failure = (Status.WRONG_PRINCIPAL, problem)
                 self.reject_code = (
-                    _lib.X509_V_ERR_IP_ADDRESS_MISMATCH
+                    _codes.ERR_IP_ADDRESS_MISMATCH
                     if is_ip(self.target_name)
-                    else _lib.X509_V_ERR_HOSTNAME_MISMATCH
+                    else _codes.ERR_HOSTNAME_MISMATCH
                 )
                 return False
         return True
@@ -523,50 +528,105 @@ def _certificate_requested(ssl: Any, arg: Any) -> int:
     return 1
 
 
-# One C callback for every client context (cffi callbacks are a scarce resource).
-_on_certificate_request = _ffi.callback("int (*)(SSL *, void *)", _certificate_requested)
+def _judge(
+    connection: SSL.Connection, certificate: crypto.X509, errno: int, depth: int, ok: int
+) -> bool:
+    """The verdict on one certificate of the peer's chain, for either path."""
+    verification = connection.get_app_data()
+    if not isinstance(verification, Verification):
+        return bool(ok)
+    if not verification.manual and verification.verdict is None:
+        trust = connection.get_context().get_app_data()
+        if isinstance(trust, TrustStore):
+            verification.judge_chain(connection, trust)
+    return verification.judge(certificate, errno, depth, ok)
 
 
 def _verify(ok: int, store: Any) -> int:
-    """OpenSSL's verify callback, at the C level.
+    """OpenSSL's verify callback, at the C level (the fast path).
 
     pyOpenSSL's own wrapper hides the X509_STORE_CTX, so a refusal decided
     in Python would leave its error at X509_V_OK and OpenSSL would send the
     peer an internal_error alert. Here the refusal's code is set, so the
     peer gets the alert OpenSSL maps it to (bad_certificate, ...).
     """
+    lib = _openssl.lib
     try:
-        ssl = _lib.X509_STORE_CTX_get_ex_data(store, _lib.SSL_get_ex_data_X509_STORE_CTX_idx())
+        ssl = lib.X509_STORE_CTX_get_ex_data(store, lib.SSL_get_ex_data_X509_STORE_CTX_idx())
         connection = SSL.Connection._reverse_mapping.get(ssl)
         verification = connection.get_app_data() if connection is not None else None
         if connection is None or not isinstance(verification, Verification):
             return ok
-        if not verification.manual and verification.verdict is None:
-            trust = connection.get_context().get_app_data()
-            if isinstance(trust, TrustStore):
-                verification.judge_chain(connection, trust)
-        pointer = _lib.X509_STORE_CTX_get_current_cert(store)
-        _lib.X509_up_ref(pointer)
+        pointer = lib.X509_STORE_CTX_get_current_cert(store)
+        lib.X509_up_ref(pointer)
         certificate = crypto.X509._from_raw_x509_ptr(pointer)
-        errno = _lib.X509_STORE_CTX_get_error(store)
-        depth = _lib.X509_STORE_CTX_get_error_depth(store)
-        if verification.judge(certificate, errno, depth, ok):
-            _lib.X509_STORE_CTX_set_error(store, _lib.X509_V_OK)
+        errno = lib.X509_STORE_CTX_get_error(store)
+        depth = lib.X509_STORE_CTX_get_error_depth(store)
+        if _judge(connection, certificate, errno, depth, ok):
+            lib.X509_STORE_CTX_set_error(store, lib.X509_V_OK)
             return 1
         if verification.reject_code and (ok or verification.verdict is not None):
-            _lib.X509_STORE_CTX_set_error(store, verification.reject_code)
+            lib.X509_STORE_CTX_set_error(store, verification.reject_code)
         return 0
     except Exception:  # pragma: no cover - never let an exception into OpenSSL
         return 0
 
 
-# One C callback for every context (cffi callbacks are a scarce resource).
-_verify_callback = _ffi.callback("int (*)(int, X509_STORE_CTX *)", _verify)
+def _verify_public(
+    connection: SSL.Connection, certificate: crypto.X509, errno: int, depth: int, ok: int
+) -> bool:
+    """The verify callback through ``Context.set_verify`` (the public path).
+
+    The same verdict as :func:`_verify`; but pyOpenSSL gives no way to set
+    the refusal's own X509_V_ERR_* code, so the alert the peer gets is the
+    one for OpenSSL's own error (internal_error where it saw none).
+    """
+    try:
+        return _judge(connection, certificate, errno, depth, ok)
+    except Exception:  # pragma: no cover - pyOpenSSL would re-raise it as is
+        return False
+
+
+# OpenSSL's names for the handshake states that only a full handshake goes
+# through (a certificate written or read: a resumed handshake sends none),
+# and the state of a client asked for its own certificate.
+_FULL_HANDSHAKE_STATES = frozenset(
+    {b"SSLv3/TLS write certificate", b"SSLv3/TLS read server certificate"}
+)
+_CERTIFICATE_REQUEST_STATE = b"SSLv3/TLS read server certificate request"
+
+
+def _observe(connection: SSL.Connection, where: int, ret: int) -> None:
+    """The info callback of the public path: what SSL_session_reused and the
+    cert_cb tell the fast path, read from the handshake's states."""
+    if not where & SSL.SSL_CB_LOOP:
+        return
+    verification = connection.get_app_data()
+    if not isinstance(verification, Verification):
+        return
+    state = connection.get_state_string()
+    if state in _FULL_HANDSHAKE_STATES:
+        verification.full_handshake = True
+    elif state == _CERTIFICATE_REQUEST_STATE:
+        verification.certificate_requested = True
+        verification.full_handshake = True
+
+
+if _openssl.FAST:
+    # One C callback each for every context (cffi callbacks are a scarce
+    # resource).
+    _on_certificate_request = _openssl.ffi.callback(
+        "int (*)(SSL *, void *)", _certificate_requested
+    )
+    _verify_callback = _openssl.ffi.callback("int (*)(int, X509_STORE_CTX *)", _verify)
 
 
 def _set_verify(context: SSL.Context, mode: int) -> None:
     """Judge peers with :class:`Verification` (the connection's app data)."""
-    _lib.SSL_CTX_set_verify(context._context, mode, _verify_callback)
+    if _openssl.FAST:
+        _openssl.lib.SSL_CTX_set_verify(context._context, mode, _verify_callback)
+    else:
+        context.set_verify(mode, _verify_public)
 
 
 class Credentials:
@@ -579,6 +639,12 @@ class Credentials:
     # The certificates these credentials present, each with its key: the
     # default first, then one per SNI name (see validity_warnings()).
     _identities: tuple[Identity, ...] = ()
+    # On the public path (see txschannel._openssl), for credentials whose
+    # SSL.Context txschannel built: the context carries the info callback
+    # that watches each handshake (for session_reused and a certificate
+    # request), and a handshake's group is checked against GROUPS once it is
+    # done (OpenSSL's default list could not be replaced).
+    _observed = False
 
     def __init__(
         self,
@@ -681,11 +747,15 @@ class Credentials:
         if protocols:
             context.set_alpn_protos(list(protocols))
         _set_verify(context, SSL.VERIFY_PEER)
-        _lib.SSL_CTX_set_cert_cb(context._context, _on_certificate_request, _ffi.NULL)
+        if _openssl.FAST:
+            _openssl.lib.SSL_CTX_set_cert_cb(
+                context._context, _on_certificate_request, _openssl.ffi.NULL
+            )
         credentials = cls(
             context, is_client=True, alpn=protocols, manual_validation=manual_validation
         )
         credentials._identities = identities
+        credentials._observed = not _openssl.FAST
         credentials.validation = validation
         credentials.trust_store = trust
         return credentials
@@ -763,6 +833,7 @@ class Credentials:
         context.set_tlsext_servername_callback(_switch_context(named))
         credentials = cls(context, is_client=False, alpn=protocols, sni=named)
         credentials._identities = (identity, *hosts.values())
+        credentials._observed = not _openssl.FAST
         return credentials
 
     @classmethod
@@ -842,6 +913,8 @@ def _new_context(minimum_version: str, maximum_version: str | None) -> SSL.Conte
     context.set_tls13_ciphersuites(_TLS13_SUITES)
     _set_groups(context)
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    if not _openssl.FAST:
+        context.set_info_callback(_observe)
     return context
 
 
@@ -851,14 +924,27 @@ GROUPS = (b"X25519MLKEM768", b"X25519", b"P-256", b"P-384")
 
 
 def _set_groups(context: SSL.Context) -> None:
-    # pyOpenSSL has no wrapper for SSL_CTX_set1_groups_list; its binding has
-    # the older name for the same call.
-    if _lib.SSL_CTX_set1_curves_list(context._context, b":".join(GROUPS)) == 1:
+    # pyOpenSSL has no wrapper for SSL_CTX_set1_groups_list. On the public
+    # path OpenSSL's default list stays, and each context checks the group
+    # once the handshake is done (see group_allowed).
+    done = _openssl.set_groups(context, b":".join(GROUPS))
+    if done is None or done:
         return
-    _lib.ERR_clear_error()
-    if _lib.SSL_CTX_set1_curves_list(context._context, b":".join(GROUPS[1:])) != 1:
-        _lib.ERR_clear_error()
+    if not _openssl.set_groups(context, b":".join(GROUPS[1:])):
         raise RuntimeError("the linked OpenSSL knows none of X25519, P-256, P-384")
+
+
+# OpenSSL's names for GROUPS (SSL_group_to_name), lower case.
+_GROUP_NAMES = frozenset(
+    {"x25519mlkem768", "x25519", "p-256", "secp256r1", "prime256v1", "p-384", "secp384r1"}
+)
+
+
+def group_allowed(name: str | None) -> bool:
+    """Whether a negotiated key-exchange group (``get_group_name()``) is
+    one of :data:`GROUPS`. ``None`` (a resumed TLS 1.2 session: no key
+    exchange) is allowed."""
+    return name is None or name.lower() in _GROUP_NAMES
 
 
 def _alpn(protocols: Sequence[str | bytes]) -> tuple[bytes, ...]:

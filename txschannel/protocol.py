@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Union, cast
 
 from OpenSSL import SSL, crypto
-from OpenSSL._util import lib as _lib  # SSL_session_reused has no pyOpenSSL wrapper
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -913,7 +912,7 @@ class SchannelProtocol(ProtocolWrapper):
             cipher=connection.get_cipher_name() or "",
             alpn=PeerText(alpn.decode("ascii", "replace")) if alpn else None,
             server_name=None if server_name is None else PeerText(server_name),
-            resumed=bool(_lib.SSL_session_reused(connection._ssl)),
+            resumed=context._session_reused(connection),
         )
         # Writes held during the handshake go first, ahead of anything the
         # application writes from here on; they are sent only after it has

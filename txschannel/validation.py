@@ -59,10 +59,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from OpenSSL import crypto
-from OpenSSL._util import ffi as _ffi
-from OpenSSL._util import lib as _lib
+from OpenSSL import SSL, crypto
 
+from txschannel import _openssl
 from txschannel.status import SecurityError, Status
 
 __all__ = [
@@ -98,20 +97,24 @@ DEFAULT_VALIDATION = "cryptography" if cryptography_verifier_available() else "o
 
 # -- OpenSSL's verdicts, as SSPI statuses ---------------------------------
 
+#: pyOpenSSL's public names for the X509_V_ERR_* codes (``ERR_CERT_HAS_EXPIRED``),
+#: whose values are the linked OpenSSL's own.
+_codes: Any = SSL.X509VerificationCodes
+
 # OpenSSL X509_V_ERR_* codes that have a more specific SSPI status, keyed by
 # the linked OpenSSL's own constants (their numbers change between releases).
 _VERIFY_STATUS = {
-    _lib.X509_V_ERR_CERT_NOT_YET_VALID: Status.CERT_EXPIRED,  # outside the validity period too
-    _lib.X509_V_ERR_CERT_HAS_EXPIRED: Status.CERT_EXPIRED,
-    _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT: Status.UNTRUSTED_ROOT,
-    _lib.X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT: Status.UNTRUSTED_ROOT,
-    _lib.X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN: Status.UNTRUSTED_ROOT,
-    _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: Status.UNTRUSTED_ROOT,
-    _lib.X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE: Status.UNTRUSTED_ROOT,
-    _lib.X509_V_ERR_CERT_UNTRUSTED: Status.UNTRUSTED_ROOT,
-    _lib.X509_V_ERR_HOSTNAME_MISMATCH: Status.WRONG_PRINCIPAL,
-    _lib.X509_V_ERR_EMAIL_MISMATCH: Status.WRONG_PRINCIPAL,
-    _lib.X509_V_ERR_IP_ADDRESS_MISMATCH: Status.WRONG_PRINCIPAL,
+    _codes.ERR_CERT_NOT_YET_VALID: Status.CERT_EXPIRED,  # outside the validity period too
+    _codes.ERR_CERT_HAS_EXPIRED: Status.CERT_EXPIRED,
+    _codes.ERR_UNABLE_TO_GET_ISSUER_CERT: Status.UNTRUSTED_ROOT,
+    _codes.ERR_DEPTH_ZERO_SELF_SIGNED_CERT: Status.UNTRUSTED_ROOT,
+    _codes.ERR_SELF_SIGNED_CERT_IN_CHAIN: Status.UNTRUSTED_ROOT,
+    _codes.ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: Status.UNTRUSTED_ROOT,
+    _codes.ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE: Status.UNTRUSTED_ROOT,
+    _codes.ERR_CERT_UNTRUSTED: Status.UNTRUSTED_ROOT,
+    _codes.ERR_HOSTNAME_MISMATCH: Status.WRONG_PRINCIPAL,
+    _codes.ERR_EMAIL_MISMATCH: Status.WRONG_PRINCIPAL,
+    _codes.ERR_IP_ADDRESS_MISMATCH: Status.WRONG_PRINCIPAL,
 }
 
 # The codes OpenSSL finds after it has checked the host name (validity
@@ -119,7 +122,7 @@ _VERIFY_STATUS = {
 # A refusal says the earlier kind first, then a wrong name, then these, in
 # the order OpenSSL would report them.
 _AFTER_NAME = frozenset(
-    getattr(_lib, name)
+    getattr(_codes, name.removeprefix("X509_V_"))
     for name in (
         "X509_V_ERR_CERT_NOT_YET_VALID",
         "X509_V_ERR_CERT_HAS_EXPIRED",
@@ -135,7 +138,7 @@ _AFTER_NAME = frozenset(
         "X509_V_ERR_UNSUPPORTED_CONSTRAINT_SYNTAX",
         "X509_V_ERR_UNSUPPORTED_NAME_SYNTAX",
     )
-    if hasattr(_lib, name)
+    if hasattr(_codes, name.removeprefix("X509_V_"))
 )
 
 
@@ -145,9 +148,49 @@ def verify_error_status(errno: int) -> Status:
 
 
 def verify_error_text(errno: int) -> str:
-    """OpenSSL's own words for an X509_V_ERR_* code."""
-    text = _ffi.string(_lib.X509_verify_cert_error_string(errno))
-    return text.decode("ascii", "replace") if isinstance(text, bytes) else str(text)
+    """OpenSSL's own words for an X509_V_ERR_* code.
+
+    On the public path (see :mod:`txschannel._openssl`), which cannot ask
+    OpenSSL, txschannel's own words for the codes it reports most, and the
+    words of the code's name for the rest (``unable to get crl``).
+    """
+    text = _openssl.error_string(errno)
+    if text is not None:
+        return text
+    name = _CODE_NAMES.get(errno)
+    if name is None:
+        return f"certificate verification error {errno}"
+    if name in _OWN_WORDS:
+        return _OWN_WORDS[name]
+    words = name.removeprefix("ERR_").lower().replace("_", " ")
+    return " ".join("certificate" if word == "cert" else word for word in words.split())
+
+
+_CODE_NAMES = {
+    getattr(_codes, name): name
+    for name in dir(_codes)
+    if name.startswith("ERR_") and isinstance(getattr(_codes, name), int)
+}
+_OWN_WORDS = {
+    "ERR_CERT_HAS_EXPIRED": "certificate has expired",
+    "ERR_CERT_NOT_YET_VALID": "certificate is not yet valid",
+    "ERR_DEPTH_ZERO_SELF_SIGNED_CERT": "self-signed certificate that is not a trust root",
+    "ERR_SELF_SIGNED_CERT_IN_CHAIN": "self-signed certificate in the chain, not a trust root",
+    "ERR_UNABLE_TO_GET_ISSUER_CERT": "the issuer certificate was not found",
+    "ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY": "no trusted issuer certificate was found",
+    "ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE": "the issuer of the only certificate is unknown",
+    "ERR_CERT_UNTRUSTED": "certificate not trusted",
+    "ERR_HOSTNAME_MISMATCH": "host name mismatch",
+    "ERR_IP_ADDRESS_MISMATCH": "IP address mismatch",
+    "ERR_INVALID_NON_CA": "a CA certificate where the peer's own certificate belongs",
+    "ERR_INVALID_CA": "not a valid CA certificate",
+    "ERR_INVALID_PURPOSE": "certificate not allowed for this purpose",
+    "ERR_CERT_REJECTED": "certificate rejected",
+    "ERR_CERT_CHAIN_TOO_LONG": "certificate chain too long",
+    "ERR_CERT_SIGNATURE_FAILURE": "certificate signature does not verify",
+    "ERR_PERMITTED_VIOLATION": "permitted subtree violation (name constraints)",
+    "ERR_EXCLUDED_VIOLATION": "excluded subtree violation (name constraints)",
+}
 
 
 # -- names ----------------------------------------------------------------
@@ -380,10 +423,13 @@ def _system_sources() -> list[Path]:
         # As OpenSSL does: the variables replace the built-in locations.
         candidates = [p for p in (file_variable, directory_variable) if p]
     else:
-        linked = _ffi.string(_lib.X509_get_default_cert_file())
+        # (The public path cannot ask which file pyOpenSSL's OpenSSL was
+        # built to read; Python's own OpenSSL's files and the usual bundles
+        # follow anyway.)
+        linked = _openssl.default_cert_file()
         paths = ssl.get_default_verify_paths()
         candidates = [
-            linked.decode("utf-8", "replace") if isinstance(linked, bytes) else str(linked),
+            *([linked] if linked else []),
             *(p for p in (paths.cafile, paths.openssl_cafile) if p),
             *SYSTEM_BUNDLES,
         ]
@@ -537,7 +583,7 @@ class TrustStore:
                 except crypto.Error:
                     continue  # a duplicate
             # What an OpenSSL client checks a server's certificate for.
-            _lib.X509_STORE_set_purpose(store._store, _lib.X509_PURPOSE_SSL_SERVER)
+            _openssl.set_server_purpose(store)
             self._openssl = store
         return self._openssl
 
@@ -695,7 +741,7 @@ def judge_server_chain(
             Status.UNTRUSTED_ROOT,
             f"no usable trust root in {store.source}: nothing can vouch for "
             f"{_subject(leaf)}" + _unusable_note(store),
-            _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+            _codes.ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
         )
         return _explain(nothing, leaf, intermediates, name, store, when)
     from cryptography.x509.verification import PolicyBuilder, VerificationError
@@ -735,7 +781,7 @@ def _utc(at: datetime.datetime | None) -> datetime.datetime:
 
 def _mismatch_code(text: str) -> int:
     return int(
-        _lib.X509_V_ERR_IP_ADDRESS_MISMATCH if is_ip(text) else _lib.X509_V_ERR_HOSTNAME_MISMATCH
+        _codes.ERR_IP_ADDRESS_MISMATCH if is_ip(text) else _codes.ERR_HOSTNAME_MISMATCH
     )
 
 
@@ -753,9 +799,9 @@ def _pinned(leaf: x509.Certificate, name: str, when: datetime.datetime) -> Refus
     service's own certificate, ``twist schannel``'s): its period, its
     purpose and its name are all there is to check."""
     if when < leaf.not_valid_before_utc:
-        code = _lib.X509_V_ERR_CERT_NOT_YET_VALID
+        code = _codes.ERR_CERT_NOT_YET_VALID
     elif when > leaf.not_valid_after_utc:
-        code = _lib.X509_V_ERR_CERT_HAS_EXPIRED
+        code = _codes.ERR_CERT_HAS_EXPIRED
     else:
         code = 0
     if code:
@@ -770,7 +816,7 @@ def _pinned(leaf: x509.Certificate, name: str, when: datetime.datetime) -> Refus
         ExtendedKeyUsageOID.SERVER_AUTH,
         ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
     } & set(usages):
-        code = _lib.X509_V_ERR_INVALID_PURPOSE
+        code = _codes.ERR_INVALID_PURPOSE
         return Refusal(
             Status.CERT_UNKNOWN, f"{verify_error_text(code)}: {_subject(leaf)} at depth 0", code
         )
@@ -873,17 +919,18 @@ def _cryptography_refusal(
 ) -> Refusal:
     """A refusal only cryptography's rules make: its own words, a status."""
     detail = message.removeprefix("validation failed: ")
-    status, code = Status.CERT_UNKNOWN, int(_lib.X509_V_ERR_CERT_REJECTED)
+    status, code = Status.CERT_UNKNOWN, int(_codes.ERR_CERT_REJECTED)
     for words, word_status, code_name in _CRYPTOGRAPHY_WORDS:
         if words in detail:
-            status, code = word_status, int(getattr(_lib, code_name, code))
+            found = getattr(_codes, code_name.removeprefix("X509_V_"), code)
+            status, code = word_status, int(found)
             break
     if "candidates exhausted" not in detail:
         culprit, depth = leaf, 0  # the server's own certificate broke the profile
     else:
         culprit, depth = _issuer_at_fault(leaf, intermediates, store, when)
     if status is Status.CERT_EXPIRED and when < culprit.not_valid_before_utc:
-        code = _lib.X509_V_ERR_CERT_NOT_YET_VALID
+        code = _codes.ERR_CERT_NOT_YET_VALID
     if status is Status.WRONG_PRINCIPAL:
         code = _mismatch_code(_reference(name)[0])
     where = f"{_subject(culprit)} at depth {depth}" if depth == 0 else (
@@ -925,16 +972,16 @@ def judge_peer_chain(
     """The handshake's use of :func:`judge_server_chain`: no chain or no
     name is a refusal, not an exception (nothing may escape into OpenSSL)."""
     if not chain:
-        code = _lib.X509_V_ERR_UNSPECIFIED if hasattr(_lib, "X509_V_ERR_UNSPECIFIED") else 1
+        code = int(getattr(_codes, "ERR_UNSPECIFIED", 1))
         return Refusal(Status.CERT_UNKNOWN, "the server sent no certificate", code)
     if name is None:
         return Refusal(
             Status.WRONG_PRINCIPAL,
             "no target name to check the server's certificate against",
-            _lib.X509_V_ERR_HOSTNAME_MISMATCH,
+            _codes.ERR_HOSTNAME_MISMATCH,
         )
     try:
         return judge_server_chain(chain, name, trust_roots=trust)
     except ValueError as e:
-        return Refusal(Status.WRONG_PRINCIPAL, str(e), _lib.X509_V_ERR_HOSTNAME_MISMATCH)
+        return Refusal(Status.WRONG_PRINCIPAL, str(e), _codes.ERR_HOSTNAME_MISMATCH)
 

@@ -1,0 +1,241 @@
+"""Which way txschannel drives pyOpenSSL: through its internals, or its public API.
+
+The fast path reaches below pyOpenSSL's public API: the cffi binding it
+keeps for itself (``OpenSSL._util``) and the private attributes of its
+objects (``Connection._ssl``, ``_into_ssl``, ``_from_ssl``,
+``Context._context``). That moves bulk data through ``SSL_write`` and
+``SSL_read`` with no Python in between, and lets a refusal set the X.509
+error that picks the alert the peer gets. Nothing promises those internals
+from one pyOpenSSL release to the next, so every use of them has a stand-in
+made of public API only (``bio_write``, ``bio_read``, ``recv``,
+``sendall``, ``Context.set_verify``, ...), which gives the same results
+except where docs/context.rst ("Two ways through pyOpenSSL") says.
+
+:data:`FAST` is decided once, when this module is imported: True when the
+internals are there and the ``TXSCHANNEL_PUBLIC_API`` environment variable
+is unset, empty or ``0``. This is the only module that imports
+``OpenSSL._util``; the others take :data:`ffi` and :data:`lib` from here and
+use them only when :data:`FAST` is True.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from OpenSSL import SSL, crypto
+
+__all__ = [
+    "FAST",
+    "PUBLIC_API_VARIABLE",
+    "default_cert_file",
+    "error_string",
+    "expect_host",
+    "expect_ip",
+    "flush_key_update",
+    "ffi",
+    "lib",
+    "public_api_requested",
+    "session_reused",
+    "set_groups",
+    "set_server_purpose",
+    "verify_result",
+]
+
+#: Set to anything but ``""`` or ``"0"``, txschannel uses only pyOpenSSL's
+#: public API, even where its internals are there.
+PUBLIC_API_VARIABLE = "TXSCHANNEL_PUBLIC_API"
+
+# Everything the fast path calls in the binding: one missing name (a
+# pyOpenSSL that binds less) and the public path is taken for everything.
+_FUNCTIONS = (
+    "BIO_read",
+    "BIO_write",
+    "ERR_clear_error",
+    "SSL_CTX_set1_curves_list",
+    "SSL_CTX_set_cert_cb",
+    "SSL_CTX_set_verify",
+    "SSL_get0_param",
+    "SSL_get_error",
+    "SSL_get_ex_data_X509_STORE_CTX_idx",
+    "SSL_get_verify_result",
+    "SSL_read",
+    "SSL_session_reused",
+    "SSL_write",
+    "X509_STORE_CTX_get_current_cert",
+    "X509_STORE_CTX_get_error",
+    "X509_STORE_CTX_get_error_depth",
+    "X509_STORE_CTX_get_ex_data",
+    "X509_STORE_CTX_set_error",
+    "X509_STORE_set_purpose",
+    "X509_VERIFY_PARAM_set1_host",
+    "X509_VERIFY_PARAM_set1_ip",
+    "X509_VERIFY_PARAM_set_hostflags",
+    "X509_get_default_cert_file",
+    "X509_up_ref",
+    "X509_verify_cert_error_string",
+)
+_CONSTANTS = (
+    "SSL_ERROR_WANT_READ",
+    "SSL_ERROR_ZERO_RETURN",
+    "X509_CHECK_FLAG_NEVER_CHECK_SUBJECT",
+    "X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS",
+    "X509_PURPOSE_SSL_SERVER",
+    "X509_V_OK",
+)
+
+
+def public_api_requested(environ: Any = None) -> bool:
+    """True when :data:`PUBLIC_API_VARIABLE` asks for the public API only."""
+    value = (os.environ if environ is None else environ).get(PUBLIC_API_VARIABLE, "")
+    return value.strip() not in ("", "0")
+
+
+def _internals() -> tuple[Any, Any] | None:
+    """pyOpenSSL's binding, if it has everything the fast path uses."""
+    try:
+        from OpenSSL._util import ffi as binding_ffi
+        from OpenSSL._util import lib as binding_lib
+    except ImportError:
+        return None
+    try:
+        context = SSL.Context(SSL.TLS_METHOD)
+        connection = SSL.Connection(context, None)
+        present = (
+            all(hasattr(binding_lib, name) for name in _FUNCTIONS + _CONSTANTS)
+            and hasattr(binding_ffi, "new_allocator")
+            and all(
+                getattr(connection, name, None) is not None
+                for name in ("_ssl", "_into_ssl", "_from_ssl")
+            )
+            and callable(getattr(connection, "_raise_ssl_error", None))
+            and getattr(context, "_context", None) is not None
+            and hasattr(SSL.Connection, "_reverse_mapping")
+            and callable(getattr(crypto.X509, "_from_raw_x509_ptr", None))
+            and hasattr(crypto.X509Store(), "_store")
+        )
+    except Exception:
+        return None
+    return (binding_ffi, binding_lib) if present else None
+
+
+_found = None if public_api_requested() else _internals()
+#: True: the fast path (pyOpenSSL's internals); False: public API only.
+FAST: bool = _found is not None
+#: pyOpenSSL's cffi binding (``OpenSSL._util``), or None on the public path.
+ffi: Any = _found[0] if _found is not None else None
+lib: Any = _found[1] if _found is not None else None
+del _found
+
+
+def session_reused(connection: SSL.Connection) -> bool | None:
+    """SSL_session_reused, or None on the public path (which has no
+    counterpart: the caller judges from what it saw of the handshake)."""
+    if FAST:
+        return bool(lib.SSL_session_reused(connection._ssl))
+    return None
+
+
+def verify_result(connection: SSL.Connection) -> int:
+    """SSL_get_verify_result: OpenSSL's X509_V_ERR_* code for the peer's chain.
+
+    The public path asks OpenSSL again: the peer's chain verified against
+    the context's own store (at the same time, with the same flags, but
+    with no host name or purpose to check). 0 (X509_V_OK) when that finds
+    nothing.
+    """
+    if FAST:
+        return int(lib.SSL_get_verify_result(connection._ssl))
+    try:
+        store = connection.get_context().get_cert_store()
+        chain = connection.get_peer_cert_chain() or []
+        # (A client's chain starts with the server's certificate; a server's
+        # lacks the client's, which a refused handshake does not keep.)
+        leaf = connection.get_peer_certificate() or (chain[0] if chain else None)
+        if leaf is None or store is None:
+            return 0
+        own = leaf.to_cryptography()
+        others = [c for c in chain if c.to_cryptography() != own]
+        crypto.X509StoreContext(store, leaf, others).verify_certificate()
+    except crypto.X509StoreContextError as e:
+        return int(e.errors[0])
+    except Exception:
+        return 0
+    return 0
+
+
+def flush_key_update(connection: SSL.Connection) -> None:
+    """Make OpenSSL write what it has queued for the peer (a KeyUpdate reply).
+
+    A zero-length write sends what is queued and nothing else; it "fails"
+    (returns 0) without touching the connection, so its error is discarded.
+    """
+    if FAST:
+        lib.SSL_write(connection._ssl, b"", 0)
+        lib.ERR_clear_error()
+        return
+    try:
+        connection.send(b"")
+    except SSL.Error:
+        pass
+
+
+def expect_host(connection: SSL.Connection, host: bytes) -> bool:
+    """Have OpenSSL check the peer's certificate for DNS name *host* too
+    (no subject CN fallback, no partial wildcards). False: it could not
+    take the name. The public path cannot ask; it sets nothing (True)."""
+    if not FAST:
+        return True
+    param = lib.SSL_get0_param(connection._ssl)
+    lib.X509_VERIFY_PARAM_set_hostflags(
+        param,
+        lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT | lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS,
+    )
+    return bool(lib.X509_VERIFY_PARAM_set1_host(param, host, len(host)) == 1)
+
+
+def expect_ip(connection: SSL.Connection, packed: bytes) -> bool:
+    """As :func:`expect_host`, for an IP address (4 or 16 bytes)."""
+    if not FAST:
+        return True
+    param = lib.SSL_get0_param(connection._ssl)
+    return bool(lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed)) == 1)
+
+
+def set_groups(context: SSL.Context, groups: bytes) -> bool | None:
+    """SSL_CTX_set1_groups_list (bound under its older name, curves).
+
+    True: set; False: the linked OpenSSL refused the list; None: the public
+    path, which has no counterpart (OpenSSL's default list stays).
+    """
+    if not FAST:
+        return None
+    if lib.SSL_CTX_set1_curves_list(context._context, groups) == 1:
+        return True
+    lib.ERR_clear_error()
+    return False
+
+
+def error_string(errno: int) -> str | None:
+    """OpenSSL's words for an X509_V_ERR_* code; None on the public path."""
+    if not FAST:
+        return None
+    text = ffi.string(lib.X509_verify_cert_error_string(errno))
+    return text.decode("ascii", "replace") if isinstance(text, bytes) else str(text)
+
+
+def default_cert_file() -> str | None:
+    """The CA file compiled into the OpenSSL that pyOpenSSL uses; None on
+    the public path."""
+    if not FAST:
+        return None
+    path = ffi.string(lib.X509_get_default_cert_file())
+    return path.decode("utf-8", "replace") if isinstance(path, bytes) else str(path)
+
+
+def set_server_purpose(store: crypto.X509Store) -> None:
+    """Have *store* check certificates for the TLS server purpose, as an
+    OpenSSL client does. The public path cannot: the store checks no
+    purpose (the caller's own verifier has judged it already)."""
+    if FAST:
+        lib.X509_STORE_set_purpose(store._store, lib.X509_PURPOSE_SSL_SERVER)
