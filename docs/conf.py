@@ -6,6 +6,9 @@ copyright = "2026, the txschannel developers"
 extensions = ["sphinx.ext.autodoc"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"
-html_theme = "alabaster"
+# Furo: maintained, readable on a phone, with light and dark modes. The
+# pictures in images/ carry their own light card, so they read in both.
+html_theme = "furo"
+html_title = "txschannel"
 exclude_patterns = ["_build"]
 nitpicky = False
