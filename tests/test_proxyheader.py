@@ -140,6 +140,33 @@ class ProxyProtocolTests(Edge):
             self.assertEqual(told["data"], "hello", version)
             twist.stop()
 
+    def test_behind_a_haproxy_listener_the_original_client_is_passed_on(self) -> None:
+        backend = self.twisted_backend()
+        port = free_port()
+        twist = Twist(
+            self,
+            "--listen",
+            f"schannel:haproxy:tcp:{port}:interface=127.0.0.1:"
+            f"certificate={self.folder}/server.pem",
+            "--connect", f"tcp:127.0.0.1:{backend}",
+            "--proxy-protocol", "v2",
+        )
+        twist.wait_for("listening on")
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+            # What a load balancer in front would say about its client.
+            raw.sendall(b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 443\r\n")
+            with self.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"hello")
+                answer = b""
+                while not answer.endswith(b"\n"):
+                    chunk = tls.recv(65536)
+                    if not chunk:
+                        break
+                    answer += chunk
+        told = json.loads(answer)
+        self.assertEqual(told["peer"], ["192.0.2.7", 51234])
+        self.assertEqual(told["host"], ["198.51.100.1", 443])
+
     def test_v1_is_one_line_before_the_data(self) -> None:
         record = self.folder / "record.txt"
         backend = self.backend(RECORD_BYTES, str(record))
