@@ -10,5 +10,7 @@ autodoc_typehints = "none"
 # pictures in images/ carry their own light card, so they read in both.
 html_theme = "furo"
 html_title = "txschannel"
+html_static_path = ["_static"]
+html_css_files = ["diagrams.css"]
 exclude_patterns = ["_build"]
 nitpicky = False

@@ -4,6 +4,6 @@
 # refuses clients without one; --allow-cn then admits only alice among the
 # clients the CA vouches for. Without --connect, the inspector answers:
 # add --connect tcp:127.0.0.1:8080 to put the gate in front of your service.
-exec twist schannel \
-    --listen "schannel:tcp:8443:interface=127.0.0.1:certificate=server.pem:clientCA=ca.pem:requireClientCertificate=yes" \
-    --allow-cn alice
+listen="schannel:tcp:8443:interface=127.0.0.1:certificate=server.pem"
+listen="$listen:clientCA=ca.pem:requireClientCertificate=yes"
+exec twist schannel --listen "$listen" --allow-cn alice
