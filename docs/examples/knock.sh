@@ -3,8 +3,8 @@
 # the list) and a client with no certificate at all.
 for who in alice bob; do
     echo "$who:"
-    curl -sS --cacert ca.pem --cert "$who.pem" --key "$who.pem" https://localhost:8443/ 2>&1 \
-        | grep -E '^(client certificate|curl)'
+    curl -sS --cacert ca.pem --cert "$who.pem" --key "$who.pem" \
+        https://localhost:8443/ 2>&1 | grep -E '^(client certificate|curl)'
 done
 echo "no certificate:"
 curl -sS --cacert ca.pem https://localhost:8443/ 2>&1 | grep -E '^curl'
