@@ -115,7 +115,8 @@ class Workspace:
         return process
 
     def log(self, name: str = "server.log") -> str:
-        return (self.folder / name).read_text(errors="replace")
+        path = self.folder / name
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def wait_for_log(self, text: str, name: str = "server.log", timeout: float = 15) -> str:
         """Block until *text* appears in the log *name*; the log."""
@@ -220,12 +221,14 @@ class LogFormatTests(SynchronousTestCase):
         self.assertNotIn("\x1e", text)
         self.assertRegex(text, r"(?m)^\S+ \[txschannel#info\] listening on schannel:tcp:")
 
-    def test_text_on_a_terminal(self) -> None:
-        place = Workspace(self)
+    def on_a_terminal(self, place: Workspace, *twist_options: str, watch: bool = True) -> bytes:
+        """Start twist schannel with a terminal as its standard output and
+        error; what the terminal showed until the listening line, or the end
+        (nothing, without *watch*)."""
         controller, terminal = pty.openpty()
         listen = f"schannel:tcp:{place.port}:interface=127.0.0.1"
         process = subprocess.Popen(
-            [place.which("twist"), "schannel", "--listen", listen],
+            [place.which("twist"), *twist_options, "schannel", "--listen", listen],
             cwd=place.folder, env=place.env, stdout=terminal, stderr=terminal,
         )  # fmt: skip
         os.close(terminal)
@@ -238,15 +241,27 @@ class LogFormatTests(SynchronousTestCase):
         self.addCleanup(stop)
         seen = b""
         deadline = time.monotonic() + 30
-        while b"listening on" not in seen and time.monotonic() < deadline:
+        while watch and b"listening on" not in seen and time.monotonic() < deadline:
             ready, _, _ = select.select([controller], [], [], 0.5)
             if ready:
                 try:
                     seen += os.read(controller, 65536)
                 except OSError:  # the terminal closed: the process ended
                     break
+        return seen
+
+    def test_text_on_a_terminal(self) -> None:
+        seen = self.on_a_terminal(Workspace(self))
         self.assertIn(b"[txschannel#info] listening on", seen, seen)
         self.assertNotIn(b"\x1e", seen)
+
+    def test_log_file_gets_text_when_standard_output_is_a_terminal(self) -> None:
+        # The page: the check is made on standard output, even with --log-file.
+        place = Workspace(self)
+        self.on_a_terminal(place, "--log-file=twist.log", watch=False)
+        text = place.wait_for_log("listening on", "twist.log")
+        self.assertNotIn("\x1e", text)
+        self.assertRegex(text, r"(?m)^\S+ \[txschannel#info\] listening on schannel:tcp:")
 
 
 # -- how-to pages --------------------------------------------------------------------------
