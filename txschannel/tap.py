@@ -28,7 +28,7 @@ import re
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -69,6 +69,7 @@ from txschannel.peertext import PeerText, printable
 from txschannel.relay import RelayFactory, no_delay, reset
 from txschannel.terminator.limits import ConnectionLimit
 from txschannel.terminator.metrics import Metrics, status_site
+from txschannel.terminator.ocsp import OCSPError, Stapler
 from txschannel.terminator.proxyheader import header_v1, header_v2, tls_facts
 from txschannel.terminator.routing import Route, Router, normalize_route_name
 
@@ -703,6 +704,9 @@ class SchannelService(service.Service):
     :param prepare: called with the credentials of every ``schannel:``
         listen endpoint before they serve a handshake: at start and after
         each reload (``--route`` installs its server-name check this way).
+    :param staplers: the OCSP stapler of each listen endpoint (by
+        description) that has one: installed with the credentials, started
+        with the service, reloaded with the certificates.
 
     A certificate that has expired, is not valid yet or expires within 14
     days is logged as a warning (naming its file, subject and dates) on
@@ -723,12 +727,14 @@ class SchannelService(service.Service):
         limit: ConnectionLimit | None = None,
         prepare: Callable[[Credentials], None] | None = None,
         status: tuple[str, IStreamServerEndpoint, IProtocolFactory] | None = None,
+        staplers: Mapping[str, Stapler] | None = None,
         on_credentials: (
             Callable[[Sequence[tuple[str, IStreamServerEndpoint]]], None] | None
         ) = None,
     ) -> None:
         self.listen = list(listen)
         self.status = status
+        self.staplers = dict(staplers or {})
         self.on_credentials = on_credentials
         self._status_port: IListeningPort | None = None
         self.limit = limit
@@ -774,14 +780,16 @@ class SchannelService(service.Service):
 
         for description, endpoint in self.listen:
             credentials = getattr(endpoint, "credentials", None)
-            if self.prepare is not None and isinstance(credentials, Credentials):
-                self.prepare(credentials)
+            if isinstance(credentials, Credentials):
+                self._prepare(description, credentials)
             waiting = endpoint.listen(self.factory)
             waiting.addCallbacks(
                 listening, failed, callbackArgs=(description,), errbackArgs=(description,)
             )
         if self.on_credentials is not None:
             self.on_credentials(self.listen)
+        for stapler in self.staplers.values():
+            stapler.start()
         if self.status is not None:
             description, endpoint, factory = self.status
 
@@ -819,6 +827,15 @@ class SchannelService(service.Service):
             self._checker.clock = self.reactor
             self._checker.start(self.validity_interval, now=False)
 
+    def _prepare(self, description: str, credentials: Credentials) -> None:
+        # Before the credentials' first handshake: their OpenSSL context
+        # cannot be changed once a connection was made from it.
+        if self.prepare is not None:
+            self.prepare(credentials)
+        stapler = self.staplers.get(description)
+        if stapler is not None:
+            stapler.install(credentials)
+
     def _on_sighup(self, number: int, frame: FrameType | None) -> None:
         # A signal handler may run between any two bytecodes: hand the work
         # to the reactor thread.
@@ -851,8 +868,10 @@ class SchannelService(service.Service):
                 self._last_errors[description] = str(e)
                 continue
             self._last_errors.pop(description, None)
-            if self.prepare is not None:
-                self.prepare(credentials)
+            self._prepare(description, credentials)
+            stapler = self.staplers.get(description)
+            if stapler is not None:
+                stapler.reload(why)
             after = _served_fingerprint(credentials)
             if not quiet or after != before:
                 _log.info(
@@ -897,6 +916,8 @@ class SchannelService(service.Service):
             self._previous_handler = None
         if self.limit is not None:
             self.limit.remove_ports()
+        for stapler in self.staplers.values():
+            stapler.stop()
         stopping = [port.stopListening() for port in self.ports]
         self.ports = []
         if self._status_port is not None:
@@ -1129,12 +1150,21 @@ class Options(usage.Options):
             suffix = f":certificate={_escape(str(kept.server_file))}"
             descriptions = [d + suffix if d in needs_default else d for d in descriptions]
         listen: list[tuple[str, IStreamServerEndpoint]] = []
+        self["staplers"] = {}
         given = self["listen"] or [self["default-listen"]]
         for original, description in zip(given, descriptions, strict=True):
+            # OCSP stapling is the terminator's (see txschannel.terminator.ocsp):
+            # its options are taken out before the endpoint parser sees them.
+            description, response_file = _take_option(description, "ocspResponse")
+            description, auto = _take_option(description, "ocsp")
             try:
                 endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
             except Exception as e:  # Twisted's parsers raise ValueError, TypeError, ...
                 raise usage.UsageError(f"--listen {original!r}: {_error_text(e)}") from None
+            if response_file is not None or auto is not None:
+                self["staplers"][description] = _stapler(
+                    original, description, response_file, auto, reactor
+                )
             listen.append((description, endpoint))
         self["endpoints"] = listen
         self["connect-endpoint"] = None
@@ -1202,6 +1232,48 @@ class Options(usage.Options):
                 f"https://localhost:{ports[0] if ports else 'PORT'}/"
             )
         self["announce"] = announce
+
+
+def _take_option(description: str, name: str) -> tuple[str, str | None]:
+    """*description* without option *name*, and the option's value (unescaped) or None."""
+    match = re.search(rf"(?<!\\):{re.escape(name)}=((?:\\.|[^:\\])*)", description)
+    if match is None:
+        return description, None
+    value = re.sub(r"\\(.)", r"\1", match.group(1))
+    return description[:match.start()] + description[match.end():], value
+
+
+def _stapler(
+    original: str, description: str, response_file: str | None, auto: str | None, reactor: Any
+) -> Stapler:
+    """The OCSP stapler of one --listen endpoint; any problem is a UsageError naming it."""
+    def refuse(message: str) -> NoReturn:
+        raise usage.UsageError(f"--listen {original!r}: {message}")
+
+    if not description.startswith("schannel:"):
+        refuse("ocspResponse=/ocsp= need a schannel: endpoint")
+    if auto is not None and auto.lower() != "auto":
+        refuse(f"ocsp={auto!r}: the only value is auto (or give ocspResponse=FILE)")
+    if auto is not None and response_file is not None:
+        refuse("give ocspResponse=FILE or ocsp=auto, not both")
+    if _has_option(description, "sni"):
+        refuse("OCSP stapling with an sni= folder is not supported yet: one certificate= only")
+    certificate, chain = _option_value(description, "certificate"), _option_value(
+        description, "chain"
+    )
+    if certificate is None:
+        refuse("OCSP stapling needs certificate=FILE")
+    try:
+        return Stapler(
+            description, certificate, chain_file=chain, response_file=response_file,
+            auto=auto is not None, reactor=reactor,
+        )
+    except OCSPError as e:
+        refuse(str(e))
+
+
+def _option_value(description: str, name: str) -> str | None:
+    return _take_option(description, name)[1]
 
 
 def _proxy_header(version: str) -> Callable[[Any], bytes]:
@@ -1284,6 +1356,7 @@ def makeService(options: Options) -> SchannelService:
         limit=limit,
         prepare=router.install if router is not None else None,
         on_credentials=metrics.note_certificates if metrics is not None else None,
+        staplers=options["staplers"],
     )
     if metrics is not None:
         service.status = (

@@ -1,0 +1,232 @@
+"""OCSP stapling in ``twist schannel``: ``ocspResponse=FILE`` and ``ocsp=auto``.
+
+``openssl ocsp`` runs as the responder on loopback; ``openssl s_client
+-status`` is the client that asks for the staple and prints it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tests.peers import Peer, free_port, require
+from tests.test_tap import Twist, assert_one_line, run_twist
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+class PKI:
+    """A CA and a server certificate for localhost whose AIA names a responder on *port*."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder = folder
+        self.ca_key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "txschannel OCSP test CA")])
+        self.ca = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(self.ca_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - datetime.timedelta(hours=1))
+            .not_valid_after(NOW + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.ca_key.public_key()),
+                           critical=False)
+            .sign(self.ca_key, hashes.SHA256())
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        self.leaf = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - datetime.timedelta(hours=1))
+            .not_valid_after(NOW + datetime.timedelta(days=20))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP,
+                x509.UniformResourceIdentifier(f"http://127.0.0.1:{port}/"))]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                self.ca_key.public_key()), critical=False)
+            .sign(self.ca_key, hashes.SHA256())
+        )
+        pem = serialization.Encoding.PEM
+        key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        self.ca_file = folder / "ca.pem"
+        self.ca_file.write_bytes(self.ca.public_bytes(pem))
+        self.ca_key_file = folder / "ca.key"
+        self.ca_key_file.write_bytes(self.ca_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        self.server_file = folder / "server.pem"
+        self.server_file.write_bytes(key_pem + self.leaf.public_bytes(pem)
+                                     + self.ca.public_bytes(pem))
+        serial = f"{self.leaf.serial_number:X}"
+        serial = "0" * (len(serial) % 2) + serial
+        expiry = self.leaf.not_valid_after_utc.strftime("%y%m%d%H%M%SZ")
+        self.index = folder / "index.txt"
+        self.index.write_text(f"V\t{expiry}\t\t{serial}\tunknown\t/CN=localhost\n")
+
+    def response(self, status: ocsp.OCSPCertStatus, certificate: x509.Certificate | None = None
+                 ) -> bytes:
+        """A DER response signed by the CA about *certificate* (the leaf by default)."""
+        revoked = status == ocsp.OCSPCertStatus.REVOKED
+        builder = ocsp.OCSPResponseBuilder().add_response(
+            cert=certificate or self.leaf, issuer=self.ca, algorithm=hashes.SHA1(),
+            cert_status=status, this_update=NOW - datetime.timedelta(minutes=5),
+            next_update=NOW + datetime.timedelta(days=1),
+            revocation_time=NOW - datetime.timedelta(minutes=10) if revoked else None,
+            revocation_reason=None,
+        ).responder_id(ocsp.OCSPResponderEncoding.HASH, self.ca)
+        return builder.sign(self.ca_key, hashes.SHA256()).public_bytes(
+            serialization.Encoding.DER)
+
+
+def staple(port: int, ca: Path) -> str:
+    """What ``openssl s_client -status`` says about the staple of the server on *port*."""
+    result = subprocess.run(
+        [require("openssl"), "s_client", "-connect", f"127.0.0.1:{port}",
+         "-servername", "localhost", "-status", "-CAfile", str(ca)],
+        input=b"", capture_output=True, timeout=30,
+    )
+    output = result.stdout.decode(errors="replace")
+    if "OCSP response: no response sent" in output:
+        return "none"
+    if "OCSP Response Status: successful" not in output:
+        return "unreadable:\n" + output + result.stderr.decode(errors="replace")
+    for state in ("good", "revoked", "unknown"):
+        if f"Cert Status: {state}" in output:
+            return state
+    return "no status:\n" + output
+
+
+class StaplingTests(TestCase):
+    def setUp(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="txschannel-ocsp-"))
+        self.responder_port = free_port()
+        self.pki = PKI(self.folder, self.responder_port)
+
+    def start_responder(self) -> Peer:
+        responder = Peer([
+            require("openssl"), "ocsp", "-index", str(self.pki.index),
+            # (openssl ocsp takes a port only; it is only ever reached on loopback.)
+            "-port", str(self.responder_port), "-rsigner", str(self.pki.ca_file),
+            "-rkey", str(self.pki.ca_key_file), "-CA", str(self.pki.ca_file), "-ndays", "1",
+        ], stdin=subprocess.DEVNULL)
+        self.addCleanup(responder.stop)
+        # A bare connection (wait_for_port) wedges openssl ocsp: ask it a
+        # real question instead, until it answers.
+        request = ocsp.OCSPRequestBuilder().add_certificate(
+            self.pki.leaf, self.pki.ca, hashes.SHA1()
+        ).build().public_bytes(serialization.Encoding.DER)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(urllib.request.Request(
+                    f"http://127.0.0.1:{self.responder_port}/", data=request,
+                    headers={"Content-Type": "application/ocsp-request"},
+                ), timeout=2) as answer:
+                    if answer.status == 200:
+                        return responder
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def twist(self, option: str) -> tuple[Twist, int]:
+        port = free_port()
+        twist = Twist(
+            self, "--listen",
+            f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.pki.server_file}:{option}",
+        )
+        twist.wait_for("listening on")
+        return twist, port
+
+    def test_auto_fetches_from_the_responder_and_keeps_it_when_the_responder_fails(self) -> None:
+        responder = self.start_responder()
+        twist, port = self.twist("ocsp=auto")
+        twist.wait_for(
+            rf"OCSP \(start\): fetched from http://127\.0\.0\.1:{self.responder_port}/ for "
+            r"schannel:tcp:\d+.*: good, this update .*; refreshing in \d+ s"
+        )
+        self.assertEqual(staple(port, self.pki.ca_file), "good")
+        responder.stop()
+        mark = len(twist.output)
+        twist.send_signal(signal.SIGHUP)
+        twist.wait_for(r"OCSP \(SIGHUP\): fetching from .* failed: .*; keeping the last good "
+                       r"response \(valid until .*\); retrying in 30 s", start=mark)
+        self.assertEqual(staple(port, self.pki.ca_file), "good")
+
+    def test_a_response_file_is_stapled_and_reloaded_with_the_certificates(self) -> None:
+        response = self.folder / "server.ocsp"
+        response.write_bytes(self.pki.response(ocsp.OCSPCertStatus.GOOD))
+        twist, port = self.twist(f"ocspResponse={response}")
+        self.assertEqual(staple(port, self.pki.ca_file), "good")
+        # Replaced by renaming, as for certificates; then SIGHUP.
+        fresh = self.folder / "fresh.ocsp"
+        fresh.write_bytes(self.pki.response(ocsp.OCSPCertStatus.REVOKED))
+        os.replace(fresh, response)
+        twist.send_signal(signal.SIGHUP)
+        twist.wait_for(rf"SIGHUP: stapling {response} for ")
+        self.assertEqual(staple(port, self.pki.ca_file), "revoked")
+        # A file that no longer fits is logged; the previous response stays.
+        response.write_bytes(b"not DER")
+        mark = len(twist.output)
+        twist.send_signal(signal.SIGHUP)
+        twist.wait_for(r"is not a DER OCSP response .*; keeping the previous response",
+                       start=mark)
+        self.assertEqual(staple(port, self.pki.ca_file), "revoked")
+
+
+class BadStaplingTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="txschannel-ocsp-"))
+        self.pki = PKI(self.folder, free_port())
+
+    def refused(self, listen: str, needle: str) -> None:
+        result = run_twist("--listen", listen)
+        assert_one_line(self, result, needle)
+        self.assertEqual(result.returncode, 64)
+
+    def test_a_response_about_another_certificate(self) -> None:
+        (self.folder / "other").mkdir()
+        other = PKI(self.folder / "other", 1)
+        response = self.folder / "other.ocsp"
+        response.write_bytes(other.response(ocsp.OCSPCertStatus.GOOD))
+        self.refused(
+            f"schannel:tcp:0:certificate={self.pki.server_file}:ocspResponse={response}",
+            f"ocspResponse file '{response}' is about serial number",
+        )
+
+    def test_forms(self) -> None:
+        server = self.pki.server_file
+        self.refused(f"schannel:tcp:0:certificate={server}:ocsp=yes", "the only value is auto")
+        self.refused("tcp:0:ocsp=auto", "need a schannel: endpoint")
+        self.refused(
+            f"schannel:tcp:0:certificate={server}:ocsp=auto:ocspResponse={server}",
+            "not both",
+        )
+        self.refused(f"schannel:tcp:0:certificate={server}:ocspResponse=/nonexistent.der",
+                     "/nonexistent.der")
+        state = tempfile.mkdtemp()
+        result = run_twist("--listen", "schannel:tcp:0:ocsp=auto", "--state-dir", state)
+        assert_one_line(self, result, "names no OCSP responder")
