@@ -423,3 +423,22 @@ class SystemdHowToTests(SynchronousTestCase):
         self.check_served(place)
         self.assertIsNone(service.poll(), place.log())
         self.assertNotIn("Traceback", place.log())
+
+
+class ExamplesAreRunTests(SynchronousTestCase):
+    """No example goes stale: each file in docs/examples is shown by a page
+    and named by a test that runs it."""
+
+    def test_every_example_is_included_by_a_page_and_named_by_a_test(self) -> None:
+        pages = "".join(page.read_text() for page in (REPO / "docs").rglob("*.rst"))
+        included = set(re.findall(r"literalinclude:: (?:\.\./)?examples/(\S+)", pages))
+        files = {
+            path.relative_to(EXAMPLES).as_posix()
+            for path in EXAMPLES.rglob("*")
+            if path.suffix in (".py", ".sh", ".service", ".socket")
+            and not {"__pycache__", "_trial_temp"} & set(path.parts)
+        }
+        self.assertEqual(files, included)
+        tests = "".join(test.read_text() for test in (REPO / "tests").glob("test_*.py"))
+        for name in sorted(files):
+            self.assertIn(f'"{Path(name).name}"', tests, f"no test names {name}")
