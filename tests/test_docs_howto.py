@@ -325,10 +325,14 @@ class ReloadHowToTests(SynchronousTestCase):
 
         renewed = CertificateAuthority().issue("localhost").write(place.folder / "new-server.pem")
         place.run("sh", place.copy("renew.sh"), renewed.name, str(server.pid))
-        place.wait_for_log("SIGHUP: reloaded")
+        log = place.wait_for_log("SIGHUP: reloaded")
         after = place.served_fingerprint()
         self.assertEqual(after, place.fingerprint_of(renewed.read_text()))
         self.assertNotEqual(after, before)
+        # The log names what is in service by the fingerprint a client sees.
+        logged = re.search(r"SIGHUP: reloaded .*: certificate sha256 ([0-9A-F:]+)", log)
+        assert logged is not None
+        self.assertEqual(after, f"sha256 Fingerprint={logged.group(1)}")
 
         (place.folder / "broken.pem").write_text("-----BEGIN CERTIFICATE-----\nhalf")
         place.run("sh", "renew.sh", "broken.pem", str(server.pid))
