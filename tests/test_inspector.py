@@ -91,6 +91,14 @@ class InspectorTests(TestCase):
         self.assertEqual(statuses[-1], "OK")
         self.assertTrue(all(step["call"].startswith("accept #") for step in page["handshake"]))
 
+    def test_twist_schannel_shows_what_the_client_offered(self) -> None:
+        result = curl("--cacert", self.cacert, "-H", "Accept: application/json", self.url)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        hello = json.loads(result.stdout)["client_hello"]
+        self.assertEqual(hello["server_name"], "localhost")
+        self.assertEqual(hello["alpn"], ["h2", "http/1.1"])
+        self.assertRegex(hello["ja4"], r"^t13d\d{4}h2_[0-9a-f]{12}_[0-9a-f]{12}$")
+
     def test_a_resumed_session_is_reported(self) -> None:
         # HTTP/1.0: the server closes after each answer, so curl's second
         # request needs a new connection and offers the session it kept.

@@ -63,7 +63,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from txschannel.credentials import Credentials, validity_warnings
-from txschannel.endpoints import SchannelClientEndpoint
+from txschannel.endpoints import SchannelClientEndpoint, SchannelServerEndpoint
 from txschannel.inspector import InspectorSite, _address, describe
 from txschannel.peertext import PeerText, printable
 from txschannel.relay import RelayFactory, no_delay, reset
@@ -1333,6 +1333,11 @@ def makeService(options: Options) -> SchannelService:
     application: IProtocolFactory
     if connect is None and router is None:
         application = InspectorSite()
+        # The page shows what each client offered: the inspector's TLS
+        # listeners keep the ClientHello (a relay's never do).
+        for _, endpoint in options["endpoints"]:
+            if isinstance(endpoint, SchannelServerEndpoint):
+                endpoint.keep_client_hello = True
     else:
         application = RelayFactory(
             connect, options["connect"], reactor,
