@@ -38,7 +38,12 @@ class NoArgumentsTests(TestCase):
         twist.wait_for("listening on")
         wait_for_port(DEFAULT_PORT)
         self.assertEqual(Path(path), home / ".local/state/txschannel/localhost.crt")
+        twist.wait_for(rf"open https://localhost:{DEFAULT_PORT}/ \(the certificate is "
+                       rf"self-signed: trust {path}, SHA-256 {printed}\)")
         twist.wait_for(rf"try: curl --cacert {path} https://localhost:{DEFAULT_PORT}/")
+        # A demo listens on this machine only.
+        twist.wait_for(rf"listening on schannel:tcp:{DEFAULT_PORT}:interface=127\.0\.0\.1\S* "
+                       rf"at 127\.0\.0\.1:{DEFAULT_PORT}")
         self.assertEqual(served_fingerprint(DEFAULT_PORT), printed)
 
         text = curl("--cacert", path, f"https://localhost:{DEFAULT_PORT}/")

@@ -1114,7 +1114,9 @@ class Options(usage.Options):
         descriptions: list[str] = list(self["listen"])
         inspector = self["connect"] is None and not self["route"]
         if not descriptions:
-            default = f"schannel:tcp:{DEFAULT_PORT}"
+            # A demo: reachable from this machine only, until --listen says
+            # otherwise.
+            default = f"schannel:tcp:{DEFAULT_PORT}:interface=127.0.0.1"
             descriptions = [default]
             self["default-listen"] = default
         if inspector:
@@ -1227,10 +1229,13 @@ class Options(usage.Options):
                 for match in (re.match(r"schannel:tcp6?:(?:port=)?(\d+)", d) for d in descriptions)
                 if match
             ]
+            url = f"https://localhost:{ports[0] if ports else 'PORT'}/"
             announce.append(
-                f"try: curl --cacert {self['self-signed'].certificate_file} "
-                f"https://localhost:{ports[0] if ports else 'PORT'}/"
+                f"open {url} (the certificate is self-signed: trust "
+                f"{self['self-signed'].certificate_file}, SHA-256 "
+                f"{self['self-signed'].fingerprint})"
             )
+            announce.append(f"try: curl --cacert {self['self-signed'].certificate_file} {url}")
         self["announce"] = announce
 
 
