@@ -34,7 +34,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
-from OpenSSL._util import lib as _lib
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests import certs
@@ -47,6 +46,13 @@ from txschannel import (
     _openssl,
     verify_server_chain,
 )
+
+try:
+    # OpenSSL's own verdict, the reference these tests compare with, needs
+    # the purpose set on the store: pyOpenSSL binds that only privately.
+    from OpenSSL._util import lib as _lib
+except ImportError:  # a pyOpenSSL without it: those comparisons are skipped
+    _lib = None
 
 CORPUS = Path(__file__).parent / "data" / "x509-limbo" / "limbo.json.gz"
 
@@ -100,6 +106,8 @@ Verdict = tuple[bool, str]
 
 def openssl_and_service_identity(case: dict[str, Any], purpose: int | None = None) -> Verdict:
     """OpenSSL's X.509 verification, then service_identity for the name."""
+    if _lib is None:
+        raise SkipTest("pyOpenSSL does not bind X509_STORE_set_purpose here")
     from service_identity.cryptography import (
         verify_certificate_hostname,
         verify_certificate_ip_address,
@@ -428,6 +436,8 @@ class ClientCaseTests(SynchronousTestCase):
     def test_the_server_judges_client_certificates_as_openssl_does(self) -> None:
         for case in client_cases():
             error = as_client(case)
+            if _lib is None:
+                raise SkipTest("pyOpenSSL does not bind X509_STORE_set_purpose here")
             offline, why = openssl_and_service_identity(case, _lib.X509_PURPOSE_SSL_CLIENT)
             self.assertEqual(error is None, offline, f"{case['id']}: {error!r} / {why}")
 
