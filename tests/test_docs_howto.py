@@ -161,7 +161,8 @@ class GettingStartedTests(SynchronousTestCase):
         )
         wait_for_port(place.port, timeout=30)
         certificate = place.folder / ".local" / "state" / "txschannel" / "localhost.crt"
-        self.assertIn("created the self-signed certificate", place.log())
+        # (The port can answer before the log line reaches the file.)
+        place.wait_for_log("created the self-signed certificate")
         page = place.curl("--cacert", str(certificate), f"https://localhost:{place.port}/")
         self.assertEqual(page.returncode, 0, page.stderr)
         self.assertIn("txschannel inspector", page.stdout)
@@ -407,6 +408,7 @@ class SystemdHowToTests(SynchronousTestCase):
         wait_for_port(place.port, timeout=30)
         self.check_served(place)
         # --log-format=text: text even though the output is not a terminal.
+        place.wait_for_log("listening on ")
         self.assertRegex(place.log(), r"(?m)^\S+ \[txschannel#info\] listening on ")
         # ExecReload, as systemd runs it with the service's pid.
         os.kill(service.pid, signal.SIGHUP)
