@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from txschannel.testing import IssuedCertificate
+
 __all__ = ["Issued", "authority", "leaf", "new_key", "pem", "write"]
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -225,3 +227,13 @@ def write(folder: str, name: str, data: bytes) -> str:
     with open(path, "wb") as handle:
         handle.write(data)
     return path
+
+
+def encrypted_pem(issued: IssuedCertificate, passphrase: bytes) -> bytes:
+    """*issued*'s key, encrypted with *passphrase*, then its certificate."""
+    key = issued.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase),
+    )
+    return key + issued.certificate_pem

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import trustme
-from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import (
@@ -39,6 +38,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.certs import encrypted_pem
 from tests.peers import require
 from txschannel import Credentials
 from txschannel.endpoints import (
@@ -48,7 +48,7 @@ from txschannel.endpoints import (
     SchannelServerEndpoint,
     unparse,
 )
-from txschannel.testing import CertificateAuthority, IssuedCertificate
+from txschannel.testing import CertificateAuthority
 
 reactor: Any = _reactor
 
@@ -1162,16 +1162,6 @@ class SystemdTests(TestCase):
 
 
 # -- an sni folder's DEFAULT.pem, passphraseFile, validity warnings --------------------
-
-
-def encrypted_pem(issued: IssuedCertificate, passphrase: bytes) -> bytes:
-    """*issued*'s key, encrypted with *passphrase*, then its certificate."""
-    key = issued.private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase),
-    )
-    return key + issued.certificate_pem
 
 
 class Files:

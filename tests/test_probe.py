@@ -9,12 +9,12 @@ import tempfile
 from pathlib import Path
 
 import trustme
-from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import TestCase
 
+from tests.certs import encrypted_pem
 from tests.peers import Peer, free_port, require, wait_for_port
 from tests.test_tap import Twist
-from txschannel.testing import CertificateAuthority, IssuedCertificate
+from txschannel.testing import CertificateAuthority
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -125,16 +125,6 @@ class ProbeCommandLineTests(TestCase):
     def test_refused_connection_exits_3(self) -> None:
         port = free_port()
         self.assertOneLineError(run_probe(f"127.0.0.1:{port}"), 3, "Connection refused")
-
-
-def encrypted_pem(issued: IssuedCertificate, passphrase: bytes) -> bytes:
-    """*issued*'s key, encrypted with *passphrase*, then its certificate."""
-    key = issued.private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase),
-    )
-    return key + issued.certificate_pem
 
 
 class ClientCertificateFiles:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort
@@ -32,6 +32,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from tests.certs import encrypted_pem
 from tests.peers import free_port, require, wait_for_port
 from txschannel import Credentials
 from txschannel.tap import (
@@ -41,7 +42,7 @@ from txschannel.tap import (
     _has_option,
     ensure_self_signed,
 )
-from txschannel.testing import CertificateAuthority, IssuedCertificate
+from txschannel.testing import CertificateAuthority
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -411,15 +412,6 @@ class SeveralListenersTests(TestCase):
 
 def fingerprint_of(certificate: x509.Certificate) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex(":").upper()
-
-
-def encrypted_pem(issued: IssuedCertificate, passphrase: bytes) -> bytes:
-    key = issued.private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase),
-    )
-    return key + issued.certificate_pem
 
 
 class NamedCertificateTests(TestCase):
