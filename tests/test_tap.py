@@ -59,7 +59,8 @@ class Twist:
     """One ``twist schannel`` process for a test; its log is read as it grows."""
 
     def __init__(self, test: TestCase | SynchronousTestCase, *arguments: str,
-                 home: Path | None = None, python_wrapper: str | None = None) -> None:
+                 home: Path | None = None, python_wrapper: str | None = None,
+                 group: bool = False) -> None:
         self.home = home or Path(tempfile.mkdtemp(prefix="txschannel-home-"))
         self.log_path = self.home / "twist.log"
         # python_wrapper: a script that prepares the process (say, lowers a
@@ -68,9 +69,12 @@ class Twist:
         self.argv = [sys.executable, *wrapper, "-m", "twisted", "--log-format=text",
                      "schannel", *arguments]
         with open(self.log_path, "wb") as log:
+            # group: a process group of its own, so that stop() also kills
+            # the processes it forks (--workers).
+            self.group = group
             self.process = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                env=environment(self.home),
+                env=environment(self.home), start_new_session=group,
             )
         test.addCleanup(self.stop)
 
@@ -100,7 +104,12 @@ class Twist:
         self.process.send_signal(number)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        if self.group:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        elif self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=10)
 

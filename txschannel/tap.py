@@ -25,6 +25,7 @@ import datetime
 import ipaddress
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -57,7 +58,13 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    textFileLogObserver,
+)
 from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
@@ -68,10 +75,24 @@ from txschannel.inspector import InspectorSite, _address, describe
 from txschannel.peertext import PeerText, printable
 from txschannel.relay import RelayFactory, no_delay, reset
 from txschannel.terminator.limits import ConnectionLimit
-from txschannel.terminator.metrics import Metrics, status_site
 from txschannel.terminator.ocsp import OCSPError, Stapler
 from txschannel.terminator.proxyheader import header_v1, header_v2, tls_facts
 from txschannel.terminator.routing import Route, Router, normalize_route_name
+from txschannel.terminator.workers import (
+    AdoptingReactor,
+    RecordingReactor,
+    Supervisor,
+    Worker,
+    WorkersError,
+    open_sockets,
+    record_listening,
+    worker_count,
+)
+
+if TYPE_CHECKING:
+    # Imported when --status is given: with --workers, prometheus_client
+    # must first be told where the workers keep their figures.
+    from txschannel.terminator.metrics import Metrics
 
 __all__ = [
     "DEFAULT_PORT",
@@ -406,6 +427,7 @@ class ConnectionGate:
             reset(transport)
             return
         self._counted = True
+        self.factory.gates.add(self)
         if metrics is not None:
             metrics.connections_open.inc()
         no_delay(transport)
@@ -518,6 +540,7 @@ class ConnectionGate:
             self._idle = None
         if self._counted:
             self._counted = False
+            self.factory.gates.discard(self)
             self.factory.limit.closed()
             metrics = self.factory.metrics
             if metrics is not None:
@@ -556,6 +579,8 @@ class ConnectionGate:
             "duration": round(self.factory.clock.seconds() - self._started, 3),
             "reason": why,
         }
+        if self.factory.worker is not None:
+            fields["worker"] = self.factory.worker
         line = " ".join(f"{name}={_logfmt(value)}" for name, value in fields.items())
         _log.info("connection closed {line}", line=line, connection=fields)
 
@@ -648,6 +673,9 @@ class GateFactory(Factory):
     :param idle_timeout: seconds without a byte either way after which a
         connection is aborted (``--idle-timeout``), or ``None``.
     :param metrics: the ``--status`` figures to keep, or ``None``.
+    :param worker: this worker's process id, named in each connection's
+        log line (``--workers``), or ``None``.
+    :ivar gates: the connections open now (counted in *limit*).
     """
 
     noisy = False
@@ -661,9 +689,12 @@ class GateFactory(Factory):
         limit: ConnectionLimit | None = None,
         idle_timeout: float | None = None,
         metrics: Metrics | None = None,
+        worker: int | None = None,
     ) -> None:
         self.wrapped = wrapped
         self.metrics = metrics
+        self.worker = worker
+        self.gates: set[ConnectionGate] = set()
         self.policy = policy
         self.clock = clock
         self.limit = limit if limit is not None else ConnectionLimit()
@@ -707,6 +738,10 @@ class SchannelService(service.Service):
     :param staplers: the OCSP stapler of each listen endpoint (by
         description) that has one: installed with the credentials, started
         with the service, reloaded with the certificates.
+    :param drain_timeout: when stopping, how long open connections may take
+        to finish before they are aborted.
+    :param signals: whether ``SIGHUP`` reloads (a ``--workers`` worker
+        leaves signals and timers to its supervisor).
 
     A certificate that has expired, is not valid yet or expires within 14
     days is logged as a warning (naming its file, subject and dates) on
@@ -731,8 +766,13 @@ class SchannelService(service.Service):
         on_credentials: (
             Callable[[Sequence[tuple[str, IStreamServerEndpoint]]], None] | None
         ) = None,
+        drain_timeout: float = 30.0,
+        signals: bool = True,
     ) -> None:
         self.listen = list(listen)
+        self.log = _log
+        self.drain_timeout = drain_timeout
+        self.signals = signals
         self.status = status
         self.staplers = dict(staplers or {})
         self.on_credentials = on_credentials
@@ -810,7 +850,7 @@ class SchannelService(service.Service):
             if self._status_port is not None:
                 self._status_port.stopListening()
             raise SystemExit(f"twist schannel: {problems[0]}")
-        if hasattr(signal, "SIGHUP"):
+        if self.signals and hasattr(signal, "SIGHUP"):
             self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
         for description, endpoint in self.listen:
             # Endpoints made from strings warned when they were parsed: a
@@ -841,7 +881,7 @@ class SchannelService(service.Service):
         # to the reactor thread.
         self.reactor.callFromThread(self.reload, "SIGHUP")
 
-    def reload(self, why: str) -> None:
+    def reload(self, why: str) -> tuple[int, int]:
         """Re-read the certificate files of every listen endpoint that has them.
 
         New handshakes use the new certificate; open connections keep the
@@ -849,8 +889,12 @@ class SchannelService(service.Service):
         stays in use. Timer reloads log only changes, new errors and new
         validity warnings; other reloads warn about every certificate that
         has expired, is not valid yet or expires within 14 days.
+
+        :return: how many endpoints were reloaded, and how many of them now
+            serve a different certificate.
         """
         quiet = why == "--reload-interval"
+        reloaded = changed = 0
         for description, endpoint in self.listen:
             reload: Callable[..., Credentials] | None = getattr(endpoint, "reload", None)
             if reload is None:
@@ -860,7 +904,7 @@ class SchannelService(service.Service):
                 credentials = reload(warn=False)
             except ValueError as e:
                 if not quiet or self._last_errors.get(description) != str(e):
-                    _log.error(
+                    self.log.error(
                         "{why}: reloading {endpoint} failed, keeping the old certificate "
                         "(sha256 {fingerprint}): {error}",
                         why=why, endpoint=description, fingerprint=before, error=str(e),
@@ -873,8 +917,10 @@ class SchannelService(service.Service):
             if stapler is not None:
                 stapler.reload(why)
             after = _served_fingerprint(credentials)
+            reloaded += 1
+            changed += after != before
             if not quiet or after != before:
-                _log.info(
+                self.log.info(
                     "{why}: reloaded {endpoint}: certificate sha256 {fingerprint}{change}",
                     why=why, endpoint=description, fingerprint=after,
                     change="" if after != before else " (unchanged)",
@@ -882,6 +928,7 @@ class SchannelService(service.Service):
             self._warn_validity(why, description, credentials, only_new=quiet)
         if self.on_credentials is not None:
             self.on_credentials(self.listen)
+        return reloaded, changed
 
     def check_validity(self, why: str = "validity check") -> None:
         """Warn about every served certificate that is out of date or nearly so.
@@ -902,11 +949,15 @@ class SchannelService(service.Service):
         previous = self._last_warnings.get(description, set())
         for warning in warnings:
             if not only_new or warning not in previous:
-                _log.warn("{why}: {validity}", why=why, validity=warning)
+                self.log.warn("{why}: {validity}", why=why, validity=warning)
         self._last_warnings[description] = set(warnings)
 
     def stopService(self) -> Deferred[Any]:
-        """Stop listening (open connections are left to finish) and the timers."""
+        """Stop listening and the timers; then let open connections finish.
+
+        The result fires once every connection has closed, or after
+        *drain_timeout*, when those still open are aborted (and logged).
+        """
         super().stopService()  # type: ignore[no-untyped-call]
         for timer in (self._reloader, self._checker):
             if timer is not None and timer.running:
@@ -920,10 +971,45 @@ class SchannelService(service.Service):
             stapler.stop()
         stopping = [port.stopListening() for port in self.ports]
         self.ports = []
+        stopped = DeferredList([d for d in stopping if isinstance(d, Deferred)])
+        stopped.addCallback(lambda _: self._drain())
         if self._status_port is not None:
-            stopping.append(self._status_port.stopListening())
+            # After the drain: the figures stay readable meanwhile.
+            status_port = self._status_port
             self._status_port = None
-        return DeferredList([d for d in stopping if isinstance(d, Deferred)])
+            stopped.addCallback(lambda _: status_port.stopListening())
+        return stopped
+
+    def _drain(self) -> Deferred[None] | None:
+        gates = getattr(self.factory, "gates", None)
+        if not gates:
+            return None
+        self.log.info(
+            "stopping: waiting up to {seconds:g} s for {count} open connection(s)",
+            seconds=self.drain_timeout, count=len(gates),
+        )
+        drained: Deferred[None] = Deferred()
+        deadline = self.reactor.seconds() + self.drain_timeout
+
+        def check() -> None:
+            if not gates:
+                poll.stop()
+                drained.callback(None)
+            elif self.reactor.seconds() >= deadline:
+                poll.stop()
+                self.log.warn(
+                    "stopping: aborting {count} connection(s) still open after {seconds:g} s",
+                    count=len(gates), seconds=self.drain_timeout,
+                )
+                for gate in list(gates):
+                    gate._our_reason = "aborted: still open when the drain timeout ran out"
+                    gate.abortConnection()
+                drained.callback(None)
+
+        poll = LoopingCall(check)
+        poll.clock = self.reactor
+        poll.start(0.1, now=False)
+        return drained
 
 
 # -- the command line ----------------------------------------------------------
@@ -997,6 +1083,17 @@ class Options(usage.Options):
             "connect-timeout", None, None,
             "Give up on a --connect connection not made within SECONDS (the client is "
             "aborted).",
+        ],
+        [
+            "workers", None, "1",
+            "Serve with N processes (or auto: one per CPU) sharing the listening ports and "
+            "the session-ticket keys; a supervisor replaces workers that die, and SIGHUP "
+            "starts a new generation with the re-read certificates.",
+        ],
+        [
+            "drain-timeout", None, "30",
+            "When stopping (SIGTERM, or an old generation of --workers), let open "
+            "connections finish for up to SECONDS, then abort them.",
         ],
     ]
 
@@ -1100,8 +1197,122 @@ class Options(usage.Options):
             _usage_exit(str(e))
 
     def postOptions(self) -> None:
-        """Build the endpoints and the default certificate; any problem is a UsageError."""
+        """Build the endpoints and the default certificate; any problem is a UsageError.
+
+        With ``--workers`` above 1 this process becomes the supervisor: it
+        returns from here only in the workers it forks.
+        """
+        try:
+            self["workers"] = worker_count(str(self["workers"]))
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        self["drain-timeout"] = _seconds("drain-timeout", str(self["drain-timeout"]))
+        self["worker"] = None
+        if self["workers"] == 1:
+            from twisted.internet import reactor
+
+            self._build(reactor, reactor)
+        else:
+            self._supervise()
+
+    def _supervise(self) -> None:
+        """Parse, open the sockets, build the credentials, fork; return in a worker."""
+        if "twisted.internet.reactor" in sys.modules:
+            raise usage.UsageError(
+                "--workers: a reactor is installed already (by twist --reactor?), and the "
+                "workers must each install their own; leave --reactor out"
+            )
+        recording = RecordingReactor()
+        self._build(recording, recording)
+        supervised = list(self["endpoints"])
+        listening = [(f"--listen {d!r}", e) for d, e in supervised]
+        if self["status-endpoint"] is not None:
+            listening.append((f"--status {self['status']!r}", self["status-endpoint"]))
+        count = self["workers"]
+        sockets: list[dict[tuple[object, ...], Any]] = [{} for _ in range(count)]
+        for option, endpoint in listening:
+            try:
+                requests = record_listening(endpoint, recording)
+                for slot, opened in zip(sockets, open_sockets(requests, count), strict=True):
+                    slot.update(opened)
+            except WorkersError as e:
+                raise usage.UsageError(f"{option}: {e}") from None
+            except OSError as e:
+                raise usage.UsageError(f"{option}: cannot listen: {e.strerror or e}") from None
+        if "twisted.internet.reactor" in sys.modules:
+            raise RuntimeError("the supervisor imported the reactor while parsing (a bug)")
+        metrics_folder: str | None = None
+        if self["status-endpoint"] is not None:
+            # Each worker writes its figures there; any worker's /metrics
+            # adds them all up (prometheus_client's multiprocess mode).
+            metrics_folder = tempfile.mkdtemp(prefix="txschannel-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_folder
+        log = self._supervisor_log()
+        # Reloads and validity warnings are the supervisor's, with its log.
+        keeper = SchannelService(supervised, Factory(), None, validity_interval=None)
+        keeper.log = log
+        for description, endpoint in supervised:
+            credentials = getattr(endpoint, "credentials", None)
+            if isinstance(credentials, Credentials):
+                keeper._last_warnings[description] = set(validity_warnings(credentials))
+
+        def reload(why: str) -> bool:
+            reloaded, changed = keeper.reload(why)
+            return changed > 0 if why == "--reload-interval" else reloaded > 0
+
+        def exited(pid: int) -> None:
+            if metrics_folder is not None:
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
+                    pid, metrics_folder
+                )
+
+        def cleanup() -> None:
+            if metrics_folder is not None:
+                shutil.rmtree(metrics_folder, ignore_errors=True)
+
+        for line in self["announce"]:
+            log.info("{line}", line=line)
+        supervisor = Supervisor(
+            count, sockets, log, reload, keeper.check_validity,
+            drain_timeout=self["drain-timeout"],
+            reload_interval=self["reload-interval"],
+            validity_interval=_VALIDITY_CHECK_INTERVAL,
+            on_exit=exited, cleanup=cleanup,
+        )
+        worker = supervisor.run()
+        # In a worker, from here on: an ordinary twist schannel process
+        # whose endpoints adopt the supervisor's sockets and serve its
+        # credentials (the same OpenSSL contexts, ticket keys included).
+        if os.environ.get("LISTEN_PID") == str(worker.supervisor):
+            os.environ["LISTEN_PID"] = str(os.getpid())  # systemd's sockets are ours now
         from twisted.internet import reactor
+
+        self._build(reactor, AdoptingReactor(reactor, worker.sockets))
+        for (_, endpoint), (_, built) in zip(self["endpoints"], supervised, strict=True):
+            credentials = getattr(built, "credentials", None)
+            if isinstance(credentials, Credentials):
+                endpoint.credentials = credentials
+        self["announce"] = []  # the supervisor said it, once
+        self["worker"] = worker
+
+    def _supervisor_log(self) -> Logger:
+        """A logger writing where twist writes, in its format, for the supervisor."""
+        parent = getattr(self, "parent", None)
+        if parent is not None and "fileLogObserverFactory" in parent:
+            observer = parent["fileLogObserverFactory"](parent["logFile"])
+            level = parent.get("logLevel", LogLevel.info)
+        else:
+            observer, level = textFileLogObserver(sys.stdout), LogLevel.info
+        predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+        return Logger(
+            namespace="txschannel.workers",
+            observer=FilteringLogObserver(observer, [predicate]),
+        )
+
+    def _build(self, reactor: Any, listen_reactor: Any) -> None:
+        """Parse every endpoint (listening ones with *listen_reactor*); check the rest."""
         from twisted.internet.endpoints import clientFromString, serverFromString
 
         self["reactor"] = reactor
@@ -1160,7 +1371,9 @@ class Options(usage.Options):
             description, response_file = _take_option(description, "ocspResponse")
             description, auto = _take_option(description, "ocsp")
             try:
-                endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
+                endpoint = serverFromString(  # type: ignore[no-untyped-call]
+                    listen_reactor, description
+                )
             except Exception as e:  # Twisted's parsers raise ValueError, TypeError, ...
                 raise usage.UsageError(f"--listen {original!r}: {_error_text(e)}") from None
             if response_file is not None or auto is not None:
@@ -1202,7 +1415,7 @@ class Options(usage.Options):
         if self["status"] is not None:
             try:
                 self["status-endpoint"] = serverFromString(  # type: ignore[no-untyped-call]
-                    reactor, self["status"]
+                    listen_reactor, self["status"]
                 )
             except Exception as e:
                 raise usage.UsageError(f"--status {self['status']!r}: {_error_text(e)}") from None
@@ -1352,21 +1565,33 @@ def makeService(options: Options) -> SchannelService:
             ),
         )
     limit = ConnectionLimit(options["max-connections"])
-    metrics = Metrics() if options["status-endpoint"] is not None else None
+    worker: Worker | None = options.get("worker")
+    metrics = None
+    if options["status-endpoint"] is not None:
+        from txschannel.terminator.metrics import Metrics, status_site
+
+        metrics = Metrics(
+            multiprocess=os.environ.get("PROMETHEUS_MULTIPROC_DIR") if worker else None
+        )
     gated = GateFactory(
         application, options["policy"], reactor,
         limit=limit, idle_timeout=options["idle-timeout"], metrics=metrics,
+        worker=os.getpid() if worker is not None else None,
     )
     service = SchannelService(
         options["endpoints"],
         gated,
         reactor,
-        reload_interval=options["reload-interval"],
+        reload_interval=options["reload-interval"] if worker is None else None,
         announce=options["announce"],
         limit=limit,
         prepare=router.install if router is not None else None,
         on_credentials=metrics.note_certificates if metrics is not None else None,
         staplers=options["staplers"],
+        drain_timeout=options["drain-timeout"],
+        # A worker's supervisor reloads and warns, for all workers at once.
+        signals=worker is None,
+        validity_interval=_VALIDITY_CHECK_INTERVAL if worker is None else None,
     )
     if metrics is not None:
         service.status = (

@@ -25,6 +25,12 @@ serves it, from Twisted's thread pool, with its ``MetricsResource``):
 
 ``/status`` gives the same figures as JSON, with the process id, the
 listening addresses and each served certificate's dates.
+
+With ``--workers``, each worker writes its figures to files in a folder
+that its supervisor made (``prometheus_client``'s multiprocess mode), and
+whichever worker answers a scrape adds up those of every worker: counters
+and the histogram over all workers that ever ran, the open-connection
+gauge and certificate expiry over the workers alive now.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.twisted import MetricsResource
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.web.resource import Resource
@@ -52,16 +59,36 @@ _QUOTED = re.compile(r"'(.*)'")
 class Metrics:
     """The figures of one ``twist schannel`` process (see the module's list).
 
-    :ivar registry: the ``prometheus_client`` registry holding them.
+    :param multiprocess: the folder where every worker of a ``--workers``
+        supervisor keeps its figures, or ``None`` for one process. It must
+        have been named in ``PROMETHEUS_MULTIPROC_DIR`` before
+        ``prometheus_client`` was imported.
+    :ivar registry: the ``prometheus_client`` registry to read them from.
+    :raises RuntimeError: *multiprocess* was given but ``prometheus_client``
+        keeps its figures in memory.
     """
 
-    def __init__(self) -> None:
-        self.registry = registry = CollectorRegistry()
+    def __init__(self, multiprocess: str | None = None) -> None:
+        registry = CollectorRegistry()
+        self.registry = registry
+        self.multiprocess = multiprocess
+        if multiprocess is not None:
+            if not getattr(values.ValueClass, "_multiprocess", False):
+                raise RuntimeError(
+                    "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set"
+                )
+            # The metrics below write to this worker's files; what is read
+            # is the sum over every worker's files.
+            self.registry = CollectorRegistry()
+            MultiProcessCollector(  # type: ignore[no-untyped-call]
+                self.registry, path=multiprocess
+            )
         self.started = time.time()
         self.connections_open = Gauge(
             "txschannel_connections_open",
             "Connections accepted and not yet closed.",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.connections = Counter(
             "txschannel_connections",
@@ -98,6 +125,7 @@ class Metrics:
             "When each served certificate's validity ends (Unix time), by file.",
             ["file"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self._handshake_ok = self.handshakes.labels(status="OK")
         self.certificates: list[dict[str, Any]] = []
@@ -117,7 +145,10 @@ class Metrics:
         self, listen: Sequence[tuple[str, IStreamServerEndpoint]]
     ) -> None:
         """Read the served certificates' expiry from every listen endpoint's credentials."""
-        self.certificate_expiry.clear()
+        if self.multiprocess is None:
+            # (Not in multiprocess mode: a worker's certificates change only
+            # with a new generation of workers.)
+            self.certificate_expiry.clear()
         certificates: list[dict[str, Any]] = []
         for description, endpoint in listen:
             credentials = getattr(endpoint, "credentials", None)

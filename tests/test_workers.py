@@ -1,0 +1,305 @@
+"""``twist schannel --workers N``: a supervisor and N forked workers, as real processes.
+
+Clients are Python's ``ssl`` module and ``openssl s_client``; which worker
+served a connection is read from its log line (``worker=PID``), matched by
+the client's own port.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import FailTest, TestCase
+
+from tests.peers import LISTENER, Peer, free_port, require, wait_for_port
+from tests.test_tap import REPO, Twist, environment, run_twist, served_fingerprint
+from txschannel.testing import CertificateAuthority
+
+#: Echoes every byte back until the client closes.
+ECHO_SERVER = LISTENER + """
+def serve(connection):
+    with connection:
+        while True:
+            data = connection.recv(65536)
+            if not data:
+                return
+            connection.sendall(data)
+
+while True:
+    connection, _ = server.accept()
+    threading.Thread(target=serve, args=(connection,), daemon=True).start()
+"""
+
+_STARTED = re.compile(r"worker (\d+) started \((\d+) of (\d+), generation (\d+)\)")
+
+
+class Setup:
+    """A CA, a server certificate for localhost, and a folder for the run."""
+
+    def __init__(self, test: TestCase) -> None:
+        self.folder = Path(test.mktemp()).resolve()
+        self.folder.mkdir()
+        self.ca = CertificateAuthority()
+        self.ca_file = self.folder / "ca.pem"
+        self.ca.write(self.ca_file)
+        self.server_file = self.folder / "server.pem"
+        self.ca.issue("localhost", "127.0.0.1").write(self.server_file)
+        self.port = free_port()
+
+    def listen(self, *options: str) -> str:
+        extra = "".join(f":{option}" for option in options)
+        return (f"schannel:tcp:{self.port}:interface=127.0.0.1:"
+                f"certificate={self.server_file}{extra}")
+
+    def client_context(self, maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        if maximum is not None:
+            context.maximum_version = maximum
+        return context
+
+
+def start_echo_server(test: TestCase) -> int:
+    script = Path(test.mktemp() + ".py").resolve()
+    script.write_text(ECHO_SERVER)
+    port = free_port()
+    server = Peer([sys.executable, str(script), str(port)])
+    test.addCleanup(server.stop)
+    wait_for_port(port)
+    return port
+
+
+def workers_started(twist: Twist, count: int, generation: int = 1) -> list[int]:
+    """The pids of generation *generation*'s *count* workers, once all have started."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pids = [int(m.group(1)) for m in _STARTED.finditer(twist.output)
+                if int(m.group(4)) == generation]
+        if len(pids) >= count:
+            return pids
+        if twist.process.poll() is not None:
+            raise FailTest(f"twist exited ({twist.process.returncode}):\n{twist.output}")
+        time.sleep(0.05)
+    raise FailTest(f"{count} workers of generation {generation} did not start:\n{twist.output}")
+
+
+def wait_listening(twist: Twist, count: int) -> None:
+    """Wait until *count* workers say they listen (past any earlier lines)."""
+    deadline = time.monotonic() + 30
+    while twist.output.count("listening on schannel:") < count:
+        if time.monotonic() > deadline:
+            raise FailTest(f"{count} workers did not listen:\n{twist.output}")
+        time.sleep(0.05)
+
+
+def exchange(setup: Setup, payload: bytes = b"ping",
+             session: ssl.SSLSession | None = None,
+             context: ssl.SSLContext | None = None) -> tuple[int, ssl.SSLSession | None, bool]:
+    """One TLS connection through the relay: (our port, session to resume, reused?)."""
+    context = context or setup.client_context()
+    with socket.create_connection(("127.0.0.1", setup.port), timeout=10) as raw:
+        local_port = raw.getsockname()[1]
+        with context.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+            tls.sendall(payload)
+            received = b""
+            while len(received) < len(payload):
+                data = tls.recv(65536)
+                if not data:
+                    break
+                received += data
+            if received != payload:
+                raise FailTest(f"echoed {received!r}, sent {payload!r}")
+            # TLS 1.3 tickets arrive after the handshake: reading above took them.
+            return local_port, tls.session, tls.session_reused
+
+
+def served_by(twist: Twist, local_port: int) -> int:
+    """The worker pid whose log line names the connection from *local_port*."""
+    match = twist.wait_for(rf"peer=127\.0\.0\.1:{local_port} .*? worker=(\d+)")
+    return int(match.group(1))
+
+
+class WorkersTests(TestCase):
+    """Connections over two workers, resumption across them, and their supervisor."""
+
+    timeout = 120
+
+    def relay(self, setup: Setup, *arguments: str, workers: int = 2) -> Twist:
+        backend = start_echo_server(self)
+        twist = Twist(
+            self, "--workers", str(workers), "--listen", setup.listen(),
+            "--connect", f"tcp:127.0.0.1:{backend}", *arguments, group=True,
+        )
+        workers_started(twist, workers)
+        wait_listening(twist, workers)
+        return twist
+
+    def test_connections_spread_over_workers(self) -> None:
+        """Forty connections are served by both workers, and each line names its worker."""
+        setup = Setup(self)
+        twist = self.relay(setup)
+        pids = set(workers_started(twist, 2))
+        ports = [exchange(setup)[0] for _ in range(40)]
+        serving = [served_by(twist, port) for port in ports]
+        self.assertEqual(set(serving), pids, twist.output)
+        supervisor = re.search(r"supervisor (\d+): starting 2 workers", twist.output)
+        assert supervisor is not None
+        self.assertEqual(int(supervisor.group(1)), twist.process.pid)
+
+    def test_session_resumed_on_another_worker(self) -> None:
+        """A ticket issued by one worker resumes on the other (TLS 1.3 and 1.2).
+
+        The credentials were built once, before the fork, so the workers
+        share the ticket keys.
+        """
+        setup = Setup(self)
+        twist = self.relay(setup)
+        for maximum in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            context = setup.client_context(maximum)  # a session is its context's
+            port, session, reused = exchange(setup, context=context)
+            self.assertFalse(reused)
+            self.assertIsNotNone(session)
+            issuer = served_by(twist, port)
+            for _ in range(60):
+                port, _, reused = exchange(setup, session=session, context=context)
+                if served_by(twist, port) != issuer:
+                    break
+            else:
+                raise FailTest(f"60 connections all went to worker {issuer}")
+            self.assertTrue(reused, f"{maximum.name}: not resumed on the other worker")
+
+    def test_dead_worker_replaced(self) -> None:
+        """A worker killed with SIGKILL is replaced and logged; clients are still served."""
+        setup = Setup(self)
+        twist = self.relay(setup)
+        first, second = workers_started(twist, 2)
+        os.kill(first, signal.SIGKILL)
+        twist.wait_for(
+            rf"worker {first} was killed by SIGKILL; starting another in its place"
+        )
+        # Killed so soon after it started, it is replaced after a pause.
+        pids = workers_started(twist, 3)
+        wait_listening(twist, 3)
+        serving = {served_by(twist, exchange(setup)[0]) for _ in range(30)}
+        self.assertEqual(serving, {second, pids[2]}, twist.output)
+
+    def test_sighup_new_generation_and_drain(self) -> None:
+        """SIGHUP: new workers serve the new certificate; old connections finish first."""
+        setup = Setup(self)
+        twist = self.relay(setup)
+        old = workers_started(twist, 2)
+        before = served_fingerprint(setup.port)
+        context = setup.client_context()
+        with socket.create_connection(("127.0.0.1", setup.port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"before")
+                self.assertEqual(tls.recv(100), b"before")
+                setup.ca.issue("localhost", "127.0.0.1").write(setup.server_file)
+                twist.send_signal(signal.SIGHUP)
+                twist.wait_for(r"SIGHUP: starting generation 2")
+                new = workers_started(twist, 2, generation=2)
+                wait_listening(twist, 4)
+                self.assertNotEqual(served_fingerprint(setup.port), before)
+                # The old worker still relays this connection.
+                tls.sendall(b"after")
+                self.assertEqual(tls.recv(100), b"after")
+        for pid in old:
+            twist.wait_for(rf"worker {pid} stopped")
+        self.assertTrue(set(new).isdisjoint(old))
+        serving = {served_by(twist, exchange(setup)[0]) for _ in range(20)}
+        self.assertTrue(serving <= set(new), twist.output)
+
+    def test_sigterm_drains_then_exits(self) -> None:
+        """SIGTERM: workers stop accepting, finish the open connection, and all exit 0."""
+        setup = Setup(self)
+        twist = self.relay(setup, "--drain-timeout", "60")
+        pids = workers_started(twist, 2)
+        context = setup.client_context()
+        with socket.create_connection(("127.0.0.1", setup.port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"hello")
+                self.assertEqual(tls.recv(100), b"hello")
+                twist.send_signal(signal.SIGTERM)
+                twist.wait_for(r"waiting up to 60 s for 1 open connection")
+                with self.assertRaises(OSError):
+                    socket.create_connection(("127.0.0.1", setup.port), timeout=5).close()
+                tls.sendall(b"still here")
+                self.assertEqual(tls.recv(100), b"still here")
+        self.assertEqual(twist.process.wait(timeout=30), 0, twist.output)
+        for pid in pids:
+            self.assertIn(f"worker {pid} stopped", twist.output)
+        self.assertIn("every worker has stopped", twist.output)
+
+    def test_metrics_cover_every_worker(self) -> None:
+        """/metrics counts the connections of both workers, whichever one answers."""
+        setup = Setup(self)
+        status = free_port()
+        twist = self.relay(setup, "--status", f"tcp:{status}:interface=127.0.0.1")
+        ports = [exchange(setup)[0] for _ in range(12)]
+        self.assertEqual(len({served_by(twist, port) for port in ports}), 2, twist.output)
+        curl = require("curl")
+        for _ in range(4):
+            text = subprocess.run(
+                [curl, "-sS", f"http://127.0.0.1:{status}/metrics"],
+                capture_output=True, text=True, timeout=30, check=True,
+            ).stdout
+            self.assertIn("txschannel_connections_total 12.0", text)
+            self.assertIn('txschannel_handshakes_total{status="OK"} 12.0', text)
+            self.assertIn("txschannel_connections_open 0.0", text)
+
+
+class WorkersCommandLineTests(TestCase):
+    """What --workers refuses, with one line naming why."""
+
+    def test_bad_counts(self) -> None:
+        for given, expected in (("0", "must be from 1 to 1024"),
+                                ("two", "expected a number of processes or auto")):
+            result = run_twist("--workers", given)
+            self.assertEqual(result.returncode, 64)
+            self.assertIn(f"--workers {given!r}: {expected}", result.stderr)
+
+    def test_unix_socket_refused(self) -> None:
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        result = run_twist("--workers", "2", "--listen", f"unix:{folder / 'socket'}",
+                           "--connect", "tcp:127.0.0.1:1")
+        self.assertEqual(result.returncode, 64, result.stderr)
+        self.assertIn("--workers shares TCP and systemd sockets only", result.stderr)
+
+    def test_port_in_use_named(self) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            result = run_twist("--workers", "2", "--listen",
+                               f"tcp:{port}:interface=127.0.0.1",
+                               "--connect", "tcp:127.0.0.1:1")
+        self.assertEqual(result.returncode, 64, result.stderr)
+        self.assertIn(f"--listen 'tcp:{port}:interface=127.0.0.1': cannot listen:",
+                      result.stderr)
+
+    def test_reactor_option_refused(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "twisted", "--reactor=poll", "schannel", "--workers", "2"],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+            env=environment(Path(self.mktemp())),
+        )
+        self.assertEqual(result.returncode, 64, result.stderr)
+        self.assertIn("--workers: a reactor is installed already", result.stderr)
+
+    def test_auto(self) -> None:
+        """--workers auto starts one worker per usable CPU."""
+        count = len(os.sched_getaffinity(0))
+        twist = Twist(self, "--workers", "auto", "--listen",
+                      f"schannel:tcp:{free_port()}:interface=127.0.0.1",
+                      "--state-dir", os.path.abspath(self.mktemp()), group=True)
+        twist.wait_for(rf"supervisor \d+: starting {count} workers")
+        self.assertEqual(len(workers_started(twist, count)), count)
+

@@ -1,0 +1,553 @@
+"""``--workers N``: N processes serve the same listening sockets.
+
+The process that ``twist schannel --workers N`` starts becomes a
+*supervisor* that never runs a reactor. It parses the command line with a
+:class:`RecordingReactor` standing in for Twisted's (so every error is
+reported once, before anything listens), opens the listening sockets
+itself, builds the credentials, and then forks the workers. A forked
+worker installs a fresh reactor, adopts its sockets and carries on as an
+ordinary ``twist schannel`` process.
+
+Why fork, and why from a process without a reactor:
+
+- credentials built before the fork are the same OpenSSL contexts in every
+  worker, session-ticket keys included, so a ticket issued by one worker
+  resumes a session on any other (pyOpenSSL has no call to set ticket keys);
+- a reactor holds an ``epoll`` descriptor, which a forked child would share
+  with its parent and siblings; the workers each install their own.
+
+Each TCP listen endpoint gets one socket per worker, bound with
+``SO_REUSEPORT`` so that the kernel spreads new connections over the
+workers; a socket passed by systemd is shared by all. The supervisor keeps
+every socket open, so connections waiting in a socket's queue survive a
+worker that dies or is replaced.
+
+The supervisor replaces a worker that dies (logging why), starts a new
+generation on ``SIGHUP`` and at ``--reload-interval`` when a certificate
+changed (the old generation drains and exits), and on ``SIGTERM``/``SIGINT``
+passes the signal on and waits for every worker to drain.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorPluggableNameResolver,
+    IReactorSocket,
+    IReactorTCP,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides, implementer, providedBy
+
+__all__ = [
+    "ListenRequest",
+    "RecordingReactor",
+    "AdoptingReactor",
+    "Supervisor",
+    "Worker",
+    "WorkersError",
+    "open_sockets",
+    "record_listening",
+    "worker_count",
+]
+
+#: A worker that exits sooner than this after it started is replaced only
+#: after a pause, and five such exits in a row stop the supervisor.
+_QUICK_EXIT_SECONDS = 1.0
+_QUICK_EXITS_ALLOWED = 5
+#: Signals the supervisor waits for (blocked, and taken with sigtimedwait).
+_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+#: prctl(2): the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+class WorkersError(Exception):
+    """A listen endpoint that the workers cannot share; the message names why."""
+
+
+def worker_count(text: str) -> int:
+    """``--workers``' value: a count of at least 1, or ``auto`` (the usable CPUs).
+
+    :raises ValueError: naming what was expected.
+    """
+    if text.strip().lower() == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            return max(1, os.cpu_count() or 1)
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"--workers {text!r}: expected a number of processes or auto") from None
+    if not 1 <= value <= 1024:
+        raise ValueError(f"--workers {text!r}: must be from 1 to 1024")
+    return value
+
+
+# -- what the endpoints ask for -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListenRequest:
+    """One listening socket an endpoint asked the reactor for.
+
+    ``kind`` is ``"tcp"`` (``port``, ``interface``, ``backlog``) or
+    ``"adopt"`` (an inherited descriptor ``fd`` of ``family``, such as a
+    systemd socket).
+    """
+
+    kind: str
+    port: int = 0
+    interface: str = ""
+    backlog: int = 50
+    fd: int = -1
+    family: int = socket.AF_INET
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        """What identifies the request when the worker's endpoint asks again."""
+        if self.kind == "tcp":
+            return ("tcp", self.interface, self.port)
+        return ("adopt", self.fd)
+
+
+@implementer(IListeningPort)
+class _NotListening:
+    """What the recording reactor hands back: nothing listens yet."""
+
+    def __init__(self, request: ListenRequest) -> None:
+        self.request = request
+
+    def startListening(self) -> None:
+        pass
+
+    def stopListening(self) -> Deferred[None]:
+        return succeed(None)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", self.request.interface or "0.0.0.0", self.request.port)
+
+
+@implementer(IReactorTCP, IReactorSocket, IReactorPluggableNameResolver)
+class RecordingReactor:
+    """Stands in for the reactor while the supervisor parses the command line.
+
+    Endpoints keep it and never use it, except that asking one to listen
+    records what it asked for (:attr:`requests`). Anything else an endpoint
+    might do with a reactor (connect, call later) is an error: the
+    supervisor must not do it.
+    """
+
+    nameResolver: Any = None
+
+    def __init__(self) -> None:
+        self.requests: list[ListenRequest] = []
+
+    def listenTCP(
+        self, port: int, factory: IProtocolFactory, backlog: int = 50, interface: str = ""
+    ) -> _NotListening:
+        request = ListenRequest("tcp", port=port, interface=interface, backlog=backlog)
+        self.requests.append(request)
+        return _NotListening(request)
+
+    def adoptStreamPort(
+        self, fileDescriptor: int, addressFamily: int, factory: IProtocolFactory
+    ) -> _NotListening:
+        request = ListenRequest("adopt", fd=fileDescriptor, family=addressFamily)
+        self.requests.append(request)
+        return _NotListening(request)
+
+    def listenUNIX(self, address: str, factory: IProtocolFactory, *args: object,
+                   **kwargs: object) -> NoReturn:
+        raise WorkersError(
+            "--workers shares TCP and systemd sockets only; a UNIX socket needs one "
+            "process (leave --workers out)"
+        )
+
+    def __getattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"the supervisor parses endpoints without a reactor ({name})")
+
+
+def record_listening(
+    endpoint: IStreamServerEndpoint, reactor: RecordingReactor
+) -> list[ListenRequest]:
+    """The sockets *endpoint*, parsed with *reactor*, listens on.
+
+    A ``schannel:`` endpoint is asked through its inner endpoint, so that no
+    TLS factory (and no reactor) is made.
+
+    :raises WorkersError: the endpoint cannot be shared by workers.
+    """
+    inner = getattr(endpoint, "inner", endpoint)
+    before = len(reactor.requests)
+    failures: list[BaseException] = []
+
+    def failed(failure: Failure) -> None:
+        failures.append(failure.value or WorkersError(failure.getErrorMessage()))
+
+    inner.listen(Factory()).addErrback(failed)
+    if failures:
+        error = failures[0]
+        raise error if isinstance(error, WorkersError) else WorkersError(str(error))
+    if len(reactor.requests) == before:
+        raise WorkersError(
+            f"--workers cannot share {type(inner).__name__} listening ports (TCP and systemd "
+            "sockets only)"
+        )
+    return reactor.requests[before:]
+
+
+def open_sockets(
+    requests: Sequence[ListenRequest], count: int
+) -> list[dict[tuple[object, ...], socket.socket]]:
+    """For each of *count* workers, its listening socket for every request (by key).
+
+    A TCP request gets one socket per worker, all bound to the same address
+    with ``SO_REUSEPORT``; port 0 is chosen once and shared. An adopted
+    descriptor is shared as it is.
+
+    :raises OSError: binding failed (the caller names the endpoint).
+    """
+    slots: list[dict[tuple[object, ...], socket.socket]] = [{} for _ in range(count)]
+    for request in requests:
+        if request.kind == "adopt":
+            shared = socket.socket(fileno=os.dup(request.fd))
+            shared.setblocking(False)
+            for slot in slots:
+                slot[request.key] = shared
+            continue
+        family = socket.AF_INET6 if isIPv6Address(request.interface) else socket.AF_INET
+        port = request.port
+        for slot in slots:
+            listening = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                listening.bind((request.interface, port))
+                listening.listen(request.backlog)
+            except OSError:
+                listening.close()
+                raise
+            listening.setblocking(False)
+            port = listening.getsockname()[1]
+            slot[request.key] = listening
+    return slots
+
+
+class AdoptingReactor:
+    """The worker's reactor, but listening means adopting the supervisor's socket.
+
+    Everything else is passed to *reactor*, which this object provides the
+    interfaces of.
+    """
+
+    def __init__(self, reactor: Any, sockets: Mapping[tuple[object, ...], socket.socket]) -> None:
+        self._reactor = reactor
+        self._sockets = sockets
+        directlyProvides(self, providedBy(reactor))
+
+    def listenTCP(
+        self, port: int, factory: IProtocolFactory, backlog: int = 50, interface: str = ""
+    ) -> IListeningPort:
+        shared = self._sockets.get(("tcp", interface, port))
+        if shared is None:
+            raise WorkersError(f"the supervisor opened no socket for {interface}:{port}")
+        return self._adopt(shared, factory)
+
+    def adoptStreamPort(
+        self, fileDescriptor: int, addressFamily: int, factory: IProtocolFactory
+    ) -> IListeningPort:
+        shared = self._sockets.get(("adopt", fileDescriptor))
+        if shared is None:
+            listening: IListeningPort = self._reactor.adoptStreamPort(
+                fileDescriptor, addressFamily, factory
+            )
+            return listening
+        return self._adopt(shared, factory)
+
+    def _adopt(self, shared: socket.socket, factory: IProtocolFactory) -> IListeningPort:
+        listening: IListeningPort = self._reactor.adoptStreamPort(
+            shared.fileno(), shared.family, factory
+        )
+        # The port has a duplicate: once it stops listening, nothing here
+        # keeps the socket open.
+        shared.close()
+        return listening
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+# -- the supervisor ---------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    """What a forked worker is told: which of the workers it is, and its sockets."""
+
+    slot: int
+    count: int
+    generation: int
+    sockets: Mapping[tuple[object, ...], socket.socket]
+    supervisor: int
+
+
+@dataclass
+class _Running:
+    slot: int
+    generation: int
+    started: float
+    stopping: bool = False
+
+
+@dataclass
+class Supervisor:
+    """Forks *count* workers and looks after them; :meth:`run` returns only in a worker.
+
+    :param sockets: each worker's sockets (from :func:`open_sockets`).
+    :param log: where the supervisor's lines go (twist's log file and format).
+    :param reload: called with the reason on ``SIGHUP`` and at each
+        *reload_interval*; re-reads the certificates and returns whether any
+        changed (or the reload was asked for by a person), so that a new
+        generation of workers should start.
+    :param check_validity: called daily to warn about certificates near
+        their end.
+    :param drain_timeout: how long workers may take to drain before the
+        supervisor kills them at shutdown (beyond their own limit).
+    :param on_exit: called with each pid that exited (the metrics files).
+    :param cleanup: called once, when the supervisor exits.
+    """
+
+    count: int
+    sockets: Sequence[Mapping[tuple[object, ...], socket.socket]]
+    log: Logger
+    reload: Callable[[str], bool]
+    check_validity: Callable[[], None]
+    drain_timeout: float
+    reload_interval: float | None = None
+    validity_interval: float | None = None
+    on_exit: Callable[[int], None] = lambda pid: None
+    cleanup: Callable[[], None] = lambda: None
+    _running: dict[int, _Running] = field(default_factory=dict)
+    _generation: int = 0
+    _waiting: dict[int, float] = field(default_factory=dict)  # slot -> when to start
+    _quick_exits: int = 0
+    _stopping_since: float | None = None
+
+    def run(self) -> Worker:
+        """Start the workers, then supervise until they have all stopped.
+
+        Returns in each forked worker; the supervisor itself ends with
+        ``SystemExit``.
+        """
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        self._generation = 1
+        self.log.info(
+            "supervisor {pid}: starting {count} workers", pid=os.getpid(), count=self.count
+        )
+        for slot in range(self.count):
+            worker = self._start(slot)
+            if worker is not None:
+                return worker
+        now = time.monotonic()
+        next_reload = now + self.reload_interval if self.reload_interval else None
+        next_check = now + self.validity_interval if self.validity_interval else None
+        while True:
+            now = time.monotonic()
+            deadlines = [d for d in (next_reload, next_check) if d is not None]
+            deadlines += self._waiting.values()
+            if self._stopping_since is not None:
+                deadlines.append(self._stopping_since + self.drain_timeout + 10.0)
+            timeout = max(0.0, min(deadlines) - now) if deadlines else 3600.0
+            received = signal.sigtimedwait(_SIGNALS, timeout)
+            number = received.si_signo if received is not None else None
+            if number == signal.SIGCHLD:
+                worker = self._reap()
+                if worker is not None:
+                    return worker
+            elif number in (signal.SIGTERM, signal.SIGINT):
+                self._stop(signal.Signals(number).name)
+            elif number == signal.SIGHUP and self._stopping_since is None:
+                if self.reload("SIGHUP"):
+                    worker = self._new_generation("SIGHUP")
+                    if worker is not None:
+                        return worker
+            now = time.monotonic()
+            if next_reload is not None and now >= next_reload:
+                next_reload = now + (self.reload_interval or 0)
+                if self._stopping_since is None and self.reload("--reload-interval"):
+                    worker = self._new_generation("--reload-interval")
+                    if worker is not None:
+                        return worker
+            if next_check is not None and now >= next_check:
+                next_check = now + (self.validity_interval or 0)
+                self.check_validity()
+            for slot, due in list(self._waiting.items()):
+                if now >= due and self._stopping_since is None:
+                    del self._waiting[slot]
+                    worker = self._start(slot)
+                    if worker is not None:
+                        return worker
+            if self._stopping_since is not None:
+                if not self._running:
+                    self._exit(0)
+                if now >= self._stopping_since + self.drain_timeout + 10.0:
+                    for pid in self._running:
+                        self.log.error("worker {pid} did not stop: killing it", pid=pid)
+                        _signal(pid, signal.SIGKILL)
+                    self._stopping_since = now  # another round to reap them
+
+    def _start(self, slot: int) -> Worker | None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            supervisor = os.getppid()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            _stop_with(supervisor)
+            # Only the supervisor holds every socket: a worker that stopped
+            # listening must not keep the others' (or its own) open.
+            own = {id(listening) for listening in self.sockets[slot].values()}
+            for sockets in self.sockets:
+                for listening in sockets.values():
+                    if id(listening) not in own:
+                        listening.close()
+            return Worker(slot, self.count, self._generation, self.sockets[slot], supervisor)
+        self._running[pid] = _Running(slot, self._generation, time.monotonic())
+        self.log.info(
+            "worker {pid} started ({slot} of {count}, generation {generation})",
+            pid=pid, slot=slot + 1, count=self.count, generation=self._generation,
+        )
+        return None
+
+    def _reap(self) -> Worker | None:
+        while self._running:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if pid == 0:
+                return None
+            running = self._running.pop(pid, None)
+            self.on_exit(pid)
+            if running is None:
+                continue
+            how = _exit_text(status)
+            if running.stopping or self._stopping_since is not None:
+                self.log.info("worker {pid} stopped", pid=pid)
+                continue
+            if running.generation != self._generation:
+                continue
+            lived = time.monotonic() - running.started
+            if lived < _QUICK_EXIT_SECONDS:
+                self._quick_exits += 1
+            else:
+                self._quick_exits = 0
+            if self._quick_exits >= _QUICK_EXITS_ALLOWED:
+                self.log.critical(
+                    "worker {pid} {how} {seconds:.1f} s after it started, {n} times in a "
+                    "row: stopping",
+                    pid=pid, how=how, seconds=lived, n=self._quick_exits,
+                )
+                self._stop("repeated worker failures", status=1)
+                return None
+            delay = _QUICK_EXIT_SECONDS if lived < _QUICK_EXIT_SECONDS else 0.0
+            self.log.warn(
+                "worker {pid} {how}; starting another in its place{later}",
+                pid=pid, how=how, later=f" in {delay:.0f} s" if delay else "",
+            )
+            if delay:
+                self._waiting[running.slot] = time.monotonic() + delay
+            else:
+                worker = self._start(running.slot)
+                if worker is not None:
+                    return worker
+        return None
+
+    def _new_generation(self, why: str) -> Worker | None:
+        old = [pid for pid, running in self._running.items() if not running.stopping]
+        self._generation += 1
+        self._waiting.clear()
+        self.log.info(
+            "{why}: starting generation {generation}; the {n} workers of the previous one "
+            "drain and stop",
+            why=why, generation=self._generation, n=len(old),
+        )
+        for slot in range(self.count):
+            worker = self._start(slot)
+            if worker is not None:
+                return worker
+        for pid in old:
+            self._running[pid].stopping = True
+            _signal(pid, signal.SIGTERM)
+        return None
+
+    def _stop(self, why: str, status: int = 0) -> None:
+        if self._stopping_since is None:
+            self.log.info(
+                "{why}: stopping {n} workers (each drains its connections first)",
+                why=why, n=len(self._running),
+            )
+            self._exit_status = status
+        self._stopping_since = time.monotonic()
+        self._waiting.clear()
+        # New clients are refused once the workers have stopped listening too.
+        for sockets in self.sockets:
+            for listening in sockets.values():
+                listening.close()
+        for pid in self._running:
+            _signal(pid, signal.SIGTERM)
+        if not self._running:
+            self._exit(status)
+
+    def _exit(self, status: int) -> NoReturn:
+        status = max(status, getattr(self, "_exit_status", 0))
+        self.log.info("supervisor {pid}: every worker has stopped", pid=os.getpid())
+        self.cleanup()
+        raise SystemExit(status)
+
+
+def _stop_with(supervisor: int) -> None:
+    """Have this worker drain and stop (SIGTERM) when its supervisor dies (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: workers outlive a killed supervisor
+        return
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _signal(pid: int, number: int) -> None:
+    try:
+        os.kill(pid, number)
+    except ProcessLookupError:
+        pass
+
+
+def _exit_text(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = str(number)
+        return f"was killed by {name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
