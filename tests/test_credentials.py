@@ -211,6 +211,15 @@ class SourceTests(SynchronousTestCase):
             names = peer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             self.assertIn(expected, names.get_values_for_type(x509.DNSName))
             self.assertEqual(pair.server.context.attributes.server_name, name)
+        # What the terminator's routing and metrics read.
+        self.assertEqual(list(server.sni_contexts), ["other.example"])
+        with self.assertRaises(TypeError):
+            server.sni_contexts["x"] = server.openssl_context  # type: ignore[index]
+        leaves = [identity.leaf for identity in server.identities]
+        self.assertEqual(len(leaves), 2)
+        names = leaves[1].extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        self.assertEqual(names.value.get_values_for_type(x509.DNSName), ["other.example"])
+        self.assertEqual(client_credentials().identities, ())
 
     def test_sni_folder_of_hostname_files(self) -> None:
         folder = self.mktemp()

@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -196,6 +197,20 @@ class WorkersTests(TestCase):
         twist = self.relay(setup)
         old = workers_started(twist, 2)
         before = served_fingerprint(setup.port)
+        # Clients that keep connecting throughout the switch are all served.
+        done, served, errors = threading.Event(), [], []
+
+        def keep_connecting() -> None:
+            while not done.is_set():
+                try:
+                    served.append(exchange(setup)[0])
+                except Exception as e:
+                    errors.append(repr(e))
+
+        connecting = threading.Thread(target=keep_connecting)
+        connecting.start()
+        self.addCleanup(connecting.join)
+        self.addCleanup(done.set)
         context = setup.client_context()
         with socket.create_connection(("127.0.0.1", setup.port), timeout=10) as raw:
             with context.wrap_socket(raw, server_hostname="localhost") as tls:
@@ -212,6 +227,13 @@ class WorkersTests(TestCase):
                 self.assertEqual(tls.recv(100), b"after")
         for pid in old:
             twist.wait_for(rf"worker {pid} stopped")
+        done.set()
+        connecting.join()
+        self.assertEqual(errors, [])
+        # Some by the old generation, some by the new: they spanned the switch.
+        serving_then = {served_by(twist, port) for port in served}
+        self.assertTrue(serving_then & set(old), twist.output)
+        self.assertTrue(serving_then & set(new), twist.output)
         self.assertTrue(set(new).isdisjoint(old))
         serving = {served_by(twist, exchange(setup)[0]) for _ in range(20)}
         self.assertTrue(serving <= set(new), twist.output)
@@ -237,6 +259,21 @@ class WorkersTests(TestCase):
             self.assertIn(f"worker {pid} stopped", twist.output)
         self.assertIn("every worker has stopped", twist.output)
 
+    def test_workers_stop_with_their_supervisor(self) -> None:
+        """A supervisor killed with SIGKILL takes its workers with it (they drain)."""
+        setup = Setup(self)
+        twist = self.relay(setup)
+        pids = workers_started(twist, 2)
+        os.kill(twist.process.pid, signal.SIGKILL)
+        twist.process.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in pids):
+            if time.monotonic() > deadline:
+                raise FailTest(f"workers {pids} outlived their supervisor:\n{twist.output}")
+            time.sleep(0.05)
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", setup.port), timeout=5).close()
+
     def test_metrics_cover_every_worker(self) -> None:
         """/metrics counts the connections of both workers, whichever one answers."""
         setup = Setup(self)
@@ -253,6 +290,14 @@ class WorkersTests(TestCase):
             self.assertIn("txschannel_connections_total 12.0", text)
             self.assertIn('txschannel_handshakes_total{status="OK"} 12.0', text)
             self.assertIn("txschannel_connections_open 0.0", text)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
 
 
 class WorkersCommandLineTests(TestCase):

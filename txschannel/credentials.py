@@ -13,7 +13,8 @@ import os
 import re
 import stat
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -391,7 +392,7 @@ def validity_warnings(
     """
     moment = now if now is not None else datetime.datetime.now(datetime.timezone.utc)
     warnings = []
-    for identity in credentials._identities:
+    for identity in credentials.identities:
         warning = identity.validity_warning(moment, warn_within)
         if warning is not None:
             warnings.append(warning)
@@ -674,6 +675,21 @@ class Credentials:
     def openssl_context(self) -> SSL.Context:
         """The shared ``OpenSSL.SSL.Context``; do not change it once in use."""
         return self._context
+
+    @property
+    def identities(self) -> tuple[Identity, ...]:
+        """The certificates these credentials present, each with its key and source.
+
+        Server credentials: the default certificate first, then one per
+        host of an ``sni`` folder. Client credentials: the client
+        certificate, if any. Credentials made from a Twisted object: none.
+        """
+        return self._identities
+
+    @property
+    def sni_contexts(self) -> Mapping[str, SSL.Context]:
+        """The ``OpenSSL.SSL.Context`` of each server name of an ``sni`` folder (read-only)."""
+        return MappingProxyType(self._sni)
 
     # -- constructors -----------------------------------------------------
 

@@ -154,7 +154,7 @@ class Metrics:
             credentials = getattr(endpoint, "credentials", None)
             if not isinstance(credentials, Credentials):
                 continue
-            for identity in getattr(credentials, "_identities", ()):
+            for identity in credentials.identities:
                 leaf = identity.leaf
                 quoted = _QUOTED.search(identity.source)
                 name = quoted.group(1) if quoted else identity.source

@@ -182,7 +182,7 @@ class Router:
         _quiet_refusals()
         # The per-name contexts of an sni= folder; the callback installed
         # here replaces the one that switched to them, so it switches too.
-        named: dict[str, SSL.Context] = dict(getattr(credentials, "_sni", {}) or {})
+        named: dict[str, SSL.Context] = dict(credentials.sni_contexts)
 
         def server_name(connection: SSL.Connection) -> None:
             raw = connection.get_servername()
