@@ -274,6 +274,33 @@ class WorkersTests(TestCase):
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", setup.port), timeout=5).close()
 
+    def test_systemd_socket_shared(self) -> None:
+        """A socket passed the systemd way (LISTEN_FDS) is shared: the workers serve it."""
+        setup = Setup(self)
+        backend = start_echo_server(self)
+        wrapper = Path(self.mktemp() + ".py").resolve()
+        wrapper.write_text(
+            "import os, socket, sys\n"
+            "listening = socket.socket()\n"
+            f"listening.bind(('127.0.0.1', {setup.port}))\n"
+            "listening.listen(64)\n"
+            "os.dup2(listening.fileno(), 3)\n"
+            "os.set_inheritable(3, True)\n"
+            "os.environ.update(LISTEN_FDS='1', LISTEN_FDNAMES='relay',\n"
+            "                  LISTEN_PID=str(os.getpid()))\n"
+            "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+        )
+        twist = Twist(
+            self, "--workers", "2", "--listen",
+            f"schannel:systemd:domain=INET:index=0:certificate={setup.server_file}",
+            "--connect", f"tcp:127.0.0.1:{backend}", python_wrapper=str(wrapper), group=True,
+        )
+        pids = set(workers_started(twist, 2))
+        wait_listening(twist, 2)
+        serving = [served_by(twist, exchange(setup)[0]) for _ in range(40)]
+        self.assertTrue(set(serving) <= pids, twist.output)
+        self.assertEqual(len(serving), 40)
+
     def test_metrics_cover_every_worker(self) -> None:
         """/metrics counts the connections of both workers, whichever one answers."""
         setup = Setup(self)
@@ -326,9 +353,10 @@ class WorkersCommandLineTests(TestCase):
             result = run_twist("--workers", "2", "--listen",
                                f"tcp:{port}:interface=127.0.0.1",
                                "--connect", "tcp:127.0.0.1:1")
-        self.assertEqual(result.returncode, 64, result.stderr)
-        self.assertIn(f"--listen 'tcp:{port}:interface=127.0.0.1': cannot listen:",
-                      result.stderr)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn(
+            f"twist schannel: cannot listen on tcp:{port}:interface=127.0.0.1: "
+            "Address already in use", result.stderr)
 
     def test_reactor_option_refused(self) -> None:
         result = subprocess.run(

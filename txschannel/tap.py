@@ -1225,12 +1225,14 @@ class Options(usage.Options):
         recording = RecordingReactor()
         self._build(recording, recording)
         supervised = list(self["endpoints"])
-        listening = [(f"--listen {d!r}", e) for d, e in supervised]
+        listening = [(f"--listen {d!r}", d, e) for d, e in supervised]
         if self["status-endpoint"] is not None:
-            listening.append((f"--status {self['status']!r}", self["status-endpoint"]))
+            listening.append(
+                (f"--status {self['status']!r}", self["status"], self["status-endpoint"])
+            )
         count = self["workers"]
         sockets: list[dict[tuple[object, ...], Any]] = [{} for _ in range(count)]
-        for option, endpoint in listening:
+        for option, description, endpoint in listening:
             try:
                 requests = record_listening(endpoint, recording)
                 for slot, opened in zip(sockets, open_sockets(requests, count), strict=True):
@@ -1238,7 +1240,10 @@ class Options(usage.Options):
             except WorkersError as e:
                 raise usage.UsageError(f"{option}: {e}") from None
             except OSError as e:
-                raise usage.UsageError(f"{option}: cannot listen: {e.strerror or e}") from None
+                # As without --workers: a port that cannot be had is status 1.
+                raise SystemExit(
+                    f"twist schannel: cannot listen on {description}: {e.strerror or e}"
+                ) from None
         if "twisted.internet.reactor" in sys.modules:
             raise RuntimeError("the supervisor imported the reactor while parsing (a bug)")
         metrics_folder: str | None = None

@@ -110,7 +110,8 @@ class ListenRequest:
 
     ``kind`` is ``"tcp"`` (``port``, ``interface``, ``backlog``) or
     ``"adopt"`` (an inherited descriptor ``fd`` of ``family``, such as a
-    systemd socket).
+    systemd socket, and ``duplicate``, a descriptor of the same socket that
+    outlives the endpoint's closing ``fd``).
     """
 
     kind: str
@@ -119,6 +120,7 @@ class ListenRequest:
     backlog: int = 50
     fd: int = -1
     family: int = socket.AF_INET
+    duplicate: int = -1
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -170,7 +172,10 @@ class RecordingReactor:
     def adoptStreamPort(
         self, fileDescriptor: int, addressFamily: int, factory: IProtocolFactory
     ) -> _NotListening:
-        request = ListenRequest("adopt", fd=fileDescriptor, family=addressFamily)
+        # Twisted's endpoint closes the descriptor once it is adopted.
+        request = ListenRequest(
+            "adopt", fd=fileDescriptor, family=addressFamily, duplicate=os.dup(fileDescriptor)
+        )
         self.requests.append(request)
         return _NotListening(request)
 
@@ -205,7 +210,13 @@ def record_listening(
     inner.listen(Factory()).addErrback(failed)
     if failures:
         error = failures[0]
-        raise error if isinstance(error, WorkersError) else WorkersError(str(error))
+        if isinstance(error, WorkersError):
+            raise error
+        raise WorkersError(f"cannot listen: {error}")
+    for request in reactor.requests[before:]:
+        if request.kind == "adopt":
+            # Back under its own number, for the workers' endpoints to find.
+            os.dup2(request.duplicate, request.fd, inheritable=False)
     if len(reactor.requests) == before:
         raise WorkersError(
             f"--workers cannot share {type(inner).__name__} listening ports (TCP and systemd "
@@ -228,7 +239,7 @@ def open_sockets(
     slots: list[dict[tuple[object, ...], socket.socket]] = [{} for _ in range(count)]
     for request in requests:
         if request.kind == "adopt":
-            shared = socket.socket(fileno=os.dup(request.fd))
+            shared = socket.socket(fileno=request.duplicate)
             shared.setblocking(False)
             for slot in slots:
                 slot[request.key] = shared
