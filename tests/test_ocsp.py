@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.peers import Peer, free_port, require
 from tests.test_tap import Twist, assert_one_line, run_twist
+from tests.test_workers import wait_listening, workers_started
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
@@ -194,6 +195,32 @@ class StaplingTests(TestCase):
         twist.send_signal(signal.SIGHUP)
         twist.wait_for(r"is not a DER OCSP response .*; keeping the previous response",
                        start=mark)
+        self.assertEqual(staple(port, self.pki.ca_file), "revoked")
+
+    def test_workers_staple_and_the_next_generation_staples_the_reloaded_file(self) -> None:
+        # The supervisor reloads the credentials the next workers serve:
+        # they must still take the stapler (an OpenSSL context that made a
+        # connection cannot take a new callback).
+        response = self.folder / "server.ocsp"
+        response.write_bytes(self.pki.response(ocsp.OCSPCertStatus.GOOD))
+        port = free_port()
+        twist = Twist(
+            self, "--workers", "2", "--listen",
+            f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.pki.server_file}:"
+            f"ocspResponse={response}",
+            group=True,
+        )
+        old = workers_started(twist, 2)
+        wait_listening(twist, 2)
+        self.assertEqual(staple(port, self.pki.ca_file), "good")
+        fresh = self.folder / "fresh.ocsp"
+        fresh.write_bytes(self.pki.response(ocsp.OCSPCertStatus.REVOKED))
+        os.replace(fresh, response)
+        twist.send_signal(signal.SIGHUP)
+        workers_started(twist, 2, generation=2)
+        wait_listening(twist, 4)
+        for pid in old:
+            twist.wait_for(rf"worker {pid} stopped")
         self.assertEqual(staple(port, self.pki.ca_file), "revoked")
 
 

@@ -271,6 +271,12 @@ def _write_public(path: Path, certificate: x509.Certificate) -> None:
 
 def _served_fingerprint(credentials: Credentials) -> str | None:
     """The SHA-256 fingerprint of the certificate *credentials* present, if any."""
+    if credentials.identities:
+        return _fingerprint(credentials.identities[0].leaf)
+    # (Credentials of a Twisted creator.) Not for our own: pyOpenSSL refuses
+    # changes to a context once a connection was made from it, and a
+    # --workers worker installs its OCSP stapler and --route callback on the
+    # credentials that its supervisor reloaded and looked at here.
     certificate = SSL.Connection(credentials.openssl_context, None).get_certificate()
     if certificate is None:
         return None
