@@ -72,10 +72,10 @@ from zope.interface import directlyProvides, implementer, providedBy
 from txschannel.credentials import Credentials, validity_warnings
 from txschannel.endpoints import SchannelClientEndpoint, SchannelServerEndpoint
 from txschannel.inspector import InspectorSite, _address, describe
+from txschannel.ocsp import OCSPError, Stapler
 from txschannel.peertext import PeerText, printable
 from txschannel.relay import RelayFactory, no_delay, reset
 from txschannel.terminator.limits import ConnectionLimit
-from txschannel.terminator.ocsp import OCSPError, Stapler
 from txschannel.terminator.proxyheader import header_v1, header_v2, tls_facts
 from txschannel.terminator.routing import Route, Router, normalize_route_name
 from txschannel.terminator.workers import (
@@ -1377,7 +1377,7 @@ class Options(usage.Options):
         self["staplers"] = {}
         given = self["listen"] or [self["default-listen"]]
         for original, description in zip(given, descriptions, strict=True):
-            # OCSP stapling is the terminator's (see txschannel.terminator.ocsp):
+            # OCSP stapling is the terminator's (see txschannel.ocsp):
             # its options are taken out before the endpoint parser sees them.
             description, response_file = _take_option(description, "ocspResponse")
             description, auto = _take_option(description, "ocsp")
