@@ -349,7 +349,7 @@ class ServerStringTests(SynchronousTestCase):
             {
                 "certificate", "privateKey", "chain", "clientCA", "requireClientCertificate",
                 "alpn", "minimumVersion", "maximumVersion", "sni", "handshakeTimeout",
-                "handshakeMemory", "passphraseFile",
+                "handshakeMemory", "passphraseFile", "ocspResponse", "ocsp",
             },
         )  # fmt: skip
 
@@ -1063,7 +1063,7 @@ class DocumentationTests(SynchronousTestCase):
         calls = re.findall(r'(server|client)FromString\(reactor, "(schannel:[^"]+)"\)', page)
         self.assertGreater(len(calls), 10)
         # The files the examples name, in a working folder of their own.
-        folder = Path(self.mktemp())
+        folder = Path(self.mktemp()).resolve()
         folder.mkdir()
         for name, source in (
             ("server.pem", pki().server),
@@ -1076,12 +1076,24 @@ class DocumentationTests(SynchronousTestCase):
         shutil.copytree(pki().sni, folder / "certs")
         # The example's key is not encrypted: a passphrase for it is not needed.
         (folder / "server.pass").write_text("unused\n")
+        # The OCSP examples need a certificate that names its responder and
+        # comes with its issuer, and a response about it: tests.test_ocsp's
+        # PKI makes them.
+        from cryptography.x509 import ocsp
+
+        from tests.test_ocsp import PKI
+
+        stapled = folder / "stapled"
+        stapled.mkdir()
+        (stapled / "server.ocsp").write_bytes(
+            PKI(stapled, 1).response(ocsp.OCSPCertStatus.GOOD)
+        )
         previous = os.getcwd()
-        os.chdir(folder)
         self.addCleanup(os.chdir, previous)
         for kind, description in calls:
             if description.startswith("schannel:systemd:"):
                 continue  # needs an inherited socket: see SystemdTests
+            os.chdir(stapled if ":ocsp" in description else folder)
             parse = serverFromString if kind == "server" else clientFromString
             endpoint = parse(reactor, description)
             expected = SchannelServerEndpoint if kind == "server" else SchannelClientEndpoint

@@ -1,7 +1,9 @@
-"""OCSP stapling in ``twist schannel``: ``ocspResponse=FILE`` and ``ocsp=auto``.
+"""OCSP stapling: the ``schannel:`` server options ``ocspResponse=FILE`` and ``ocsp=auto``.
 
-``openssl ocsp`` runs as the responder on loopback; ``openssl s_client
--status`` is the client that asks for the staple and prints it.
+In ``twist schannel``, in ``twist web`` (any Twisted program reading
+endpoint strings) and in process. ``openssl ocsp`` runs as the responder on
+loopback; ``openssl s_client -status`` is the client that asks for the
+staple and prints it.
 """
 
 from __future__ import annotations
@@ -14,17 +16,26 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
 
 from tests.peers import Peer, free_port, require
+from tests.test_endpoints import ReplyFactory
 from tests.test_tap import Twist, assert_one_line, run_twist
 from tests.test_workers import wait_listening, workers_started
+from txschannel.endpoints import SchannelServerEndpoint
+from txschannel.ocsp import Stapler
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
@@ -153,14 +164,34 @@ class StaplingTests(TestCase):
                     raise
                 time.sleep(0.1)
 
-    def twist(self, option: str) -> tuple[Twist, int]:
+    def twist(self, option: str, command: str = "schannel") -> tuple[Twist, int]:
+        """``twist COMMAND --listen`` a schannel: endpoint with *option*, listening."""
         port = free_port()
-        twist = Twist(
-            self, "--listen",
-            f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.pki.server_file}:{option}",
+        listen = (
+            f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.pki.server_file}:{option}"
         )
-        twist.wait_for("listening on")
+        if command == "web":
+            twist = Twist(self, "--listen", listen, "--path", str(self.folder), command="web")
+            twist.wait_for(rf"starting on {port}")
+        else:
+            twist = Twist(self, "--listen", listen)
+            twist.wait_for("listening on")
         return twist, port
+
+    def endpoint(self, option: str) -> tuple[SchannelServerEndpoint, Stapler]:
+        """A schannel: server endpoint with *option*, from serverFromString, and its stapler."""
+        endpoint = serverFromString(
+            reactor,
+            f"schannel:tcp:0:interface=127.0.0.1:certificate={self.pki.server_file}:{option}",
+        )
+        assert isinstance(endpoint, SchannelServerEndpoint)
+        assert endpoint.stapler is not None
+        return endpoint, endpoint.stapler
+
+    def write_response(self, status: ocsp.OCSPCertStatus = ocsp.OCSPCertStatus.GOOD) -> Path:
+        response = self.folder / "server.ocsp"
+        response.write_bytes(self.pki.response(status))
+        return response
 
     def test_auto_fetches_from_the_responder_and_keeps_it_when_the_responder_fails(self) -> None:
         responder = self.start_responder()
@@ -178,8 +209,7 @@ class StaplingTests(TestCase):
         self.assertEqual(staple(port, self.pki.ca_file), "good")
 
     def test_a_response_file_is_stapled_and_reloaded_with_the_certificates(self) -> None:
-        response = self.folder / "server.ocsp"
-        response.write_bytes(self.pki.response(ocsp.OCSPCertStatus.GOOD))
+        response = self.write_response()
         twist, port = self.twist(f"ocspResponse={response}")
         self.assertEqual(staple(port, self.pki.ca_file), "good")
         # Replaced by renaming, as for certificates; then SIGHUP.
@@ -201,8 +231,7 @@ class StaplingTests(TestCase):
         # The supervisor reloads the credentials the next workers serve:
         # they must still take the stapler (an OpenSSL context that made a
         # connection cannot take a new callback).
-        response = self.folder / "server.ocsp"
-        response.write_bytes(self.pki.response(ocsp.OCSPCertStatus.GOOD))
+        response = self.write_response()
         port = free_port()
         twist = Twist(
             self, "--workers", "2", "--listen",
@@ -222,6 +251,65 @@ class StaplingTests(TestCase):
         for pid in old:
             twist.wait_for(rf"worker {pid} stopped")
         self.assertEqual(staple(port, self.pki.ca_file), "revoked")
+
+    def test_twist_web_staples_the_response_file_of_its_listen_string(self) -> None:
+        response = self.write_response()
+        _, port = self.twist(f"ocspResponse={response}", command="web")
+        self.assertEqual(staple(port, self.pki.ca_file), "good")
+
+    def test_twist_web_fetches_with_ocsp_auto(self) -> None:
+        self.start_responder()
+        twist, port = self.twist("ocsp=auto", command="web")
+        twist.wait_for(
+            rf"OCSP \(start\): fetched from http://127\.0\.0\.1:{self.responder_port}/ for "
+            rf"schannel:tcp:{port}:interface=127\.0\.0\.1:certificate=\S+: good"
+        )
+        self.assertEqual(staple(port, self.pki.ca_file), "good")
+
+    @inlineCallbacks
+    def test_an_endpoint_staples_while_any_of_its_ports_listens(self) -> Any:
+        endpoint, stapler = self.endpoint(f"ocspResponse={self.write_response()}")
+        self.assertFalse(stapler.running)
+        factory = ReplyFactory()
+        first = yield endpoint.listen(factory)
+        second = yield endpoint.listen(factory)
+        self.assertTrue(stapler.running)
+        for port in (first, second):
+            said = yield deferToThread(staple, port.getHost().port, self.pki.ca_file)
+            self.assertEqual(said, "good")
+        for protocol in factory.protocols:
+            yield protocol.lost
+        yield first.stopListening()
+        self.assertTrue(stapler.running, "the second port still listens")
+        yield second.stopListening()
+        self.assertFalse(stapler.running)
+
+    @inlineCallbacks
+    def test_an_endpoint_with_ocsp_auto_fetches_and_its_port_stopping_ends_the_refresh(
+        self,
+    ) -> Any:
+        self.start_responder()
+        endpoint, stapler = self.endpoint("ocsp=auto")
+        factory = ReplyFactory()
+        port = yield endpoint.listen(factory)
+        deadline = reactor.seconds() + 15
+        while not stapler.response:
+            if reactor.seconds() > deadline:
+                raise FailTest("no OCSP response fetched within 15 s")
+            yield deferLater(reactor, 0.05, lambda: None)
+        said = yield deferToThread(staple, port.getHost().port, self.pki.ca_file)
+        self.assertEqual(said, "good")
+        for protocol in factory.protocols:
+            yield protocol.lost
+
+        def refreshes() -> list[Any]:
+            return [call for call in reactor.getDelayedCalls()
+                    if getattr(call.func, "__self__", None) is stapler]
+
+        self.assertEqual(len(refreshes()), 1)
+        yield port.stopListening()
+        self.assertFalse(stapler.running)
+        self.assertEqual(refreshes(), [])
 
 
 class BadStaplingTests(SynchronousTestCase):
@@ -257,3 +345,15 @@ class BadStaplingTests(SynchronousTestCase):
         state = tempfile.mkdtemp()
         result = run_twist("--listen", "schannel:tcp:0:ocsp=auto", "--state-dir", state)
         assert_one_line(self, result, "names no OCSP responder")
+
+    def test_the_endpoint_parser_names_the_option(self) -> None:
+        server = self.pki.server_file
+        for option, needle in [
+            ("ocsp=yes", "schannel: ocsp='yes': the only value is auto"),
+            (f"ocsp=auto:ocspResponse={server}", "schannel: give ocspResponse=FILE or ocsp=auto"),
+            ("ocspResponse=/nonexistent.der", "ocspResponse file '/nonexistent.der'"),
+            (f"sni={self.folder}:ocsp=auto", "with an sni= folder is not supported yet"),
+        ]:
+            with self.assertRaises(ValueError) as caught:
+                serverFromString(reactor, f"schannel:tcp:0:certificate={server}:{option}")
+            self.assertIn(needle, str(caught.exception))

@@ -56,18 +56,22 @@ def environment(home: Path) -> dict[str, str]:
 
 
 class Twist:
-    """One ``twist schannel`` process for a test; its log is read as it grows."""
+    """One ``twist schannel`` process for a test; its log is read as it grows.
+
+    *command* runs another ``twist`` subcommand instead (``web``: any
+    Twisted application reading endpoint strings).
+    """
 
     def __init__(self, test: TestCase | SynchronousTestCase, *arguments: str,
                  home: Path | None = None, python_wrapper: str | None = None,
-                 group: bool = False) -> None:
+                 group: bool = False, command: str = "schannel") -> None:
         self.home = home or Path(tempfile.mkdtemp(prefix="txschannel-home-"))
         self.log_path = self.home / "twist.log"
         # python_wrapper: a script that prepares the process (say, lowers a
         # resource limit) and then runs Python with the arguments after it.
         wrapper = [python_wrapper] if python_wrapper else []
         self.argv = [sys.executable, *wrapper, "-m", "twisted", "--log-format=text",
-                     "schannel", *arguments]
+                     command, *arguments]
         with open(self.log_path, "wb") as log:
             # group: a process group of its own, so that stop() also kills
             # the processes it forks (--workers).

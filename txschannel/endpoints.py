@@ -8,6 +8,7 @@ layer put on top of *any* stream endpoint, so the description after the
     schannel:unix:/run/app.sock:certificate=server.pem
     schannel:haproxy:tcp:8443:certificate=server.pem
     schannel:tcp:example.com:443:trustRoots=ca.pem
+    schannel:tcp:443:certificate=site.pem:ocsp=auto
 
 The options that belong to txschannel (:data:`SERVER_OPTIONS`,
 :data:`CLIENT_OPTIONS`) are taken out of the description; everything else is
@@ -55,6 +56,7 @@ from txschannel.credentials import (
     sni_default,
     validity_warnings,
 )
+from txschannel.ocsp import OCSPError, Stapler
 from txschannel.protocol import (
     DEFAULT_HANDSHAKE_MEMORY,
     DEFAULT_PRE_HANDSHAKE_BUFFER,
@@ -88,6 +90,8 @@ SERVER_OPTIONS: tuple[str, ...] = (
     "handshakeTimeout",
     "handshakeMemory",
     "passphraseFile",
+    "ocspResponse",
+    "ocsp",
 )
 
 #: The options a ``schannel:`` client string takes for itself.
@@ -174,6 +178,14 @@ class SchannelServerEndpoint:
     :param keep_client_hello: have each connection keep the client's
         ClientHello (see :class:`~txschannel.protocol.SchannelFactory`); an
         attribute too, read when :meth:`listen` is called.
+    :param stapler: an OCSP :class:`~txschannel.ocsp.Stapler` for the
+        certificate (``ocspResponse=`` and ``ocsp=auto`` make one): it is
+        installed on the credentials (and on any assigned later), started
+        when the first port of this endpoint starts listening, reloaded by
+        :meth:`reload` and stopped when the last port stops listening. Also
+        an attribute.
+    :raises TypeError: a *stapler* with credentials that are not
+        :class:`~txschannel.Credentials` (a Twisted creator).
     """
 
     def __init__(
@@ -187,9 +199,14 @@ class SchannelServerEndpoint:
         clock: IReactorTime | None = None,
         rebuild: Callable[[], Credentials] | None = None,
         keep_client_hello: bool = False,
+        stapler: Stapler | None = None,
     ) -> None:
         self.inner = inner
         self.keep_client_hello = keep_client_hello
+        self.stapler = stapler
+        # How many of the factories made by listen() a port uses now: the
+        # stapler runs while there is one.
+        self._serving = 0
         self.handshake_timeout = handshake_timeout
         self.max_pre_handshake_buffer = max_pre_handshake_buffer
         self.handshake_memory = handshake_memory
@@ -202,6 +219,8 @@ class SchannelServerEndpoint:
         # ports already listening; weak, because a port that stopped
         # listening should not be kept alive by its endpoint.
         self._factories: weakref.WeakSet[Any] = weakref.WeakSet()
+        if stapler is not None:
+            self._install(credentials)
 
     @property
     def credentials(self) -> Credentials | object:
@@ -211,13 +230,19 @@ class SchannelServerEndpoint:
         on every port this endpoint is listening on; connections already
         open keep the credentials they started with.
 
-        :raises TypeError: (assignment) not a TLS configuration.
+        With a :attr:`stapler`, new credentials get it before they serve a
+        handshake.
+
+        :raises TypeError: (assignment) not a TLS configuration, or not
+            :class:`~txschannel.Credentials` with a :attr:`stapler`.
         :raises ValueError: (assignment) client credentials.
         """
         return self._credentials
 
     @credentials.setter
     def credentials(self, credentials: Credentials | object) -> None:
+        if self.stapler is not None:
+            self._install(credentials)
         # The factories check the value (the first one refuses a bad value
         # before anything has changed), then the endpoint keeps it for the
         # ports it will open later.
@@ -225,15 +250,29 @@ class SchannelServerEndpoint:
             factory.credentials = credentials
         self._credentials = credentials
 
+    def _install(self, credentials: Credentials | object) -> None:
+        assert self.stapler is not None
+        if not isinstance(credentials, Credentials):
+            raise TypeError(
+                "OCSP stapling needs txschannel Credentials, not "
+                f"{type(credentials).__name__}: a Twisted creator's context is its own"
+            )
+        self.stapler.install(credentials)
+
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         """Listen on the inner endpoint, with TLS around *protocolFactory*.
+
+        With a :attr:`stapler`, it starts when the port starts listening
+        (before the port accepts anyone) and stops when the last port of
+        this endpoint stops listening.
 
         :return: the inner endpoint's ``Deferred`` for the listening port;
             it fails with ``TypeError``/``ValueError`` when the credentials
             do not fit a server.
         """
         try:
-            factory = SchannelFactory(
+            factory = _ServerFactory(
+                self,
                 self._credentials,
                 False,
                 protocolFactory,
@@ -249,17 +288,34 @@ class SchannelServerEndpoint:
         listening: Deferred[IListeningPort] = self.inner.listen(factory)
         return listening
 
-    def reload(self, *, warn: bool = True) -> Credentials:
+    def _port_started(self) -> None:
+        self._serving += 1
+        if self._serving == 1 and self.stapler is not None:
+            self.stapler.start()
+
+    def _port_stopped(self) -> None:
+        self._serving -= 1
+        if self._serving == 0 and self.stapler is not None:
+            self.stapler.stop()
+
+    def reload(self, *, warn: bool = True, why: str = "reload") -> Credentials:
         """Build the credentials again from their files and use them from now on.
 
         Certificates, keys, chains, client CAs, the ``sni`` folder and the
         passphrase file are read again, so renewed files take effect without
         a restart. Connections already open are not disturbed.
 
+        The :attr:`stapler`, if any, is installed on the new credentials
+        and reloaded (:meth:`Stapler.reload <txschannel.ocsp.Stapler.reload>`:
+        the response file read again, or fetched again while listening);
+        an OCSP response that cannot be had is logged, never raised.
+
         :param warn: log a warning (Twisted's logging, namespace
             ``txschannel``) for each certificate that has expired, is not
             valid yet or expires within 14 days (see
             :func:`~txschannel.credentials.validity_warnings`).
+        :param why: what asked for the reload, for the stapler's log lines
+            (``twist schannel`` says ``SIGHUP`` or ``--reload-interval``).
         :return: the new credentials.
         :raises ValueError: a file is now missing or bad (the message names
             it); the old credentials stay in use. Also raised when this
@@ -273,12 +329,39 @@ class SchannelServerEndpoint:
             )
         credentials = self._rebuild()
         self.credentials = credentials
+        if self.stapler is not None:
+            self.stapler.reload(why)
         if warn:
             _warn_validity(credentials)
         return credentials
 
     def __repr__(self) -> str:
         return f"<SchannelServerEndpoint over {self.inner!r}>"
+
+
+class _ServerFactory(SchannelFactory):
+    """A server :class:`SchannelFactory` that tells its endpoint when a port uses it.
+
+    Twisted starts a factory when the first port using it starts listening
+    and stops it when the last one stops, however the port is stopped
+    (``stopListening``, ``loseConnection``, an error); each :meth:`listen
+    <SchannelServerEndpoint.listen>` makes one, so the endpoint counts its
+    ports this way without wrapping them.
+    """
+
+    def __init__(self, endpoint: SchannelServerEndpoint, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._endpoint = endpoint
+
+    def startFactory(self) -> None:
+        """A port starts listening with this factory (before it accepts)."""
+        super().startFactory()  # type: ignore[no-untyped-call]
+        self._endpoint._port_started()
+
+    def stopFactory(self) -> None:
+        """No port uses this factory any more."""
+        super().stopFactory()
+        self._endpoint._port_stopped()
 
 
 @implementer(IStreamClientEndpoint)
@@ -551,6 +634,8 @@ class _ServerSettings:
     handshake_timeout: float
     handshake_memory: int
     passphrase_file: str | None
+    ocsp_response: str | None
+    ocsp_auto: bool
 
     @classmethod
     def from_options(cls, options: Mapping[str, str]) -> _ServerSettings:
@@ -592,6 +677,19 @@ class _ServerSettings:
                 f"{DEFAULT_PRE_HANDSHAKE_BUFFER} bytes (one ClientHello of the largest "
                 "size OpenSSL accepts) are needed"
             )
+        ocsp_response = _path(options, "ocspResponse")
+        auto = options.get("ocsp")
+        if auto is not None and auto.lower() != "auto":
+            raise ValueError(
+                f"schannel: ocsp={auto!r}: the only value is auto (or give ocspResponse=FILE)"
+            )
+        if auto is not None and ocsp_response is not None:
+            raise ValueError("schannel: give ocspResponse=FILE or ocsp=auto, not both")
+        if (auto is not None or ocsp_response is not None) and sni is not None:
+            raise ValueError(
+                "schannel: OCSP stapling with an sni= folder is not supported yet: "
+                "one certificate= only"
+            )
         return cls(
             certificate=certificate,
             private_key=_path(options, "privateKey"),
@@ -605,7 +703,29 @@ class _ServerSettings:
             handshake_timeout=timeout,
             handshake_memory=memory,
             passphrase_file=_path(options, "passphraseFile"),
+            ocsp_response=ocsp_response,
+            ocsp_auto=auto is not None,
         )
+
+    def stapler(self, description: str, reactor: Any) -> Stapler | None:
+        """The OCSP stapler that ``ocspResponse`` or ``ocsp=auto`` ask for, if any.
+
+        :param description: the endpoint, for the stapler's log lines.
+        :raises ValueError: the response file is no good response for the
+            certificate, or with ``ocsp=auto`` the certificate names no
+            responder or its issuer is missing (the message says which).
+        """
+        if self.ocsp_response is None and not self.ocsp_auto:
+            return None
+        # (from_options refused an sni folder, so there is a certificate.)
+        assert self.certificate is not None
+        try:
+            return Stapler(
+                description, self.certificate, chain_file=self.chain,
+                response_file=self.ocsp_response, auto=self.ocsp_auto, reactor=reactor,
+            )
+        except OCSPError as e:
+            raise ValueError(f"schannel: {e}") from None
 
     def _certificate(self) -> str:
         """The certificate file: ``certificate``, or the sni folder's default."""
@@ -755,10 +875,14 @@ def parse_server(reactor: Any, *args: object, **kwargs: object) -> SchannelServe
     """Build a server endpoint from a parsed ``schannel:`` description.
 
     *args* and *kwargs* are what Twisted's parser made of everything after
-    the prefix. Our options are checked and the files read now; a
-    certificate that has expired, is not valid yet or expires within 14
-    days is logged as a warning (Twisted's logging, namespace
-    ``txschannel``), since it starts anyway.
+    the prefix. Our options are checked and the files read now (an
+    ``ocspResponse`` file too); a certificate that has expired, is not
+    valid yet or expires within 14 days is logged as a warning (Twisted's
+    logging, namespace ``txschannel``), since it starts anyway.
+
+    ``ocspResponse=FILE`` or ``ocsp=auto`` give the endpoint an OCSP
+    :class:`~txschannel.ocsp.Stapler` (see :mod:`txschannel.ocsp`), which
+    fetches with *reactor*.
 
     :raises ValueError: naming the option, file or inner-endpoint problem.
     """
@@ -766,6 +890,12 @@ def parse_server(reactor: Any, *args: object, **kwargs: object) -> SchannelServe
     inner = _inner_server(reactor, unparse(inner_args, theirs))
     settings = _ServerSettings.from_options(ours)
     credentials = settings.credentials()
+    # The stapler's log lines name the endpoint as written, less its own options.
+    described = {
+        _text(key): _text(value) for key, value in kwargs.items()
+        if _text(key) not in ("ocspResponse", "ocsp")
+    }
+    stapler = settings.stapler("schannel:" + unparse(inner_args, described), reactor)
     _warn_validity(credentials)
     return SchannelServerEndpoint(
         inner,
@@ -774,6 +904,7 @@ def parse_server(reactor: Any, *args: object, **kwargs: object) -> SchannelServe
         handshake_memory=settings.handshake_memory,
         clock=reactor if IReactorTime.providedBy(reactor) else None,
         rebuild=settings.credentials,
+        stapler=stapler,
     )
 
 

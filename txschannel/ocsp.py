@@ -1,21 +1,28 @@
-"""OCSP stapling for ``twist schannel`` listeners: ``ocspResponse=FILE`` and ``ocsp=auto``.
+"""OCSP stapling for ``schannel:`` server endpoints: ``ocspResponse=FILE`` and ``ocsp=auto``.
 
-A :class:`Stapler` holds the current OCSP response (DER) for one listen
+A :class:`Stapler` holds the current OCSP response (DER) for one server
 endpoint's certificate and hands it to every client that asks for it
 (the ``status_request`` extension), through pyOpenSSL's
-``set_ocsp_server_callback``:
+``set_ocsp_server_callback``. The two endpoint-string options make one
+(:func:`~txschannel.endpoints.parse_server`), so every Twisted program
+that reads endpoint strings staples (``twist web --listen
+schannel:tcp:443:certificate=site.pem:ocsp=auto``), ``twist schannel``
+included; the :class:`~txschannel.endpoints.SchannelServerEndpoint` starts
+it when a port starts listening, reloads it with the certificates and stops
+it when its last port stops:
 
-- ``ocspResponse=FILE``: the response is read from *FILE* at start and on
-  every reload, with the certificates. A file that does not hold a
-  successful response for the served certificate is an error at start and,
-  at a reload, is logged while the previous response stays in use.
+- ``ocspResponse=FILE``: the response is read from *FILE* when the string
+  is parsed and on every reload, with the certificates. A file that does
+  not hold a successful response for the served certificate is an error
+  when parsing and, at a reload, is logged while the previous response
+  stays in use.
 - ``ocsp=auto``: the response is fetched from the certificate's OCSP
   responder (its Authority Information Access URL) with Twisted's
-  ``Agent``, at start, on every reload, and again halfway between the
-  response's thisUpdate and nextUpdate (hourly when it has none). When the
-  responder fails, the last good response is kept (until its nextUpdate)
-  and the fetch retried, sooner at first, then less often. Each fetch is
-  logged.
+  ``Agent``, when the endpoint starts listening, on every reload while it
+  listens, and again halfway between the response's thisUpdate and
+  nextUpdate (hourly when it has none). When the responder fails, the last
+  good response is kept (until its nextUpdate) and the fetch retried,
+  sooner at first, then less often. Each fetch is logged.
 
 A response is stapled only while it is current: one past its nextUpdate
 is not sent (clients would refuse it), nor is one for another certificate.
@@ -170,9 +177,15 @@ class _Body(Protocol):
 
 
 class Stapler:
-    """Staples an OCSP response for one listen endpoint's certificate.
+    """Staples an OCSP response for one server endpoint's certificate.
 
-    :param description: the listen endpoint, for log lines.
+    :meth:`install` it on the credentials before their first handshake,
+    :meth:`start` it when serving begins, :meth:`reload` it with the
+    certificates and :meth:`stop` it when serving ends;
+    :class:`~txschannel.endpoints.SchannelServerEndpoint` does all four for
+    the stapler it is given.
+
+    :param description: the endpoint, for log lines.
     :param certificate_file: the served certificate (the first in the file).
     :param chain_file: where else its issuer may be (``chain=``).
     :param response_file: ``ocspResponse=``: read the response from here.
@@ -205,7 +218,8 @@ class Stapler:
         self._timer: IDelayedCall | None = None
         self._fetching: Deferred[Any] | None = None
         self._retry = _RETRY_FIRST
-        self._stopped = False
+        #: Between start() and stop(): only then are there fetches and timers.
+        self._running = False
         self._read_certificate()
         if response_file is not None:
             self.response, self.valid_until = self._read_file()
@@ -241,7 +255,11 @@ class Stapler:
     # -- stapling ---------------------------------------------------------
 
     def install(self, credentials: Credentials) -> None:
-        """Staple from now on in *credentials*' handshakes (before their first)."""
+        """Staple from now on in *credentials*' handshakes.
+
+        Call it before their first handshake: OpenSSL reads a context's
+        callbacks when a connection is made from it.
+        """
         credentials.openssl_context.set_ocsp_server_callback(self._staple)
 
     def _staple(self, connection: SSL.Connection, data: object) -> bytes:
@@ -254,16 +272,22 @@ class Stapler:
     # -- the life cycle ------------------------------------------------------
 
     def start(self) -> None:
-        """With ``ocsp=auto``: fetch now (and then on schedule)."""
-        self._stopped = False
+        """Serving begins: with ``ocsp=auto``, fetch now (and then on schedule)."""
+        self._running = True
         if self.auto:
             self._fetch("start")
+
+    @property
+    def running(self) -> bool:
+        """Whether the stapler is started (and not stopped since)."""
+        return self._running
 
     def reload(self, why: str) -> None:
         """Read the certificate again and the response file, or fetch again.
 
         A response that cannot be had is logged and the previous one kept
-        (when it is still about the certificate).
+        (when it is still about the certificate). With ``ocsp=auto``, a
+        stapler that is not started fetches nothing: it will at its start.
         """
         try:
             self._read_certificate()
@@ -289,12 +313,12 @@ class Stapler:
             else:
                 _log.info("{why}: stapling {file} for {endpoint}", why=why,
                           file=self.response_file, endpoint=self.description)
-        if self.auto:
+        if self.auto and self._running:
             self._fetch(why)
 
     def stop(self) -> None:
-        """Cancel the refresh timer and any fetch under way."""
-        self._stopped = True
+        """Serving ended: cancel the refresh timer and any fetch under way."""
+        self._running = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -305,7 +329,7 @@ class Stapler:
     # -- ocsp=auto -----------------------------------------------------------
 
     def _schedule(self, delay: float) -> None:
-        if self._stopped:
+        if not self._running:
             return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -380,7 +404,7 @@ class Stapler:
 
     def _failed(self, failure: Failure, why: str, url: str) -> None:
         self._fetching = None
-        if self._stopped:
+        if not self._running:
             return
         delay, self._retry = self._retry, min(self._retry * 2, _RETRY_MOST)
         if self.response:

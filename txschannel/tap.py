@@ -29,7 +29,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -72,7 +72,6 @@ from zope.interface import directlyProvides, implementer, providedBy
 from txschannel.credentials import Credentials, validity_warnings
 from txschannel.endpoints import SchannelClientEndpoint, SchannelServerEndpoint
 from txschannel.inspector import InspectorSite, _address, describe
-from txschannel.ocsp import OCSPError, Stapler
 from txschannel.peertext import PeerText, printable
 from txschannel.relay import RelayFactory, no_delay, reset
 from txschannel.terminator.limits import ConnectionLimit
@@ -741,9 +740,6 @@ class SchannelService(service.Service):
     :param prepare: called with the credentials of every ``schannel:``
         listen endpoint before they serve a handshake: at start and after
         each reload (``--route`` installs its server-name check this way).
-    :param staplers: the OCSP stapler of each listen endpoint (by
-        description) that has one: installed with the credentials, started
-        with the service, reloaded with the certificates.
     :param drain_timeout: when stopping, how long open connections may take
         to finish before they are aborted.
     :param signals: whether ``SIGHUP`` reloads (a ``--workers`` worker
@@ -768,7 +764,6 @@ class SchannelService(service.Service):
         limit: ConnectionLimit | None = None,
         prepare: Callable[[Credentials], None] | None = None,
         status: tuple[str, IStreamServerEndpoint, IProtocolFactory] | None = None,
-        staplers: Mapping[str, Stapler] | None = None,
         on_credentials: (
             Callable[[Sequence[tuple[str, IStreamServerEndpoint]]], None] | None
         ) = None,
@@ -780,7 +775,6 @@ class SchannelService(service.Service):
         self.drain_timeout = drain_timeout
         self.signals = signals
         self.status = status
-        self.staplers = dict(staplers or {})
         self.on_credentials = on_credentials
         self._status_port: IListeningPort | None = None
         self.limit = limit
@@ -834,8 +828,6 @@ class SchannelService(service.Service):
             )
         if self.on_credentials is not None:
             self.on_credentials(self.listen)
-        for stapler in self.staplers.values():
-            stapler.start()
         if self.status is not None:
             description, endpoint, factory = self.status
 
@@ -875,12 +867,10 @@ class SchannelService(service.Service):
 
     def _prepare(self, description: str, credentials: Credentials) -> None:
         # Before the credentials' first handshake: their OpenSSL context
-        # cannot be changed once a connection was made from it.
+        # cannot be changed once a connection was made from it. (An OCSP
+        # stapler is the endpoint's: it installs it on the same credentials.)
         if self.prepare is not None:
             self.prepare(credentials)
-        stapler = self.staplers.get(description)
-        if stapler is not None:
-            stapler.install(credentials)
 
     def _on_sighup(self, number: int, frame: FrameType | None) -> None:
         # A signal handler may run between any two bytecodes: hand the work
@@ -907,7 +897,8 @@ class SchannelService(service.Service):
                 continue
             before = _served_fingerprint(endpoint.credentials)  # type: ignore[attr-defined]
             try:
-                credentials = reload(warn=False)
+                # (why= for the OCSP stapler's log lines, see txschannel.ocsp.)
+                credentials = reload(warn=False, why=why)
             except ValueError as e:
                 if not quiet or self._last_errors.get(description) != str(e):
                     self.log.error(
@@ -919,9 +910,6 @@ class SchannelService(service.Service):
                 continue
             self._last_errors.pop(description, None)
             self._prepare(description, credentials)
-            stapler = self.staplers.get(description)
-            if stapler is not None:
-                stapler.reload(why)
             after = _served_fingerprint(credentials)
             reloaded += 1
             changed += after != before
@@ -973,8 +961,6 @@ class SchannelService(service.Service):
             self._previous_handler = None
         if self.limit is not None:
             self.limit.remove_ports()
-        for stapler in self.staplers.values():
-            stapler.stop()
         stopping = [port.stopListening() for port in self.ports]
         self.ports = []
         stopped = DeferredList([d for d in stopping if isinstance(d, Deferred)])
@@ -1374,23 +1360,23 @@ class Options(usage.Options):
             suffix = f":certificate={_escape(str(kept.server_file))}"
             descriptions = [d + suffix if d in needs_default else d for d in descriptions]
         listen: list[tuple[str, IStreamServerEndpoint]] = []
-        self["staplers"] = {}
         given = self["listen"] or [self["default-listen"]]
         for original, description in zip(given, descriptions, strict=True):
-            # OCSP stapling is the terminator's (see txschannel.ocsp):
-            # its options are taken out before the endpoint parser sees them.
-            description, response_file = _take_option(description, "ocspResponse")
-            description, auto = _take_option(description, "ocsp")
+            if not description.startswith("schannel:") and any(
+                _has_option(description, option) for option in ("ocspResponse", "ocsp")
+            ):
+                # Said here: the plain parser's "unexpected keyword" would not.
+                raise usage.UsageError(
+                    f"--listen {original!r}: ocspResponse=/ocsp= need a schannel: endpoint"
+                )
             try:
+                # (ocspResponse= and ocsp=auto are the schannel: parser's,
+                # which gives the endpoint an OCSP stapler: txschannel.ocsp.)
                 endpoint = serverFromString(  # type: ignore[no-untyped-call]
                     listen_reactor, description
                 )
             except Exception as e:  # Twisted's parsers raise ValueError, TypeError, ...
                 raise usage.UsageError(f"--listen {original!r}: {_error_text(e)}") from None
-            if response_file is not None or auto is not None:
-                self["staplers"][description] = _stapler(
-                    original, description, response_file, auto, reactor
-                )
             listen.append((description, endpoint))
         self["endpoints"] = listen
         self["connect-endpoint"] = None
@@ -1461,48 +1447,6 @@ class Options(usage.Options):
             )
             announce.append(f"try: curl --cacert {self['self-signed'].certificate_file} {url}")
         self["announce"] = announce
-
-
-def _take_option(description: str, name: str) -> tuple[str, str | None]:
-    """*description* without option *name*, and the option's value (unescaped) or None."""
-    match = re.search(rf"(?<!\\):{re.escape(name)}=((?:\\.|[^:\\])*)", description)
-    if match is None:
-        return description, None
-    value = re.sub(r"\\(.)", r"\1", match.group(1))
-    return description[:match.start()] + description[match.end():], value
-
-
-def _stapler(
-    original: str, description: str, response_file: str | None, auto: str | None, reactor: Any
-) -> Stapler:
-    """The OCSP stapler of one --listen endpoint; any problem is a UsageError naming it."""
-    def refuse(message: str) -> NoReturn:
-        raise usage.UsageError(f"--listen {original!r}: {message}")
-
-    if not description.startswith("schannel:"):
-        refuse("ocspResponse=/ocsp= need a schannel: endpoint")
-    if auto is not None and auto.lower() != "auto":
-        refuse(f"ocsp={auto!r}: the only value is auto (or give ocspResponse=FILE)")
-    if auto is not None and response_file is not None:
-        refuse("give ocspResponse=FILE or ocsp=auto, not both")
-    if _has_option(description, "sni"):
-        refuse("OCSP stapling with an sni= folder is not supported yet: one certificate= only")
-    certificate, chain = _option_value(description, "certificate"), _option_value(
-        description, "chain"
-    )
-    if certificate is None:
-        refuse("OCSP stapling needs certificate=FILE")
-    try:
-        return Stapler(
-            description, certificate, chain_file=chain, response_file=response_file,
-            auto=auto is not None, reactor=reactor,
-        )
-    except OCSPError as e:
-        refuse(str(e))
-
-
-def _option_value(description: str, name: str) -> str | None:
-    return _take_option(description, name)[1]
 
 
 def _proxy_header(version: str) -> Callable[[Any], bytes]:
@@ -1598,7 +1542,6 @@ def makeService(options: Options) -> SchannelService:
         limit=limit,
         prepare=router.install if router is not None else None,
         on_credentials=metrics.note_certificates if metrics is not None else None,
-        staplers=options["staplers"],
         drain_timeout=options["drain-timeout"],
         # A worker's supervisor reloads and warns, for all workers at once.
         signals=worker is None,
