@@ -974,7 +974,7 @@ class SchannelService(service.Service):
 
     def _drain(self) -> Deferred[None] | None:
         gates = getattr(self.factory, "gates", None)
-        if not gates:
+        if not gates or not self.drain_timeout:
             return None
         self.log.info(
             "stopping: waiting up to {seconds:g} s for {count} open connection(s)",
@@ -1084,8 +1084,9 @@ class Options(usage.Options):
         ],
         [
             "drain-timeout", None, "30",
-            "When stopping (SIGTERM, or an old generation of --workers), let open "
-            "connections finish for up to SECONDS, then abort them.",
+            "When stopping (SIGTERM, or an old generation of --workers), let relayed "
+            "connections finish for up to SECONDS (0: not at all), then abort them. The "
+            "inspector's connections are closed at once.",
         ],
     ]
 
@@ -1198,7 +1199,10 @@ class Options(usage.Options):
             self["workers"] = worker_count(str(self["workers"]))
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        self["drain-timeout"] = _seconds("drain-timeout", str(self["drain-timeout"]))
+        drain = str(self["drain-timeout"])
+        self["drain-timeout"] = 0.0 if drain.strip() in ("0", "0.0") else _seconds(
+            "drain-timeout", drain
+        )
         self["worker"] = None
         if self["workers"] == 1:
             from twisted.internet import reactor
@@ -1542,7 +1546,9 @@ def makeService(options: Options) -> SchannelService:
         limit=limit,
         prepare=router.install if router is not None else None,
         on_credentials=metrics.note_certificates if metrics is not None else None,
-        drain_timeout=options["drain-timeout"],
+        # Relayed connections may be anything long-lived; the inspector's
+        # are idle HTTP keep-alives more often than not.
+        drain_timeout=options["drain-timeout"] if isinstance(application, RelayFactory) else 0,
         # A worker's supervisor reloads and warns, for all workers at once.
         signals=worker is None,
         validity_interval=_VALIDITY_CHECK_INTERVAL if worker is None else None,
