@@ -36,15 +36,21 @@ from tests.test_tap import Twist, assert_one_line, run_twist
 from tests.test_workers import wait_listening, workers_started
 from txschannel.endpoints import SchannelServerEndpoint
 from txschannel.ocsp import Stapler
+from txschannel.testing import CertificateAuthority
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
 
 class PKI:
-    """A CA and a server certificate for localhost whose AIA names a responder on *port*."""
+    """A CA and a server certificate for localhost whose AIA names a responder on *port*.
+
+    :meth:`issue` makes more, for an sni folder; the responder's index
+    (``openssl ocsp -index``) lists them all.
+    """
 
     def __init__(self, folder: Path, port: int) -> None:
         self.folder = folder
+        self.port = port
         self.ca_key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "txschannel OCSP test CA")])
         self.ca = (
@@ -61,22 +67,36 @@ class PKI:
                            critical=False)
             .sign(self.ca_key, hashes.SHA256())
         )
+        pem = serialization.Encoding.PEM
+        self.ca_file = folder / "ca.pem"
+        self.ca_file.write_bytes(self.ca.public_bytes(pem))
+        self.ca_key_file = folder / "ca.key"
+        self.ca_key_file.write_bytes(self.ca_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        self.index = folder / "index.txt"
+        self.index.write_text("")
+        self.server_file = folder / "server.pem"
+        self.leaf = self.issue("localhost", self.server_file)
+
+    def issue(self, host: str, file: Path) -> x509.Certificate:
+        """A certificate for *host*, written to *file* with its key and the CA, and indexed."""
         key = ec.generate_private_key(ec.SECP256R1())
-        self.leaf = (
+        leaf = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(name).public_key(key.public_key())
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+            .issuer_name(self.ca.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(NOW - datetime.timedelta(hours=1))
             .not_valid_after(NOW + datetime.timedelta(days=20))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]),
                            critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
             .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
                 AuthorityInformationAccessOID.OCSP,
-                x509.UniformResourceIdentifier(f"http://127.0.0.1:{port}/"))]), critical=False)
+                x509.UniformResourceIdentifier(f"http://127.0.0.1:{self.port}/"))]),
+                critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 self.ca_key.public_key()), critical=False)
             .sign(self.ca_key, hashes.SHA256())
@@ -84,19 +104,13 @@ class PKI:
         pem = serialization.Encoding.PEM
         key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
-        self.ca_file = folder / "ca.pem"
-        self.ca_file.write_bytes(self.ca.public_bytes(pem))
-        self.ca_key_file = folder / "ca.key"
-        self.ca_key_file.write_bytes(self.ca_key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        self.server_file = folder / "server.pem"
-        self.server_file.write_bytes(key_pem + self.leaf.public_bytes(pem)
-                                     + self.ca.public_bytes(pem))
-        serial = f"{self.leaf.serial_number:X}"
+        file.write_bytes(key_pem + leaf.public_bytes(pem) + self.ca.public_bytes(pem))
+        serial = f"{leaf.serial_number:X}"
         serial = "0" * (len(serial) % 2) + serial
-        expiry = self.leaf.not_valid_after_utc.strftime("%y%m%d%H%M%SZ")
-        self.index = folder / "index.txt"
-        self.index.write_text(f"V\t{expiry}\t\t{serial}\tunknown\t/CN=localhost\n")
+        expiry = leaf.not_valid_after_utc.strftime("%y%m%d%H%M%SZ")
+        with self.index.open("a") as index:
+            index.write(f"V\t{expiry}\t\t{serial}\tunknown\t/CN={host}\n")
+        return leaf
 
     def response(self, status: ocsp.OCSPCertStatus, certificate: x509.Certificate | None = None
                  ) -> bytes:
@@ -113,11 +127,15 @@ class PKI:
             serialization.Encoding.DER)
 
 
-def staple(port: int, ca: Path) -> str:
-    """What ``openssl s_client -status`` says about the staple of the server on *port*."""
+def staple(port: int, ca: Path, server_name: str = "localhost",
+           certificate: x509.Certificate | None = None) -> str:
+    """What ``openssl s_client -status`` says about the staple of the server on *port*.
+
+    With *certificate*: "other" when the staple is about another one.
+    """
     result = subprocess.run(
         [require("openssl"), "s_client", "-connect", f"127.0.0.1:{port}",
-         "-servername", "localhost", "-status", "-CAfile", str(ca)],
+         "-servername", server_name, "-status", "-CAfile", str(ca)],
         input=b"", capture_output=True, timeout=30,
     )
     output = result.stdout.decode(errors="replace")
@@ -125,6 +143,10 @@ def staple(port: int, ca: Path) -> str:
         return "none"
     if "OCSP Response Status: successful" not in output:
         return "unreadable:\n" + output + result.stderr.decode(errors="replace")
+    if certificate is not None:
+        serial = f"{certificate.serial_number:X}"
+        if f"Serial Number: {'0' * (len(serial) % 2)}{serial}" not in output:
+            return "other:\n" + output
     for state in ("good", "revoked", "unknown"):
         if f"Cert Status: {state}" in output:
             return state
@@ -252,6 +274,28 @@ class StaplingTests(TestCase):
             twist.wait_for(rf"worker {pid} stopped")
         self.assertEqual(staple(port, self.pki.ca_file), "revoked")
 
+    def test_auto_staples_each_certificate_of_an_sni_folder_and_new_ones_after_a_reload(
+        self,
+    ) -> None:
+        folder = self.folder / "sni"
+        folder.mkdir()
+        alpha = self.pki.issue("alpha.test", folder / "alpha.test.pem")
+        beta = self.pki.issue("beta.test", folder / "beta.test.pem")
+        # Indexed now, before the responder reads the index; served after a reload.
+        gamma = self.pki.issue("gamma.test", self.folder / "gamma.test.pem")
+        self.start_responder()
+        twist, port = self.twist(f"sni={folder}:ocsp=auto")
+        for host in ("", r" \(alpha\.test\)", r" \(beta\.test\)"):
+            twist.wait_for(rf"OCSP \(start\): fetched from \S+ for schannel:\S+{host}: good")
+        for name, leaf in (("localhost", self.pki.leaf), ("alpha.test", alpha),
+                           ("beta.test", beta), ("unknown.test", self.pki.leaf)):
+            self.assertEqual(staple(port, self.pki.ca_file, name, leaf), "good", name)
+        os.replace(self.folder / "gamma.test.pem", folder / "gamma.test.pem")
+        twist.send_signal(signal.SIGHUP)
+        twist.wait_for(r"OCSP \(start\): fetched from \S+ for schannel:\S+ \(gamma\.test\): good")
+        self.assertEqual(staple(port, self.pki.ca_file, "gamma.test", gamma), "good")
+        self.assertEqual(staple(port, self.pki.ca_file, "alpha.test", alpha), "good")
+
     def test_twist_web_staples_the_response_file_of_its_listen_string(self) -> None:
         response = self.write_response()
         _, port = self.twist(f"ocspResponse={response}", command="web")
@@ -346,13 +390,22 @@ class BadStaplingTests(SynchronousTestCase):
         result = run_twist("--listen", "schannel:tcp:0:ocsp=auto", "--state-dir", state)
         assert_one_line(self, result, "names no OCSP responder")
 
+    def sni_without_responder(self) -> Path:
+        """An sni folder whose certificate names no OCSP responder."""
+        folder = self.folder / "sni"
+        folder.mkdir()
+        CertificateAuthority().issue("nohost.test").write(folder / "nohost.test.pem")
+        return folder
+
     def test_the_endpoint_parser_names_the_option(self) -> None:
         server = self.pki.server_file
         for option, needle in [
             ("ocsp=yes", "schannel: ocsp='yes': the only value is auto"),
             (f"ocsp=auto:ocspResponse={server}", "schannel: give ocspResponse=FILE or ocsp=auto"),
             ("ocspResponse=/nonexistent.der", "ocspResponse file '/nonexistent.der'"),
-            (f"sni={self.folder}:ocsp=auto", "with an sni= folder is not supported yet"),
+            (f"sni={self.folder}:ocspResponse={server}", "with an sni= folder use ocsp=auto"),
+            (f"sni={self.sni_without_responder()}:ocsp=auto",
+             "nohost.test.pem' names no OCSP responder"),
         ]:
             with self.assertRaises(ValueError) as caught:
                 serverFromString(reactor, f"schannel:tcp:0:certificate={server}:{option}")

@@ -56,7 +56,7 @@ from txschannel.credentials import (
     sni_default,
     validity_warnings,
 )
-from txschannel.ocsp import OCSPError, Stapler
+from txschannel.ocsp import FolderStapler, OCSPError, Stapler
 from txschannel.protocol import (
     DEFAULT_HANDSHAKE_MEMORY,
     DEFAULT_PRE_HANDSHAKE_BUFFER,
@@ -179,7 +179,9 @@ class SchannelServerEndpoint:
         ClientHello (see :class:`~txschannel.protocol.SchannelFactory`); an
         attribute too, read when :meth:`listen` is called.
     :param stapler: an OCSP :class:`~txschannel.ocsp.Stapler` for the
-        certificate (``ocspResponse=`` and ``ocsp=auto`` make one): it is
+        certificate, or a :class:`~txschannel.ocsp.FolderStapler` for the
+        certificates of an ``sni`` folder (``ocspResponse=`` and
+        ``ocsp=auto`` make them): it is
         installed on the credentials (and on any assigned later), started
         when the first port of this endpoint starts listening, reloaded by
         :meth:`reload` and stopped when the last port stops listening. Also
@@ -199,7 +201,7 @@ class SchannelServerEndpoint:
         clock: IReactorTime | None = None,
         rebuild: Callable[[], Credentials] | None = None,
         keep_client_hello: bool = False,
-        stapler: Stapler | None = None,
+        stapler: Stapler | FolderStapler | None = None,
     ) -> None:
         self.inner = inner
         self.keep_client_hello = keep_client_hello
@@ -685,10 +687,10 @@ class _ServerSettings:
             )
         if auto is not None and ocsp_response is not None:
             raise ValueError("schannel: give ocspResponse=FILE or ocsp=auto, not both")
-        if (auto is not None or ocsp_response is not None) and sni is not None:
+        if ocsp_response is not None and sni is not None:
             raise ValueError(
-                "schannel: OCSP stapling with an sni= folder is not supported yet: "
-                "one certificate= only"
+                "schannel: ocspResponse= names one certificate's response; with an sni= "
+                "folder use ocsp=auto, which staples each certificate's own"
             )
         return cls(
             certificate=certificate,
@@ -707,7 +709,7 @@ class _ServerSettings:
             ocsp_auto=auto is not None,
         )
 
-    def stapler(self, description: str, reactor: Any) -> Stapler | None:
+    def stapler(self, description: str, reactor: Any) -> Stapler | FolderStapler | None:
         """The OCSP stapler that ``ocspResponse`` or ``ocsp=auto`` ask for, if any.
 
         :param description: the endpoint, for the stapler's log lines.
@@ -717,9 +719,14 @@ class _ServerSettings:
         """
         if self.ocsp_response is None and not self.ocsp_auto:
             return None
-        # (from_options refused an sni folder, so there is a certificate.)
-        assert self.certificate is not None
         try:
+            if self.sni is not None:
+                return FolderStapler(
+                    description, self._certificate(), self.sni, chain_file=self.chain,
+                    reactor=reactor,
+                )
+            # (from_options refused ocspResponse= with an sni folder.)
+            assert self.certificate is not None
             return Stapler(
                 description, self.certificate, chain_file=self.chain,
                 response_file=self.ocsp_response, auto=self.ocsp_auto, reactor=reactor,

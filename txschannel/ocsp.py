@@ -26,6 +26,11 @@ it when its last port stops:
 
 A response is stapled only while it is current: one past its nextUpdate
 is not sent (clients would refuse it), nor is one for another certificate.
+
+With an ``sni`` folder, ``ocsp=auto`` makes a :class:`FolderStapler`: a
+:class:`Stapler` for each certificate the endpoint serves, installed on the
+OpenSSL context that serves it. (``ocspResponse=`` names one certificate's
+response, so the parser refuses it with ``sni``.)
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from twisted.python.failure import Failure
 from txschannel.credentials import Credentials
 from txschannel.peertext import PeerText
 
-__all__ = ["Stapler", "OCSPError", "certificate_and_issuer", "responder_url"]
+__all__ = ["FolderStapler", "OCSPError", "Stapler", "certificate_and_issuer", "responder_url"]
 
 _log = Logger(namespace="txschannel")
 
@@ -260,7 +265,14 @@ class Stapler:
         Call it before their first handshake: OpenSSL reads a context's
         callbacks when a connection is made from it.
         """
-        credentials.openssl_context.set_ocsp_server_callback(self._staple)
+        self.install_context(credentials.openssl_context)
+
+    def install_context(self, context: SSL.Context) -> None:
+        """Staple from now on in the handshakes of one OpenSSL *context*.
+
+        (An ``sni`` folder's per-name contexts: see :class:`FolderStapler`.)
+        """
+        context.set_ocsp_server_callback(self._staple)
 
     def _staple(self, connection: SSL.Connection, data: object) -> bytes:
         # (Only asked when the client sent status_request.)
@@ -423,3 +435,116 @@ class Stapler:
         self._schedule(delay)
 
 
+class FolderStapler:
+    """``ocsp=auto`` for an endpoint with an ``sni`` folder: one staple per certificate.
+
+    Each certificate the endpoint serves, the default one and each
+    ``<hostname>.pem`` of the folder, gets a :class:`Stapler` of its own,
+    which fetches from that certificate's responder (its issuer must be in
+    its file); each is installed on the OpenSSL context that serves its
+    certificate. The methods are :class:`Stapler`'s, for all of them. Files
+    that appear in the folder get a stapler at the next :meth:`install`
+    (a reload), started if serving is; those that go are stopped.
+
+    :param description: the endpoint, for log lines (each stapler adds its
+        host name).
+    :param certificate_file: the default certificate (``certificate=``, or
+        the folder's ``DEFAULT.pem``).
+    :param folder: the ``sni`` folder.
+    :param chain_file: where else the default certificate's issuer may be.
+    :param reactor: for the fetches and the refresh timers.
+    :raises OCSPError: at construction: a certificate names no responder,
+        or its issuer is not found (the message names the file); at a
+        reload such a file is logged and skipped.
+    :ivar default: the default certificate's stapler.
+    :ivar hosts: the stapler of each host name of the folder (a file's stem).
+    """
+
+    def __init__(
+        self,
+        description: str,
+        certificate_file: str,
+        folder: str,
+        *,
+        chain_file: str | None = None,
+        reactor: Any,
+    ) -> None:
+        self.description = description
+        self.folder = folder
+        self.reactor = reactor
+        self.default = Stapler(
+            description, certificate_file, chain_file=chain_file, auto=True, reactor=reactor
+        )
+        self.hosts: dict[str, Stapler] = {}
+        self._running = False
+        self._scan(strict=True, why="start")
+
+    @property
+    def running(self) -> bool:
+        """Whether the staplers are started (and not stopped since)."""
+        return self._running
+
+    def _all(self) -> list[Stapler]:
+        # The folder's DEFAULT.pem may be the default certificate and a
+        # host at once: one stapler, fetching once.
+        return list({id(s): s for s in (self.default, *self.hosts.values())}.values())
+
+    def _scan(self, *, strict: bool, why: str) -> None:
+        """Make a stapler for each new file of the folder, drop those of files gone."""
+        files = {
+            path.stem.lower(): str(path)
+            for path in sorted(Path(self.folder).glob("*.pem")) if path.is_file()
+        }
+        changed = [n for n, s in self.hosts.items() if files.get(n) != s.certificate_file]
+        for name in changed:
+            gone = self.hosts.pop(name)
+            if gone is not self.default:
+                gone.stop()
+        for name, file in files.items():
+            if name in self.hosts:
+                continue
+            if file == self.default.certificate_file:
+                self.hosts[name] = self.default
+                continue
+            try:
+                stapler = Stapler(
+                    f"{self.description} ({name})", file, auto=True, reactor=self.reactor
+                )
+            except OCSPError as e:
+                if strict:
+                    raise
+                _log.error("{why}: OCSP for {endpoint}: {error}", why=why,
+                           endpoint=f"{self.description} ({name})", error=str(e))
+                continue
+            self.hosts[name] = stapler
+            if self._running:
+                stapler.start()
+
+    def install(self, credentials: Credentials) -> None:
+        """Staple from now on in *credentials*' handshakes, each name with its own.
+
+        Call it before their first handshake, as :meth:`Stapler.install`.
+        """
+        self._scan(strict=False, why="reload")
+        self.default.install(credentials)
+        for name, context in credentials.sni_contexts.items():
+            stapler = self.hosts.get(name)
+            if stapler is not None:
+                stapler.install_context(context)
+
+    def start(self) -> None:
+        """Serving begins: every stapler fetches now (and then on schedule)."""
+        self._running = True
+        for stapler in self._all():
+            stapler.start()
+
+    def reload(self, why: str) -> None:
+        """Read every certificate again, and fetch again (see :meth:`Stapler.reload`)."""
+        for stapler in self._all():
+            stapler.reload(why)
+
+    def stop(self) -> None:
+        """Serving ended: cancel every refresh timer and fetch under way."""
+        self._running = False
+        for stapler in self._all():
+            stapler.stop()
