@@ -14,9 +14,9 @@ import re
 import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import MappingProxyType
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Union
 
 from cryptography import x509
