@@ -3,21 +3,36 @@
 Not a test: it measures and prints, nothing asserts, and CI does not run it.
 
 Each terminator listens with TLS on loopback and relays to the same plain
-backend (a small threaded HTTP/1.0 responder in a child process). Clients
-are C programs, so that the terminator is what is measured:
+backend (a small threaded HTTP/1.0 responder in a child process). The rows:
+``twist schannel`` with one process and with ``--workers 2`` (a supervisor
+and two forked workers sharing the socket), stunnel4, and hitch with
+``--workers=1`` and ``--workers=2``. Clients are C programs, so that the
+terminator is what is measured:
 
 - throughput: ``curl`` downloads a large body (default 256 MiB) through the
-  terminator; MB/s = body bytes / curl's total time (MB = 10^6 bytes);
-- connections per second: ``openssl s_time -new -www /small`` opens
-  connections one after another for a few seconds, each with a full
-  handshake and one small request and response.
+  terminator; MB/s = body bytes / curl's total time (MB = 10^6 bytes). One
+  download is one connection, so it runs in one worker whatever the count;
+- sequential connections per second: ``openssl s_time -new -www /small``
+  opens connections one after another for a few seconds, each with a full
+  handshake and one small request and response. One connection at a time
+  cannot use a second worker;
+- concurrent connections per second: ``--clients`` (default 2) such
+  ``s_time`` processes at once; all their connections / the wall time from
+  starting the first to the end of the last.
 
 The terminators take turns within each round and the best round is kept, so
-that other load on the machine hurts every row alike. Ratios are against
-stunnel4. Run from the repository root::
+that other load on the machine hurts every row alike; the load average
+before and after is printed with the table. Ratios are against stunnel4.
+After the table come the two ratios the multi-worker issue set as targets:
+``twist schannel --workers 2`` against ``hitch (1 worker)`` in connections
+per second (at least 1.0) and against ``hitch (2 workers)`` in MB/s (at
+least 0.9). The clients, the backend and the terminators share the
+machine's CPUs: on a 2-CPU machine a second worker has little CPU to spare.
+Run from the repository root::
 
-    python benchmarks/relay.py            # 3 rounds, about 2 minutes
-    python benchmarks/relay.py --quick    # 1 round, smaller body
+    python benchmarks/relay.py              # 3 rounds, about 3 minutes
+    python benchmarks/relay.py --quick      # 1 round, smaller body, 3 s
+    python benchmarks/relay.py --clients 4  # 4 s_time processes at once
 
 Needs ``curl``, ``openssl``, ``stunnel4`` and ``hitch`` on the PATH
 (Debian: ``apt-get install stunnel4 hitch``); a missing terminator is shown
@@ -30,6 +45,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -108,19 +124,44 @@ class Terminator:
     def start(self) -> None:
         environment = {**os.environ, "PYTHONPATH": str(REPO)}
         with open(self.log, "ab") as log:
+            # A session (and process group) of its own, so that stop() reaches
+            # every process it forks: twist's and hitch's workers.
             self.process = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=environment
+                self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=environment,
+                start_new_session=True,
             )
         wait_for_port(self.port)
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the whole process group, then SIGKILL what is left after *timeout*."""
+        if self.process is None:
+            return
+        group = self.process.pid  # the session leader's pid is the group's id
+        for signal_number in (signal.SIGTERM, signal.SIGKILL):
             try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+                os.killpg(group, signal_number)
+            except ProcessLookupError:
+                break  # nobody left in the group
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                self.process.poll()  # reap the leader, so that it leaves the group
+                try:
+                    os.killpg(group, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+            else:
+                if signal_number == signal.SIGTERM:
+                    print(f"{self.name}: still running {timeout:.0f} s after SIGTERM, "
+                          "sending SIGKILL", file=sys.stderr)
+                    continue
+                print(f"{self.name}: process group {group} survived SIGKILL",
+                      file=sys.stderr)
+            break
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def throughput(port: int, ca: Path, size: int) -> float:
@@ -138,23 +179,63 @@ def throughput(port: int, ca: Path, size: int) -> float:
     return size / float(seconds) / 1e6
 
 
+def s_time(port: int, ca: Path, seconds: int) -> list[str]:
+    return ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
+            "-time", str(seconds), "-www", "/small", "-CAfile", str(ca), "-verify", "1"]
+
+
+def s_time_count(stdout: str, stderr: str) -> int:
+    # s_time's own "connections in N.NNs" is its *CPU* time; the caller
+    # counts against the wall clock instead.
+    match = re.search(r"(\d+) connections in \d+ real seconds", stdout)
+    if match is None:
+        raise RuntimeError(f"s_time printed no count: {stdout[-300:]} {stderr[-300:]}")
+    return int(match.group(1))
+
+
 def connections_per_second(port: int, ca: Path, seconds: int) -> float:
     """Full handshakes plus one small request per second, one connection at a time."""
     started = time.monotonic()
-    result = subprocess.run(
-        ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time", str(seconds),
-         "-www", "/small", "-CAfile", str(ca), "-verify", "1"],
-        capture_output=True, text=True, timeout=seconds + 60,
-    )
+    result = subprocess.run(s_time(port, ca, seconds), capture_output=True, text=True,
+                            timeout=seconds + 60)
     elapsed = time.monotonic() - started
-    # s_time's own "connections in N.NNs" is its *CPU* time; count against
-    # the wall clock instead.
-    match = re.search(r"(\d+) connections in \d+ real seconds", result.stdout)
-    if match is None:
-        raise RuntimeError(
-            f"s_time printed no count: {result.stdout[-300:]} {result.stderr[-300:]}"
-        )
-    return int(match.group(1)) / elapsed
+    return s_time_count(result.stdout, result.stderr) / elapsed
+
+
+def concurrent_connections_per_second(port: int, ca: Path, seconds: int,
+                                      clients: int) -> float:
+    """The same with *clients* s_time processes at once: all connections / wall time."""
+    started = time.monotonic()
+    processes = [
+        subprocess.Popen(s_time(port, ca, seconds), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(clients)
+    ]
+    outputs: list[tuple[str, str]] = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=seconds + 60))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    elapsed = time.monotonic() - started
+    return sum(s_time_count(out, err) for out, err in outputs) / elapsed
+
+
+def ratio(numerator: float | None, denominator: float | None) -> str:
+    return f"{numerator / denominator:.2f}" if numerator and denominator else "-"
+
+
+def figure(row: dict[str, float], label: str) -> str:
+    return f"{row[label]:.0f}" if row.get(label) else "-"
+
+
+TWIST_1 = "twist schannel"
+TWIST_2 = "twist schannel --workers 2"
+HITCH_1 = "hitch (1 worker)"
+HITCH_2 = "hitch (2 workers)"
 
 
 def main() -> None:
@@ -162,6 +243,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--seconds", type=int, default=5, help="s_time run length")
+    parser.add_argument("--clients", type=int, default=2,
+                        help="s_time processes at once for the concurrent conn/s column")
     parser.add_argument("--quick", action="store_true", help="1 round, 64 MiB, 3 s")
     arguments = parser.parse_args()
     if arguments.quick:
@@ -170,6 +253,7 @@ def main() -> None:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is needed on the PATH")
     size = arguments.size_mib * 1024 * 1024
+    clients = arguments.clients
 
     folder = Path(tempfile.mkdtemp(prefix="txschannel-bench-relay-"))
     ca = CertificateAuthority()
@@ -186,15 +270,17 @@ def main() -> None:
     wait_for_port(backend_port)
 
     terminators: list[Terminator] = []
-    port = free_port()
-    terminators.append(Terminator(
-        "twist schannel",
-        [sys.executable, "-m", "twisted", "--log-format=text",
-         f"--log-file={folder / 'twist.log'}", "schannel",
-         "--listen", f"schannel:tcp:{port}:interface=127.0.0.1:certificate={folder}/server.pem",
-         "--connect", f"tcp:127.0.0.1:{backend_port}"],
-        port, folder / "twist.out",
-    ))
+    for name, workers, stem in ((TWIST_1, 1, "twist"), (TWIST_2, 2, "twist-workers2")):
+        port = free_port()
+        terminators.append(Terminator(
+            name,
+            [sys.executable, "-m", "twisted", "--log-format=text",
+             f"--log-file={folder / (stem + '.log')}", "schannel",
+             "--listen",
+             f"schannel:tcp:{port}:interface=127.0.0.1:certificate={folder}/server.pem",
+             "--connect", f"tcp:127.0.0.1:{backend_port}", f"--workers={workers}"],
+            port, folder / f"{stem}.out",
+        ))
     stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
     if stunnel:
         port = free_port()
@@ -209,21 +295,30 @@ def main() -> None:
                                       port, folder / "stunnel.out"))
     hitch = shutil.which("hitch")
     if hitch:
-        port = free_port()
-        terminators.append(Terminator(
-            "hitch",
-            [hitch, f"--frontend=[127.0.0.1]:{port}", f"--backend=[127.0.0.1]:{backend_port}",
-             "--user=nobody" if os.geteuid() == 0 else "--quiet",
-             f"--ocsp-dir={folder}", str(folder / "server.pem")],
-            port, folder / "hitch.out",
-        ))
+        for name, workers in ((HITCH_1, 1), (HITCH_2, 2)):
+            port = free_port()
+            ocsp = folder / f"hitch-ocsp-{workers}"
+            ocsp.mkdir()
+            terminators.append(Terminator(
+                name,
+                [hitch, f"--frontend=[127.0.0.1]:{port}",
+                 f"--backend=[127.0.0.1]:{backend_port}", f"--workers={workers}",
+                 "--user=nobody" if os.geteuid() == 0 else "--quiet",
+                 f"--ocsp-dir={ocsp}", str(folder / "server.pem")],
+                port, folder / f"hitch-workers{workers}.out",
+            ))
 
+    concurrent = f"conn/s x{clients}"
+    labels = ("MB/s", "conn/s", concurrent)
     best: dict[str, dict[str, float]] = {t.name: {} for t in terminators}
     measures: list[tuple[str, Callable[[Terminator], float]]] = [
         ("MB/s", lambda t: throughput(t.port, folder / "ca.pem", size)),
         ("conn/s", lambda t: connections_per_second(t.port, folder / "ca.pem",
                                                     arguments.seconds)),
+        (concurrent, lambda t: concurrent_connections_per_second(
+            t.port, folder / "ca.pem", arguments.seconds, clients)),
     ]
+    load_before = os.getloadavg()[0]
     try:
         for terminator in terminators:
             terminator.start()
@@ -247,19 +342,33 @@ def main() -> None:
 
     reference = best.get("stunnel4", {})
     print(f"\nTLS termination on loopback, {os.cpu_count()} CPUs, body {arguments.size_mib} MiB, "
-          f"best of {arguments.rounds} round(s)")
-    print(f"{'terminator':<16}{'MB/s':>10}{'vs stunnel':>12}{'conn/s':>10}{'vs stunnel':>12}")
+          f"best of {arguments.rounds} round(s); conn/s: one s_time, "
+          f"{concurrent}: {clients} s_time at once; load average {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after")
+    width = max(len(t.name) for t in terminators) + 2
+    print(f"{'terminator':<{width}}"
+          + "".join(f"{label:>13}{'vs stunnel':>12}" for label in labels))
     for terminator in terminators:
         row = best[terminator.name]
-        cells = []
-        for label in ("MB/s", "conn/s"):
-            value = row.get(label)
-            ratio = (
-                f"{value / reference[label]:.2f}" if value and reference.get(label) else "-"
-            )
-            cells.append((f"{value:.0f}" if value else "-", ratio))
-        print(f"{terminator.name:<16}{cells[0][0]:>10}{cells[0][1]:>12}"
-              f"{cells[1][0]:>10}{cells[1][1]:>12}")
+        cells = "".join(
+            f"{figure(row, label):>13}{ratio(row.get(label), reference.get(label)):>12}"
+            for label in labels
+        )
+        print(f"{terminator.name:<{width}}{cells}")
+
+    twist, hitch_1, hitch_2 = best.get(TWIST_2, {}), best.get(HITCH_1, {}), best.get(HITCH_2, {})
+    print("\nTargets:")
+    print(f"(a) {TWIST_2} / {HITCH_1}, conn/s (target >= 1.0):")
+    for what, ours, theirs in (
+        (f"{concurrent} / conn/s", concurrent, "conn/s"),
+        (f"{concurrent} / {concurrent}", concurrent, concurrent),
+        ("conn/s / conn/s", "conn/s", "conn/s"),
+    ):
+        print(f"    {what:<26}{figure(twist, ours):>7} / {figure(hitch_1, theirs):<7}"
+              f"= {ratio(twist.get(ours), hitch_1.get(theirs))}")
+    print(f"(b) {TWIST_2} / {HITCH_2}, MB/s (target >= 0.9):")
+    print(f"    {'MB/s / MB/s':<26}{figure(twist, 'MB/s'):>7} / {figure(hitch_2, 'MB/s'):<7}"
+          f"= {ratio(twist.get('MB/s'), hitch_2.get('MB/s'))}")
     print(f"\n(logs and configuration in {folder})")
 
 
