@@ -10,12 +10,14 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from twisted.trial.unittest import FailTest
+from twisted.trial.unittest import FailTest, TestCase
 
-__all__ = ["LISTENER", "require", "free_port", "wait_for_port", "Peer"]
+__all__ = ["LISTENER", "require", "free_port", "wait_for_port", "Peer", "start_backend"]
 
 #: The start of a backend script run as ``python script.py PORT ...``: the
 #: modules backends use, and ``server`` listening on 127.0.0.1:PORT. A
@@ -97,3 +99,14 @@ class Peer:
         out, _ = self.process.communicate(timeout=10)
         self.output += out or b""
         return self.output
+
+
+def start_backend(test: TestCase, script: str, path: Path) -> int:
+    """Run backend *script* (:data:`LISTENER` and its accept loop), saved at
+    *path*, for the length of *test*; return its port once it listens."""
+    path.write_text(script)
+    port = free_port()
+    backend = Peer([sys.executable, str(path), str(port)])
+    test.addCleanup(backend.stop)
+    wait_for_port(port)
+    return port

@@ -12,13 +12,12 @@ import ipaddress
 import json
 import socket
 import struct
-import sys
 import time
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.peers import LISTENER, Peer, free_port, wait_for_port
+from tests.peers import LISTENER, free_port, start_backend
 from tests.test_edges import Edge
 from tests.test_tap import Twist, assert_one_line, run_twist
 from txschannel.terminator.proxyheader import V2_SIGNATURE
@@ -89,13 +88,7 @@ class ProxyProtocolTests(Edge):
         self.ca.issue("alice.example.com", common_name="alice").write(self.folder / "alice.pem")
 
     def twisted_backend(self) -> int:
-        script = self.folder / "haproxy_backend.py"
-        script.write_text(TWISTED_HAPROXY)
-        port = free_port()
-        peer = Peer([sys.executable, str(script), str(port)])
-        self.addCleanup(peer.stop)
-        wait_for_port(port)
-        return port
+        return start_backend(self, TWISTED_HAPROXY, self.folder / "haproxy_backend.py")
 
     def start(self, version: str, backend: int, listen_options: str = "") -> tuple[Twist, int]:
         port = free_port()

@@ -23,7 +23,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import FailTest, TestCase
 
-from tests.peers import LISTENER, Peer, free_port, require, wait_for_port
+from tests.peers import LISTENER, Peer, free_port, require, start_backend, wait_for_port
 from tests.test_tap import Twist, curl
 from txschannel import ClientContext, Credentials, Status
 from txschannel.relay import Inbound, RelayFactory
@@ -49,13 +49,7 @@ BIG = 100 * 1024 * 1024
 
 
 def start_digest_server(test: TestCase, folder: Path) -> int:
-    script = folder / "digest_server.py"
-    script.write_text(DIGEST_SERVER)
-    port = free_port()
-    server = Peer([sys.executable, str(script), str(port)])
-    test.addCleanup(server.stop)
-    wait_for_port(port)
-    return port
+    return start_backend(test, DIGEST_SERVER, folder / "digest_server.py")
 
 
 def tls_half_close_exchange(port: int, trust: str, payload: bytes) -> bytes:

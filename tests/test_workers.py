@@ -20,7 +20,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import FailTest, TestCase
 
-from tests.peers import LISTENER, Peer, free_port, require, wait_for_port
+from tests.peers import LISTENER, free_port, require, start_backend
 from tests.test_tap import REPO, Twist, environment, run_twist, served_fingerprint
 from txschannel.testing import CertificateAuthority
 
@@ -68,13 +68,7 @@ class Setup:
 
 
 def start_echo_server(test: TestCase) -> int:
-    script = Path(test.mktemp() + ".py").resolve()
-    script.write_text(ECHO_SERVER)
-    port = free_port()
-    server = Peer([sys.executable, str(script), str(port)])
-    test.addCleanup(server.stop)
-    wait_for_port(port)
-    return port
+    return start_backend(test, ECHO_SERVER, Path(test.mktemp() + ".py").resolve())
 
 
 def workers_started(twist: Twist, count: int, generation: int = 1) -> list[int]:
