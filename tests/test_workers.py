@@ -232,6 +232,23 @@ class WorkersTests(TestCase):
         serving = {served_by(twist, exchange(setup)[0]) for _ in range(20)}
         self.assertTrue(serving <= set(new), twist.output)
 
+    def test_reload_interval_new_generation_only_on_change(self) -> None:
+        """--reload-interval: an unchanged certificate keeps the workers; a new one replaces them."""
+        setup = Setup(self)
+        twist = self.relay(setup, "--reload-interval", "0.5")
+        before = served_fingerprint(setup.port)
+        time.sleep(2)  # four reloads of the same files
+        self.assertNotIn("generation 2", twist.output)
+        setup.ca.issue("localhost", "127.0.0.1").write(setup.server_file)
+        twist.wait_for(r"--reload-interval: reloaded .* certificate sha256")
+        twist.wait_for(r"--reload-interval: starting generation 2")
+        workers_started(twist, 2, generation=2)
+        deadline = time.monotonic() + 20
+        while served_fingerprint(setup.port) == before:
+            if time.monotonic() > deadline:
+                raise FailTest(f"the new certificate is not served:\n{twist.output}")
+            time.sleep(0.1)
+
     def test_sigterm_drains_then_exits(self) -> None:
         """SIGTERM: workers stop accepting, finish the open connection, and all exit 0."""
         setup = Setup(self)

@@ -361,6 +361,7 @@ class Supervisor:
     _waiting: dict[int, float] = field(default_factory=dict)  # slot -> when to start
     _quick_exits: int = 0
     _stopping_since: float | None = None
+    _exit_status: int = 0
 
     def run(self) -> Worker:
         """Start the workers, then supervise until they have all stopped.
@@ -516,7 +517,7 @@ class Supervisor:
                 "{why}: stopping {n} workers (each drains its connections first)",
                 why=why, n=len(self._running),
             )
-            self._exit_status = status
+        self._exit_status = max(self._exit_status, status)
         self._stopping_since = time.monotonic()
         self._waiting.clear()
         # New clients are refused once the workers have stopped listening too.
@@ -529,7 +530,7 @@ class Supervisor:
             self._exit(status)
 
     def _exit(self, status: int) -> NoReturn:
-        status = max(status, getattr(self, "_exit_status", 0))
+        status = max(status, self._exit_status)
         self.log.info("supervisor {pid}: every worker has stopped", pid=os.getpid())
         self.cleanup()
         raise SystemExit(status)
