@@ -233,7 +233,7 @@ class WorkersTests(TestCase):
         self.assertTrue(serving <= set(new), twist.output)
 
     def test_reload_interval_new_generation_only_on_change(self) -> None:
-        """--reload-interval: an unchanged certificate keeps the workers; a new one replaces them."""
+        """--reload-interval: the same certificate keeps the workers; a new one replaces them."""
         setup = Setup(self)
         twist = self.relay(setup, "--reload-interval", "0.5")
         before = served_fingerprint(setup.port)
