@@ -185,6 +185,25 @@ class WorkersTests(TestCase):
         serving = {served_by(twist, exchange(setup)[0]) for _ in range(30)}
         self.assertEqual(serving, {second, pids[2]}, twist.output)
 
+    def test_workers_that_cannot_start_stop_the_supervisor(self) -> None:
+        """Workers dying as they start: pauses that double, then exit status 1."""
+        setup = Setup(self)
+        twist = self.relay(setup)
+        killed: set[int] = set()
+        deadline = time.monotonic() + 60
+        while twist.process.poll() is None:
+            if time.monotonic() > deadline:
+                raise FailTest(f"the supervisor did not give up:\n{twist.output}")
+            for match in _STARTED.finditer(twist.output):
+                pid = int(match.group(1))
+                if pid not in killed:
+                    killed.add(pid)
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
+        self.assertEqual(twist.process.returncode, 1, twist.output)
+        self.assertIn("starting another in its place in 2 s", twist.output)
+        self.assertRegex(twist.output, r"after it started, 5 times in a row: stopping")
+
     def test_sighup_new_generation_and_drain(self) -> None:
         """SIGHUP: new workers serve the new certificate; old connections finish first."""
         setup = Setup(self)

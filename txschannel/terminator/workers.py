@@ -69,9 +69,15 @@ __all__ = [
 ]
 
 #: A worker that exits sooner than this after it started is replaced only
-#: after a pause, and five such exits in a row stop the supervisor.
+#: after a pause, which doubles with each such exit in a row (up to
+#: _LONGEST_PAUSE). Five in a row in the supervisor's first
+#: _STARTUP_SECONDS stop it: the workers cannot start at all. Later, a
+#: client that can crash workers must not be able to stop the service, so
+#: the supervisor goes on replacing them.
 _QUICK_EXIT_SECONDS = 1.0
 _QUICK_EXITS_ALLOWED = 5
+_STARTUP_SECONDS = 30.0
+_LONGEST_PAUSE = 30.0
 #: Signals the supervisor waits for (blocked, and taken with sigtimedwait).
 _SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 #: prctl(2): the signal a process gets when its parent dies.
@@ -360,6 +366,7 @@ class Supervisor:
     _generation: int = 0
     _waiting: dict[int, float] = field(default_factory=dict)  # slot -> when to start
     _quick_exits: int = 0
+    _began: float = 0.0
     _stopping_since: float | None = None
     _exit_status: int = 0
 
@@ -371,6 +378,7 @@ class Supervisor:
         """
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         self._generation = 1
+        self._began = time.monotonic()
         self.log.info(
             "supervisor {pid}: starting {count} workers", pid=os.getpid(), count=self.count
         )
@@ -472,7 +480,8 @@ class Supervisor:
                 self._quick_exits += 1
             else:
                 self._quick_exits = 0
-            if self._quick_exits >= _QUICK_EXITS_ALLOWED:
+            starting = time.monotonic() - self._began < _STARTUP_SECONDS
+            if starting and self._quick_exits >= _QUICK_EXITS_ALLOWED:
                 self.log.critical(
                     "worker {pid} {how} {seconds:.1f} s after it started, {n} times in a "
                     "row: stopping",
@@ -480,7 +489,9 @@ class Supervisor:
                 )
                 self._stop("repeated worker failures", status=1)
                 return None
-            delay = _QUICK_EXIT_SECONDS if lived < _QUICK_EXIT_SECONDS else 0.0
+            delay = 0.0
+            if self._quick_exits:
+                delay = min(_QUICK_EXIT_SECONDS * 2 ** (self._quick_exits - 1), _LONGEST_PAUSE)
             self.log.warn(
                 "worker {pid} {how}; starting another in its place{later}",
                 pid=pid, how=how, later=f" in {delay:.0f} s" if delay else "",
