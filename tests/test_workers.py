@@ -289,6 +289,27 @@ class WorkersTests(TestCase):
             self.assertIn(f"worker {pid} stopped", twist.output)
         self.assertIn("every worker has stopped", twist.output)
 
+    def test_drain_timeout_aborts_what_is_left(self) -> None:
+        """A connection still open when --drain-timeout runs out is aborted, not closed."""
+        setup = Setup(self)
+        twist = self.relay(setup, "--drain-timeout", "1")
+        context = setup.client_context()
+        with socket.create_connection(("127.0.0.1", setup.port), timeout=10) as raw:
+            # (Python's ssl reports an end without close_notify as b""
+            # unless told not to.)
+            with context.wrap_socket(raw, server_hostname="localhost",
+                                     suppress_ragged_eofs=False) as tls:
+                tls.sendall(b"hello")
+                self.assertEqual(tls.recv(100), b"hello")
+                twist.send_signal(signal.SIGTERM)
+                twist.wait_for(r"aborting 1 connection\(s\) still open after 1 s")
+                # No close_notify: the stream did not end, it was cut.
+                with self.assertRaises((ConnectionResetError, ssl.SSLEOFError)):
+                    tls.recv(100)
+        self.assertEqual(twist.process.wait(timeout=30), 0, twist.output)
+        self.assertIn("reason=\"aborted: still open when the drain timeout ran out\"",
+                      twist.output)
+
     def test_workers_stop_with_their_supervisor(self) -> None:
         """A supervisor killed with SIGKILL takes its workers with it (they drain)."""
         setup = Setup(self)

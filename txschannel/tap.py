@@ -982,13 +982,18 @@ class SchannelService(service.Service):
         )
         drained: Deferred[None] = Deferred()
         deadline = self.reactor.seconds() + self.drain_timeout
+        aborted_at: float | None = None
 
         def check() -> None:
-            if not gates:
+            nonlocal aborted_at
+            now = self.reactor.seconds()
+            # After aborting, wait (briefly) for the connections to be gone,
+            # so that each still writes its log line and ends its backend.
+            if not gates or (aborted_at is not None and now >= aborted_at + 2.0):
                 poll.stop()
                 drained.callback(None)
-            elif self.reactor.seconds() >= deadline:
-                poll.stop()
+            elif aborted_at is None and now >= deadline:
+                aborted_at = now
                 self.log.warn(
                     "stopping: aborting {count} connection(s) still open after {seconds:g} s",
                     count=len(gates), seconds=self.drain_timeout,
@@ -996,7 +1001,6 @@ class SchannelService(service.Service):
                 for gate in list(gates):
                     gate._our_reason = "aborted: still open when the drain timeout ran out"
                     gate.abortConnection()
-                drained.callback(None)
 
         poll = LoopingCall(check)
         poll.clock = self.reactor
