@@ -18,7 +18,12 @@ terminator is what is measured:
   cannot use a second worker;
 - concurrent connections per second: ``--clients`` (default 2) such
   ``s_time`` processes at once; all their connections / the wall time from
-  starting the first to the end of the last.
+  starting the first to the end of the last;
+- server CPU per connection: the user and system CPU time that the
+  terminator's processes (its whole process group, workers included) used
+  during the sequential run, divided by its connections (Linux ``/proc``).
+  It is the steadiest figure here: it does not depend on how much CPU the
+  clients left over.
 
 The terminators take turns within each round and the best round is kept, so
 that other load on the machine hurts every row alike; the load average
@@ -193,13 +198,36 @@ def s_time_count(stdout: str, stderr: str) -> int:
     return int(match.group(1))
 
 
-def connections_per_second(port: int, ca: Path, seconds: int) -> float:
-    """Full handshakes plus one small request per second, one connection at a time."""
+def group_cpu_seconds(group: int) -> float:
+    """User plus system CPU time of every process in process group *group* (Linux)."""
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # After the command name in parentheses: state, ppid, pgrp, ... with
+        # utime and stime the 12th and 13th fields.
+        fields = stat.rpartition(")")[2].split()
+        if int(fields[2]) == group:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def connections_per_second(port: int, ca: Path, seconds: int,
+                           group: int) -> tuple[float, float]:
+    """Full handshakes plus one small request per second, one connection at a time,
+    and the CPU milliseconds process group *group* spent per connection."""
+    cpu_before = group_cpu_seconds(group)
     started = time.monotonic()
     result = subprocess.run(s_time(port, ca, seconds), capture_output=True, text=True,
                             timeout=seconds + 60)
     elapsed = time.monotonic() - started
-    return s_time_count(result.stdout, result.stderr) / elapsed
+    count = s_time_count(result.stdout, result.stderr)
+    milliseconds = (group_cpu_seconds(group) - cpu_before) * 1000 / count
+    return count / elapsed, milliseconds
 
 
 def concurrent_connections_per_second(port: int, ca: Path, seconds: int,
@@ -311,10 +339,22 @@ def main() -> None:
     concurrent = f"conn/s x{clients}"
     labels = ("MB/s", "conn/s", concurrent)
     best: dict[str, dict[str, float]] = {t.name: {} for t in terminators}
+    # Lowest of the rounds, as the best round is kept for the rest.
+    cpu_per_connection: dict[str, float] = {}
+
+    def sequential(terminator: Terminator) -> float:
+        assert terminator.process is not None
+        rate, milliseconds = connections_per_second(
+            terminator.port, folder / "ca.pem", arguments.seconds, terminator.process.pid
+        )
+        cpu_per_connection[terminator.name] = min(
+            cpu_per_connection.get(terminator.name, milliseconds), milliseconds
+        )
+        return rate
+
     measures: list[tuple[str, Callable[[Terminator], float]]] = [
         ("MB/s", lambda t: throughput(t.port, folder / "ca.pem", size)),
-        ("conn/s", lambda t: connections_per_second(t.port, folder / "ca.pem",
-                                                    arguments.seconds)),
+        ("conn/s", sequential),
         (concurrent, lambda t: concurrent_connections_per_second(
             t.port, folder / "ca.pem", arguments.seconds, clients)),
     ]
@@ -347,14 +387,17 @@ def main() -> None:
           f"{os.getloadavg()[0]:.2f} after")
     width = max(len(t.name) for t in terminators) + 2
     print(f"{'terminator':<{width}}"
-          + "".join(f"{label:>13}{'vs stunnel':>12}" for label in labels))
+          + "".join(f"{label:>13}{'vs stunnel':>12}" for label in labels)
+          + f"{'CPU ms/conn':>13}")
     for terminator in terminators:
         row = best[terminator.name]
         cells = "".join(
             f"{figure(row, label):>13}{ratio(row.get(label), reference.get(label)):>12}"
             for label in labels
         )
-        print(f"{terminator.name:<{width}}{cells}")
+        milliseconds = cpu_per_connection.get(terminator.name)
+        cpu = f"{milliseconds:.2f}" if milliseconds is not None else "-"
+        print(f"{terminator.name:<{width}}{cells}{cpu:>13}")
 
     twist, hitch_1, hitch_2 = best.get(TWIST_2, {}), best.get(HITCH_1, {}), best.get(HITCH_2, {})
     print("\nTargets:")
