@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -1029,31 +1030,37 @@ class ServerContext(SecurityContext):
         return self._handshake(data)
 
 
-def _read_bio(bio: object, size_hint: int) -> bytes:
-    """All the bytes waiting in a memory BIO (one copy into the result)."""
-    # The usual case: everything fits in the first buffer.
-    buffer = _new_buffer("char[]", size_hint)
-    count = _lib.BIO_read(bio, buffer, size_hint)
-    if count <= 0:
-        return b""
-    first: bytes = _ffi.buffer(buffer, count)[:]
-    if count < size_hint:
+def _read_all(read: Callable[[Any, int], bytes], source: Any, size_hint: int) -> bytes:
+    """All the bytes ``read(source, size)`` gives: a read of *size_hint*,
+    then reads twice as large each time until one comes back short. The
+    usual case, everything in the first read, makes one copy and no list."""
+    first = read(source, size_hint)
+    if not first or len(first) < size_hint:
         return first
     chunks = [first]
     size = size_hint * 2
     while True:
-        buffer = _new_buffer("char[]", size)
-        count = _lib.BIO_read(bio, buffer, size)
-        if count <= 0:
-            break
-        chunk: bytes = _ffi.buffer(buffer, count)[:]
+        chunk = read(source, size)
         chunks.append(chunk)
-        if count < size:
+        if len(chunk) < size:
             break
         size *= 2
-    if len(chunks) == 1:
-        return chunks[0]
     return b"".join(chunks)
+
+
+def _bio_read(bio: Any, size: int) -> bytes:
+    """At most *size* bytes from a memory BIO, b"" when it is empty."""
+    buffer = _new_buffer("char[]", size)
+    count = _lib.BIO_read(bio, buffer, size)
+    if count <= 0:
+        return b""
+    chunk: bytes = _ffi.buffer(buffer, count)[:]
+    return chunk
+
+
+def _read_bio(bio: object, size_hint: int) -> bytes:
+    """All the bytes waiting in a memory BIO (one copy into the result)."""
+    return _read_all(_bio_read, bio, size_hint)
 
 
 def _read_records(
@@ -1105,22 +1112,17 @@ def _read_available(
     return plaintext, unread, reads
 
 
+def _public_bio_read(connection: SSL.Connection, size: int) -> bytes:
+    """At most *size* bytes of the output BIO, b"" when it is empty."""
+    try:
+        return connection.bio_read(size)
+    except SSL.WantReadError:
+        return b""
+
+
 def _bio_read_all(connection: SSL.Connection, size_hint: int) -> bytes:
     """_read_bio for the output BIO, through pyOpenSSL's public API."""
-    chunks: list[bytes] = []
-    size = size_hint
-    while True:
-        try:
-            chunk = connection.bio_read(size)
-        except SSL.WantReadError:
-            break
-        chunks.append(chunk)
-        if len(chunk) < size:
-            break
-        size *= 2
-    if len(chunks) == 1:
-        return chunks[0]
-    return b"".join(chunks)
+    return _read_all(_public_bio_read, connection, size_hint)
 
 
 def _recv_records(
