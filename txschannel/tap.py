@@ -1377,34 +1377,23 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"--listen {original!r}: ocspResponse=/ocsp= need a schannel: endpoint"
                 )
-            try:
-                # (ocspResponse= and ocsp=auto are the schannel: parser's,
-                # which gives the endpoint an OCSP stapler: txschannel.ocsp.)
-                endpoint = serverFromString(  # type: ignore[no-untyped-call]
-                    listen_reactor, description
-                )
-            except Exception as e:  # Twisted's parsers raise ValueError, TypeError, ...
-                raise usage.UsageError(f"--listen {original!r}: {_error_text(e)}") from None
+            # (ocspResponse= and ocsp=auto are the schannel: parser's, which
+            # gives the endpoint an OCSP stapler: txschannel.ocsp.)
+            endpoint = _parse(
+                serverFromString, listen_reactor, description, f"--listen {original!r}"
+            )
             listen.append((description, endpoint))
         self["endpoints"] = listen
         self["connect-endpoint"] = None
         if self["connect"] is not None:
-            try:
-                self["connect-endpoint"] = clientFromString(  # type: ignore[no-untyped-call]
-                    reactor, self["connect"]
-                )
-            except Exception as e:
-                raise usage.UsageError(
-                    f"--connect {self['connect']!r}: {_error_text(e)}"
-                ) from None
+            self["connect-endpoint"] = _parse(
+                clientFromString, reactor, self["connect"], f"--connect {self['connect']!r}"
+            )
         self["router"] = None
         if self["route"]:
             routes = []
             for name, description, given in self["route"]:
-                try:
-                    endpoint = clientFromString(reactor, description)  # type: ignore[no-untyped-call]
-                except Exception as e:
-                    raise usage.UsageError(f"--route {given!r}: {_error_text(e)}") from None
+                endpoint = _parse(clientFromString, reactor, description, f"--route {given!r}")
                 routes.append(Route(name, description, endpoint))
             fallback = None
             if self["connect-endpoint"] is not None:
@@ -1418,12 +1407,9 @@ class Options(usage.Options):
         self._check_proxy_protocol()
         self["status-endpoint"] = None
         if self["status"] is not None:
-            try:
-                self["status-endpoint"] = serverFromString(  # type: ignore[no-untyped-call]
-                    listen_reactor, self["status"]
-                )
-            except Exception as e:
-                raise usage.UsageError(f"--status {self['status']!r}: {_error_text(e)}") from None
+            self["status-endpoint"] = _parse(
+                serverFromString, listen_reactor, self["status"], f"--status {self['status']!r}"
+            )
         policy = AccessPolicy(tuple(self["allow-cn"]), tuple(self["allow-san"]))
         if policy.active and not any(_asks_for_client_certificates(e) for _, e in listen):
             raise usage.UsageError(
@@ -1484,6 +1470,15 @@ def _count(option: str, text: str) -> int:
     if value < 1:
         raise usage.UsageError(f"--{option} {text!r}: must be at least 1")
     return value
+
+
+def _parse(parse: Callable[[Any, str], Any], reactor: Any, description: str, option: str) -> Any:
+    """*parse* (serverFromString or clientFromString) of *description*, or a
+    UsageError naming *option* with what was wrong."""
+    try:
+        return parse(reactor, description)
+    except Exception as e:  # Twisted's parsers raise ValueError, TypeError, ...
+        raise usage.UsageError(f"{option}: {_error_text(e)}") from None
 
 
 def _error_text(error: Exception) -> str:
