@@ -388,6 +388,21 @@ class WorkersCommandLineTests(TestCase):
             self.assertEqual(result.returncode, 64)
             self.assertIn(f"--workers {given!r}: {expected}", result.stderr)
 
+    def test_drain_timeout_values(self) -> None:
+        """0 (in any spelling) is allowed; a negative or non-number is one line."""
+        from txschannel.tap import Options
+
+        for given in ("0", "0.00", "2.5"):
+            options = Options()
+            options.parseOptions(["--drain-timeout", given, "--connect", "tcp:127.0.0.1:1",
+                                  "--listen", "tcp:0:interface=127.0.0.1"])
+            self.assertEqual(options["drain-timeout"], float(given))
+        for given, expected in (("-1", "must be 0 or more"),
+                                ("soon", "expected a number of seconds")):
+            result = run_twist("--drain-timeout", given)
+            self.assertEqual(result.returncode, 64)
+            self.assertIn(f"--drain-timeout {given!r}: {expected}", result.stderr)
+
     def test_unix_socket_refused(self) -> None:
         folder = Path(self.mktemp())
         folder.mkdir()

@@ -821,7 +821,7 @@ class SchannelService(service.Service):
         for description, endpoint in self.listen:
             credentials = getattr(endpoint, "credentials", None)
             if isinstance(credentials, Credentials):
-                self._prepare(description, credentials)
+                self._prepare(credentials)
             waiting = endpoint.listen(self.factory)
             waiting.addCallbacks(
                 listening, failed, callbackArgs=(description,), errbackArgs=(description,)
@@ -850,12 +850,7 @@ class SchannelService(service.Service):
             raise SystemExit(f"twist schannel: {problems[0]}")
         if self.signals and hasattr(signal, "SIGHUP"):
             self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
-        for description, endpoint in self.listen:
-            # Endpoints made from strings warned when they were parsed: a
-            # timer reload repeats only what is new since.
-            credentials = getattr(endpoint, "credentials", None)
-            if isinstance(credentials, Credentials):
-                self._last_warnings[description] = set(validity_warnings(credentials))
+        self.note_warned()
         if self.reload_interval:
             self._reloader = LoopingCall(self.reload, "--reload-interval")
             self._reloader.clock = self.reactor
@@ -865,7 +860,18 @@ class SchannelService(service.Service):
             self._checker.clock = self.reactor
             self._checker.start(self.validity_interval, now=False)
 
-    def _prepare(self, description: str, credentials: Credentials) -> None:
+    def note_warned(self) -> None:
+        """Take the listen endpoints' validity warnings as said already.
+
+        Endpoints made from strings warned when they were parsed: a timer
+        reload repeats only what is new since.
+        """
+        for description, endpoint in self.listen:
+            credentials = getattr(endpoint, "credentials", None)
+            if isinstance(credentials, Credentials):
+                self._last_warnings[description] = set(validity_warnings(credentials))
+
+    def _prepare(self, credentials: Credentials) -> None:
         # Before the credentials' first handshake: their OpenSSL context
         # cannot be changed once a connection was made from it. (An OCSP
         # stapler is the endpoint's: it installs it on the same credentials.)
@@ -909,7 +915,7 @@ class SchannelService(service.Service):
                 self._last_errors[description] = str(e)
                 continue
             self._last_errors.pop(description, None)
-            self._prepare(description, credentials)
+            self._prepare(credentials)
             after = _served_fingerprint(credentials)
             reloaded += 1
             changed += after != before
@@ -1203,9 +1209,8 @@ class Options(usage.Options):
             self["workers"] = worker_count(str(self["workers"]))
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        drain = str(self["drain-timeout"])
-        self["drain-timeout"] = 0.0 if drain.strip() in ("0", "0.0") else _seconds(
-            "drain-timeout", drain
+        self["drain-timeout"] = _seconds(
+            "drain-timeout", str(self["drain-timeout"]), zero=True
         )
         self["worker"] = None
         if self["workers"] == 1:
@@ -1256,10 +1261,7 @@ class Options(usage.Options):
         # Reloads and validity warnings are the supervisor's, with its log.
         keeper = SchannelService(supervised, Factory(), None, validity_interval=None)
         keeper.log = log
-        for description, endpoint in supervised:
-            credentials = getattr(endpoint, "credentials", None)
-            if isinstance(credentials, Credentials):
-                keeper._last_warnings[description] = set(validity_warnings(credentials))
+        keeper.note_warned()
 
         def reload(why: str) -> bool:
             reloaded, changed = keeper.reload(why)
@@ -1451,14 +1453,17 @@ def _proxy_header(version: str) -> Callable[[Any], bytes]:
     )
 
 
-def _seconds(option: str, text: str) -> float:
+def _seconds(option: str, text: str, *, zero: bool = False) -> float:
+    """*text* as a number of seconds: above 0 (or, with *zero*, 0 too)."""
     try:
         value = float(text)
     except ValueError:
         raise usage.UsageError(f"--{option} {text!r}: expected a number of seconds") from None
     # (NaN and infinity are no durations either.)
-    if not 0 < value < 1e9:
-        raise usage.UsageError(f"--{option} {text!r}: must be above 0")
+    if not (0 <= value if zero else 0 < value) or not value < 1e9:
+        raise usage.UsageError(
+            f"--{option} {text!r}: must be {'0 or more' if zero else 'above 0'}"
+        )
     return value
 
 
