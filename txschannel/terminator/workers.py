@@ -283,7 +283,7 @@ class AdoptingReactor:
     def listenTCP(
         self, port: int, factory: IProtocolFactory, backlog: int = 50, interface: str = ""
     ) -> IListeningPort:
-        shared = self._sockets.get(("tcp", interface, port))
+        shared = self._sockets.get(ListenRequest("tcp", port=port, interface=interface).key)
         if shared is None:
             raise WorkersError(f"the supervisor opened no socket for {interface}:{port}")
         return self._adopt(shared, factory)
@@ -291,7 +291,7 @@ class AdoptingReactor:
     def adoptStreamPort(
         self, fileDescriptor: int, addressFamily: int, factory: IProtocolFactory
     ) -> IListeningPort:
-        shared = self._sockets.get(("adopt", fileDescriptor))
+        shared = self._sockets.get(ListenRequest("adopt", fd=fileDescriptor).key)
         if shared is None:
             listening: IListeningPort = self._reactor.adoptStreamPort(
                 fileDescriptor, addressFamily, factory
