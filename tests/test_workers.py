@@ -24,14 +24,23 @@ from tests.peers import LISTENER, free_port, require, start_backend
 from tests.test_tap import REPO, Twist, environment, run_twist, served_fingerprint
 from txschannel.testing import CertificateAuthority
 
-#: Echoes every byte back until the client closes.
+#: Echoes every byte back until the client closes, and writes how each
+#: connection ended (a FIN or a reset) as a line of the file named after
+#: the script, with ".ends".
 ECHO_SERVER = LISTENER + """
+def ended(how):
+    with open(sys.argv[0] + ".ends", "a") as ends:
+        ends.write(how + "\\n")
+
 def serve(connection):
     with connection:
         while True:
-            data = connection.recv(65536)
+            try:
+                data = connection.recv(65536)
+            except ConnectionResetError:
+                return ended("reset")
             if not data:
-                return
+                return ended("fin")
             connection.sendall(data)
 
 while True:
@@ -67,8 +76,10 @@ class Setup:
         return context
 
 
-def start_echo_server(test: TestCase) -> int:
-    return start_backend(test, ECHO_SERVER, Path(test.mktemp() + ".py").resolve())
+def start_echo_server(test: TestCase) -> tuple[int, Path]:
+    """The echo server's port, and the file where it says how connections ended."""
+    script = Path(test.mktemp() + ".py").resolve()
+    return start_backend(test, ECHO_SERVER, script), Path(f"{script}.ends")
 
 
 def workers_started(twist: Twist, count: int, generation: int = 1) -> list[int]:
@@ -127,7 +138,7 @@ class WorkersTests(TestCase):
     timeout = 120
 
     def relay(self, setup: Setup, *arguments: str, workers: int = 2) -> Twist:
-        backend = start_echo_server(self)
+        backend, self.backend_ends = start_echo_server(self)
         twist = Twist(
             self, "--workers", str(workers), "--listen", setup.listen(),
             "--connect", f"tcp:127.0.0.1:{backend}", *arguments, group=True,
@@ -284,13 +295,18 @@ class WorkersTests(TestCase):
                     socket.create_connection(("127.0.0.1", setup.port), timeout=5).close()
                 tls.sendall(b"still here")
                 self.assertEqual(tls.recv(100), b"still here")
+                # A clean end (close_notify both ways) during the drain...
+                tls.unwrap()
         self.assertEqual(twist.process.wait(timeout=30), 0, twist.output)
+        # ... reaches the backend as a clean end (after wait_for_port's probe).
+        self.assertEqual(self.backend_ends.read_text().splitlines(), ["fin", "fin"])
         for pid in pids:
             self.assertIn(f"worker {pid} stopped", twist.output)
         self.assertIn("every worker has stopped", twist.output)
 
     def test_drain_timeout_aborts_what_is_left(self) -> None:
-        """A connection still open when --drain-timeout runs out is aborted, not closed."""
+        """A connection still open when --drain-timeout runs out is aborted, not closed,
+        on both sides: the client gets no close_notify, the backend a reset."""
         setup = Setup(self)
         twist = self.relay(setup, "--drain-timeout", "1")
         context = setup.client_context()
@@ -309,6 +325,8 @@ class WorkersTests(TestCase):
         self.assertEqual(twist.process.wait(timeout=30), 0, twist.output)
         self.assertIn("reason=\"aborted: still open when the drain timeout ran out\"",
                       twist.output)
+        # (The first connection was wait_for_port's, when the backend started.)
+        self.assertEqual(self.backend_ends.read_text().splitlines(), ["fin", "reset"])
 
     def test_workers_stop_with_their_supervisor(self) -> None:
         """A supervisor killed with SIGKILL takes its workers with it (they drain)."""
@@ -328,7 +346,7 @@ class WorkersTests(TestCase):
     def test_systemd_socket_shared(self) -> None:
         """A socket passed the systemd way (LISTEN_FDS) is shared: the workers serve it."""
         setup = Setup(self)
-        backend = start_echo_server(self)
+        backend, _ = start_echo_server(self)
         wrapper = Path(self.mktemp() + ".py").resolve()
         wrapper.write_text(
             "import os, socket, sys\n"
