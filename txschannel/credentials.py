@@ -46,6 +46,7 @@ __all__ = [
     "KeySource",
     "read_passphrase",
     "sni_default",
+    "sni_files",
     "validity_warnings",
 ]
 
@@ -1026,12 +1027,22 @@ def _sni_sources(
     folder = Path(sni)
     if not folder.is_dir():
         raise ValueError(f"sni folder {str(folder)!r} does not exist or is not a folder")
-    found: dict[str, CertificateSource] = {
-        path.stem.lower(): str(path) for path in sorted(folder.glob("*.pem")) if path.is_file()
-    }
+    found: dict[str, CertificateSource] = dict(sni_files(folder))
     if not found:
         raise ValueError(f"sni folder {str(folder)!r} holds no <hostname>.pem files")
     return found
+
+
+def sni_files(folder: str | os.PathLike[str]) -> dict[str, str]:
+    """The certificate file of each host name in an ``sni`` folder.
+
+    Each ``<hostname>.pem`` file serves *hostname* (lower case), in file
+    name order; a folder that is missing or empty gives none.
+    """
+    return {
+        path.stem.lower(): str(path)
+        for path in sorted(Path(folder).glob("*.pem")) if path.is_file()
+    }
 
 
 def sni_default(folder: str | os.PathLike[str]) -> str | None:

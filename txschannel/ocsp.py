@@ -50,7 +50,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txschannel.credentials import Credentials
+from txschannel.credentials import Credentials, sni_files
 from txschannel.peertext import PeerText
 
 __all__ = ["FolderStapler", "OCSPError", "Stapler", "certificate_and_issuer", "responder_url"]
@@ -491,10 +491,8 @@ class FolderStapler:
 
     def _scan(self, *, strict: bool, why: str) -> None:
         """Make a stapler for each new file of the folder, drop those of files gone."""
-        files = {
-            path.stem.lower(): str(path)
-            for path in sorted(Path(self.folder).glob("*.pem")) if path.is_file()
-        }
+        # The names the credentials serve, read the same way.
+        files = sni_files(self.folder)
         changed = [n for n, s in self.hosts.items() if files.get(n) != s.certificate_file]
         for name in changed:
             gone = self.hosts.pop(name)
