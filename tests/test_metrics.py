@@ -8,6 +8,7 @@ is read back with ``prometheus_client``'s own parser.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import time
@@ -128,3 +129,26 @@ class BadStatusTests(SynchronousTestCase):
         result = run_twist("--status", "nosuch:9090")
         assert_one_line(self, result, "--status 'nosuch:9090'")
         self.assertEqual(result.returncode, 64)
+
+
+class CertificateFigureTests(SynchronousTestCase):
+    """The expiry figure's ``file`` label is the certificate's path as it is."""
+
+    def test_a_path_with_quotes_and_backslashes(self) -> None:
+        from types import SimpleNamespace
+
+        from txschannel import Credentials
+        from txschannel.terminator.metrics import Metrics
+        from txschannel.testing import CertificateAuthority
+
+        folder = self.mktemp()
+        os.makedirs(folder)
+        # (A repr() of this path, as in error messages, would escape both.)
+        path = os.path.abspath(os.path.join(folder, "o'neil\\site.pem"))
+        CertificateAuthority().issue("localhost").write(path)
+        endpoint = SimpleNamespace(credentials=Credentials.server(certificate=path))
+        metrics = Metrics()
+        metrics.note_certificates([("schannel:tcp:0", endpoint)])  # type: ignore[list-item]
+        self.assertEqual([c["file"] for c in metrics.certificates], [path])
+        labels = metrics.figures()["txschannel_certificate_expiry_timestamp_seconds"]
+        self.assertEqual(list(labels), [path])

@@ -286,12 +286,15 @@ class Identity:
 
     :ivar source: where the leaf came from, for messages
         (``certificate file '/etc/tls/site.pem'``).
+    :ivar file: the leaf's file, when it came from one (for figures and
+        lists; *source* is the text for people).
     """
 
     leaf: x509.Certificate
     key: asymmetric_types.CertificateIssuerPrivateKeyTypes
     chain: list[x509.Certificate] = field(default_factory=list)
     source: str = "certificate"
+    file: str | None = None
 
     @classmethod
     def load(
@@ -331,10 +334,11 @@ class Identity:
         if chain:
             extra.extend(_load_certificates(chain, "chain"))
         if isinstance(certificate, (str, os.PathLike)):
+            file: str | None = os.fspath(certificate)
             source = f"certificate {_describe(certificate)}"
         else:
-            source = "certificate (given in memory)"
-        return cls(leaf, key, extra, source)
+            file, source = None, "certificate (given in memory)"
+        return cls(leaf, key, extra, source, file)
 
     def validity_warning(
         self, now: datetime.datetime, warn_within: datetime.timedelta

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -53,7 +52,6 @@ from txschannel.credentials import Credentials
 
 __all__ = ["Metrics", "status_site"]
 
-_QUOTED = re.compile(r"'(.*)'")
 
 
 class Metrics:
@@ -156,8 +154,7 @@ class Metrics:
                 continue
             for identity in credentials.identities:
                 leaf = identity.leaf
-                quoted = _QUOTED.search(identity.source)
-                name = quoted.group(1) if quoted else identity.source
+                name = identity.file or identity.source
                 expiry = leaf.not_valid_after_utc
                 self.certificate_expiry.labels(file=name).set(expiry.timestamp())
                 certificates.append({
