@@ -328,6 +328,31 @@ class WorkersTests(TestCase):
         # (The first connection was wait_for_port's, when the backend started.)
         self.assertEqual(self.backend_ends.read_text().splitlines(), ["fin", "reset"])
 
+    def test_killed_worker_ends_its_connections_as_the_kernel_does(self) -> None:
+        """A worker killed outright can send nothing more: its client sees no
+        close_notify (a truncated stream), but its backend sees a FIN, which looks
+        like a clean end. Documented in docs/reliability.rst; nothing can do better
+        once the process is gone."""
+        setup = Setup(self)
+        twist = self.relay(setup)
+        context = setup.client_context()
+        with socket.create_connection(("127.0.0.1", setup.port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost",
+                                     suppress_ragged_eofs=False) as tls:
+                tls.sendall(b"hello")
+                self.assertEqual(tls.recv(100), b"hello")
+                for pid in workers_started(twist, 2):
+                    os.kill(pid, signal.SIGKILL)
+                with self.assertRaises((ssl.SSLEOFError, ConnectionResetError)):
+                    tls.recv(100)
+        deadline = time.monotonic() + 10
+        while len(self.backend_ends.read_text().splitlines()) < 2:
+            if time.monotonic() > deadline:
+                raise FailTest(f"the backend saw no end: {self.backend_ends.read_text()!r}")
+            time.sleep(0.05)
+        # (The first connection was wait_for_port's, when the backend started.)
+        self.assertEqual(self.backend_ends.read_text().splitlines(), ["fin", "fin"])
+
     def test_workers_stop_with_their_supervisor(self) -> None:
         """A supervisor killed with SIGKILL takes its workers with it (they drain)."""
         setup = Setup(self)
