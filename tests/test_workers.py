@@ -16,6 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from twisted.trial.unittest import FailTest, TestCase
@@ -126,6 +128,34 @@ def exchange(setup: Setup, payload: bytes = b"ping",
             return local_port, tls.session, tls.session_reused
 
 
+@contextmanager
+def relayed(setup: Setup) -> Iterator[ssl.SSLSocket]:
+    """A TLS connection through the relay, once "hello" came back through it.
+
+    Python's ssl reports an end without close_notify as b"" unless told not
+    to: here it raises, so that a cut stream cannot pass for a clean one.
+    """
+    context = setup.client_context()
+    with socket.create_connection(("127.0.0.1", setup.port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost",
+                                 suppress_ragged_eofs=False) as tls:
+            tls.sendall(b"hello")
+            if tls.recv(100) != b"hello":
+                raise FailTest("the relay did not echo")
+            yield tls
+
+
+def backend_ends(test: WorkersTests, count: int) -> list[str]:
+    """How the backend's connections ended, once *count* have (the first is
+    wait_for_port's, when the backend started)."""
+    deadline = time.monotonic() + 10
+    while len(ends := test.ends_file.read_text().splitlines()) < count:
+        if time.monotonic() > deadline:
+            raise FailTest(f"the backend saw {ends}, not {count} ends")
+        time.sleep(0.05)
+    return ends
+
+
 def served_by(twist: Twist, local_port: int) -> int:
     """The worker pid whose log line names the connection from *local_port*."""
     match = twist.wait_for(rf"peer=127\.0\.0\.1:{local_port} .*? worker=(\d+)")
@@ -138,7 +168,7 @@ class WorkersTests(TestCase):
     timeout = 120
 
     def relay(self, setup: Setup, *arguments: str, workers: int = 2) -> Twist:
-        backend, self.backend_ends = start_echo_server(self)
+        backend, self.ends_file = start_echo_server(self)
         twist = Twist(
             self, "--workers", str(workers), "--listen", setup.listen(),
             "--connect", f"tcp:127.0.0.1:{backend}", *arguments, group=True,
@@ -284,22 +314,18 @@ class WorkersTests(TestCase):
         setup = Setup(self)
         twist = self.relay(setup, "--drain-timeout", "60")
         pids = workers_started(twist, 2)
-        context = setup.client_context()
-        with socket.create_connection(("127.0.0.1", setup.port), timeout=10) as raw:
-            with context.wrap_socket(raw, server_hostname="localhost") as tls:
-                tls.sendall(b"hello")
-                self.assertEqual(tls.recv(100), b"hello")
-                twist.send_signal(signal.SIGTERM)
-                twist.wait_for(r"waiting up to 60 s for 1 open connection")
-                with self.assertRaises(OSError):
-                    socket.create_connection(("127.0.0.1", setup.port), timeout=5).close()
-                tls.sendall(b"still here")
-                self.assertEqual(tls.recv(100), b"still here")
-                # A clean end (close_notify both ways) during the drain...
-                tls.unwrap()
+        with relayed(setup) as tls:
+            twist.send_signal(signal.SIGTERM)
+            twist.wait_for(r"waiting up to 60 s for 1 open connection")
+            with self.assertRaises(OSError):
+                socket.create_connection(("127.0.0.1", setup.port), timeout=5).close()
+            tls.sendall(b"still here")
+            self.assertEqual(tls.recv(100), b"still here")
+            # A clean end (close_notify both ways) during the drain...
+            tls.unwrap()
         self.assertEqual(twist.process.wait(timeout=30), 0, twist.output)
-        # ... reaches the backend as a clean end (after wait_for_port's probe).
-        self.assertEqual(self.backend_ends.read_text().splitlines(), ["fin", "fin"])
+        # ... reaches the backend as a clean end.
+        self.assertEqual(backend_ends(self, 2), ["fin", "fin"])
         for pid in pids:
             self.assertIn(f"worker {pid} stopped", twist.output)
         self.assertIn("every worker has stopped", twist.output)
@@ -309,24 +335,16 @@ class WorkersTests(TestCase):
         on both sides: the client gets no close_notify, the backend a reset."""
         setup = Setup(self)
         twist = self.relay(setup, "--drain-timeout", "1")
-        context = setup.client_context()
-        with socket.create_connection(("127.0.0.1", setup.port), timeout=10) as raw:
-            # (Python's ssl reports an end without close_notify as b""
-            # unless told not to.)
-            with context.wrap_socket(raw, server_hostname="localhost",
-                                     suppress_ragged_eofs=False) as tls:
-                tls.sendall(b"hello")
-                self.assertEqual(tls.recv(100), b"hello")
-                twist.send_signal(signal.SIGTERM)
-                twist.wait_for(r"aborting 1 connection\(s\) still open after 1 s")
-                # No close_notify: the stream did not end, it was cut.
-                with self.assertRaises((ConnectionResetError, ssl.SSLEOFError)):
-                    tls.recv(100)
+        with relayed(setup) as tls:
+            twist.send_signal(signal.SIGTERM)
+            twist.wait_for(r"aborting 1 connection\(s\) still open after 1 s")
+            # No close_notify: the stream did not end, it was cut.
+            with self.assertRaises((ConnectionResetError, ssl.SSLEOFError)):
+                tls.recv(100)
         self.assertEqual(twist.process.wait(timeout=30), 0, twist.output)
         self.assertIn("reason=\"aborted: still open when the drain timeout ran out\"",
                       twist.output)
-        # (The first connection was wait_for_port's, when the backend started.)
-        self.assertEqual(self.backend_ends.read_text().splitlines(), ["fin", "reset"])
+        self.assertEqual(backend_ends(self, 2), ["fin", "reset"])
 
     def test_killed_worker_ends_its_connections_as_the_kernel_does(self) -> None:
         """A worker killed outright can send nothing more: its client sees no
@@ -335,23 +353,12 @@ class WorkersTests(TestCase):
         once the process is gone."""
         setup = Setup(self)
         twist = self.relay(setup)
-        context = setup.client_context()
-        with socket.create_connection(("127.0.0.1", setup.port), timeout=10) as raw:
-            with context.wrap_socket(raw, server_hostname="localhost",
-                                     suppress_ragged_eofs=False) as tls:
-                tls.sendall(b"hello")
-                self.assertEqual(tls.recv(100), b"hello")
-                for pid in workers_started(twist, 2):
-                    os.kill(pid, signal.SIGKILL)
-                with self.assertRaises((ssl.SSLEOFError, ConnectionResetError)):
-                    tls.recv(100)
-        deadline = time.monotonic() + 10
-        while len(self.backend_ends.read_text().splitlines()) < 2:
-            if time.monotonic() > deadline:
-                raise FailTest(f"the backend saw no end: {self.backend_ends.read_text()!r}")
-            time.sleep(0.05)
-        # (The first connection was wait_for_port's, when the backend started.)
-        self.assertEqual(self.backend_ends.read_text().splitlines(), ["fin", "fin"])
+        with relayed(setup) as tls:
+            for pid in workers_started(twist, 2):
+                os.kill(pid, signal.SIGKILL)
+            with self.assertRaises((ssl.SSLEOFError, ConnectionResetError)):
+                tls.recv(100)
+        self.assertEqual(backend_ends(self, 2), ["fin", "fin"])
 
     def test_workers_stop_with_their_supervisor(self) -> None:
         """A supervisor killed with SIGKILL takes its workers with it (they drain)."""
@@ -424,12 +431,15 @@ def _alive(pid: int) -> bool:
 class WorkersCommandLineTests(TestCase):
     """What --workers refuses, with one line naming why."""
 
+    def assert_refused(self, option: str, given: str, expected: str) -> None:
+        """``twist schannel OPTION GIVEN`` exits 64 with one line saying *expected*."""
+        result = run_twist(option, given)
+        self.assertEqual(result.returncode, 64)
+        self.assertIn(f"{option} {given!r}: {expected}", result.stderr)
+
     def test_bad_counts(self) -> None:
-        for given, expected in (("0", "must be from 1 to 1024"),
-                                ("two", "expected a number of processes or auto")):
-            result = run_twist("--workers", given)
-            self.assertEqual(result.returncode, 64)
-            self.assertIn(f"--workers {given!r}: {expected}", result.stderr)
+        self.assert_refused("--workers", "0", "must be from 1 to 1024")
+        self.assert_refused("--workers", "two", "expected a number of processes or auto")
 
     def test_drain_timeout_values(self) -> None:
         """0 (in any spelling) is allowed; a negative or non-number is one line."""
@@ -440,11 +450,8 @@ class WorkersCommandLineTests(TestCase):
             options.parseOptions(["--drain-timeout", given, "--connect", "tcp:127.0.0.1:1",
                                   "--listen", "tcp:0:interface=127.0.0.1"])
             self.assertEqual(options["drain-timeout"], float(given))
-        for given, expected in (("-1", "must be 0 or more"),
-                                ("soon", "expected a number of seconds")):
-            result = run_twist("--drain-timeout", given)
-            self.assertEqual(result.returncode, 64)
-            self.assertIn(f"--drain-timeout {given!r}: {expected}", result.stderr)
+        self.assert_refused("--drain-timeout", "-1", "must be 0 or more")
+        self.assert_refused("--drain-timeout", "soon", "expected a number of seconds")
 
     def test_unix_socket_refused(self) -> None:
         folder = Path(self.mktemp())
