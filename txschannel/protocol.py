@@ -309,22 +309,28 @@ def _passed_on(provided: Any) -> Any:
 _DECLARATIONS: dict[tuple[type, Any], Any] = {}
 
 
-def _provide_like(protocol: SchannelProtocol, transport: object) -> None:
-    """Declare that *protocol* provides what *transport* does (see :func:`_passed_on`).
+def declare_provides(target: object, provided: Any) -> None:
+    """``directlyProvides(target, provided)``, at the cost of a dictionary lookup.
 
     ``directlyProvides`` normalises the interfaces every time (about 6 us
-    per connection); the declaration it makes depends only on the two
-    classes' declarations, so the first one is kept and handed to later
-    protocols as is.
+    per connection, more for a long list); the declaration it makes depends
+    only on *target*'s class and *provided*, so the first one is kept and
+    handed to later objects as is (zope.interface shares such declarations
+    itself).
     """
-    key = (type(protocol), providedBy(transport))
+    key = (type(target), provided)
     declaration = _DECLARATIONS.get(key)
     if declaration is not None:
-        cast(Any, protocol).__provides__ = declaration
+        cast(Any, target).__provides__ = declaration
         return
-    directlyProvides(protocol, _passed_on(key[1]))
+    directlyProvides(target, provided)
     if len(_DECLARATIONS) < 256:  # per-instance declarations must not pile up
-        _DECLARATIONS[key] = cast(Any, protocol).__provides__
+        _DECLARATIONS[key] = cast(Any, target).__provides__
+
+
+def _provide_like(protocol: SchannelProtocol, transport: object) -> None:
+    """Declare that *protocol* provides what *transport* does (see :func:`_passed_on`)."""
+    declare_provides(protocol, _passed_on(providedBy(transport)))
 
 
 #: ProtocolWrapper's methods carry no type hints; calling them through this

@@ -429,7 +429,7 @@ def _out_of_descriptors(failure: Failure) -> bool:
 
 
 def _describe(side: str, reason: Failure) -> str:
-    if reason.check(ConnectionDone):  # type: ignore[no-untyped-call]
+    if isinstance(reason.value, ConnectionDone):
         return f"{side} closed"
     status = getattr(reason.value, "status", None)
     if status is not None:

@@ -67,13 +67,16 @@ from twisted.logger import (
 )
 from twisted.python import usage
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, implementer, providedBy
+from zope.interface import implementer, providedBy
 
+from txschannel.context import Attributes
 from txschannel.credentials import Credentials, validity_warnings
 from txschannel.endpoints import SchannelClientEndpoint, SchannelServerEndpoint
-from txschannel.inspector import InspectorSite, _address, describe
+from txschannel.inspector import InspectorSite, _address
 from txschannel.peertext import PeerText, printable
+from txschannel.protocol import declare_provides
 from txschannel.relay import RelayFactory, no_delay, reset
+from txschannel.status import SecurityError
 from txschannel.terminator.limits import ConnectionLimit
 from txschannel.terminator.proxyheader import header_v1, header_v2, tls_facts
 from txschannel.terminator.routing import Route, Router, normalize_route_name
@@ -360,20 +363,61 @@ class AccessPolicy:
 # -- the gate around every accepted connection ------------------------------------
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"=]').search
+
+
 def _logfmt(value: object) -> str:
     # Every value may come from the peer (server name, certificate names,
     # ALPN, reasons quoting them): unprintable characters are escaped, so
     # that one connection is always one line.
     if value is None or value == "":
         return "-"
+    if type(value) is int:  # byte counts: nothing to escape
+        return str(value)
     text = printable(value if isinstance(value, str) else str(value))
-    if re.search(r'[\s"=]', text):
+    if _NEEDS_QUOTES(text):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text
 
 
+def _attributes(transport: object) -> Attributes | None:
+    """The negotiated parameters of *transport*'s TLS session; None for plain TCP
+    or a handshake that is not done."""
+    context = getattr(transport, "securityContext", None)
+    if context is None or not getattr(context, "established", False):
+        return None
+    try:
+        attributes: Attributes = context.attributes
+    except SecurityError:  # deleted under us: report what there is
+        return None
+    return attributes
+
+
+def _log_facts(transport: object, attributes: Attributes | None) -> dict[str, Any]:
+    """What a connection's log line says of its client and its TLS session.
+
+    Read once, when the client is admitted (``describe`` would also work out
+    the handshake's flights, which a log line does not show).
+    """
+    getPeer = getattr(transport, "getPeer", None)
+    facts: dict[str, Any] = {"peer": _address(getPeer()) if callable(getPeer) else None}
+    if getattr(transport, "securityContext", None) is None:
+        facts["protocol"] = "plain"
+        return facts
+    if attributes is not None:
+        facts.update(
+            protocol=attributes.protocol,
+            cipher=attributes.cipher,
+            alpn=attributes.alpn,
+            server_name=attributes.server_name,
+        )
+        if attributes.peer_certificate is not None:
+            facts["client"] = attributes.peer_certificate.subject.rfc4514_string()
+    return facts
+
+
 def _reason_text(reason: Failure, *, we_closed: bool) -> str:
-    if reason.check(ConnectionDone):  # type: ignore[no-untyped-call]
+    if isinstance(reason.value, ConnectionDone):
         return "closed by us" if we_closed else "client closed"
     if getattr(reason.value, "status", None) is not None:
         return f"TLS error {reason.value}"
@@ -421,7 +465,7 @@ class ConnectionGate:
         self.transport = transport
         # The application sees the real transport's interfaces through us
         # (ISSLTransport for request.isSecure(), producers, ...).
-        directlyProvides(self, providedBy(transport))
+        declare_provides(self, providedBy(transport))
         self.connected = True
         self._started = self.factory.clock.seconds()
         metrics = self.factory.metrics
@@ -440,27 +484,24 @@ class ConnectionGate:
         # Whether a handshake outcome is still to be counted.
         self._handshaking = context is not None and not getattr(context, "established", False)
         if context is None or getattr(context, "established", False):
-            self._admit()
+            self._admit(_attributes(transport))
 
     def handshakeCompleted(self) -> None:
         """The TLS handshake is done: check the client, then start the application."""
+        attributes = _attributes(self.transport)
         metrics = self.factory.metrics
         if self._handshaking and metrics is not None:
-            context = getattr(self.transport, "securityContext", None)
             metrics.handshake_succeeded(
                 self.factory.clock.seconds() - self._started,
-                bool(context is not None and context.attributes.session_reused),
+                bool(attributes is not None and attributes.session_reused),
             )
         self._handshaking = False
         if self.inner is None and self.refused is None and self.connected:
-            self._admit()
+            self._admit(attributes)
 
-    def _admit(self) -> None:
-        self._description = describe(self.transport)
-        certificate = None
-        context = getattr(self.transport, "securityContext", None)
-        if context is not None and getattr(context, "established", False):
-            certificate = context.attributes.peer_certificate
+    def _admit(self, attributes: Attributes | None) -> None:
+        self._description = _log_facts(self.transport, attributes)
+        certificate = attributes.peer_certificate if attributes is not None else None
         refusal = self.factory.policy.refusal(certificate)
         if refusal is not None:
             self.refused = refusal
@@ -562,7 +603,9 @@ class ConnectionGate:
         self._log_close(reason)
 
     def _log_close(self, reason: Failure) -> None:
-        description = self._description or describe(self.transport)
+        description = self._description or _log_facts(
+            self.transport, _attributes(self.transport)
+        )
         if self.refused is not None:
             why = f"refused: {self.refused}"
         elif self._our_reason is not None:
@@ -571,14 +614,13 @@ class ConnectionGate:
             why = getattr(self.inner, "close_reason", None) or _reason_text(
                 reason, we_closed=self.disconnecting
             )
-        client = description.get("client_certificate")
         fields = {
             "peer": description.get("peer"),
             "server_name": description.get("server_name"),
-            "protocol": description.get("protocol") if description.get("tls") else "plain",
+            "protocol": description.get("protocol"),
             "cipher": description.get("cipher"),
             "alpn": description.get("alpn"),
-            "client": client["subject"] if client else None,
+            "client": description.get("client"),
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "duration": round(self.factory.clock.seconds() - self._started, 3),
