@@ -389,6 +389,63 @@ class OurServerTests(ServerTestsMixin, TestCase):
         self.assertTrue(reason.check(ConnectionDone), reason)
 
     @defer.inlineCallbacks
+    def test_a_64_kib_write_does_not_pause_the_producer(self) -> Any:
+        """A relay writes what it reads, 64 KiB at a time; framed as records that
+        is more than Twisted's 64 KiB TCP buffer, which used to pause the
+        producer after every chunk. The TCP transport under TLS has room for it."""
+        pauses: list[str] = []
+
+        @implementer(IHandshakeListener)
+        class Chunk(Protocol):
+            def __init__(self, outcome: Outcome) -> None:
+                self.outcome = outcome
+
+            def handshakeCompleted(self) -> None:
+                # Sent with the session tickets: once the client has it, the
+                # TCP buffer is empty again, as between two chunks of a relay.
+                assert self.transport is not None
+                self.transport.write(b"ready\n")
+
+            def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
+                self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+                self.transport.write(b"x" * 65536)
+                self.transport.unregisterProducer()  # type: ignore[attr-defined]
+                self.transport.loseConnection()
+
+            def pauseProducing(self) -> None:
+                pauses.append("pause")
+
+            def resumeProducing(self) -> None:
+                pauses.append("resume")
+
+            def stopProducing(self) -> None:
+                pauses.append("stop")
+
+            def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+                self.outcome.reason = reason
+                self.outcome.lost.callback(None)
+
+        port, app = self.serve(Chunk)
+
+        def client() -> bytes:
+            context = ssl.create_default_context(cafile=self.files.ca_pem)
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+                with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                    received = b""
+                    while b"\n" not in received:
+                        received += tls.recv(100)
+                    tls.sendall(b"go\n")
+                    while chunk := tls.recv(65536):
+                        received += chunk
+                    return received
+
+        received = yield within(deferToThread(client), "the Python client")
+        yield within(app.outcome.lost, "our server's connectionLost")
+        self.assertEqual(received, b"ready\n" + b"x" * 65536)
+        self.assertEqual(pauses, [])
+
+    @defer.inlineCallbacks
     def test_openssl_client_over_ipv6_loopback(self) -> Any:
         port, app = self.serve(interface="::1")
         peer = spawn(
