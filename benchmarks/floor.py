@@ -1,0 +1,230 @@
+"""What a Twisted relay costs before any TLS: the floor under ``twist schannel``.
+
+Not a test: it measures and prints, nothing asserts, and CI does not run it.
+
+``benchmarks/relay.py`` shows ``twist schannel`` behind hitch, per
+connection and per byte. This asks how much of that is TLS and how much is
+being a Twisted process at all, by measuring the same relay with and
+without TLS next to Twisted's own relay and the C terminators:
+
+- ``twist portforward``: Twisted's own port forwarder, plain TCP. No TLS,
+  no log line: what accepting a connection, connecting to the backend and
+  passing bytes both ways costs any Twisted relay. While ``twist
+  schannel`` is a Twisted process it cannot do better than this plus the
+  cost of TLS itself;
+- ``twist schannel`` on a plain ``tcp:`` listener: the same with our
+  connection gate (admission, byte counts, one log line per connection);
+- ``twist schannel`` with TLS (``schannel:tcp:``), then ``hitch`` (one
+  worker) and ``stunnel4``, with TLS.
+
+Two figures per row:
+
+- server CPU per connection: connections opened and closed one after
+  another, each one small request and response; the user plus system CPU
+  time of the server's process group during the run, divided by its
+  connections (Linux ``/proc``). The client's speed changes the rate, not
+  this figure. Plain rows are driven by a Python client, TLS rows by
+  ``openssl s_time -new`` (a full handshake each, as in ``relay.py``);
+- MB/s: one ``curl`` download of a large body (``http://`` or ``https://``),
+  body bytes / curl's total time (MB = 10^6 bytes).
+
+The rows take turns within each round; the best figure of the rounds is
+kept (the lowest CPU, the highest MB/s). Run from the repository root::
+
+    python benchmarks/floor.py               # 3 rounds, about two minutes
+    python benchmarks/floor.py --rounds 5 --size-mib 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+# The terminator processes, the backend and the helpers are relay.py's.
+from relay import (  # noqa: E402
+    BACKEND,
+    CertificateAuthority,
+    Terminator,
+    free_port,
+    group_cpu_seconds,
+    s_time,
+    s_time_count,
+    wait_for_port,
+)
+
+
+def plain_connections(port: int, count: int) -> int:
+    """*count* plain connections, one after another, each one small request."""
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connection.sendall(b"GET /small HTTP/1.0\r\n\r\n")
+            while connection.recv(65536):
+                pass
+    return count
+
+
+def tls_connections(port: int, ca: Path, seconds: int) -> int:
+    result = subprocess.run(s_time(port, ca, seconds), capture_output=True, text=True,
+                            timeout=seconds + 60)
+    return s_time_count(result.stdout, result.stderr)
+
+
+def download(port: int, tls: bool, ca: Path, size: int) -> float:
+    """MB/s of one curl download of the big body through *port*."""
+    url = f"https://localhost:{port}/big" if tls else f"http://127.0.0.1:{port}/big"
+    result = subprocess.run(
+        ["curl", "-sS", "--max-time", "120", "--cacert", str(ca), "-o", "/dev/null",
+         "-w", "%{size_download} %{time_total}", url],
+        capture_output=True, text=True, timeout=150,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"curl failed: {result.stderr.strip()}")
+    downloaded, seconds = result.stdout.split()
+    if int(downloaded) != size:
+        raise RuntimeError(f"curl got {downloaded} bytes, expected {size}")
+    return size / float(seconds) / 1e6
+
+
+class Row:
+    """A server under measurement, and the best figures it reached."""
+
+    def __init__(self, terminator: Terminator, tls: bool) -> None:
+        self.terminator = terminator
+        self.tls = tls
+        self.cpu: float | None = None
+        self.speed: float | None = None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=1500,
+                        help="plain connections per row and round")
+    parser.add_argument("--seconds", type=int, default=4, help="s_time run length (TLS rows)")
+    parser.add_argument("--size-mib", type=int, default=256, help="download size")
+    arguments = parser.parse_args()
+    for tool in ("curl", "openssl"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is needed on the PATH")
+    size = arguments.size_mib * 1024 * 1024
+
+    folder = Path(tempfile.mkdtemp(prefix="txschannel-bench-floor-"))
+    ca = CertificateAuthority()
+    ca.write(folder / "ca.pem")
+    leaf = ca.issue("localhost", "127.0.0.1")
+    leaf.write(folder / "server.pem")
+    (folder / "cert.pem").write_bytes(leaf.certificate_pem)
+    (folder / "key.pem").write_bytes(leaf.private_key_pem)
+    backend_port = free_port()
+    (folder / "backend.py").write_text(BACKEND)
+    backend = subprocess.Popen([sys.executable, str(folder / "backend.py"),
+                                str(backend_port), str(size)])
+    wait_for_port(backend_port)
+
+    twist = [sys.executable, "-m", "twisted", "--log-format=text"]
+    rows: list[Row] = []
+
+    def add(name: str, argv: list[str], port: int, stem: str, tls: bool) -> None:
+        rows.append(Row(Terminator(name, argv, port, folder / f"{stem}.out"), tls))
+
+    port = free_port()
+    add("twist portforward (plain, Twisted's own)",
+        [*twist, "--log-file=/dev/null", "portforward", "-p",
+         f"tcp:{port}:interface=127.0.0.1", "-h", "127.0.0.1", "-d", str(backend_port)],
+        port, "portforward", False)
+    port = free_port()
+    add("twist schannel (plain tcp: listener)",
+        [*twist, f"--log-file={folder / 'plain.log'}", "schannel",
+         "--listen", f"tcp:{port}:interface=127.0.0.1",
+         "--connect", f"tcp:127.0.0.1:{backend_port}"],
+        port, "plain", False)
+    port = free_port()
+    add("twist schannel (TLS)",
+        [*twist, f"--log-file={folder / 'tls.log'}", "schannel",
+         "--listen", f"schannel:tcp:{port}:interface=127.0.0.1:certificate={folder}/server.pem",
+         "--connect", f"tcp:127.0.0.1:{backend_port}"],
+        port, "tls", True)
+    hitch = shutil.which("hitch")
+    if hitch:
+        port = free_port()
+        (folder / "ocsp").mkdir()
+        add("hitch, 1 worker (TLS)",
+            [hitch, f"--frontend=[127.0.0.1]:{port}", f"--backend=[127.0.0.1]:{backend_port}",
+             "--workers=1", "--user=nobody" if os.geteuid() == 0 else "--quiet",
+             f"--ocsp-dir={folder / 'ocsp'}", str(folder / "server.pem")],
+            port, "hitch", True)
+    stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
+    if stunnel:
+        port = free_port()
+        (folder / "stunnel.conf").write_text(
+            f"foreground = yes\npid =\noutput = {folder}/stunnel.log\n"
+            f"[relay]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{backend_port}\n"
+            f"cert = {folder}/cert.pem\nkey = {folder}/key.pem\n"
+            "socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n"
+        )
+        add("stunnel4 (TLS)", [stunnel, str(folder / "stunnel.conf")], port, "stunnel", True)
+
+    load_before = os.getloadavg()[0]
+    try:
+        for row in rows:
+            row.terminator.start()
+        for round_number in range(arguments.rounds):
+            for row in rows:
+                terminator = row.terminator
+                assert terminator.process is not None
+                time.sleep(0.5)  # let the previous row's closing connections settle
+                try:
+                    before = group_cpu_seconds(terminator.process.pid)
+                    if row.tls:
+                        count = tls_connections(terminator.port, folder / "ca.pem",
+                                                arguments.seconds)
+                    else:
+                        count = plain_connections(terminator.port, arguments.connections)
+                    spent = group_cpu_seconds(terminator.process.pid) - before
+                    cpu = spent * 1000 / count
+                    row.cpu = cpu if row.cpu is None else min(row.cpu, cpu)
+                    speed = download(terminator.port, row.tls, folder / "ca.pem", size)
+                    row.speed = speed if row.speed is None else max(row.speed, speed)
+                except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+                    print(f"round {round_number + 1}: {terminator.name}: {e}", file=sys.stderr)
+            print(f"round {round_number + 1} of {arguments.rounds} done", file=sys.stderr)
+    finally:
+        for row in rows:
+            row.terminator.stop()
+        backend.kill()
+        backend.wait(timeout=10)
+
+    floor = rows[0]
+    print(f"\nA relay's floor, loopback, {os.cpu_count()} CPUs, body {arguments.size_mib} MiB, "
+          f"best of {arguments.rounds} round(s); load average {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after. Ratios are against twist portforward.")
+    width = max(len(row.terminator.name) for row in rows) + 2
+    print(f"{'server':<{width}}{'CPU ms/conn':>13}{'ratio':>8}{'MB/s':>8}{'ratio':>8}")
+    for row in rows:
+        print(f"{row.terminator.name:<{width}}{_cell(row.cpu, 2):>13}"
+              f"{_ratio(row.cpu, floor.cpu):>8}{_cell(row.speed, 0):>8}"
+              f"{_ratio(row.speed, floor.speed):>8}")
+    print(f"\n(logs and configuration in {folder})")
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    return f"{value / reference:.2f}" if value and reference else "-"
+
+
+if __name__ == "__main__":
+    main()
