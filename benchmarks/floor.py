@@ -57,8 +57,11 @@ from relay import (  # noqa: E402
     Terminator,
     free_port,
     group_cpu_seconds,
+    hitch_terminator,
     s_time,
     s_time_count,
+    stunnel_terminator,
+    throughput,
     wait_for_port,
 )
 
@@ -78,22 +81,6 @@ def tls_connections(port: int, ca: Path, seconds: int) -> int:
     result = subprocess.run(s_time(port, ca, seconds), capture_output=True, text=True,
                             timeout=seconds + 60)
     return s_time_count(result.stdout, result.stderr)
-
-
-def download(port: int, tls: bool, ca: Path, size: int) -> float:
-    """MB/s of one curl download of the big body through *port*."""
-    url = f"https://localhost:{port}/big" if tls else f"http://127.0.0.1:{port}/big"
-    result = subprocess.run(
-        ["curl", "-sS", "--max-time", "120", "--cacert", str(ca), "-o", "/dev/null",
-         "-w", "%{size_download} %{time_total}", url],
-        capture_output=True, text=True, timeout=150,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"curl failed: {result.stderr.strip()}")
-    downloaded, seconds = result.stdout.split()
-    if int(downloaded) != size:
-        raise RuntimeError(f"curl got {downloaded} bytes, expected {size}")
-    return size / float(seconds) / 1e6
 
 
 class Row:
@@ -158,22 +145,13 @@ def main() -> None:
     hitch = shutil.which("hitch")
     if hitch:
         port = free_port()
-        (folder / "ocsp").mkdir()
-        add("hitch, 1 worker (TLS)",
-            [hitch, f"--frontend=[127.0.0.1]:{port}", f"--backend=[127.0.0.1]:{backend_port}",
-             "--workers=1", "--user=nobody" if os.geteuid() == 0 else "--quiet",
-             f"--ocsp-dir={folder / 'ocsp'}", str(folder / "server.pem")],
-            port, "hitch", True)
+        rows.append(Row(hitch_terminator("hitch, 1 worker (TLS)", hitch, folder, port,
+                                         backend_port, 1), True))
     stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
     if stunnel:
         port = free_port()
-        (folder / "stunnel.conf").write_text(
-            f"foreground = yes\npid =\noutput = {folder}/stunnel.log\n"
-            f"[relay]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{backend_port}\n"
-            f"cert = {folder}/cert.pem\nkey = {folder}/key.pem\n"
-            "socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n"
-        )
-        add("stunnel4 (TLS)", [stunnel, str(folder / "stunnel.conf")], port, "stunnel", True)
+        rows.append(Row(stunnel_terminator("stunnel4 (TLS)", stunnel, folder, port,
+                                           backend_port), True))
 
     load_before = os.getloadavg()[0]
     try:
@@ -194,7 +172,7 @@ def main() -> None:
                     spent = group_cpu_seconds(terminator.process.pid) - before
                     cpu = spent * 1000 / count
                     row.cpu = cpu if row.cpu is None else min(row.cpu, cpu)
-                    speed = download(terminator.port, row.tls, folder / "ca.pem", size)
+                    speed = throughput(terminator.port, folder / "ca.pem", size, row.tls)
                     row.speed = speed if row.speed is None else max(row.speed, speed)
                 except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
                     print(f"round {round_number + 1}: {terminator.name}: {e}", file=sys.stderr)

@@ -169,11 +169,41 @@ class Terminator:
             pass
 
 
-def throughput(port: int, ca: Path, size: int) -> float:
-    """MB/s of one curl download of the big body through *port*."""
+def stunnel_terminator(name: str, stunnel: str, folder: Path, port: int,
+                       backend_port: int) -> Terminator:
+    """stunnel4 on *port*, relaying to the backend, with folder's cert.pem and key.pem."""
+    config = folder / f"stunnel-{port}.conf"
+    config.write_text(
+        f"foreground = yes\npid =\noutput = {folder}/stunnel-{port}.log\n"
+        f"[relay]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{backend_port}\n"
+        f"cert = {folder}/cert.pem\nkey = {folder}/key.pem\n"
+        # As twist schannel and hitch do: no Nagle delay on either side.
+        "socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n"
+    )
+    return Terminator(name, [stunnel, str(config)], port, folder / f"stunnel-{port}.out")
+
+
+def hitch_terminator(name: str, hitch: str, folder: Path, port: int, backend_port: int,
+                     workers: int) -> Terminator:
+    """hitch with *workers* workers on *port*, with folder's server.pem (key and certificate)."""
+    ocsp = folder / f"hitch-ocsp-{port}"
+    ocsp.mkdir()
+    return Terminator(
+        name,
+        [hitch, f"--frontend=[127.0.0.1]:{port}", f"--backend=[127.0.0.1]:{backend_port}",
+         f"--workers={workers}", "--user=nobody" if os.geteuid() == 0 else "--quiet",
+         f"--ocsp-dir={ocsp}", str(folder / "server.pem")],
+        port, folder / f"hitch-{port}.out",
+    )
+
+
+def throughput(port: int, ca: Path, size: int, tls: bool = True) -> float:
+    """MB/s of one curl download of the big body through *port* (plain HTTP
+    when not *tls*)."""
+    url = f"https://localhost:{port}/big" if tls else f"http://127.0.0.1:{port}/big"
     result = subprocess.run(
         ["curl", "-sS", "--max-time", "120", "--cacert", str(ca), "-o", "/dev/null",
-         "-w", "%{size_download} %{time_total}", f"https://localhost:{port}/big"],
+         "-w", "%{size_download} %{time_total}", url],
         capture_output=True, text=True, timeout=150,
     )
     if result.returncode != 0:
@@ -312,29 +342,14 @@ def main() -> None:
     stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
     if stunnel:
         port = free_port()
-        (folder / "stunnel.conf").write_text(
-            f"foreground = yes\npid =\noutput = {folder}/stunnel.log\n"
-            f"[relay]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{backend_port}\n"
-            f"cert = {folder}/cert.pem\nkey = {folder}/key.pem\n"
-            # As twist schannel and hitch do: no Nagle delay on either side.
-            "socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n"
-        )
-        terminators.append(Terminator("stunnel4", [stunnel, str(folder / "stunnel.conf")],
-                                      port, folder / "stunnel.out"))
+        terminators.append(stunnel_terminator("stunnel4", stunnel, folder, port,
+                                              backend_port))
     hitch = shutil.which("hitch")
     if hitch:
         for name, workers in ((HITCH_1, 1), (HITCH_2, 2)):
             port = free_port()
-            ocsp = folder / f"hitch-ocsp-{workers}"
-            ocsp.mkdir()
-            terminators.append(Terminator(
-                name,
-                [hitch, f"--frontend=[127.0.0.1]:{port}",
-                 f"--backend=[127.0.0.1]:{backend_port}", f"--workers={workers}",
-                 "--user=nobody" if os.geteuid() == 0 else "--quiet",
-                 f"--ocsp-dir={ocsp}", str(folder / "server.pem")],
-                port, folder / f"hitch-workers{workers}.out",
-            ))
+            terminators.append(hitch_terminator(name, hitch, folder, port, backend_port,
+                                                workers))
 
     concurrent = f"conn/s x{clients}"
     labels = ("MB/s", "conn/s", concurrent)
