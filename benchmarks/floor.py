@@ -43,7 +43,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -52,17 +51,15 @@ sys.path.insert(0, str(HERE))
 
 # The terminator processes, the backend and the helpers are relay.py's.
 from relay import (  # noqa: E402
-    BACKEND,
-    CertificateAuthority,
     Terminator,
     free_port,
     group_cpu_seconds,
     hitch_terminator,
     s_time,
     s_time_count,
+    start_backend,
     stunnel_terminator,
     throughput,
-    wait_for_port,
 )
 
 
@@ -106,18 +103,7 @@ def main() -> None:
             raise SystemExit(f"{tool} is needed on the PATH")
     size = arguments.size_mib * 1024 * 1024
 
-    folder = Path(tempfile.mkdtemp(prefix="txschannel-bench-floor-"))
-    ca = CertificateAuthority()
-    ca.write(folder / "ca.pem")
-    leaf = ca.issue("localhost", "127.0.0.1")
-    leaf.write(folder / "server.pem")
-    (folder / "cert.pem").write_bytes(leaf.certificate_pem)
-    (folder / "key.pem").write_bytes(leaf.private_key_pem)
-    backend_port = free_port()
-    (folder / "backend.py").write_text(BACKEND)
-    backend = subprocess.Popen([sys.executable, str(folder / "backend.py"),
-                                str(backend_port), str(size)])
-    wait_for_port(backend_port)
+    folder, backend, backend_port = start_backend("txschannel-bench-floor-", size)
 
     twist = [sys.executable, "-m", "twisted", "--log-format=text"]
     rows: list[Row] = []

@@ -169,6 +169,25 @@ class Terminator:
             pass
 
 
+def start_backend(prefix: str, size: int) -> tuple[Path, subprocess.Popen[bytes], int]:
+    """A folder with a throw-away CA (ca.pem) and a localhost certificate
+    (server.pem with its key, and cert.pem and key.pem apart), and the
+    backend started with a *size*-byte big body: (folder, process, port)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    ca = CertificateAuthority()
+    ca.write(folder / "ca.pem")
+    leaf = ca.issue("localhost", "127.0.0.1")
+    leaf.write(folder / "server.pem")  # key + certificate, for twist and hitch
+    (folder / "cert.pem").write_bytes(leaf.certificate_pem)
+    (folder / "key.pem").write_bytes(leaf.private_key_pem)
+    port = free_port()
+    (folder / "backend.py").write_text(BACKEND)
+    backend = subprocess.Popen([sys.executable, str(folder / "backend.py"), str(port),
+                                str(size)])
+    wait_for_port(port)
+    return folder, backend, port
+
+
 def stunnel_terminator(name: str, stunnel: str, folder: Path, port: int,
                        backend_port: int) -> Terminator:
     """stunnel4 on *port*, relaying to the backend, with folder's cert.pem and key.pem."""
@@ -313,19 +332,7 @@ def main() -> None:
     size = arguments.size_mib * 1024 * 1024
     clients = arguments.clients
 
-    folder = Path(tempfile.mkdtemp(prefix="txschannel-bench-relay-"))
-    ca = CertificateAuthority()
-    ca.write(folder / "ca.pem")
-    leaf = ca.issue("localhost", "127.0.0.1")
-    leaf.write(folder / "server.pem")  # key + certificate, for twist and hitch
-    (folder / "cert.pem").write_bytes(leaf.certificate_pem)
-    (folder / "key.pem").write_bytes(leaf.private_key_pem)
-
-    backend_port = free_port()
-    (folder / "backend.py").write_text(BACKEND)
-    backend = subprocess.Popen([sys.executable, str(folder / "backend.py"),
-                                str(backend_port), str(size)])
-    wait_for_port(backend_port)
+    folder, backend, backend_port = start_backend("txschannel-bench-relay-", size)
 
     terminators: list[Terminator] = []
     for name, workers, stem in ((TWIST_1, 1, "twist"), (TWIST_2, 2, "twist-workers2")):
