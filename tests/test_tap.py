@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ class Twist:
 
     def __init__(self, test: TestCase | SynchronousTestCase, *arguments: str,
                  home: Path | None = None, python_wrapper: str | None = None,
-                 group: bool = False, command: str = "schannel") -> None:
+                 group: bool = False, command: str = "schannel",
+                 env: Mapping[str, str] | None = None) -> None:
         self.home = home or Path(tempfile.mkdtemp(prefix="txschannel-home-"))
         self.log_path = self.home / "twist.log"
         # python_wrapper: a script that prepares the process (say, lowers a
@@ -78,7 +80,7 @@ class Twist:
             self.group = group
             self.process = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                env=environment(self.home), start_new_session=group,
+                env={**environment(self.home), **(env or {})}, start_new_session=group,
             )
         test.addCleanup(self.stop)
 

@@ -7,6 +7,7 @@ the client's own port.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
@@ -167,11 +168,12 @@ class WorkersTests(TestCase):
 
     timeout = 120
 
-    def relay(self, setup: Setup, *arguments: str, workers: int = 2) -> Twist:
+    def relay(self, setup: Setup, *arguments: str, workers: int = 2,
+              env: dict[str, str] | None = None) -> Twist:
         backend, self.ends_file = start_echo_server(self)
         twist = Twist(
             self, "--workers", str(workers), "--listen", setup.listen(),
-            "--connect", f"tcp:127.0.0.1:{backend}", *arguments, group=True,
+            "--connect", f"tcp:127.0.0.1:{backend}", *arguments, group=True, env=env,
         )
         workers_started(twist, workers)
         wait_listening(twist, workers)
@@ -418,6 +420,50 @@ class WorkersTests(TestCase):
             self.assertIn("txschannel_connections_total 12.0", text)
             self.assertIn('txschannel_handshakes_total{status="OK"} 12.0', text)
             self.assertIn("txschannel_connections_open 0.0", text)
+
+    def test_metrics_folder_of_a_killed_supervisor_is_swept(self) -> None:
+        """A supervisor killed with SIGKILL cannot remove its figures folder; the next
+        one with --status does, and leaves alone a folder in use (its lock held)
+        and one without a lock (an older version's, or being set up)."""
+        temporary = Path(self.mktemp()).resolve()
+        temporary.mkdir()
+        env = {"TMPDIR": str(temporary)}
+        stale = temporary / "txschannel-metrics-stale"
+        stale.mkdir()
+        (stale / ".lock").touch()
+        (stale / "counter_1.db").write_bytes(b"x")
+        held = temporary / "txschannel-metrics-held"
+        held.mkdir()
+        (held / ".lock").touch()
+        holder = os.open(held / ".lock", os.O_RDONLY)
+        self.addCleanup(os.close, holder)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        unlocked = temporary / "txschannel-metrics-nolock"
+        unlocked.mkdir()
+
+        twist = self.relay(Setup(self), "--status", f"tcp:{free_port()}:interface=127.0.0.1",
+                           env=env)
+        self.assertFalse(stale.exists())
+        self.assertIn(f"removed {stale}, left by a supervisor that was killed", twist.output)
+        self.assertTrue(held.exists())
+        self.assertTrue(unlocked.exists())
+        ours = set(temporary.glob("txschannel-metrics-*")) - {held, unlocked}
+        self.assertEqual(len(ours), 1)
+
+        workers = workers_started(twist, 2)
+        os.kill(twist.process.pid, signal.SIGKILL)
+        twist.process.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers):
+            if time.monotonic() > deadline:
+                self.fail(f"workers {workers} outlived their supervisor")
+            time.sleep(0.05)
+        self.assertTrue(all(folder.exists() for folder in ours))  # left behind
+
+        again = self.relay(Setup(self), "--status", f"tcp:{free_port()}:interface=127.0.0.1",
+                           env=env)
+        self.assertFalse(any(folder.exists() for folder in ours), again.output)
+        self.assertTrue(held.exists())
 
 
 def _alive(pid: int) -> bool:

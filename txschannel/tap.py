@@ -86,8 +86,10 @@ from txschannel.terminator.workers import (
     Supervisor,
     Worker,
     WorkersError,
+    make_metrics_folder,
     open_sockets,
     record_listening,
+    sweep_metrics_folders,
     worker_count,
 )
 
@@ -1294,12 +1296,16 @@ class Options(usage.Options):
         if "twisted.internet.reactor" in sys.modules:
             raise RuntimeError("the supervisor imported the reactor while parsing (a bug)")
         metrics_folder: str | None = None
+        swept: list[str] = []
         if self["status-endpoint"] is not None:
             # Each worker writes its figures there; any worker's /metrics
             # adds them all up (prometheus_client's multiprocess mode).
-            metrics_folder = tempfile.mkdtemp(prefix="txschannel-metrics-")
+            swept = sweep_metrics_folders()
+            metrics_folder, _ = make_metrics_folder()  # locked until we all exit
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_folder
         log = self._supervisor_log()
+        for folder in swept:
+            log.info("removed {folder}, left by a supervisor that was killed", folder=folder)
         # Reloads and validity warnings are the supervisor's, with its log.
         keeper = SchannelService(supervised, Factory(), None, validity_interval=None)
         keeper.log = log

@@ -31,10 +31,14 @@ passes the signal on and waits for every worker to drain.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
+import shutil
 import signal
 import socket
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -332,6 +336,76 @@ class _Running:
     generation: int
     started: float
     stopping: bool = False
+
+
+#: The folders where supervisors keep their workers' ``--status`` figures
+#: (``prometheus_client``'s multiprocess files) are named with this prefix,
+#: in the temporary directory.
+METRICS_PREFIX = "txschannel-metrics-"
+#: In each such folder: a file that its supervisor holds locked (``flock``)
+#: for as long as it, or any worker it forked, lives.
+_METRICS_LOCK = ".lock"
+
+
+def make_metrics_folder() -> tuple[str, int]:
+    """A new folder for the workers' figures, and the descriptor that holds its lock.
+
+    Workers inherit the descriptor by ``fork``, and with it the lock. The
+    lock is taken on a file of another name that is then renamed into
+    place, so a folder whose lock file exists is locked until its last
+    process is gone: :func:`sweep_metrics_folders` in another supervisor
+    can never take a folder that is still being set up.
+    """
+    folder = tempfile.mkdtemp(prefix=METRICS_PREFIX)
+    staging = os.path.join(folder, _METRICS_LOCK + ".new")
+    descriptor = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    os.rename(staging, os.path.join(folder, _METRICS_LOCK))
+    return folder, descriptor
+
+
+def sweep_metrics_folders(directory: str | None = None) -> list[str]:
+    """Remove the figures folders that supervisors killed with ``SIGKILL`` left.
+
+    A folder is removed only if it is a directory of this user (not a
+    link), has a lock file, and its lock is free: its supervisor and all
+    its workers are gone. Anything else (another user's folder, one from an
+    older version without a lock, one in use) is left alone.
+
+    :param directory: where to look; the temporary directory by default.
+    :return: the folders removed.
+    """
+    directory = directory or tempfile.gettempdir()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    removed: list[str] = []
+    for name in names:
+        if not name.startswith(METRICS_PREFIX):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        try:
+            descriptor = os.open(
+                os.path.join(path, _METRICS_LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            )
+        except OSError:
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)  # in use
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(descriptor)
+        removed.append(path)
+    return removed
 
 
 @dataclass
