@@ -1305,7 +1305,10 @@ class Options(usage.Options):
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_folder
         log = self._supervisor_log()
         for folder in swept:
-            log.info("removed {folder}, left by a supervisor that was killed", folder=folder)
+            # (Escaped: any process of this user could have named it.)
+            log.info(
+                "removed {folder}, left by a supervisor that was killed", folder=PeerText(folder)
+            )
         # Reloads and validity warnings are the supervisor's, with its log.
         keeper = SchannelService(supervised, Factory(), None, validity_interval=None)
         keeper.log = log
