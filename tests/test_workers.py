@@ -332,6 +332,58 @@ class WorkersTests(TestCase):
             self.assertIn(f"worker {pid} stopped", twist.output)
         self.assertIn("every worker has stopped", twist.output)
 
+    def test_every_process_signalled_as_systemd_does(self) -> None:
+        """systemd's stop signals every process of the service, and the supervisor
+        passes its SIGTERM on: each worker gets two, and another arrives during
+        the drain. A repeat is one log line; no ReactorNotRunning traceback."""
+        setup = Setup(self)
+        twist = self.relay(setup, "--drain-timeout", "60")
+        pids = workers_started(twist, 2)
+
+
+        def signal_workers() -> None:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass  # the worker without a connection has nothing to drain
+
+        with relayed(setup) as tls:
+            twist.send_signal(signal.SIGTERM)
+            signal_workers()
+            twist.wait_for(r"waiting up to 60 s for 1 open connection")
+            # (The kernel merges a signal into one still pending: only this
+            # one, sent during the drain, is sure to be a second.)
+            signal_workers()
+            twist.wait_for(r"SIGTERM again: already stopping")
+            tls.sendall(b"still here")
+            self.assertEqual(tls.recv(100), b"still here")
+            tls.unwrap()
+        self.assertEqual(twist.process.wait(timeout=30), 0, twist.output)
+        self.assertNotIn("Traceback", twist.output)
+        self.assertNotIn("ReactorNotRunning", twist.output)
+
+    def test_second_sigterm_during_a_drain_without_workers(self) -> None:
+        """One process: SIGTERM starts the drain, another during it is one log line,
+        and the connection still finishes. (Not SIGINT: a test run in the
+        background inherits it ignored, and Twisted then leaves it so.)"""
+        setup = Setup(self)
+        backend, _ = start_echo_server(self)
+        twist = Twist(self, "--listen", setup.listen(), "--connect", f"tcp:127.0.0.1:{backend}",
+                      "--drain-timeout", "60")
+        twist.wait_for("listening on schannel:")
+        with relayed(setup) as tls:
+            twist.send_signal(signal.SIGTERM)
+            twist.wait_for(r"waiting up to 60 s for 1 open connection")
+            twist.send_signal(signal.SIGTERM)
+            twist.wait_for(r"SIGTERM again: already stopping")
+            tls.sendall(b"still here")
+            self.assertEqual(tls.recv(100), b"still here")
+            tls.unwrap()
+        twist.process.wait(timeout=30)
+        self.assertIn("Main loop terminated", twist.output)
+        self.assertNotIn("Traceback", twist.output)
+
     def test_drain_timeout_aborts_what_is_left(self) -> None:
         """A connection still open when --drain-timeout runs out is aborted, not closed,
         on both sides: the client gets no close_notify, the backend a reset."""

@@ -1557,6 +1557,49 @@ def _usage_exit(message: str) -> NoReturn:
     raise SystemExit(_EX_USAGE)
 
 
+class _StopSignals:
+    """Twisted's SIGTERM and SIGINT handlers, made safe to run twice.
+
+    Each stops the reactor, and a second signal while it stops makes
+    ``reactor.stop()`` raise ReactorNotRunning: a critical log line with a
+    traceback. Under systemd that is every stop with ``--workers``: systemd
+    signals every process of the service and the supervisor passes its
+    SIGTERM on, so each worker gets two; a drain also leaves time for a
+    second Ctrl-C. The first signal still goes to Twisted's handler (which
+    notes it for twist's exit status); any signal once the reactor is
+    stopping, for whatever reason, is one log line.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.stopping = False
+
+    def install(self) -> None:
+        """Wrap the reactor's own handlers (installed as it started)."""
+        for number in (signal.SIGTERM, signal.SIGINT):
+            original = signal.getsignal(number)
+            if callable(original) and getattr(original, "__self__", None) is self.reactor:
+                signal.signal(number, self._wrap(original))
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._stopping)
+
+    def _stopping(self) -> None:
+        self.stopping = True
+
+    def _wrap(self, original: Callable[[int, FrameType | None], Any]) -> Any:
+        def handler(number: int, frame: FrameType | None) -> None:
+            if self.stopping:
+                # (In a signal handler: the reactor logs it, not this frame.)
+                self.reactor.callFromThread(
+                    _log.info, "{signal} again: already stopping",
+                    signal=signal.Signals(number).name,
+                )
+                return
+            self.stopping = True
+            original(number, frame)
+
+        return handler
+
+
 def makeService(options: Options) -> SchannelService:
     """The ``twist schannel`` service for parsed *options*."""
     reactor = options["reactor"]
@@ -1612,4 +1655,6 @@ def makeService(options: Options) -> SchannelService:
         service.status = (
             options["status"], options["status-endpoint"], status_site(metrics, service)
         )
+    if hasattr(reactor, "callWhenRunning"):
+        reactor.callWhenRunning(_StopSignals(reactor).install)
     return service
