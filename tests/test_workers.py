@@ -418,14 +418,7 @@ class WorkersTests(TestCase):
         """A supervisor killed with SIGKILL takes its workers with it (they drain)."""
         setup = Setup(self)
         twist = self.relay(setup)
-        pids = workers_started(twist, 2)
-        os.kill(twist.process.pid, signal.SIGKILL)
-        twist.process.wait(timeout=10)
-        deadline = time.monotonic() + 20
-        while any(_alive(pid) for pid in pids):
-            if time.monotonic() > deadline:
-                raise FailTest(f"workers {pids} outlived their supervisor:\n{twist.output}")
-            time.sleep(0.05)
+        kill_supervisor(twist)
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", setup.port), timeout=5).close()
 
@@ -502,20 +495,27 @@ class WorkersTests(TestCase):
         ours = set(temporary.glob("txschannel-metrics-*")) - {held, unlocked}
         self.assertEqual(len(ours), 1)
 
-        workers = workers_started(twist, 2)
-        os.kill(twist.process.pid, signal.SIGKILL)
-        twist.process.wait(timeout=10)
-        deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in workers):
-            if time.monotonic() > deadline:
-                self.fail(f"workers {workers} outlived their supervisor")
-            time.sleep(0.05)
+        kill_supervisor(twist)
         self.assertTrue(all(folder.exists() for folder in ours))  # left behind
 
         again = self.relay(Setup(self), "--status", f"tcp:{free_port()}:interface=127.0.0.1",
                            env=env)
         self.assertFalse(any(folder.exists() for folder in ours), again.output)
         self.assertTrue(held.exists())
+
+
+def kill_supervisor(twist: Twist, workers: int = 2) -> list[int]:
+    """SIGKILL the supervisor; return its workers' pids once they have all exited
+    (they get SIGTERM from the kernel and drain)."""
+    pids = workers_started(twist, workers)
+    os.kill(twist.process.pid, signal.SIGKILL)
+    twist.process.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            raise FailTest(f"workers {pids} outlived their supervisor:\n{twist.output}")
+        time.sleep(0.05)
+    return pids
 
 
 def _alive(pid: int) -> bool:
