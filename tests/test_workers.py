@@ -477,6 +477,10 @@ class WorkersTests(TestCase):
         stale.mkdir()
         (stale / ".lock").touch()
         (stale / "counter_1.db").write_bytes(b"x")
+        # Named by any process of the same user: it must not forge a log line.
+        forged = temporary / "txschannel-metrics-x\n2026-12-01T00:00:00+0000 [txschannel] forged"
+        forged.mkdir()
+        (forged / ".lock").touch()
         held = temporary / "txschannel-metrics-held"
         held.mkdir()
         (held / ".lock").touch()
@@ -490,6 +494,9 @@ class WorkersTests(TestCase):
                            env=env)
         self.assertFalse(stale.exists())
         self.assertIn(f"removed {stale}, left by a supervisor that was killed", twist.output)
+        self.assertFalse(forged.exists())
+        self.assertIn("txschannel-metrics-x\\x0a2026-12-01T00:00:00", twist.output)
+        self.assertNotIn("\n2026-12-01T00:00:00+0000 [txschannel] forged", twist.output)
         self.assertTrue(held.exists())
         self.assertTrue(unlocked.exists())
         ours = set(temporary.glob("txschannel-metrics-*")) - {held, unlocked}
