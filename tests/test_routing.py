@@ -18,6 +18,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.peers import LISTENER, free_port, require
 from tests.test_edges import Edge
 from tests.test_tap import Twist, assert_one_line, curl, run_twist
+from txschannel.terminator.routing import Route, Router, normalize_route_name
+
+#: A first label of 243 characters: with ".b.localhost", 255 characters,
+#: the most a server_name extension may carry (OpenSSL's own limit).
+LONG_LABEL = "a" * 243
 
 #: Answers every connection with an HTTP response whose body is argv[2].
 NAMED = LISTENER + """
@@ -146,6 +151,156 @@ class RoutingTests(Edge):
             with self.assertRaises(ssl.SSLError):
                 context.wrap_socket(raw, server_hostname="c.localhost")
 
+    def test_names_no_certificate_could_carry_are_refused(self) -> None:
+        # openssl s_client sends each name as it is given.
+        require("openssl")
+        twist, port = self.start(*self.routes(), connect=False)
+        # The routes themselves work, one trailing dot (the DNS root) included.
+        self.assertIn(b"Verify return code", s_client(port, "one.b.localhost"))
+        self.assertNotIn(b"unrecognized name", s_client(port, "one.b.localhost"))
+        self.assertNotIn(b"unrecognized name", s_client(port, "a.localhost."))
+        for name in (
+            ".b.localhost",            # an empty first label under the wildcard
+            "*.b.localhost",           # the wildcard itself, literally
+            f"{LONG_LABEL}.b.localhost",  # a first label of 243 characters
+            "a.localhost..",           # two trailing dots: an empty label
+            "one..b.localhost",
+            "one_x.b.localhost",
+        ):
+            self.assertIn(b"unrecognized name", s_client(port, name), name)
+        # (said once: refusals are logged at most once every 10 seconds)
+        twist.wait_for(r"refused .*\.b\.localhost")
+        self.assertNotIn("Traceback", twist.output)
+
+    def test_names_no_certificate_could_carry_go_to_the_default(self) -> None:
+        require("openssl")
+        twist, port = self.start(*self.routes())
+        request = b"GET / HTTP/1.0\r\n\r\n"
+        for name, body in (
+            ("one.b.localhost", b"B"),
+            ("a.localhost.", b"A"),
+            (".b.localhost", b"default"),
+            ("*.b.localhost", b"default"),
+            (f"{LONG_LABEL}.b.localhost", b"default"),
+            ("a.localhost..", b"default"),
+        ):
+            self.assertIn(b"\r\n\r\n" + body, s_client(port, name, request), name)
+        self.assertNotIn("Traceback", twist.output)
+
+
+def s_client(port: int, server_name: str, request: bytes = b"") -> bytes:
+    """What ``openssl s_client`` prints after offering *server_name* as it is
+    (and sending *request*, then waiting for the server to close)."""
+    result = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", server_name,
+         *(["-ign_eof"] if request else [])],
+        input=request, capture_output=True, timeout=30,
+    )
+    return result.stdout + result.stderr
+
+
+class MatchingTests(SynchronousTestCase):
+    """Router.pick: which route a server name, as a client sent it, gets."""
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import clientFromString
+
+        def route(name: str) -> Route:
+            return Route(name, name, clientFromString(reactor, "tcp:127.0.0.1:1"))
+
+        self.exact = route("a.example.com")
+        self.wildcard = route("*.example.com")
+        self.default = route("default")
+        self.router = Router([self.exact, self.wildcard], None)
+        self.defaulted = Router([self.exact, self.wildcard], self.default)
+
+    def picked(self, name: str | None) -> str | None:
+        route = self.router.pick(name)
+        # With a default, whatever matches no route gets the default.
+        self.assertIs(self.defaulted.pick(name), route or self.default)
+        return None if route is None else route.description
+
+    def test_names_a_certificate_would_match(self) -> None:
+        self.assertEqual(self.picked("a.example.com"), "a.example.com")
+        self.assertEqual(self.picked("A.Example.COM"), "a.example.com")
+        self.assertEqual(self.picked("b.example.com"), "*.example.com")
+        self.assertEqual(self.picked("xn--bcher-kva.example.com"), "*.example.com")
+        self.assertEqual(self.picked("b-1.example.com"), "*.example.com")
+        self.assertEqual(self.picked("b" * 63 + ".example.com"), "*.example.com")
+
+    def test_one_trailing_dot_is_the_root(self) -> None:
+        self.assertEqual(self.picked("a.example.com."), "a.example.com")
+        self.assertEqual(self.picked("b.example.com."), "*.example.com")
+
+    def test_names_no_certificate_would_match(self) -> None:
+        for name in (
+            None, "", ".",
+            "example.com", "x.b.example.com",  # a wildcard is one label
+            ".example.com", "*.example.com", "**.example.com", "b*.example.com",
+            "b" * 64 + ".example.com", LONG_LABEL + ".example.com",
+            "a.example.com..", "b.example.com..", "a..example.com", ".a.example.com",
+            "b_c.example.com", "-b.example.com", "b-.example.com", "b c.example.com",
+            "b.example.com\n", "b\x00.example.com", "\u212a.example.com", "b\ufffd.example.com",
+        ):
+            self.assertIsNone(self.picked(name), name)
+
+    def test_length(self) -> None:
+        label = "c" * 63
+        # 63 + 1 + 63 + 1 + 63 + 1 + 61 = 253 characters: the most there is.
+        parent = f"{label}.{label}.{'d' * 61}"
+        route = Route(normalize_route_name(f"*.{parent}"), "long", self.default.endpoint)
+        router = Router([route], None)
+        longest = f"{label}.{parent}"
+        self.assertEqual(len(longest), 253)
+        self.assertIs(router.pick(longest), route)
+        self.assertIs(router.pick(longest + "."), route)
+        self.assertIsNone(router.pick("c" + longest))
+
+    def test_an_ip_address_matches_nothing(self) -> None:
+        route = Route("*.0.0.1", "numbers", self.default.endpoint)
+        router = Router([route], None)
+        self.assertIsNone(router.pick("127.0.0.1"))
+        self.assertIs(router.pick("a.0.0.1"), route)
+
+
+class RouteNameTests(SynchronousTestCase):
+    """normalize_route_name: the names --route accepts, and in which form."""
+
+    def test_accepted(self) -> None:
+        self.assertEqual(normalize_route_name("API.Example.com."), "api.example.com")
+        self.assertEqual(normalize_route_name("*.Example.com"), "*.example.com")
+        self.assertEqual(normalize_route_name("bücher.example"), "xn--bcher-kva.example")
+        label = "c" * 63
+        self.assertEqual(len(normalize_route_name(f"{label}.{label}.{label}.{'d' * 61}")), 253)
+        self.assertEqual(len(normalize_route_name(f"*.{label}.{label}.{label}.{'d' * 59}")), 253)
+
+    def test_refused(self) -> None:
+        label = "c" * 63
+        for name, needle in (
+            ("", "expected a server name"),
+            (".", "expected a server name"),
+            ("example.com..", "empty labels"),
+            (".example.com", "empty labels"),
+            ("a..example.com", "empty labels"),
+            ("*..example.com", "empty labels"),
+            ("*.", "wildcard"),
+            ("*", "wildcard"),
+            ("a.*.example.com", "wildcard"),
+            ("b*.example.com", "wildcard"),
+            ("c" * 64 + ".example.com", "at most 63 characters"),
+            (f"{label}.{label}.{label}.{'d' * 62}", "at most 253 characters"),
+            (f"*.{label}.{label}.{label}.{'d' * 60}", "at most 253 characters"),
+            ("a_b.example.com", "letters, digits and hyphens"),
+            ("a\n.example.com", "letters, digits and hyphens"),
+            ("-a.example.com", "letters, digits and hyphens"),
+            ("10.0.0.1", "IP address"),
+            ("::1", "IP address"),
+        ):
+            with self.assertRaises(ValueError, msg=repr(name)) as caught:
+                normalize_route_name(name)
+            self.assertIn(needle, str(caught.exception), repr(name))
+
 
 class BadRouteTests(SynchronousTestCase):
     """A route that can never work is one line naming it, exit status 64."""
@@ -160,6 +315,13 @@ class BadRouteTests(SynchronousTestCase):
         self.assertRefused("expected a server name", "--route", "=tcp:127.0.0.1:1")
         self.assertRefused("wildcard", "--route", "a.*.example=tcp:127.0.0.1:1")
         self.assertRefused("IP address", "--route", "10.0.0.1=tcp:127.0.0.1:1")
+        self.assertRefused("empty labels", "--route", "example.com..=tcp:127.0.0.1:1")
+        self.assertRefused("empty labels", "--route", ".example.com=tcp:127.0.0.1:1")
+        self.assertRefused("empty labels", "--route", "*..example.com=tcp:127.0.0.1:1")
+        self.assertRefused("63 characters", "--route", f"*.{'a' * 64}.example=tcp:127.0.0.1:1")
+        self.assertRefused(
+            "253 characters", "--route", f"{'.'.join(['a' * 63] * 4)}=tcp:127.0.0.1:1"
+        )
         self.assertRefused("--route 'a.example=nosuch:1'", "--route", "a.example=nosuch:1")
         self.assertRefused(
             "a.example has a route already",

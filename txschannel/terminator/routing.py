@@ -4,11 +4,15 @@ Each route maps a server name (``api.example.com``) or a one-label wildcard
 (``*.example.com``, which matches ``a.example.com`` but neither
 ``example.com`` nor ``a.b.example.com``, as a certificate's wildcard does)
 to a client endpoint. An exact name wins over a wildcard. Names are
-compared without case and without a trailing dot, in their ASCII (IDNA)
-form. A server name no route matches goes to ``--connect``; with no
-``--connect`` the handshake itself is refused with TLS's
-``unrecognized_name`` alert (the client learns why, and no backend
-connection is ever opened), as is a client that sends no server name.
+compared without case and without one trailing dot (the DNS root), in their
+ASCII (IDNA) form. A wildcard stands for one label of 1 to 63 letters,
+digits and inner hyphens; a name no certificate could carry (an empty
+label, as in ``.example.com`` or ``example.com..``, a ``*``, a label over
+63 characters, over 253 characters in all) matches no route. A server
+name no route matches goes to ``--connect``; with no ``--connect`` the
+handshake itself is refused with TLS's ``unrecognized_name`` alert (the
+client learns why, and no backend connection is ever opened), as is a
+client that sends no server name.
 
 The refusal happens in OpenSSL's server-name callback, which is also where
 an ``sni=`` folder picks its certificate: :meth:`Router.install` puts a
@@ -39,7 +43,10 @@ _log = Logger(namespace="txschannel")
 #: Seconds between two warnings about refused server names.
 _WARNING_INTERVAL = 10.0
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+#: One label of a host name: letters, digits and hyphens, no hyphen at either end.
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+#: The longest server name, without its trailing dot (RFC 1035's 255 bytes on the wire).
+_MAX_NAME = 253
 
 
 class UnrecognizedName(Exception):
@@ -57,10 +64,19 @@ def _a_label(name: str) -> str:
 def normalize_route_name(name: str) -> str:
     """The form a route's *name* is compared in: lower case, ASCII, no trailing dot.
 
-    :raises ValueError: *name* cannot be a server name (empty, an IP
-        address, a bad label, or a wildcard other than a whole first label).
+    One trailing dot (the DNS root) is dropped, so ``example.com.`` is
+    ``example.com``. A wildcard is ``*.`` before a name: it stands for
+    exactly one label.
+
+    :raises ValueError: *name* cannot be a server name: empty, an IP
+        address, an empty label (``a..b``, ``.a``, two trailing dots), a
+        label of more than 63 characters or other than letters, digits and
+        inner hyphens, more than 253 characters, or a wildcard other than a
+        whole first label.
     """
-    text = name.strip().rstrip(".")
+    text = name.strip()
+    if text.endswith("."):
+        text = text[:-1]
     if not text:
         raise ValueError("expected a server name, such as api.example.com or *.example.com")
     try:
@@ -78,16 +94,48 @@ def normalize_route_name(name: str) -> str:
         raise ValueError(
             "a wildcard must be a whole first label followed by a name, such as *.example.com"
         )
+    if "" in rest.split("."):
+        # Checked before IDNA, which would drop some empty labels silently.
+        raise ValueError("a server name has no empty labels (no leading dot, no '..')")
     ascii_name = _a_label(rest)
-    if not all(_LABEL.match(label) for label in ascii_name.split(".")):
+    labels = ascii_name.split(".")
+    if any(len(label) > 63 for label in labels):
+        raise ValueError("a label of a server name has at most 63 characters")
+    if not all(_LABEL.fullmatch(label) for label in labels):
         raise ValueError("not a valid server name (labels of letters, digits and hyphens)")
-    return ("*." if wildcard else "") + ascii_name
+    normalized = ("*." if wildcard else "") + ascii_name
+    if len(normalized) > _MAX_NAME:
+        raise ValueError(f"a server name has at most {_MAX_NAME} characters")
+    return normalized
 
 
 def _normalize_offered(name: str | None) -> str | None:
+    """The name a client sent, in the form routes are compared in, or None.
+
+    None also for what no route can match: an empty label (``.a``,
+    ``a..b``, ``a.`` followed by another dot), a label that is not letters,
+    digits and inner hyphens (``*``, ``_``, anything not ASCII) or longer
+    than 63 characters, a name longer than 253 characters, an IPv4 address.
+    Such a name goes to the default route, as one no route names does.
+    """
     if not name:
         return None
-    return name.lower().rstrip(".")
+    if not name.isascii():
+        # Clients send A-labels (IDNA's ASCII form); str.lower() would also
+        # turn some other letters into ASCII ones (KELVIN SIGN into "k").
+        return None
+    text = name.lower()
+    if text.endswith("."):
+        text = text[:-1]
+    if not text or len(text) > _MAX_NAME:
+        return None
+    if not all(_LABEL.fullmatch(label) for label in text.split(".")):
+        return None
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return text
+    return None
 
 
 @dataclass(frozen=True)
@@ -133,7 +181,11 @@ class Router:
             table[key] = route
 
     def pick(self, server_name: str | None) -> Route | None:
-        """The route for *server_name* (as the client sent it), the default, or None."""
+        """The route for *server_name* (as the client sent it), the default, or None.
+
+        A name no route could match (see :func:`_normalize_offered`) gets
+        the default, as a name no route names does.
+        """
         name = _normalize_offered(server_name)
         if name is not None:
             route = self._exact.get(name)
