@@ -511,6 +511,44 @@ class WorkersTests(TestCase):
         self.assertTrue(held.exists())
 
 
+    def test_metrics_folder_with_a_planted_lock_is_left_alone(self) -> None:
+        """A .lock that is a FIFO (which open() would wait on for good), a symbolic
+        link or a folder: the supervisor starts, leaves the folder alone, says so
+        in one escaped line each, and serves."""
+        temporary = Path(self.mktemp()).resolve()
+        temporary.mkdir()
+        fifo = temporary / "txschannel-metrics-fifo\n2026-12-01T00:00:00+0000 [txschannel] forged"
+        fifo.mkdir()
+        os.mkfifo(fifo / ".lock")
+        elsewhere = temporary / "elsewhere"
+        elsewhere.write_text("")
+        link = temporary / "txschannel-metrics-link"
+        link.mkdir()
+        (link / ".lock").symlink_to(elsewhere)
+        folder = temporary / "txschannel-metrics-folder"
+        (folder / ".lock").mkdir(parents=True)
+        # Not even a folder: a FIFO by the folders' name.
+        os.mkfifo(temporary / "txschannel-metrics-fifo")
+
+        setup = Setup(self)
+        twist = self.relay(setup, "--status", f"tcp:{free_port()}:interface=127.0.0.1",
+                           env={"TMPDIR": str(temporary)})
+        exchange(setup)
+        for planted in (fifo, link, folder):
+            self.assertTrue((planted / ".lock").exists() or (planted / ".lock").is_symlink())
+        self.assertTrue(elsewhere.exists())
+        escaped = "txschannel-metrics-fifo\\x0a2026-12-01T00:00:00+0000 [txschannel] forged"
+        for name, kind in (
+            (escaped, "a FIFO"), ("txschannel-metrics-link", "a symbolic link"),
+            ("txschannel-metrics-folder", "a folder"),
+        ):
+            self.assertIn(
+                f"left {temporary}/{name} alone: its .lock is {kind}, where a supervisor's is "
+                "a regular file of this user", twist.output,
+            )
+        self.assertNotIn("\n2026-12-01T00:00:00+0000 [txschannel] forged", twist.output)
+        self.assertEqual(twist.output.count(" alone: "), 3, twist.output)
+
 def kill_supervisor(twist: Twist, workers: int = 2) -> list[int]:
     """SIGKILL the supervisor; return its workers' pids once they have all exited
     (they get SIGTERM from the kernel and drain)."""

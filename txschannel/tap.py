@@ -84,6 +84,7 @@ from txschannel.terminator.workers import (
     AdoptingReactor,
     RecordingReactor,
     Supervisor,
+    Sweep,
     Worker,
     WorkersError,
     make_metrics_folder,
@@ -1296,7 +1297,7 @@ class Options(usage.Options):
         if "twisted.internet.reactor" in sys.modules:
             raise RuntimeError("the supervisor imported the reactor while parsing (a bug)")
         metrics_folder: str | None = None
-        swept: list[str] = []
+        swept = Sweep()
         if self["status-endpoint"] is not None:
             # Each worker writes its figures there; any worker's /metrics
             # adds them all up (prometheus_client's multiprocess mode).
@@ -1304,10 +1305,16 @@ class Options(usage.Options):
             metrics_folder, _ = make_metrics_folder()  # locked until we all exit
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_folder
         log = self._supervisor_log()
-        for folder in swept:
-            # (Escaped: any process of this user could have named it.)
+        # (Escaped: any process of this user could have named them.)
+        for folder in swept.removed:
             log.info(
                 "removed {folder}, left by a supervisor that was killed", folder=PeerText(folder)
+            )
+        for folder, why in swept.skipped:
+            log.warn(
+                "left {folder} alone: {why}, where a supervisor's is a regular file of this "
+                "user",
+                folder=PeerText(folder), why=why,
             )
         # Reloads and validity warnings are the supervisor's, with its log.
         keeper = SchannelService(supervised, Factory(), None, validity_interval=None)

@@ -31,6 +31,7 @@ passes the signal on and waits for every worker to drain.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import shutil
@@ -347,6 +348,20 @@ METRICS_PREFIX = "txschannel-metrics-"
 _METRICS_LOCK = ".lock"
 
 
+@dataclass
+class Sweep:
+    """What :func:`sweep_metrics_folders` did.
+
+    :ivar removed: the folders removed.
+    :ivar skipped: the folders left alone because their lock file is not
+        what a supervisor makes (a FIFO, a link, a folder, another user's
+        file), each with why: something else put it there.
+    """
+
+    removed: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
 def make_metrics_folder() -> tuple[str, int]:
     """A new folder for the workers' figures, and the descriptor that holds its lock.
 
@@ -364,48 +379,99 @@ def make_metrics_folder() -> tuple[str, int]:
     return folder, descriptor
 
 
-def sweep_metrics_folders(directory: str | None = None) -> list[str]:
+def sweep_metrics_folders(directory: str | None = None) -> Sweep:
     """Remove the figures folders that supervisors killed with ``SIGKILL`` left.
 
     A folder is removed only if it is a directory of this user (not a
-    link), has a lock file, and its lock is free: its supervisor and all
-    its workers are gone. Anything else (another user's folder, one from an
-    older version without a lock, one in use) is left alone.
+    link), its lock file is a regular file of this user, and its lock is
+    free: its supervisor and all its workers are gone. Anything else
+    (another user's folder, one from an older version without a lock, one
+    in use) is left alone. Nothing here waits: a FIFO or a device named as
+    the lock file is opened without blocking and then refused, and the lock
+    is only tried.
 
     :param directory: where to look; the temporary directory by default.
-    :return: the folders removed.
     """
     directory = directory or tempfile.gettempdir()
+    sweep = Sweep()
     try:
         names = os.listdir(directory)
     except OSError:
-        return []
-    removed: list[str] = []
+        return sweep
     for name in names:
         if not name.startswith(METRICS_PREFIX):
             continue
         path = os.path.join(directory, name)
         try:
-            info = os.lstat(path)
-        except OSError:
-            continue
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-            continue
-        try:
-            descriptor = os.open(
-                os.path.join(path, _METRICS_LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            # O_DIRECTORY fails on a FIFO before opening it; O_NONBLOCK anyway.
+            folder = os.open(
+                path,
+                os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
             )
         except OSError:
+            continue  # not a folder (a link to one included), or gone
+        try:
+            lock = _stale_lock(folder)
+        except _Planted as planted:
+            sweep.skipped.append((path, str(planted)))
             continue
+        finally:
+            os.close(folder)
+        if lock is None:
+            continue
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(lock)
+        sweep.removed.append(path)
+    return sweep
+
+
+class _Planted(Exception):
+    """A figures folder's lock file is not one a supervisor makes: why."""
+
+
+def _stale_lock(folder: int) -> int | None:
+    """The lock file of the folder open as *folder*, locked, if the folder is
+    stale; ``None`` to leave it alone (another user's, no lock file, in use).
+
+    :raises _Planted: the lock file is not a regular file of this user.
+    """
+    if os.fstat(folder).st_uid != os.getuid():
+        return None
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would wait for a writer.
+        # O_NOFOLLOW: a link could lead anywhere (it fails with ELOOP).
+        descriptor = os.open(
+            _METRICS_LOCK,
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+            dir_fd=folder,
+        )
+    except FileNotFoundError:
+        return None  # an older version's folder, or one being set up
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _Planted(f"its {_METRICS_LOCK} is a symbolic link") from None
+        raise _Planted(f"its {_METRICS_LOCK} cannot be opened ({e.strerror})") from None
+    try:
+        info = os.fstat(descriptor)
+        if stat.S_ISDIR(info.st_mode):
+            raise _Planted(f"its {_METRICS_LOCK} is a folder")
+        if stat.S_ISFIFO(info.st_mode):
+            raise _Planted(f"its {_METRICS_LOCK} is a FIFO")
+        if not stat.S_ISREG(info.st_mode):
+            raise _Planted(f"its {_METRICS_LOCK} is not a regular file")
+        if info.st_uid != os.getuid():
+            raise _Planted(f"its {_METRICS_LOCK} belongs to user {info.st_uid}")
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            os.close(descriptor)  # in use
-            continue
-        shutil.rmtree(path, ignore_errors=True)
+            os.close(descriptor)
+            return None  # in use
+    except BaseException:
         os.close(descriptor)
-        removed.append(path)
-    return removed
+        raise
+    return descriptor
 
 
 @dataclass
