@@ -100,9 +100,10 @@ def workers_started(twist: Twist, count: int, generation: int = 1) -> list[int]:
 
 
 def wait_listening(twist: Twist, count: int) -> None:
-    """Wait until *count* workers say they listen (past any earlier lines)."""
+    """Wait until *count* workers say they accept connections (past any earlier
+    lines; the supervisor alone says where they listen, once)."""
     deadline = time.monotonic() + 30
-    while twist.output.count("listening on schannel:") < count:
+    while twist.output.count("ready: accepting connections worker=") < count:
         if time.monotonic() > deadline:
             raise FailTest(f"{count} workers did not listen:\n{twist.output}")
         time.sleep(0.05)
@@ -190,6 +191,68 @@ class WorkersTests(TestCase):
         supervisor = re.search(r"supervisor (\d+): starting 2 workers", twist.output)
         assert supervisor is not None
         self.assertEqual(int(supervisor.group(1)), twist.process.pid)
+
+    def test_listening_is_said_once(self) -> None:
+        """The supervisor, which opened the sockets, says where it listens once; each
+        worker, of each generation, says that it is ready."""
+        setup = Setup(self)
+        status = free_port()
+        twist = self.relay(setup, "--status", f"tcp:{status}:interface=127.0.0.1")
+        twist.send_signal(signal.SIGHUP)
+        workers_started(twist, 2, generation=2)
+        wait_listening(twist, 4)
+        exchange(setup)
+        lines = twist.output.splitlines()
+        listening = [line for line in lines if " listening on " in line]
+        self.assertEqual(len(listening), 1, twist.output)
+        self.assertRegex(
+            listening[0],
+            rf"\[txschannel\.workers#info\] listening on schannel:tcp:{setup.port}:\S+ at "
+            rf"127\.0\.0\.1:{setup.port}$",
+        )
+        serving = [line for line in lines if "serving /metrics and /status on" in line]
+        self.assertEqual(len(serving), 1, twist.output)
+        self.assertTrue(serving[0].endswith(f" at 127.0.0.1:{status}"), serving[0])
+
+    def test_every_line_of_a_worker_names_it(self) -> None:
+        """A failed handshake, an unreachable backend and each connection's close:
+        every line a worker writes ends with worker=PID (Twisted's own too)."""
+        setup = Setup(self)
+        twist = Twist(
+            self, "--workers", "2", "--listen", setup.listen(),
+            "--connect", f"tcp:127.0.0.1:{free_port()}", group=True,  # nothing there
+        )
+        pids = workers_started(twist, 2)
+        wait_listening(twist, 2)
+        with socket.create_connection(("127.0.0.1", setup.port), timeout=10) as raw:
+            plain = raw.getsockname()[1]
+            raw.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            raw.recv(100)
+        with socket.create_connection(("127.0.0.1", setup.port), timeout=10) as raw:
+            tls = raw.getsockname()[1]
+            try:
+                with setup.client_context().wrap_socket(raw, server_hostname="localhost") as c:
+                    self.assertEqual(c.recv(100), b"")  # aborted: no backend
+            except OSError:
+                pass
+        failed = twist.wait_for(
+            rf"TLS handshake with 127\.0\.0\.1:{plain} failed: .* worker=(\d+)\n"
+        )
+        self.assertEqual(served_by(twist, plain), int(failed.group(1)))
+        unreachable = twist.wait_for(r"cannot reach tcp:127\.0\.0\.1:\d+: .* worker=(\d+)\n")
+        self.assertEqual(served_by(twist, tls), int(unreachable.group(1)))
+        twist.send_signal(signal.SIGTERM)
+        twist.process.wait(timeout=30)
+        stamp = re.compile(r"^\d{4}-\d\d-\d\dT\S+ \[")
+        for line in twist.output.splitlines():
+            if not stamp.match(line) or "[txschannel.workers#" in line:
+                continue  # a traceback's lines, or the supervisor's
+            match = re.search(r" worker=(\d+)$", line)
+            self.assertIsNotNone(match, line)
+            assert match is not None
+            self.assertIn(int(match.group(1)), pids, line)
+        self.assertEqual(twist.output.count(" worker="), twist.output.count("worker="))
+        self.assertNotRegex(twist.output, r"worker=\d+ worker=")
 
     def test_session_resumed_on_another_worker(self) -> None:
         """A ticket issued by one worker resumes on the other (TLS 1.3 and 1.2).

@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -60,6 +61,8 @@ from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
+    LogEvent,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
@@ -383,6 +386,42 @@ def _logfmt(value: object) -> str:
     return text
 
 
+def _worker_lines(
+    factory: Callable[[Any], ILogObserver], pid: int
+) -> Callable[[Any], ILogObserver]:
+    """twist's log-observer factory, for a ``--workers`` worker: every line
+    the worker writes ends with ``worker=PID``, so that each connection's
+    lines (a failed handshake, a refusal, an unreachable backend, the close)
+    name the process that served it, as do Twisted's own."""
+
+    def make(log_file: Any) -> ILogObserver:
+        observer = factory(log_file)
+
+        def named(event: LogEvent) -> None:
+            # A copy: the other observers of the event see it as it was.
+            format = event.get("log_format")
+            observer({
+                **event,
+                "log_format": (f"{format} " if format else "") + "worker={txschannel_worker}",
+                "txschannel_worker": pid,
+            })
+
+        provider: ILogObserver = implementer(ILogObserver)(named)
+        return provider
+
+    return make
+
+
+def _socket_address(listening: socket.socket) -> str:
+    """``host:port`` or ``[v6]:port`` of a listening socket (``unix:path`` for one
+    systemd passed)."""
+    name = listening.getsockname()
+    if isinstance(name, tuple):
+        host, port = name[0], name[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"unix:{name.decode(errors='replace') if isinstance(name, bytes) else name}"
+
+
 def _attributes(transport: object) -> Attributes | None:
     """The negotiated parameters of *transport*'s TLS session; None for plain TCP
     or a handshake that is not done."""
@@ -629,9 +668,11 @@ class ConnectionGate:
             "duration": round(self.factory.clock.seconds() - self._started, 3),
             "reason": why,
         }
-        if self.factory.worker is not None:
-            fields["worker"] = self.factory.worker
         line = " ".join(f"{name}={_logfmt(value)}" for name, value in fields.items())
+        if self.factory.worker is not None:
+            # (Not in the line: a worker's log observer ends every line with
+            # it, see _worker_lines.)
+            fields["worker"] = self.factory.worker
         _log.info("connection closed {line}", line=line, connection=fields)
 
     # -- ITransport (for the application) ---------------------------------
@@ -789,6 +830,9 @@ class SchannelService(service.Service):
         to finish before they are aborted.
     :param signals: whether ``SIGHUP`` reloads (a ``--workers`` worker
         leaves signals and timers to its supervisor).
+    :param worker: a ``--workers`` worker: its supervisor, which opened the
+        sockets, said once where they listen, so each worker says only that
+        it is ready (``ready: accepting connections``).
 
     A certificate that has expired, is not valid yet or expires within 14
     days is logged as a warning (naming its file, subject and dates) on
@@ -814,8 +858,10 @@ class SchannelService(service.Service):
         ) = None,
         drain_timeout: float = 30.0,
         signals: bool = True,
+        worker: bool = False,
     ) -> None:
         self.listen = list(listen)
+        self.worker = worker
         self.log = _log
         self.drain_timeout = drain_timeout
         self.signals = signals
@@ -848,6 +894,8 @@ class SchannelService(service.Service):
             self.ports.append(port)
             if self.limit is not None:
                 self.limit.add_port(port)
+            if self.worker:
+                return
             # The address says which port "tcp:0" got.
             _log.info(
                 "listening on {endpoint} at {address}",
@@ -878,6 +926,8 @@ class SchannelService(service.Service):
 
             def serving_status(port: IListeningPort) -> None:
                 self._status_port = port
+                if self.worker:
+                    return
                 _log.info(
                     "serving /metrics and /status on {endpoint} at {address}",
                     endpoint=description, address=_address(port.getHost()),
@@ -893,6 +943,8 @@ class SchannelService(service.Service):
             if self._status_port is not None:
                 self._status_port.stopListening()
             raise SystemExit(f"twist schannel: {problems[0]}")
+        if self.worker:
+            _log.info("ready: accepting connections")
         if self.signals and hasattr(signal, "SIGHUP"):
             self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
         self.note_warned()
@@ -1282,11 +1334,18 @@ class Options(usage.Options):
             )
         count = self["workers"]
         sockets: list[dict[tuple[object, ...], Any]] = [{} for _ in range(count)]
+        # Said once, here, for all the workers: this process opened them.
+        where: list[tuple[str, str, str]] = []
         for option, description, endpoint in listening:
             try:
                 requests = record_listening(endpoint, recording)
-                for slot, opened in zip(sockets, open_sockets(requests, count), strict=True):
+                per_worker = open_sockets(requests, count)
+                for slot, opened in zip(sockets, per_worker, strict=True):
                     slot.update(opened)
+                where.append((
+                    option.split(" ", 1)[0], description,
+                    ", ".join(_socket_address(s) for s in per_worker[0].values()),
+                ))
             except WorkersError as e:
                 raise usage.UsageError(f"{option}: {e}") from None
             except OSError as e:
@@ -1339,6 +1398,12 @@ class Options(usage.Options):
 
         for line in self["announce"]:
             log.info("{line}", line=line)
+        for option, description, address in where:
+            log.info(
+                "listening on {endpoint} at {address}" if option == "--listen"
+                else "serving /metrics and /status on {endpoint} at {address}",
+                endpoint=description, address=address,
+            )
         supervisor = Supervisor(
             count, sockets, log, reload, keeper.check_validity,
             drain_timeout=self["drain-timeout"],
@@ -1361,6 +1426,12 @@ class Options(usage.Options):
                 endpoint.credentials = credentials
         self["announce"] = []  # the supervisor said it, once
         self["worker"] = worker
+        parent = getattr(self, "parent", None)
+        if parent is not None and "fileLogObserverFactory" in parent:
+            # twist makes its log observer after parsing, from this factory.
+            parent["fileLogObserverFactory"] = _worker_lines(
+                parent["fileLogObserverFactory"], os.getpid()
+            )
 
     def _supervisor_log(self) -> Logger:
         """A logger writing where twist writes, in its format, for the supervisor."""
@@ -1657,6 +1728,7 @@ def makeService(options: Options) -> SchannelService:
         # A worker's supervisor reloads and warns, for all workers at once.
         signals=worker is None,
         validity_interval=_VALIDITY_CHECK_INTERVAL if worker is None else None,
+        worker=worker is not None,
     )
     if metrics is not None:
         service.status = (
