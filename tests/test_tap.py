@@ -484,17 +484,18 @@ class AllowFormTests(SynchronousTestCase):
                            "such as --allow-cn alice")
 
     def test_openssl_prefixes_on_alt_names(self) -> None:
-        self.assertRefused("--allow-san", "DNS:x.example",
-                           "--allow-san 'DNS:x.example': give the name alone, without "
-                           "OpenSSL's DNS: prefix, such as --allow-san x.example")
-        self.assertRefused("--allow-san", "IP Address:10.0.0.1", "--allow-san 10.0.0.1")
-        self.assertRefused("--allow-san", " ", "expected a subjectAltName")
+        # DNS:, URI: and email: are --allow-san's own types (any case);
+        # OpenSSL's "IP Address:" is not.
+        self.assertRefused("--allow-san", "IP Address:10.0.0.1",
+                           "--allow-san 'IP Address:10.0.0.1': OpenSSL's IP Address: prefix; "
+                           "write ip:10.0.0.1")
+        self.assertRefused("--allow-san", " ", "expected TYPE:VALUE")
 
     def test_ip_addresses_are_compared_in_their_short_form(self) -> None:
         options = Options()
-        options.opt_allow_san("0:0:0:0:0:0:0:1")
-        options.opt_allow_san("svc.example")
-        self.assertEqual(options["allow-san"], ["::1", "svc.example"])
+        options.opt_allow_san("ip:0:0:0:0:0:0:0:1")
+        options.opt_allow_san("DNS:svc.example")
+        self.assertEqual([str(n) for n in options["allow-san"]], ["ip:::1", "dns:svc.example"])
         client = CertificateAuthority().issue("::1", common_name="svc").certificate
         self.assertIsNone(AccessPolicy((), tuple(options["allow-san"])).refusal(client))
 

@@ -80,6 +80,7 @@ from txschannel.peertext import PeerText, printable
 from txschannel.protocol import declare_provides
 from txschannel.relay import RelayFactory, no_delay, reset
 from txschannel.status import SecurityError
+from txschannel.terminator.access import AccessPolicy, parse_allowed_name
 from txschannel.terminator.limits import ConnectionLimit
 from txschannel.terminator.proxyheader import header_v1, header_v2, tls_facts
 from txschannel.terminator.routing import Route, Router, normalize_route_name
@@ -130,12 +131,6 @@ _VALIDITY_CHECK_INTERVAL = 24 * 60 * 60.0
 #: Options by which a listen endpoint names its own certificate: such an
 #: endpoint never gets the self-signed one.
 _IDENTITY_OPTIONS = ("certificate", "privateKey", "chain", "sni", "passphraseFile")
-#: OpenSSL's way of writing subjectAltName entries; --allow-san takes the
-#: name alone.
-_SAN_PREFIX = re.compile(
-    r"(DNS|IP|IP Address|email|URI|RID|dirName|otherName)\s*:", re.IGNORECASE
-)
-
 _log = Logger(namespace="txschannel")
 
 
@@ -289,81 +284,6 @@ def _served_fingerprint(credentials: Credentials) -> str | None:
     if certificate is None:
         return None
     return _fingerprint(certificate.to_cryptography())
-
-
-# -- access control -----------------------------------------------------------
-
-
-def _subject_alt_names(certificate: x509.Certificate) -> list[str]:
-    try:
-        extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    names: list[str] = []
-    for kind in (x509.DNSName, x509.RFC822Name, x509.UniformResourceIdentifier):
-        names += [str(v) for v in extension.value.get_values_for_type(kind)]
-    names += [str(v) for v in extension.value.get_values_for_type(x509.IPAddress)]
-    return names
-
-
-def _common_names(certificate: x509.Certificate) -> list[str]:
-    return [
-        str(attribute.value)
-        for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    ]
-
-
-@dataclass(frozen=True)
-class AccessPolicy:
-    """Which client certificates may use a tunnel (``--allow-cn``, ``--allow-san``).
-
-    A client is admitted when its certificate's subject common name is one
-    of *common_names* or one of its subject alternative names (DNS, email,
-    URI or IP address, compared exactly; DNS names without case) is one of
-    *alt_names*. With both empty, everyone is admitted. The chain itself is
-    checked by the TLS handshake (the endpoint's ``clientCA``), not here.
-    """
-
-    common_names: tuple[str, ...] = ()
-    alt_names: tuple[str, ...] = ()
-
-    @property
-    def active(self) -> bool:
-        """Whether any rule was given."""
-        return bool(self.common_names or self.alt_names)
-
-    def refusal(self, certificate: x509.Certificate | None) -> str | None:
-        """Why *certificate* is refused, or ``None`` when it is admitted."""
-        if not self.active:
-            return None
-        if certificate is None:
-            return "no client certificate (the listen endpoint needs clientCA=...)"
-        cns = _common_names(certificate)
-        if self.common_names and len(cns) > 1:
-            # Which of them would a rule be about? Software disagrees (the
-            # first, the last, any), so a subject such as "CN=bob, CN=alice"
-            # is refused outright rather than read the way that admits it.
-            return (
-                f"client certificate {certificate.subject.rfc4514_string()} has "
-                f"{len(cns)} common names ({', '.join(cns)}); --allow-cn admits only "
-                "certificates with exactly one"
-            )
-        if any(cn in self.common_names for cn in cns):
-            return None
-        sans = _subject_alt_names(certificate)
-        wanted = {name.lower() for name in self.alt_names}
-        if any(name.lower() in wanted for name in sans):
-            return None
-        rules = []
-        if self.common_names:
-            rules.append(f"--allow-cn {', '.join(self.common_names)}")
-        if self.alt_names:
-            rules.append(f"--allow-san {', '.join(self.alt_names)}")
-        return (
-            f"client certificate {certificate.subject.rfc4514_string() or '(empty subject)'} "
-            f"(CN {', '.join(cns) or 'none'}; SAN {', '.join(sans) or 'none'}) "
-            f"matches none of {' / '.join(rules)}"
-        )
 
 
 # -- the gate around every accepted connection ------------------------------------
@@ -1242,25 +1162,11 @@ class Options(usage.Options):
         self["allow-cn"].append(name)
 
     def opt_allow_san(self, name: str) -> None:
-        """Admit client certificates with this subjectAltName (DNS, email, URI, IP; repeatable)."""
-        if not name.strip():
-            raise usage.UsageError(
-                f"--allow-san {name!r}: expected a subjectAltName (a DNS name, email "
-                "address, URI or IP address), such as --allow-san client.example.com"
-            )
-        prefix = _SAN_PREFIX.match(name)
-        if prefix is not None:
-            bare = name[prefix.end():].strip()
-            raise usage.UsageError(
-                f"--allow-san {name!r}: give the name alone, without OpenSSL's "
-                f"{prefix.group(1)}: prefix, such as --allow-san {bare or 'client.example.com'}"
-            )
+        """Admit clients with this SAN: dns:, uri:, ip: or email:VALUE (repeatable)."""
         try:
-            # Certificates' IP addresses are compared in their short form.
-            name = str(ipaddress.ip_address(name))
-        except ValueError:
-            pass
-        self["allow-san"].append(name)
+            self["allow-san"].append(parse_allowed_name(name))
+        except ValueError as e:
+            raise usage.UsageError(f"--allow-san {name!r}: {e}") from None
 
     def _check_proxy_protocol(self) -> None:
         given = self["proxy-protocol"]
