@@ -179,6 +179,15 @@ class BadCommandLineTests(SynchronousTestCase):
         result = run_twist("--listen", "schannel:tcp:0:certificate=/nonexistent/server.pem")
         self.assertOneLine(result, "/nonexistent/server.pem")
 
+    def test_two_connects_are_refused(self) -> None:
+        # Not the last one silently: a backend the operator named would be dropped.
+        result = run_twist("--connect", "tcp:127.0.0.1:8080", "-c", "tcp:127.0.0.1:8081")
+        self.assertOneLine(
+            result,
+            "--connect 'tcp:127.0.0.1:8081': --connect 'tcp:127.0.0.1:8080' was given already",
+        )
+        self.assertEqual(result.returncode, 64)
+
     def test_unknown_schannel_option_is_named(self) -> None:
         state = tempfile.mkdtemp()
         result = run_twist("--listen", "schannel:tcp:0:certifcate=x.pem", "--state-dir", state)

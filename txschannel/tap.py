@@ -1065,11 +1065,6 @@ class Options(usage.Options):
     )
     optParameters = [
         [
-            "connect", "c", None,
-            "Relay every connection to this client endpoint, e.g. tcp:127.0.0.1:8080 or "
-            "schannel:tcp:db.example:5432:trustRoots=ca.pem (default: serve the inspector).",
-        ],
-        [
             "state-dir", None, None,
             "Folder for the self-signed certificate "
             "(default: $XDG_STATE_HOME/txschannel or ~/.local/state/txschannel).",
@@ -1121,6 +1116,7 @@ class Options(usage.Options):
         super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
         self["route"] = []
+        self["connect"] = None
         self["allow-cn"] = []
         self["allow-san"] = []
 
@@ -1145,6 +1141,23 @@ class Options(usage.Options):
         self["listen"].append(description)
 
     opt_l = opt_listen
+
+    def opt_connect(self, description: str) -> None:
+        # (The help text is set below: it is longer than a docstring line.)
+        if self["connect"] is not None:
+            # Twisted's parameters let the last one win, which would
+            # silently drop a backend the operator meant to use.
+            raise usage.UsageError(
+                f"--connect {description!r}: --connect {self['connect']!r} was given "
+                "already; give one (--route NAME=ENDPOINT relays server names elsewhere)"
+            )
+        self["connect"] = description
+
+    opt_connect.__doc__ = (
+        "Relay every connection to this client endpoint, e.g. tcp:127.0.0.1:8080 or "
+        "schannel:tcp:db.example:5432:trustRoots=ca.pem (default: serve the inspector)."
+    )
+    opt_c = opt_connect
 
     def opt_allow_cn(self, name: str) -> None:
         """Admit client certificates with this subject common name (repeatable)."""
