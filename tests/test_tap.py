@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import FailTest, SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from tests.certs import encrypted_pem
@@ -232,12 +232,109 @@ class SelfSignedTests(SynchronousTestCase):
     def test_damaged_file_is_an_error_naming_it(self) -> None:
         folder = Path(tempfile.mkdtemp())
         (folder / "localhost.pem").write_text("not a certificate")
+        (folder / "localhost.pem").chmod(0o600)
         error = self.assertRaises(ValueError, ensure_self_signed, folder)
         self.assertIn(str(folder / "localhost.pem"), str(error))
+        self.assertIn("cannot be read", str(error))
 
     def test_option_detection_ignores_escaped_colons(self) -> None:
         self.assertTrue(_has_option("schannel:tcp:1:certificate=a.pem", "certificate"))
         self.assertFalse(_has_option("schannel:unix:/x\\:certificate=y", "certificate"))
+
+
+class KeptKeyPermissionTests(SynchronousTestCase):
+    """A kept key others could read or replace is refused, as ssh refuses one."""
+
+    def setUp(self) -> None:
+        self.folder = Path(tempfile.mkdtemp()) / "state"
+        self.kept = ensure_self_signed(self.folder)
+
+    def assertRefused(self, needle: str) -> None:
+        error = self.assertRaises(ValueError, ensure_self_signed, self.folder)
+        self.assertIn(needle, str(error))
+
+    def test_a_world_readable_key_in_a_world_writable_folder(self) -> None:
+        self.folder.chmod(0o777)
+        self.kept.server_file.chmod(0o666)
+        self.assertRefused(
+            f"the kept private key '{self.kept.server_file}' is open to other users "
+            f"(mode 0666): chmod 600 {self.kept.server_file}"
+        )
+
+    def test_a_group_readable_key(self) -> None:
+        self.kept.server_file.chmod(0o640)
+        self.assertRefused("(mode 0640): chmod 600")
+
+    def test_a_folder_others_can_write(self) -> None:
+        self.folder.chmod(0o777)
+        self.assertRefused(
+            f"the state folder '{self.folder}' can be written by other users (mode 0777): "
+            f"chmod 700 {self.folder}"
+        )
+
+    def test_a_sticky_shared_folder_is_accepted(self) -> None:
+        # As /tmp: others may add files there but not replace ours.
+        self.folder.chmod(0o1777)
+        self.assertEqual(ensure_self_signed(self.folder).fingerprint, self.kept.fingerprint)
+
+    def test_a_key_that_belongs_to_another_user(self) -> None:
+        if os.geteuid() != 0:
+            raise SkipTest("needs root to give the file away")
+        os.chown(self.kept.server_file, 65534, -1)
+        self.assertRefused("belongs to another user (uid 65534): remove it")
+
+    def test_twist_schannel_refuses_it_in_one_line(self) -> None:
+        self.kept.server_file.chmod(0o644)
+        result = run_twist("--state-dir", str(self.folder), "--listen",
+                           f"schannel:tcp:{free_port()}:interface=127.0.0.1")
+        assert_one_line(self, result, f"'{self.kept.server_file}' is open to other users "
+                                      f"(mode 0644): chmod 600 {self.kept.server_file}")
+        self.assertEqual(result.returncode, 64)
+
+
+class ReadableKeyWarningTests(TestCase):
+    """A key file given in an endpoint string that any user can read is logged, once."""
+
+    def setUp(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="txschannel-keymode-"))
+        self.folder.chmod(0o755)  # others can reach the files in it
+        self.issued = CertificateAuthority().issue("localhost")
+
+    def start(self, endpoint: str) -> Twist:
+        port = free_port()
+        twist = Twist(self, "--listen",
+                      f"schannel:tcp:{port}:interface=127.0.0.1:{endpoint}",
+                      "--reload-interval", "0.2")
+        twist.wait_for("listening on")
+        served_fingerprint(port)
+        return twist
+
+    def warning(self, path: Path, mode: str) -> str:
+        return (f"[txschannel#warn] the private key in '{path}' can be read by any user of "
+                f"this machine (mode {mode}): chmod 600 {path} (or 640 if a group must read it)")
+
+    def test_a_world_readable_combined_file_is_named_once(self) -> None:
+        combined = self.issued.write(self.folder / "server.pem")
+        combined.chmod(0o644)
+        twist = self.start(f"certificate={combined}")
+        time.sleep(1.0)  # some timer reloads: still one line
+        self.assertEqual(twist.output.count(self.warning(combined, "0644")), 1, twist.output)
+
+    def test_a_world_readable_private_key_file_is_named(self) -> None:
+        certificate = self.folder / "server.crt"
+        certificate.write_bytes(self.issued.certificate_pem)  # 0644: no secret in it
+        key = self.folder / "server.key"
+        key.write_bytes(self.issued.private_key_pem)
+        key.chmod(0o604)
+        twist = self.start(f"certificate={certificate}:privateKey={key}")
+        self.assertIn(self.warning(key, "0604"), twist.output)
+        self.assertNotIn(f"'{certificate}' can be read", twist.output)
+
+    def test_a_private_or_group_readable_key_says_nothing(self) -> None:
+        key = self.issued.write(self.folder / "server.pem")
+        key.chmod(0o640)
+        twist = self.start(f"certificate={key}")
+        self.assertNotIn("can be read by any user", twist.output)
 
 
 class AccessPolicyTests(SynchronousTestCase):

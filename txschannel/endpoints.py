@@ -29,6 +29,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shlex
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -608,6 +609,48 @@ def _warn_validity(credentials: Credentials) -> None:
         _log.warn("{validity}", validity=warning)
 
 
+#: Key files already warned about in this process: once each (a --workers
+#: worker inherits the set from the supervisor that parsed first).
+_warned_keys: set[str] = set()
+
+
+def _warn_readable_key(path: str | None) -> None:
+    """Log once, naming *path*, when any user of this machine can read the key in it.
+
+    Only other users count, not the file's group: a key readable by a
+    group such as Debian's ``ssl-cert`` is a deliberate setup. A key inside
+    a folder that other users cannot enter is out of their reach.
+    """
+    if path is None or path in _warned_keys:
+        return
+    try:
+        mode = os.stat(path).st_mode
+        reachable = all(
+            os.stat(folder).st_mode & 0o001 for folder in _folders_above(path)
+        )
+    except OSError:
+        return  # the credentials were just read from it: gone since
+    if mode & 0o004 and reachable:
+        _warned_keys.add(path)
+        _log.warn(
+            "{message}",
+            message=f"the private key in {path!r} can be read by any user of this machine "
+            f"(mode {mode & 0o7777:04o}): chmod 600 {shlex.quote(path)} "
+            "(or 640 if a group must read it)",
+        )
+
+
+def _folders_above(path: str) -> list[str]:
+    folders = []
+    folder = os.path.dirname(os.path.abspath(path))
+    while True:
+        folders.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return folders
+        folder = parent
+
+
 def _checked(build: Callable[[], Credentials]) -> Credentials:
     """Run a Credentials constructor, with its errors marked as ours."""
     try:
@@ -885,7 +928,9 @@ def parse_server(reactor: Any, *args: object, **kwargs: object) -> SchannelServe
     the prefix. Our options are checked and the files read now (an
     ``ocspResponse`` file too); a certificate that has expired, is not
     valid yet or expires within 14 days is logged as a warning (Twisted's
-    logging, namespace ``txschannel``), since it starts anyway.
+    logging, namespace ``txschannel``), since it starts anyway; so is, once
+    per file, a private key (``privateKey=``, or ``certificate=`` holding
+    it) that any user of the machine can read.
 
     ``ocspResponse=FILE`` or ``ocsp=auto`` give the endpoint an OCSP
     :class:`~txschannel.ocsp.Stapler` (see :mod:`txschannel.ocsp`), which
@@ -904,6 +949,7 @@ def parse_server(reactor: Any, *args: object, **kwargs: object) -> SchannelServe
     }
     stapler = settings.stapler("schannel:" + unparse(inner_args, described), reactor)
     _warn_validity(credentials)
+    _warn_readable_key(settings.private_key or settings.certificate)
     return SchannelServerEndpoint(
         inner,
         credentials,
@@ -919,7 +965,8 @@ def parse_client(reactor: Any, *args: object, **kwargs: object) -> SchannelClien
     """Build a client endpoint from a parsed ``schannel:`` description.
 
     A client certificate out of its validity period, or within 14 days of
-    its end, is logged as a warning, as in :func:`parse_server`.
+    its end, and a key file any user can read are logged as warnings, as
+    in :func:`parse_server`.
 
     :raises ValueError: naming the option, file or inner-endpoint problem.
     """
@@ -928,6 +975,7 @@ def parse_client(reactor: Any, *args: object, **kwargs: object) -> SchannelClien
     settings = _ClientSettings.from_options(ours, inner_args, theirs)
     credentials = settings.credentials()
     _warn_validity(credentials)
+    _warn_readable_key(settings.private_key or settings.certificate)
     return SchannelClientEndpoint(
         inner,
         credentials,

@@ -25,9 +25,11 @@ import datetime
 import ipaddress
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -233,11 +235,13 @@ def ensure_self_signed(folder: Path) -> SelfSignedCertificate:
     damaged one is an error rather than being silently replaced, since its
     fingerprint may be pinned somewhere.
 
-    :raises ValueError: the folder cannot be created or written, or the
-        kept files are damaged (the message names the file).
+    :raises ValueError: the folder cannot be created or written, the kept
+        files are damaged, or others could read or replace the private key
+        (the message names the file or folder and the fix).
     """
     server_file = folder / "localhost.pem"
     certificate_file = folder / "localhost.crt"
+    _check_private(folder, server_file)
     if server_file.exists():
         try:
             data = server_file.read_bytes()
@@ -266,6 +270,39 @@ def ensure_self_signed(folder: Path) -> SelfSignedCertificate:
             f"{e.strerror or e} (use --state-dir)"
         ) from None
     return SelfSignedCertificate(server_file, certificate_file, _fingerprint(certificate), True)
+
+
+def _check_private(folder: Path, server_file: Path) -> None:
+    """Refuse a kept private key that other users could read or replace, as ssh does.
+
+    Served silently, such a key would let anyone on the machine impersonate
+    this server to every client that trusts its fingerprint.
+    """
+    try:
+        kept: os.stat_result | None = server_file.stat()
+    except OSError:
+        kept = None  # made below, mode 0600
+    if kept is not None and kept.st_uid != os.geteuid():
+        raise ValueError(
+            f"the kept private key {str(server_file)!r} belongs to another user (uid "
+            f"{kept.st_uid}): remove it to make a new one"
+        )
+    if kept is not None and kept.st_mode & 0o077:
+        raise ValueError(
+            f"the kept private key {str(server_file)!r} is open to other users (mode "
+            f"{stat.S_IMODE(kept.st_mode):04o}): chmod 600 {shlex.quote(str(server_file))}, "
+            "or remove it to make a new key if others may have read it"
+        )
+    try:
+        state = folder.stat()
+    except OSError:
+        return  # made below, mode 0700
+    if state.st_mode & 0o022 and not state.st_mode & stat.S_ISVTX:
+        # Whoever can write there can put a key of their own in place.
+        raise ValueError(
+            f"the state folder {str(folder)!r} can be written by other users (mode "
+            f"{stat.S_IMODE(state.st_mode):04o}): chmod 700 {shlex.quote(str(folder))}"
+        )
 
 
 def _write_public(path: Path, certificate: x509.Certificate) -> None:
