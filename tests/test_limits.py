@@ -8,6 +8,7 @@ second while paused".
 
 from __future__ import annotations
 
+import queue
 import socket
 import ssl
 import threading
@@ -15,8 +16,9 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.peers import free_port
 from tests.test_edges import ECHO, RECORDER, Edge, read_to_end
-from tests.test_tap import assert_one_line, run_twist
+from tests.test_tap import Twist, assert_one_line, run_twist
 
 
 class MaxConnectionsTests(Edge):
@@ -54,6 +56,66 @@ class MaxConnectionsTests(Edge):
         waiting.join(30)
         self.assertEqual(answers, [b"3"])
         twist.wait_for(r"below --max-connections 2 \(1 open\): accepting again")
+
+    def test_queued_clients_are_served_in_turn_and_none_is_reset(self) -> None:
+        # Six clients queue behind a limit of 2. A port accepts up to 100
+        # clients per turn of the reactor: before the fix, the first freed
+        # slot accepted all six, served one and reset five.
+        backend = self.backend(ECHO)
+        port = free_port()
+        # handshakeTimeout=1: the clients wait longer than that in the
+        # queue, and its clock must not have started for them.
+        twist = Twist(
+            self, "--listen",
+            f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.folder}/server.pem"
+            ":handshakeTimeout=1",
+            "--connect", f"tcp:127.0.0.1:{backend}", "--max-connections", "2",
+        )
+        twist.wait_for("listening on")
+        held = [self.tls(port), self.tls(port)]
+        for tls in held:
+            self.addCleanup(tls.close)
+            tls.sendall(b"x")
+            self.assertEqual(tls.recv(1), b"x")
+        twist.wait_for(r"at --max-connections 2: stopped accepting")
+
+        # (number, outcome) as each queued client is served or fails.
+        outcomes: queue.Queue[tuple[int, str]] = queue.Queue()
+        count = 6
+        released = [threading.Event() for _ in range(count)]
+
+        def client(number: int, raw: socket.socket) -> None:
+            try:
+                with self.client_context().wrap_socket(
+                    raw, server_hostname="localhost", suppress_ragged_eofs=False
+                ) as tls:
+                    tls.sendall(bytes([number]))
+                    answer = tls.recv(1)
+                    outcomes.put((number, "served" if answer == bytes([number]) else repr(answer)))
+                    released[number].wait(60)  # holds its slot until then
+            except (OSError, ssl.SSLError) as e:
+                outcomes.put((number, f"{type(e).__name__}: {e}"))
+
+        for number in range(count):
+            # Connected one after another: the kernel queues them in this order.
+            raw = socket.create_connection(("127.0.0.1", port), timeout=60)
+            self.addCleanup(raw.close)
+            threading.Thread(target=client, args=(number, raw), daemon=True).start()
+        self.addCleanup(lambda: [event.set() for event in released])
+        time.sleep(1.5)  # longer than handshakeTimeout=1
+        self.assertTrue(outcomes.empty(), outcomes.queue)
+
+        # Free one slot at a time: the two held, then each served client in
+        # turn. Each time the next client in the queue, and only it, is served.
+        frees = [held[1].close, held[0].close] + [event.set for event in released[:count - 2]]
+        for number, free in enumerate(frees):
+            free()
+            self.assertEqual(outcomes.get(timeout=30), (number, "served"), twist.output)
+        for event in released:
+            event.set()
+        self.assertTrue(outcomes.empty(), outcomes.queue)
+        self.assertNotIn("were aborted", twist.output)
+        self.assertNotIn("over --max-connections", twist.output)
 
 
 class IdleTimeoutTests(Edge):
