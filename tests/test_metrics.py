@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.certs import encrypted_pem
 from tests.peers import free_port
 from tests.test_edges import ECHO, Edge
 from tests.test_tap import Twist, assert_one_line, curl, run_twist
@@ -152,3 +153,95 @@ class CertificateFigureTests(SynchronousTestCase):
         self.assertEqual([c["file"] for c in metrics.certificates], [path])
         labels = metrics.figures()["txschannel_certificate_expiry_timestamp_seconds"]
         self.assertEqual(list(labels), [path])
+
+
+class StatusListenerTests(Edge):
+    """The --status listener: loopback unless told, no key paths, and bounded."""
+
+    def test_tcp_without_interface_listens_on_loopback_only(self) -> None:
+        backend = self.backend(ECHO)
+        status = free_port()
+        twist, _ = self.twist(backend, "--status", f"tcp:{status}")
+        twist.wait_for(rf"serving /metrics and /status on tcp:{status} at 127\.0\.0\.1:{status}\b")
+        self.assertEqual(curl(f"http://127.0.0.1:{status}/metrics").returncode, 0)
+        # Bound to every address, it would answer on 127.0.0.2 as well.
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.2", status), timeout=10).close()
+
+    def test_tcp6_without_interface_listens_on_ipv6_loopback(self) -> None:
+        backend = self.backend(ECHO)
+        status = free_port("::1")
+        twist, _ = self.twist(backend, "--status", f"tcp6:{status}")
+        twist.wait_for(rf"serving /metrics and /status on tcp6:{status} at \[::1\]:{status}\b")
+        self.assertEqual(curl(f"http://[::1]:{status}/metrics").returncode, 0)
+
+    def test_an_interface_given_is_honoured(self) -> None:
+        backend = self.backend(ECHO)
+        status = free_port("127.0.0.2")
+        twist, _ = self.twist(backend, "--status", f"tcp:{status}:interface=127.0.0.2")
+        twist.wait_for(rf"serving /metrics and /status on .* at 127\.0\.0\.2:{status}\b")
+        self.assertEqual(curl(f"http://127.0.0.2:{status}/metrics").returncode, 0)
+
+    def test_status_names_no_key_or_passphrase_file(self) -> None:
+        issued = self.ca.issue("localhost", "127.0.0.1")
+        certificate = self.folder / "cert.pem"
+        certificate.write_bytes(issued.certificate_pem)
+        key = self.folder / "secret-key.pem"
+        key.write_bytes(encrypted_pem(issued, b"sesame").split(b"-----BEGIN CERTIFICATE")[0])
+        passphrase = self.folder / "secret.pass"
+        passphrase.write_bytes(b"sesame\n")
+        backend = self.backend(ECHO)
+        port, status = free_port(), free_port()
+        twist = Twist(
+            self, "--listen",
+            f"schannel:tcp:{port}:interface=127.0.0.1:certificate={certificate}"
+            f":privateKey={key}:passphraseFile={passphrase}",
+            "--connect", f"tcp:127.0.0.1:{backend}", "--status", f"tcp:{status}",
+        )
+        twist.wait_for("serving /metrics and /status on")
+        with self.tls(port) as client:  # the key is the one served
+            client.sendall(b"x")
+            self.assertEqual(client.recv(1), b"x")
+        for page in ("status", "metrics"):
+            body = curl(f"http://127.0.0.1:{status}/{page}").stdout.decode()
+            self.assertIn("txschannel_connections", body)
+            self.assertNotIn(str(key), body)
+            self.assertNotIn(str(passphrase), body)
+            self.assertNotIn("privateKey", body)
+            self.assertNotIn("passphraseFile", body)
+        certificates = json.loads(curl(f"http://127.0.0.1:{status}/status").stdout)["certificates"]
+        self.assertEqual(
+            [(c["endpoint"], c["file"]) for c in certificates],
+            [(f"schannel:tcp:{port}:interface=127.0.0.1", str(certificate))],
+        )
+
+    def test_idle_status_clients_cannot_starve_the_relay(self) -> None:
+        backend = self.backend(ECHO)
+        status = free_port()
+        # 128 descriptors: 300 idle clients of the status port would take
+        # them all, if it accepted them all.
+        twist, port = self.twist(backend, "--status", f"tcp:{status}", limit_files=128)
+        twist.wait_for("serving /metrics and /status on")
+        idle: list[socket.socket] = []
+        for number in range(300):
+            flood = socket.socket()
+            self.addCleanup(flood.close)
+            flood.setblocking(False)
+            flood.connect_ex(("127.0.0.1", status))
+            idle.append(flood)
+            if number % 40 == 39:
+                time.sleep(0.1)  # smaller batches than the listen backlog (50)
+        time.sleep(1.0)
+        for number in range(3):
+            with self.tls(port) as client:
+                client.sendall(bytes([number]))
+                self.assertEqual(client.recv(1), bytes([number]), twist.output)
+        self.assertNotIn("out of file descriptors", twist.output)
+        # The first idle client was accepted at once: it is aborted after
+        # the status listener's idle timeout (10 s).
+        idle[0].setblocking(True)
+        idle[0].settimeout(30)
+        try:
+            self.assertEqual(idle[0].recv(1), b"")
+        except ConnectionResetError:
+            pass

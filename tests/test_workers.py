@@ -516,7 +516,8 @@ class WorkersTests(TestCase):
         """/metrics counts the connections of both workers, whichever one answers."""
         setup = Setup(self)
         status = free_port()
-        twist = self.relay(setup, "--status", f"tcp:{status}:interface=127.0.0.1")
+        # No interface=: the supervisor's socket and the workers' are on loopback.
+        twist = self.relay(setup, "--status", f"tcp:{status}")
         ports = [exchange(setup)[0] for _ in range(12)]
         self.assertEqual(len({served_by(twist, port) for port in ports}), 2, twist.output)
         curl = require("curl")
@@ -528,6 +529,10 @@ class WorkersTests(TestCase):
             self.assertIn("txschannel_connections_total 12.0", text)
             self.assertIn('txschannel_handshakes_total{status="OK"} 12.0', text)
             self.assertIn("txschannel_connections_open 0.0", text)
+        self.assertIn(f"serving /metrics and /status on tcp:{status} at 127.0.0.1:{status}",
+                      twist.output)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.2", status), timeout=10).close()
 
     def test_metrics_folder_of_a_killed_supervisor_is_swept(self) -> None:
         """A supervisor killed with SIGKILL cannot remove its figures folder; the next

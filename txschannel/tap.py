@@ -83,7 +83,11 @@ from txschannel.protocol import declare_provides
 from txschannel.relay import RelayFactory, no_delay, reset
 from txschannel.status import SecurityError
 from txschannel.terminator.access import AccessPolicy, parse_allowed_name
-from txschannel.terminator.limits import ConnectionLimit
+from txschannel.terminator.limits import (
+    STATUS_IDLE_TIMEOUT,
+    STATUS_MAX_CONNECTIONS,
+    ConnectionLimit,
+)
 from txschannel.terminator.proxyheader import header_v1, header_v2, tls_facts
 from txschannel.terminator.routing import Route, Router, normalize_route_name
 from txschannel.terminator.workers import (
@@ -825,6 +829,7 @@ class SchannelService(service.Service):
         self.status = status
         self.on_credentials = on_credentials
         self._status_port: IListeningPort | None = None
+        self._status_limit: ConnectionLimit | None = None
         self.limit = limit
         self.prepare = prepare
         self.factory = factory
@@ -883,6 +888,12 @@ class SchannelService(service.Service):
 
             def serving_status(port: IListeningPort) -> None:
                 self._status_port = port
+                # The status listener's own bound (see status_site): its
+                # clients past the bound wait in the kernel's queue.
+                bound = getattr(factory, "limit", None)
+                if isinstance(bound, ConnectionLimit):
+                    self._status_limit = bound
+                    bound.add_port(port)
                 if self.worker:
                     return
                 _log.info(
@@ -1019,8 +1030,9 @@ class SchannelService(service.Service):
         if hasattr(signal, "SIGHUP") and self._previous_handler is not None:
             signal.signal(signal.SIGHUP, self._previous_handler)
             self._previous_handler = None
-        if self.limit is not None:
-            self.limit.remove_ports()
+        for limit in (self.limit, self._status_limit):
+            if limit is not None:
+                limit.remove_ports()
         stopping = [port.stopListening() for port in self.ports]
         self.ports = []
         stopped = DeferredList([d for d in stopping if isinstance(d, Deferred)])
@@ -1113,7 +1125,9 @@ class Options(usage.Options):
         [
             "status", None, None,
             "Serve /metrics (Prometheus) and /status (JSON) on this server endpoint, e.g. "
-            "tcp:9090:interface=127.0.0.1.",
+            f"tcp:9090 (on loopback unless interface= is given; at most "
+            f"{STATUS_MAX_CONNECTIONS} connections, each aborted after "
+            f"{STATUS_IDLE_TIMEOUT:g} s idle).",
         ],
         [
             "proxy-protocol", None, None,
@@ -1497,6 +1511,7 @@ class Options(usage.Options):
             self["status-endpoint"] = _parse(
                 serverFromString, listen_reactor, self["status"], f"--status {self['status']!r}"
             )
+            _loopback_unless_given(self["status-endpoint"], self["status"])
         policy = AccessPolicy(tuple(self["allow-cn"]), tuple(self["allow-san"]))
         if policy.active and not any(_asks_for_client_certificates(e) for _, e in listen):
             raise usage.UsageError(
@@ -1528,6 +1543,33 @@ class Options(usage.Options):
             )
             announce.append(f"try: curl --cacert {self['self-signed'].certificate_file} {url}")
         self["announce"] = announce
+
+
+def _loopback_unless_given(endpoint: IStreamServerEndpoint, description: str) -> None:
+    """Make a TCP *endpoint* that names no interface listen on loopback only.
+
+    For ``--status``: its pages have no access control, so ``tcp:9090``
+    means 127.0.0.1 (``tcp6:9090``: ::1) unless ``interface=`` (or an
+    interface given in place) says otherwise. Twisted's TCP endpoints keep
+    the interface in ``_interface`` with no public way to change it; the
+    defaults are "" (every IPv4 address) and "::" (every IPv6 address).
+    """
+    if _has_option(description, "interface"):
+        return
+    from twisted.internet.endpoints import (
+        SSL4ServerEndpoint,
+        TCP4ServerEndpoint,
+        TCP6ServerEndpoint,
+    )
+
+    # (schannel:tcp:... keeps its TCP endpoint as .inner.)
+    inner = getattr(endpoint, "inner", endpoint)
+    if isinstance(inner, TCP6ServerEndpoint):
+        if inner._interface == "::":
+            inner._interface = "::1"
+    elif isinstance(inner, (TCP4ServerEndpoint, SSL4ServerEndpoint)):
+        if inner._interface == "":
+            inner._interface = "127.0.0.1"
 
 
 def _proxy_header(version: str) -> Callable[[Any], bytes]:
@@ -1688,7 +1730,7 @@ def makeService(options: Options) -> SchannelService:
     )
     if metrics is not None:
         service.status = (
-            options["status"], options["status-endpoint"], status_site(metrics, service)
+            options["status"], options["status-endpoint"], status_site(metrics, service, reactor)
         )
     if hasattr(reactor, "callWhenRunning"):
         reactor.callWhenRunning(_StopSignals(reactor).install)

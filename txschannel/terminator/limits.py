@@ -15,18 +15,39 @@ accepts more clients than it can serve. Only a port that is no Twisted
 file descriptor (whose accepting cannot be paused or capped) can still
 hand over a client over the limit: that one is aborted (a reset, nothing
 read) and counted, so the limit is never exceeded.
+
+:class:`BoundedFactory` applies a limit of its own, and an idle timeout,
+to a listener whose clients must never crowd out the others: ``--status``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IProtocolFactory,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 
-__all__ = ["ConnectionLimit"]
+__all__ = ["STATUS_IDLE_TIMEOUT", "STATUS_MAX_CONNECTIONS", "BoundedFactory", "ConnectionLimit"]
 
 _log = Logger(namespace="txschannel")
+
+#: The most connections the ``--status`` listener holds at once: far more
+#: than scrapers need, and few next to the usual open-files limit (1024).
+STATUS_MAX_CONNECTIONS = 64
+#: Seconds without a byte either way before a ``--status`` connection is
+#: aborted: a scrape takes milliseconds; keep-alives between scrapes (every
+#: 15 s or more) are not worth a descriptor.
+STATUS_IDLE_TIMEOUT = 10.0
 
 
 class ConnectionLimit:
@@ -157,3 +178,107 @@ def _cap_accepts(port: IListeningPort, limit: ConnectionLimit) -> None:
         return round_of_accepts()
 
     port.doRead = capped_round  # type: ignore[attr-defined]
+
+
+#: ProtocolWrapper's and WrappingFactory's methods carry no type hints:
+#: called through these names, the calls are typed as Any.
+_Wrapper: Any = ProtocolWrapper
+_WrappingFactory: Any = WrappingFactory
+
+
+class _BoundedProtocol(ProtocolWrapper):
+    """One connection of a :class:`BoundedFactory`: counted, and aborted when idle.
+
+    :ivar counted: whether the connection holds one of the limit's slots
+        (it does not when it was over the limit and aborted at once).
+    """
+
+    factory: BoundedFactory
+
+    def __init__(self, factory: BoundedFactory, wrappedProtocol: Protocol) -> None:
+        _Wrapper.__init__(self, factory, wrappedProtocol)
+        self.counted = False
+        self._idle: IDelayedCall | None = None
+        self._last_activity = 0.0
+
+    def makeConnection(self, transport: ITransport) -> None:
+        """Count the connection and start its idle clock, or abort it when over the limit."""
+        if not self.factory.limit.opened():
+            self.transport = transport
+            # Only from a port whose accepts could not be capped.
+            cast(Any, transport).abortConnection()
+            return
+        self.counted = True
+        clock = self.factory.clock
+        self._last_activity = clock.seconds()
+        self._idle = clock.callLater(self.factory.idle_timeout, self._idle_check)
+        _Wrapper.makeConnection(self, transport)
+
+    def _idle_check(self) -> None:
+        # As ConnectionGate's: one timer, moved only when it fires.
+        self._idle = None
+        quiet = self.factory.clock.seconds() - self._last_activity
+        if quiet < self.factory.idle_timeout:
+            self._idle = self.factory.clock.callLater(
+                self.factory.idle_timeout - quiet, self._idle_check
+            )
+            return
+        # An abort, not a close: a client that reads nothing would hold a
+        # closing connection (and its descriptor) as long as it liked.
+        cast(Any, self.transport).abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        """Note the activity and pass *data* on."""
+        self._last_activity = self.factory.clock.seconds()
+        _Wrapper.dataReceived(self, data)
+
+    def write(self, data: bytes) -> None:
+        """Note the activity and send *data*."""
+        self._last_activity = self.factory.clock.seconds()
+        _Wrapper.write(self, data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        """Note the activity and send every item of *data*."""
+        self._last_activity = self.factory.clock.seconds()
+        _Wrapper.writeSequence(self, data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Give the slot back (resuming the port if it was paused) and tell the wrapped protocol."""
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if not self.counted:
+            return  # aborted over the limit: the wrapped protocol never started
+        self.counted = False
+        self.factory.limit.closed()
+        _Wrapper.connectionLost(self, reason)
+
+
+class BoundedFactory(WrappingFactory):
+    """Wraps *wrapped* so that its listener can never take more than its share.
+
+    At most *maximum* of its connections are open at once: once the
+    listening port is given to :attr:`limit` (``limit.add_port(port)``),
+    further clients wait in the kernel's accept queue, holding none of this
+    process's file descriptors, and are accepted as connections close. A
+    connection with no byte either way for *idle_timeout* seconds is
+    aborted. Neither is logged: anyone able to connect could make them
+    happen as often as they liked.
+
+    :param wrapped: the factory serving the connections.
+    :param maximum: the most connections open at once (at least 1).
+    :param idle_timeout: seconds without a byte in or out before an abort.
+    :param clock: for the idle timers.
+    :ivar limit: the count of open connections, which pauses the port.
+    """
+
+    protocol = _BoundedProtocol
+    noisy = False
+
+    def __init__(
+        self, wrapped: IProtocolFactory, maximum: int, idle_timeout: float, clock: IReactorTime
+    ) -> None:
+        _WrappingFactory.__init__(self, wrapped)
+        self.limit = ConnectionLimit(maximum, announce=False)
+        self.idle_timeout = idle_timeout
+        self.clock = clock

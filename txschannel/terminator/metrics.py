@@ -24,7 +24,16 @@ serves it, from Twisted's thread pool, with its ``MetricsResource``):
     updated at start and on every reload.
 
 ``/status`` gives the same figures as JSON, with the process id, the
-listening addresses and each served certificate's dates.
+listening addresses and each served certificate's dates. It names each
+listen endpoint without the options that name files (the private key's,
+the passphrase's, CAs', ...): the page is plain HTTP, readable by anyone
+who can reach it.
+
+The site is wrapped in a :class:`~txschannel.terminator.limits.BoundedFactory`
+(see ``STATUS_MAX_CONNECTIONS`` and ``STATUS_IDLE_TIMEOUT`` there): at most
+64 scrapes at once (more wait in the kernel's accept queue) and each
+connection aborted after 10 seconds without a byte, so that clients of the
+status port can never use up the file descriptors that the relay needs.
 
 With ``--workers``, each worker writes its figures to files in a folder
 that its supervisor made (``prometheus_client``'s multiprocess mode), and
@@ -44,14 +53,27 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.twisted import MetricsResource
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from txschannel.credentials import Credentials
+from txschannel.terminator.limits import (
+    STATUS_IDLE_TIMEOUT,
+    STATUS_MAX_CONNECTIONS,
+    BoundedFactory,
+)
 
 __all__ = ["Metrics", "status_site"]
 
+#: The endpoint-string options that /status repeats: addresses and
+#: settings. Every other option is left out, since it may name a file
+#: (privateKey=, passphraseFile=, clientCA=, sni=, ...), including options
+#: that do not exist yet.
+_SHOWN_OPTIONS = frozenset({
+    "port", "interface", "backlog", "alpn", "minimumVersion", "maximumVersion",
+    "requireClientCertificate", "handshakeTimeout", "handshakeMemory", "ocsp",
+})
 
 
 class Metrics:
@@ -158,7 +180,7 @@ class Metrics:
                 expiry = leaf.not_valid_after_utc
                 self.certificate_expiry.labels(file=name).set(expiry.timestamp())
                 certificates.append({
-                    "endpoint": description,
+                    "endpoint": _shown_endpoint(description),
                     "file": name,
                     "subject": leaf.subject.rfc4514_string(),
                     "not_before": leaf.not_valid_before_utc.isoformat(),
@@ -221,8 +243,48 @@ def _address_text(address: Any) -> str:
     return str(getattr(address, "name", address))
 
 
-def status_site(metrics: Metrics, service: Any) -> Site:
-    """The web site of ``--status``: ``/metrics`` and ``/status``; 404 elsewhere."""
+def _shown_endpoint(description: str) -> str:
+    """*description* without its options that could name a file.
+
+    Positional parts (the endpoint type, the port) are kept, and the
+    options in a short list of addresses and settings; any other
+    ``name=value`` is left out.
+    """
+    kept: list[str] = []
+    for part in _split_unescaped(description, ":"):
+        pieces = _split_unescaped(part, "=", 1)
+        if len(pieces) == 1 or pieces[0] in _SHOWN_OPTIONS:
+            kept.append(part)
+    return ":".join(kept)
+
+
+def _split_unescaped(text: str, separator: str, most: int = -1) -> list[str]:
+    """*text* split at each *separator* not escaped by a backslash (kept escaped)."""
+    pieces: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for character in text:
+        if escaped:
+            escaped = False
+        elif character == "\\":
+            escaped = True
+        elif character == separator and (most < 0 or len(pieces) < most):
+            pieces.append("".join(current))
+            current = []
+            continue
+        current.append(character)
+    pieces.append("".join(current))
+    return pieces
+
+
+def status_site(metrics: Metrics, service: Any, clock: IReactorTime) -> BoundedFactory:
+    """The web site of ``--status``: ``/metrics`` and ``/status``; 404 elsewhere.
+
+    It is bounded (``STATUS_MAX_CONNECTIONS`` and ``STATUS_IDLE_TIMEOUT`` of
+    :mod:`txschannel.terminator.limits`, timed by *clock*): give the
+    listening port to the result's ``limit`` (``limit.add_port``) so that
+    the clients beyond the limit wait.
+    """
     root = Resource()  # type: ignore[no-untyped-call]
     root.putChild(b"metrics", MetricsResource(metrics.registry))  # type: ignore[no-untyped-call]
     root.putChild(b"status", _Status(metrics, service))
@@ -230,4 +292,4 @@ def status_site(metrics: Metrics, service: Any) -> Site:
     # One line per scrape would drown the connection log.
     site.log = lambda request: None  # type: ignore[method-assign]
     site.noisy = False
-    return site
+    return BoundedFactory(site, STATUS_MAX_CONNECTIONS, STATUS_IDLE_TIMEOUT, clock)
