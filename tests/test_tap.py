@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort
@@ -236,6 +237,51 @@ class SelfSignedTests(SynchronousTestCase):
         error = self.assertRaises(ValueError, ensure_self_signed, folder)
         self.assertIn(str(folder / "localhost.pem"), str(error))
         self.assertIn("cannot be read", str(error))
+
+    def _refused_without_hanging(self, folder: Path) -> str:
+        """ensure_self_signed(*folder*) raises within 10 s; its message."""
+
+        def hung(number: int, frame: object) -> None:
+            raise AssertionError("ensure_self_signed hung on the planted file")
+
+        previous = signal.signal(signal.SIGALRM, hung)
+        signal.alarm(10)
+        try:
+            error = self.assertRaises(ValueError, ensure_self_signed, folder)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+        self.assertIn(str(folder / "localhost.pem"), str(error))
+        return str(error)
+
+    def test_a_named_pipe_in_place_of_the_key_is_refused_not_waited_on(self) -> None:
+        folder = Path(tempfile.mkdtemp())
+        os.mkfifo(folder / "localhost.pem", 0o600)
+        self.assertIn("not a regular file", self._refused_without_hanging(folder))
+
+    def test_a_link_to_a_device_in_place_of_the_key_is_refused_not_read(self) -> None:
+        folder = Path(tempfile.mkdtemp())
+        (folder / "localhost.pem").symlink_to("/dev/zero")
+        self.assertIn("symbolic link", self._refused_without_hanging(folder))
+
+    def test_an_oversized_kept_file_is_refused(self) -> None:
+        folder = Path(tempfile.mkdtemp())
+        with open(folder / "localhost.pem", "wb") as handle:
+            handle.truncate(10 * 1024 * 1024)
+        (folder / "localhost.pem").chmod(0o600)
+        self.assertIn("larger than", self._refused_without_hanging(folder))
+
+    def test_the_certificate_to_trust_is_the_one_served(self) -> None:
+        folder = Path(tempfile.mkdtemp()) / "state"
+        first = ensure_self_signed(folder)
+        other = ensure_self_signed(Path(tempfile.mkdtemp()) / "other")
+        shutil.copyfile(other.certificate_file, first.certificate_file)
+        again = ensure_self_signed(folder)
+        served = x509.load_pem_x509_certificate(again.server_file.read_bytes())
+        self.assertEqual(
+            again.certificate_file.read_bytes(),
+            served.public_bytes(serialization.Encoding.PEM),
+        )
 
     def test_option_detection_ignores_escaped_colons(self) -> None:
         self.assertTrue(_has_option("schannel:tcp:1:certificate=a.pem", "certificate"))

@@ -22,6 +22,7 @@ The plugin module ``twisted/plugins/txschannel_tap.py`` makes this module's
 from __future__ import annotations
 
 import datetime
+import errno
 import ipaddress
 import os
 import re
@@ -246,9 +247,9 @@ def ensure_self_signed(folder: Path) -> SelfSignedCertificate:
     server_file = folder / "localhost.pem"
     certificate_file = folder / "localhost.crt"
     _check_private(folder, server_file)
-    if server_file.exists():
+    if os.path.lexists(server_file):
         try:
-            data = server_file.read_bytes()
+            data = _read_kept(server_file)
             certificate = x509.load_pem_x509_certificate(data)
         except (OSError, ValueError) as e:
             raise ValueError(
@@ -257,8 +258,16 @@ def ensure_self_signed(folder: Path) -> SelfSignedCertificate:
             ) from None
         now = datetime.datetime.now(datetime.timezone.utc)
         if certificate.not_valid_after_utc > now:
-            if not certificate_file.exists():
-                _write_public(certificate_file, certificate)
+            if not _holds(certificate_file, certificate):
+                # The log tells clients to trust this file: it must be the
+                # certificate actually served, not a stale or planted one.
+                try:
+                    _write_public(certificate_file, certificate)
+                except OSError as e:
+                    raise ValueError(
+                        f"cannot write the certificate to trust, {str(certificate_file)!r}: "
+                        f"{e.strerror or e}; remove it to have it made again"
+                    ) from None
             return SelfSignedCertificate(
                 server_file, certificate_file, _fingerprint(certificate), False
             )
@@ -276,6 +285,44 @@ def ensure_self_signed(folder: Path) -> SelfSignedCertificate:
     return SelfSignedCertificate(server_file, certificate_file, _fingerprint(certificate), True)
 
 
+#: More than any self-signed certificate and key we write (about 1 KiB).
+_KEPT_FILE_LIMIT = 64 * 1024
+
+
+def _read_kept(path: Path) -> bytes:
+    """The bytes of a file in the state folder, which must be a small regular file.
+
+    Opened without following a symbolic link and without blocking, so that a
+    named pipe planted there cannot hang the start and ``/dev/zero`` cannot
+    fill memory.
+
+    :raises ValueError: it is a link, not a regular file, or too large.
+    :raises OSError: it cannot be opened or read.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError("it is a symbolic link, not a file of its own") from None
+        raise
+    with os.fdopen(descriptor, "rb") as handle:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError("it is not a regular file")
+        data = handle.read(_KEPT_FILE_LIMIT + 1)
+    if len(data) > _KEPT_FILE_LIMIT:
+        raise ValueError(f"it is larger than {_KEPT_FILE_LIMIT} bytes")
+    return data
+
+
+def _holds(path: Path, certificate: x509.Certificate) -> bool:
+    """Whether *path* is a regular file holding exactly *certificate* in PEM."""
+    try:
+        return _read_kept(path) == certificate.public_bytes(serialization.Encoding.PEM)
+    except (OSError, ValueError):
+        return False
+
+
 def _check_private(folder: Path, server_file: Path) -> None:
     """Refuse a kept private key that other users could read or replace, as ssh does.
 
@@ -283,9 +330,12 @@ def _check_private(folder: Path, server_file: Path) -> None:
     this server to every client that trusts its fingerprint.
     """
     try:
-        kept: os.stat_result | None = server_file.stat()
+        # lstat: a link is refused when the file is read, with its own message.
+        kept: os.stat_result | None = server_file.lstat()
     except OSError:
         kept = None  # made below, mode 0600
+    if kept is not None and stat.S_ISLNK(kept.st_mode):
+        kept = None  # refused when read: a link has no mode of its own
     if kept is not None and kept.st_uid != os.geteuid():
         raise ValueError(
             f"the kept private key {str(server_file)!r} belongs to another user (uid "
