@@ -93,6 +93,7 @@ SERVER_OPTIONS: tuple[str, ...] = (
     "passphraseFile",
     "ocspResponse",
     "ocsp",
+    "ocspAllowPrivate",
 )
 
 #: The options a ``schannel:`` client string takes for itself.
@@ -681,6 +682,7 @@ class _ServerSettings:
     passphrase_file: str | None
     ocsp_response: str | None
     ocsp_auto: bool
+    ocsp_allow_private: bool
 
     @classmethod
     def from_options(cls, options: Mapping[str, str]) -> _ServerSettings:
@@ -730,6 +732,12 @@ class _ServerSettings:
             )
         if auto is not None and ocsp_response is not None:
             raise ValueError("schannel: give ocspResponse=FILE or ocsp=auto, not both")
+        allow_private = _boolean(options, "ocspAllowPrivate")
+        if "ocspAllowPrivate" in options and auto is None:
+            raise ValueError(
+                "schannel: ocspAllowPrivate= only applies to ocsp=auto (it lets the fetch "
+                "reach a responder on a loopback or private address)"
+            )
         if ocsp_response is not None and sni is not None:
             raise ValueError(
                 "schannel: ocspResponse= names one certificate's response; with an sni= "
@@ -750,15 +758,16 @@ class _ServerSettings:
             passphrase_file=_path(options, "passphraseFile"),
             ocsp_response=ocsp_response,
             ocsp_auto=auto is not None,
+            ocsp_allow_private=allow_private,
         )
 
     def stapler(self, description: str, reactor: Any) -> Stapler | FolderStapler | None:
         """The OCSP stapler that ``ocspResponse`` or ``ocsp=auto`` ask for, if any.
 
         :param description: the endpoint, for the stapler's log lines.
-        :raises ValueError: the response file is no good response for the
-            certificate, or with ``ocsp=auto`` the certificate names no
-            responder or its issuer is missing (the message says which).
+        :raises ValueError: the response file does not verify for the
+            certificate, its issuer is missing, or with ``ocsp=auto`` the
+            certificate names no ``http://`` responder (the message says which).
         """
         if self.ocsp_response is None and not self.ocsp_auto:
             return None
@@ -766,13 +775,14 @@ class _ServerSettings:
             if self.sni is not None:
                 return FolderStapler(
                     description, self._certificate(), self.sni, chain_file=self.chain,
-                    reactor=reactor,
+                    allow_private=self.ocsp_allow_private, reactor=reactor,
                 )
             # (from_options refused ocspResponse= with an sni folder.)
             assert self.certificate is not None
             return Stapler(
                 description, self.certificate, chain_file=self.chain,
-                response_file=self.ocsp_response, auto=self.ocsp_auto, reactor=reactor,
+                response_file=self.ocsp_response, auto=self.ocsp_auto,
+                allow_private=self.ocsp_allow_private, reactor=reactor,
             )
         except OCSPError as e:
             raise ValueError(f"schannel: {e}") from None
@@ -945,7 +955,7 @@ def parse_server(reactor: Any, *args: object, **kwargs: object) -> SchannelServe
     # The stapler's log lines name the endpoint as written, less its own options.
     described = {
         _text(key): _text(value) for key, value in kwargs.items()
-        if _text(key) not in ("ocspResponse", "ocsp")
+        if _text(key) not in ("ocspResponse", "ocsp", "ocspAllowPrivate")
     }
     stapler = settings.stapler("schannel:" + unparse(inner_args, described), reactor)
     _warn_validity(credentials)

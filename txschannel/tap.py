@@ -1522,11 +1522,13 @@ class Options(usage.Options):
         given = self["listen"] or [self["default-listen"]]
         for original, description in zip(given, descriptions, strict=True):
             if not description.startswith("schannel:") and any(
-                _has_option(description, option) for option in ("ocspResponse", "ocsp")
+                _has_option(description, option)
+                for option in ("ocspResponse", "ocsp", "ocspAllowPrivate")
             ):
                 # Said here: the plain parser's "unexpected keyword" would not.
                 raise usage.UsageError(
-                    f"--listen {original!r}: ocspResponse=/ocsp= need a schannel: endpoint"
+                    f"--listen {original!r}: ocspResponse=/ocsp=/ocspAllowPrivate= need a "
+                    "schannel: endpoint"
                 )
             # (ocspResponse= and ocsp=auto are the schannel: parser's, which
             # gives the endpoint an OCSP stapler: txschannel.ocsp.)
