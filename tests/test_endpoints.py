@@ -349,7 +349,7 @@ class ServerStringTests(SynchronousTestCase):
             {
                 "certificate", "privateKey", "chain", "clientCA", "requireClientCertificate",
                 "alpn", "minimumVersion", "maximumVersion", "sni", "handshakeTimeout",
-                "handshakeMemory", "passphraseFile", "ocspResponse", "ocsp",
+                "handshakeMemory", "passphraseFile", "ocspResponse", "ocsp", "ocspAllowPrivate",
             },
         )  # fmt: skip
 

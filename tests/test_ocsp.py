@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
 
 from tests.peers import Peer, free_port, require
@@ -35,7 +39,7 @@ from tests.test_endpoints import ReplyFactory
 from tests.test_tap import Twist, assert_one_line, run_twist
 from tests.test_workers import wait_listening, workers_started
 from txschannel.endpoints import SchannelServerEndpoint
-from txschannel.ocsp import Stapler
+from txschannel.ocsp import Stapler, refused_address
 from txschannel.testing import CertificateAuthority
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -48,9 +52,10 @@ class PKI:
     (``openssl ocsp -index``) lists them all.
     """
 
-    def __init__(self, folder: Path, port: int) -> None:
+    def __init__(self, folder: Path, port: int, url: str | None = None) -> None:
         self.folder = folder
         self.port = port
+        self.url = url or f"http://127.0.0.1:{port}/"
         self.ca_key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "txschannel OCSP test CA")])
         self.ca = (
@@ -95,7 +100,7 @@ class PKI:
                            critical=False)
             .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
                 AuthorityInformationAccessOID.OCSP,
-                x509.UniformResourceIdentifier(f"http://127.0.0.1:{self.port}/"))]),
+                x509.UniformResourceIdentifier(self.url))]),
                 critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 self.ca_key.public_key()), critical=False)
@@ -112,19 +117,76 @@ class PKI:
             index.write(f"V\t{expiry}\t\t{serial}\tunknown\t/CN={host}\n")
         return leaf
 
-    def response(self, status: ocsp.OCSPCertStatus, certificate: x509.Certificate | None = None
-                 ) -> bytes:
-        """A DER response signed by the CA about *certificate* (the leaf by default)."""
+    def response(
+        self,
+        status: ocsp.OCSPCertStatus = ocsp.OCSPCertStatus.GOOD,
+        certificate: x509.Certificate | None = None,
+        *,
+        issuer: x509.Certificate | None = None,
+        key: Any = None,
+        responder: x509.Certificate | None = None,
+        by_name: bool = False,
+        this_update: datetime.datetime | None = None,
+        next_update: datetime.datetime | None = None,
+    ) -> bytes:
+        """A DER response about *certificate* (the leaf by default), signed by the CA.
+
+        The rest forge it: the *issuer* its hashes are of, the *key* that
+        signs it, the *responder* its responder ID names (carried in it
+        unless it is the CA or has its name), its validity.
+        """
         revoked = status == ocsp.OCSPCertStatus.REVOKED
+        responder = responder or self.ca
         builder = ocsp.OCSPResponseBuilder().add_response(
-            cert=certificate or self.leaf, issuer=self.ca, algorithm=hashes.SHA1(),
-            cert_status=status, this_update=NOW - datetime.timedelta(minutes=5),
-            next_update=NOW + datetime.timedelta(days=1),
+            cert=certificate or self.leaf, issuer=issuer or self.ca, algorithm=hashes.SHA1(),
+            cert_status=status,
+            this_update=this_update or NOW - datetime.timedelta(minutes=5),
+            next_update=next_update or NOW + datetime.timedelta(days=1),
             revocation_time=NOW - datetime.timedelta(minutes=10) if revoked else None,
             revocation_reason=None,
-        ).responder_id(ocsp.OCSPResponderEncoding.HASH, self.ca)
-        return builder.sign(self.ca_key, hashes.SHA256()).public_bytes(
+        ).responder_id(
+            ocsp.OCSPResponderEncoding.NAME if by_name else ocsp.OCSPResponderEncoding.HASH,
+            responder,
+        )
+        if responder.subject != self.ca.subject:
+            builder = builder.certificates([responder])
+        return builder.sign(key or self.ca_key, hashes.SHA256()).public_bytes(
             serialization.Encoding.DER)
+
+    def delegate(self, *, ocsp_signing: bool = True, by: Any = None
+                 ) -> tuple[x509.Certificate, Any]:
+        """A delegated responder certificate and its key, issued by the CA (or signed by *by*)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        usages = [ExtendedKeyUsageOID.OCSP_SIGNING if ocsp_signing
+                  else ExtendedKeyUsageOID.SERVER_AUTH]
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "OCSP signer")]))
+            .issuer_name(self.ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - datetime.timedelta(hours=1))
+            .not_valid_after(NOW + datetime.timedelta(days=20))
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .sign(by or self.ca_key, hashes.SHA256())
+        )
+        return certificate, key
+
+    def impostor(self) -> tuple[x509.Certificate, Any]:
+        """A CA certificate with the CA's name and another key, and that key."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        return (
+            x509.CertificateBuilder().subject_name(self.ca.subject)
+            .issuer_name(self.ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - datetime.timedelta(hours=1))
+            .not_valid_after(NOW + datetime.timedelta(days=30))
+            .sign(key, hashes.SHA256())
+        ), key
+
+    def forged(self) -> bytes:
+        """A response naming the CA as its responder, signed with another key."""
+        impostor, key = self.impostor()
+        return self.response(responder=impostor, key=key, by_name=True)
 
 
 def staple(port: int, ca: Path, server_name: str = "localhost",
@@ -151,6 +213,103 @@ def staple(port: int, ca: Path, server_name: str = "localhost",
         if f"Cert Status: {state}" in output:
             return state
     return "no status:\n" + output
+
+
+class Responder:
+    """An HTTP OCSP responder on loopback answering every POST with :attr:`body`.
+
+    It counts the connections made to it, those still open and the
+    requests. With :attr:`dribble` it sends its headers (a 60000-byte
+    body announced) and then one byte every 0.1 s until the client goes.
+    """
+
+    def __init__(self, test: SynchronousTestCase) -> None:
+        self.body = b""
+        self.dribble = False
+        self.connections = 0
+        self.open = 0
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def setup(self) -> None:
+                with outer._lock:
+                    outer.connections += 1
+                    outer.open += 1
+                super().setup()
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                except OSError:
+                    pass
+                finally:
+                    with outer._lock:
+                        outer.open -= 1
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                with outer._lock:
+                    outer.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/ocsp-response")
+                if not outer.dribble:
+                    self.send_header("Content-Length", str(len(outer.body)))
+                    self.end_headers()
+                    self.wfile.write(outer.body)
+                    return
+                self.send_header("Content-Length", "60000")
+                self.end_headers()
+                while not outer._stopping.wait(0.1):
+                    try:
+                        self.wfile.write(b"0")
+                        self.wfile.flush()
+                    except OSError:
+                        return  # the client went
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        test.addCleanup(self.stop)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class LogLines:
+    """The txschannel log lines of this process, as text, while a test runs."""
+
+    def __init__(self, test: SynchronousTestCase) -> None:
+        self.lines: list[str] = []
+        globalLogPublisher.addObserver(self)
+        test.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "txschannel":
+            self.lines.append(formatEvent(event))
+
+    @inlineCallbacks
+    def wait_for(self, pattern: str, timeout: float = 15.0) -> Any:
+        """The first line matching *pattern*; fails after *timeout* seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.lines:
+                if re.search(pattern, line):
+                    return line
+            if time.monotonic() > deadline:
+                raise FailTest(f"no log line matching {pattern!r} within {timeout} s:\n"
+                               + "\n".join(self.lines))
+            yield deferLater(reactor, 0.05, lambda: None)
 
 
 class StaplingTests(TestCase):
@@ -217,7 +376,7 @@ class StaplingTests(TestCase):
 
     def test_auto_fetches_from_the_responder_and_keeps_it_when_the_responder_fails(self) -> None:
         responder = self.start_responder()
-        twist, port = self.twist("ocsp=auto")
+        twist, port = self.twist("ocsp=auto:ocspAllowPrivate=yes")
         twist.wait_for(
             rf"OCSP \(start\): fetched from http://127\.0\.0\.1:{self.responder_port}/ for "
             r"schannel:tcp:\d+.*: good, this update .*; refreshing in \d+ s"
@@ -284,7 +443,7 @@ class StaplingTests(TestCase):
         # Indexed now, before the responder reads the index; served after a reload.
         gamma = self.pki.issue("gamma.test", self.folder / "gamma.test.pem")
         self.start_responder()
-        twist, port = self.twist(f"sni={folder}:ocsp=auto")
+        twist, port = self.twist(f"sni={folder}:ocsp=auto:ocspAllowPrivate=yes")
         for host in ("", r" \(alpha\.test\)", r" \(beta\.test\)"):
             twist.wait_for(rf"OCSP \(start\): fetched from \S+ for schannel:\S+{host}: good")
         for name, leaf in (("localhost", self.pki.leaf), ("alpha.test", alpha),
@@ -303,7 +462,7 @@ class StaplingTests(TestCase):
 
     def test_twist_web_fetches_with_ocsp_auto(self) -> None:
         self.start_responder()
-        twist, port = self.twist("ocsp=auto", command="web")
+        twist, port = self.twist("ocsp=auto:ocspAllowPrivate=yes", command="web")
         twist.wait_for(
             rf"OCSP \(start\): fetched from http://127\.0\.0\.1:{self.responder_port}/ for "
             rf"schannel:tcp:{port}:interface=127\.0\.0\.1:certificate=\S+: good"
@@ -333,7 +492,7 @@ class StaplingTests(TestCase):
         self,
     ) -> Any:
         self.start_responder()
-        endpoint, stapler = self.endpoint("ocsp=auto")
+        endpoint, stapler = self.endpoint("ocsp=auto:ocspAllowPrivate=yes")
         factory = ReplyFactory()
         port = yield endpoint.listen(factory)
         deadline = reactor.seconds() + 15
@@ -373,7 +532,40 @@ class BadStaplingTests(SynchronousTestCase):
         response.write_bytes(other.response(ocsp.OCSPCertStatus.GOOD))
         self.refused(
             f"schannel:tcp:0:certificate={self.pki.server_file}:ocspResponse={response}",
-            f"ocspResponse file '{response}' is about serial number",
+            f"ocspResponse file '{response}' is refused for the certificate in "
+            f"'{self.pki.server_file}': it is about serial number",
+        )
+
+    def test_a_response_file_that_does_not_verify(self) -> None:
+        response = self.folder / "forged.ocsp"
+        for forged, reason in [
+            (self.pki.forged(),
+             "its signature does not verify with the key of the issuer"),
+            (self.pki.response(this_update=NOW - datetime.timedelta(days=2),
+                               next_update=NOW - datetime.timedelta(days=1)),
+             "it has expired (nextUpdate "),
+            (self.pki.response(issuer=self.pki.impostor()[0]), "its issuer key hash is not"),
+        ]:
+            response.write_bytes(forged)
+            self.refused(
+                f"schannel:tcp:0:certificate={self.pki.server_file}:ocspResponse={response}",
+                f"ocspResponse file '{response}' is refused for the certificate in "
+                f"'{self.pki.server_file}': {reason}",
+            )
+
+    def test_a_response_file_needs_the_issuer(self) -> None:
+        # Only the leaf and its key: the response cannot be verified.
+        alone = self.folder / "alone.pem"
+        certificates = x509.load_pem_x509_certificates(self.pki.server_file.read_bytes())
+        key = self.pki.server_file.read_bytes().split(b"-----END PRIVATE KEY-----")[0]
+        alone.write_bytes(key + b"-----END PRIVATE KEY-----\n"
+                          + certificates[0].public_bytes(serialization.Encoding.PEM))
+        response = self.folder / "server.ocsp"
+        response.write_bytes(self.pki.response())
+        self.refused(
+            f"schannel:tcp:0:certificate={alone}:ocspResponse={response}",
+            f"ocspResponse: the issuer of the certificate in '{alone}' is in neither that "
+            "file nor chain=",
         )
 
     def test_forms(self) -> None:
@@ -404,9 +596,252 @@ class BadStaplingTests(SynchronousTestCase):
             (f"ocsp=auto:ocspResponse={server}", "schannel: give ocspResponse=FILE or ocsp=auto"),
             ("ocspResponse=/nonexistent.der", "ocspResponse file '/nonexistent.der'"),
             (f"sni={self.folder}:ocspResponse={server}", "with an sni= folder use ocsp=auto"),
+            ("ocspAllowPrivate=yes", "schannel: ocspAllowPrivate= only applies to ocsp=auto"),
+            ("ocsp=auto:ocspAllowPrivate=maybe", "schannel: ocspAllowPrivate=maybe: expected "
+             "yes or no"),
             (f"sni={self.sni_without_responder()}:ocsp=auto",
              "nohost.test.pem' names no OCSP responder"),
         ]:
             with self.assertRaises(ValueError) as caught:
                 serverFromString(reactor, f"schannel:tcp:0:certificate={server}:{option}")
             self.assertIn(needle, str(caught.exception))
+
+
+class ForgedResponseTests(TestCase):
+    """``ocsp=auto`` staples what its responder answers only once it verifies.
+
+    The responder (on loopback, so with ``ocspAllowPrivate=yes``) answers
+    a response forged one way or another; the endpoint logs one line saying
+    why it refuses it, naming the certificate file, and ``openssl s_client
+    -status`` is sent no staple.
+    """
+
+    def setUp(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="txschannel-ocsp-"))
+        self.responder = Responder(self)
+        self.pki = PKI(self.folder, self.responder.port)
+        self.log = LogLines(self)
+
+    @inlineCallbacks
+    def fetch(self, body: bytes, option: str = "ocspAllowPrivate=yes") -> Any:
+        """Serve with ocsp=auto while the responder answers *body*: (log line, staple)."""
+        self.responder.body = body
+        endpoint = serverFromString(
+            reactor, f"schannel:tcp:0:interface=127.0.0.1:certificate={self.pki.server_file}:"
+            f"ocsp=auto:{option}",
+        )
+        assert isinstance(endpoint, SchannelServerEndpoint)
+        factory = ReplyFactory()
+        port = yield endpoint.listen(factory)
+        try:
+            line = yield self.log.wait_for(r"OCSP \(start\): fetch")
+            said = yield deferToThread(staple, port.getHost().port, self.pki.ca_file)
+            for protocol in factory.protocols:
+                yield protocol.lost
+        finally:
+            yield port.stopListening()
+        return line, said
+
+    @inlineCallbacks
+    def refused(self, body: bytes, reason: str) -> Any:
+        line, said = yield self.fetch(body)
+        self.assertIn(f"failed: refused its response for the certificate in "
+                      f"'{self.pki.server_file}': {reason}", line)
+        self.assertIn("; no response to staple; retrying in 30 s", line)
+        self.assertNotIn("\n", line)
+        self.assertEqual(said, "none")
+
+    @inlineCallbacks
+    def test_a_correct_response_is_stapled(self) -> Any:
+        line, said = yield self.fetch(self.pki.response())
+        self.assertIn("fetched from", line)
+        self.assertEqual(said, "good")
+
+    @inlineCallbacks
+    def test_a_correct_delegated_response_is_stapled(self) -> Any:
+        signer, key = self.pki.delegate()
+        line, said = yield self.fetch(self.pki.response(responder=signer, key=key))
+        self.assertIn("fetched from", line)
+        self.assertEqual(said, "good")
+
+    def test_signed_by_another_key(self) -> Any:
+        return self.refused(
+            self.pki.forged(),
+            "its signature does not verify with the key of the issuer "
+            "(CN=txschannel OCSP test CA)",
+        )
+
+    def test_about_another_serial_number(self) -> Any:
+        other = self.pki.issue("other.test", self.folder / "other.pem")
+        return self.refused(self.pki.response(certificate=other),
+                            f"it is about serial number {other.serial_number:x}, not the "
+                            f"certificate's ({self.pki.leaf.serial_number:x})")
+
+    def test_about_another_issuer_of_the_same_name(self) -> Any:
+        return self.refused(
+            self.pki.response(issuer=self.pki.impostor()[0]),
+            "its issuer key hash is not that of the key of CN=txschannel OCSP test CA",
+        )
+
+    def test_past_its_next_update(self) -> Any:
+        return self.refused(
+            self.pki.response(this_update=NOW - datetime.timedelta(days=2),
+                              next_update=NOW - datetime.timedelta(days=1)),
+            "it has expired (nextUpdate ",
+        )
+
+    def test_this_update_in_the_future(self) -> Any:
+        return self.refused(
+            self.pki.response(this_update=NOW + datetime.timedelta(hours=1),
+                              next_update=NOW + datetime.timedelta(days=1)),
+            "its thisUpdate (",
+        )
+
+    def test_a_delegated_responder_without_the_ocsp_signing_usage(self) -> Any:
+        signer, key = self.pki.delegate(ocsp_signing=False)
+        return self.refused(
+            self.pki.response(responder=signer, key=key),
+            "its delegated responder (CN=OCSP signer) lacks the OCSP-signing extended key "
+            "usage",
+        )
+
+    def test_a_delegated_responder_not_issued_by_the_issuer(self) -> Any:
+        signer, key = self.pki.delegate(by=ec.generate_private_key(ec.SECP256R1()))
+        return self.refused(
+            self.pki.response(responder=signer, key=key),
+            "its delegated responder (CN=OCSP signer) is not issued by the certificate's "
+            "issuer",
+        )
+
+    def test_status_unknown(self) -> Any:
+        return self.refused(self.pki.response(ocsp.OCSPCertStatus.UNKNOWN),
+                            "the responder does not know the certificate (status unknown)")
+
+    @inlineCallbacks
+    def test_an_answer_over_64_kib(self) -> Any:
+        line, said = yield self.fetch(b"0" * (64 * 1024 + 1))
+        self.assertIn("failed: the answer is over 65536 bytes", line)
+        self.assertEqual(said, "none")
+
+
+class ResponderAddressTests(TestCase):
+    """``ocsp=auto`` connects to no loopback or private responder without ocspAllowPrivate."""
+
+    def setUp(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="txschannel-ocsp-"))
+        self.responder = Responder(self)
+
+    def test_a_loopback_responder_is_refused_and_never_reached(self) -> None:
+        pki = PKI(self.folder, self.responder.port)
+        self.responder.body = pki.response()
+        port = free_port()
+        twist = Twist(self, "--listen", f"schannel:tcp:{port}:interface=127.0.0.1:"
+                      f"certificate={pki.server_file}:ocsp=auto")
+        line = twist.wait_for(r"OCSP \(start\): fetching from .* failed: .*").group(0)
+        self.assertIn(
+            f"failed: refused the responder of the certificate in '{pki.server_file}': "
+            "127.0.0.1, a loopback address (ocspAllowPrivate=yes allows private responders); "
+            "no response to staple", line)
+        self.assertEqual(staple(port, pki.ca_file), "none")
+        self.assertEqual(self.responder.connections, 0)
+
+    @inlineCallbacks
+    def test_a_name_that_resolves_to_loopback_is_refused_and_never_reached(self) -> Any:
+        pki = PKI(self.folder, self.responder.port,
+                  url=f"http://localhost:{self.responder.port}/")
+        self.responder.body = pki.response()
+        log = LogLines(self)
+        endpoint = serverFromString(
+            reactor, f"schannel:tcp:0:interface=127.0.0.1:certificate={pki.server_file}:"
+            "ocsp=auto",
+        )
+        port = yield endpoint.listen(ReplyFactory())
+        self.addCleanup(port.stopListening)
+        line = yield log.wait_for(r"OCSP \(start\): fetching")
+        self.assertRegex(line, r"failed: refused the responder of the certificate in '.*': "
+                         r"localhost resolves to (127\.0\.0\.1|::1), a loopback address")
+        said = yield deferToThread(staple, port.getHost().port, pki.ca_file)
+        self.assertEqual(said, "none")
+        self.assertEqual(self.responder.connections, 0)
+
+    @inlineCallbacks
+    def test_ocsp_allow_private_lets_it_fetch_from_a_name_on_loopback(self) -> Any:
+        pki = PKI(self.folder, self.responder.port,
+                  url=f"http://localhost:{self.responder.port}/")
+        self.responder.body = pki.response()
+        log = LogLines(self)
+        endpoint = serverFromString(
+            reactor, f"schannel:tcp:0:interface=127.0.0.1:certificate={pki.server_file}:"
+            "ocsp=auto:ocspAllowPrivate=yes",
+        )
+        port = yield endpoint.listen(ReplyFactory())
+        self.addCleanup(port.stopListening)
+        line = yield log.wait_for(r"OCSP \(start\): fetch")
+        self.assertIn("fetched from http://localhost:", line)
+        said = yield deferToThread(staple, port.getHost().port, pki.ca_file)
+        self.assertEqual(said, "good")
+
+    def test_the_addresses_refused(self) -> None:
+        for address, kind in [
+            ("127.0.0.1", "loopback"), ("127.8.9.10", "loopback"), ("::1", "loopback"),
+            ("0.0.0.0", "unspecified"), ("::", "unspecified"),
+            ("10.1.2.3", "private"), ("172.16.0.1", "private"), ("192.168.1.1", "private"),
+            ("100.64.0.1", "private"), ("fc00::1", "private"), ("fd12::1", "private"),
+            ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
+            ("fe80::1%lo", "link-local"),
+            ("224.0.0.1", "multicast"), ("ff02::1", "multicast"),
+            ("::ffff:127.0.0.1", "loopback (written as IPv6)"),
+            ("::ffff:10.0.0.1", "private (written as IPv6)"),
+            ("::ffff:169.254.169.254", "link-local (written as IPv6)"),
+            ("2002:7f00:1::1", "loopback (written as IPv6)"),
+            ("64:ff9b::a00:1", "private (written as IPv6)"),
+            ("::127.0.0.1", "loopback (written as IPv6)"),
+            ("8.8.8.8", None), ("2001:4860:4860::8888", None),
+        ]:
+            self.assertEqual(refused_address(address), kind, address)
+
+    def test_only_http_responders(self) -> None:
+        for url, needle in [
+            ("https://ocsp.example.test/", "only http:// responders are fetched"),
+            ("ldap://ocsp.example.test/", "only http:// responders are fetched"),
+            ("http:///nohost", "names no host"),
+        ]:
+            folder = Path(tempfile.mkdtemp(prefix="txschannel-ocsp-"))
+            pki = PKI(folder, 1, url=url)
+            with self.assertRaises(ValueError) as caught:
+                serverFromString(reactor, f"schannel:tcp:0:certificate={pki.server_file}:"
+                                 "ocsp=auto")
+            self.assertIn(f"the certificate in '{pki.server_file}': responder URL",
+                          str(caught.exception))
+            self.assertIn(needle, str(caught.exception))
+
+
+class DeadlineTests(TestCase):
+    """A fetch has one deadline: a responder that dribbles its answer is cut off."""
+
+    @inlineCallbacks
+    def test_a_dribbling_responders_connection_is_closed_at_the_deadline(self) -> Any:
+        import txschannel.ocsp
+
+        self.patch(txschannel.ocsp, "FETCH_TIMEOUT", 1.0)
+        folder = Path(tempfile.mkdtemp(prefix="txschannel-ocsp-"))
+        responder = Responder(self)
+        responder.dribble = True
+        pki = PKI(folder, responder.port)
+        log = LogLines(self)
+        endpoint = serverFromString(
+            reactor, f"schannel:tcp:0:interface=127.0.0.1:certificate={pki.server_file}:"
+            "ocsp=auto:ocspAllowPrivate=yes",
+        )
+        port = yield endpoint.listen(ReplyFactory())
+        self.addCleanup(port.stopListening)
+        line = yield log.wait_for(r"OCSP \(start\): fetch")
+        self.assertIn("failed: no complete answer within 1 s", line)
+        self.assertEqual(responder.connections, 1)
+        # The responder sees its client go at its next byte (0.1 s).
+        deadline = time.monotonic() + 10
+        while responder.open:
+            if time.monotonic() > deadline:
+                raise FailTest("the dribbling responder's connection is still open 10 s "
+                               "after the fetch's deadline")
+            yield deferLater(reactor, 0.05, lambda: None)

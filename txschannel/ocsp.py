@@ -504,7 +504,8 @@ class Stapler:
         (:func:`refused_address`), since a certificate's responder URL,
         which whoever made the certificate chose, would otherwise aim this
         server's requests at services only it can reach.
-    :param fetch_timeout: the seconds a whole fetch may take.
+    :param fetch_timeout: the seconds a whole fetch may take (default:
+        :data:`FETCH_TIMEOUT` when the fetch starts).
     :param reactor: for the fetches (``Agent``) and the refresh timer.
     :raises OCSPError: at construction: the response file does not verify
         (:func:`verify`) for the certificate, the certificate's issuer is
@@ -521,7 +522,7 @@ class Stapler:
         response_file: str | None = None,
         auto: bool = False,
         allow_private: bool = False,
-        fetch_timeout: float = FETCH_TIMEOUT,
+        fetch_timeout: float | None = None,
         reactor: Any,
     ) -> None:
         self.description = description
@@ -591,9 +592,9 @@ class Stapler:
 
     def _verify(self, der: bytes) -> ocsp.OCSPSingleResponse:
         assert self.issuer is not None
-        return verify(der, self.certificate, self.issuer,
-                      datetime.datetime.fromtimestamp(self.reactor.seconds(),
-                                                      datetime.timezone.utc))
+        # (The clock, not the reactor's: a --workers supervisor parses
+        # endpoints with a reactor that has none.)
+        return verify(der, self.certificate, self.issuer)
 
     # -- stapling ---------------------------------------------------------
 
@@ -717,7 +718,8 @@ class Stapler:
             self._disconnect()
             fetching.cancel()
 
-        timer = self.reactor.callLater(self.fetch_timeout, deadline)
+        timeout = FETCH_TIMEOUT if self.fetch_timeout is None else self.fetch_timeout
+        timer = self.reactor.callLater(timeout, deadline)
 
         def ended(result: object) -> object:
             if timer.active():
@@ -725,7 +727,7 @@ class Stapler:
             self._disconnect()
             if expired and isinstance(result, Failure):
                 return Failure(OCSPError(  # type: ignore[no-untyped-call]
-                    f"no complete answer within {self.fetch_timeout:g} s"))
+                    f"no complete answer within {timeout:g} s"))
             return result
 
         fetching.addBoth(ended)
@@ -882,7 +884,7 @@ class FolderStapler:
         *,
         chain_file: str | None = None,
         allow_private: bool = False,
-        fetch_timeout: float = FETCH_TIMEOUT,
+        fetch_timeout: float | None = None,
         reactor: Any,
     ) -> None:
         self.description = description
