@@ -53,7 +53,7 @@ from cryptography.x509.oid import (
     SignatureAlgorithmOID,
 )
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import (
     IAddress,
@@ -408,7 +408,7 @@ class _Addresses:
             self.done.callback(self.hosts)
 
 
-@implementer(IStreamClientEndpoint)
+@implementer(IStreamClientEndpoint, IAgentEndpointFactory)
 class _Pinned:
     """Connects to the addresses that were checked, in turn, and nowhere else.
 
@@ -448,8 +448,6 @@ class _Pinned:
         # (IAgentEndpointFactory: the Agent asks; the URI is the one we gave.)
         return self
 
-
-implementer(IAgentEndpointFactory)(_Pinned)
 
 
 class _Body(Protocol):
@@ -708,7 +706,7 @@ class Stapler:
         self._timer = None
         url = self.url
         assert url is not None
-        fetching = self._get(url)
+        fetching: Deferred[bytes] = maybeDeferred(self._get, url)
         expired: list[bool] = []
 
         def deadline() -> None:
@@ -737,8 +735,6 @@ class Stapler:
 
     def _get(self, url: str) -> Deferred[bytes]:
         """The body of the responder's answer to our request, from a checked address."""
-        from twisted.internet.defer import succeed
-
         host, port = _responder(url)
         try:
             ipaddress.ip_address(host.partition("%")[0])
