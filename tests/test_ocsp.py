@@ -847,3 +847,60 @@ class DeadlineTests(TestCase):
                                "after the fetch's deadline")
             yield deferLater(reactor, 0.05, lambda: None)
         self.assertIn("failed: no complete answer within 1 s", line)
+
+
+class KeyTypeTests(SynchronousTestCase):
+    """verify() checks signatures of RSA, ECDSA and Ed25519 issuers alike."""
+
+    def check(self, ca_key: Any, other_key: Any) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        from txschannel.ocsp import OCSPError, verify
+
+        algorithm = None if isinstance(ca_key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CA")])
+
+        def certificate(subject: x509.Name, key: Any, signer: Any) -> x509.Certificate:
+            return (
+                x509.CertificateBuilder().subject_name(subject).issuer_name(name)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(NOW - datetime.timedelta(hours=1))
+                .not_valid_after(NOW + datetime.timedelta(days=1))
+                .sign(signer, algorithm)
+            )
+
+        ca = certificate(name, ca_key, ca_key)
+        leaf = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leaf")]),
+                           other_key, ca_key)
+        impostor = certificate(name, other_key, other_key)
+
+        def response(responder: x509.Certificate, key: Any) -> bytes:
+            return ocsp.OCSPResponseBuilder().add_response(
+                cert=leaf, issuer=ca, algorithm=hashes.SHA256(),
+                cert_status=ocsp.OCSPCertStatus.GOOD,
+                this_update=NOW - datetime.timedelta(minutes=1),
+                next_update=NOW + datetime.timedelta(hours=1),
+                revocation_time=None, revocation_reason=None,
+            ).responder_id(ocsp.OCSPResponderEncoding.NAME, responder).sign(
+                key, algorithm).public_bytes(serialization.Encoding.DER)
+
+        good = verify(response(ca, ca_key), leaf, ca)
+        self.assertEqual(good.certificate_status, ocsp.OCSPCertStatus.GOOD)
+        with self.assertRaises(OCSPError) as caught:
+            verify(response(impostor, other_key), leaf, ca)
+        self.assertIn("its signature does not verify with the key of the issuer",
+                      str(caught.exception))
+
+    def test_rsa(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.check(rsa.generate_private_key(65537, 2048), rsa.generate_private_key(65537, 2048))
+
+    def test_ecdsa_p384(self) -> None:
+        self.check(ec.generate_private_key(ec.SECP384R1()),
+                   ec.generate_private_key(ec.SECP384R1()))
+
+    def test_ed25519(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        self.check(ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate())
