@@ -279,7 +279,7 @@ class ServerStringTests(SynchronousTestCase):
 
     def test_haproxy_nesting_puts_proxy_protocol_in_front_of_tls(self) -> None:
         endpoint = self.parse(f"schannel:haproxy:tcp:8443:certificate={q(pki().server)}")
-        self.assertEqual(type(endpoint.inner).__name__, "_WrapperServerEndpoint")
+        self.assertEqual(type(endpoint.inner).__name__, "HAProxyServerEndpoint")
 
     def test_escaped_colon_in_a_path_option(self) -> None:
         folder = pki().folder / "with:colon"

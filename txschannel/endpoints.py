@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocol,
@@ -57,6 +57,7 @@ from txschannel.credentials import (
     sni_default,
     validity_warnings,
 )
+from txschannel.haproxy import server_from_string
 from txschannel.ocsp import FolderStapler, OCSPError, Stapler
 from txschannel.protocol import (
     DEFAULT_HANDSHAKE_MEMORY,
@@ -141,7 +142,8 @@ _TWISTED_SPELLINGS: dict[str, dict[str, str]] = {
 }
 
 # Twisted's string functions carry no annotations; these give them types.
-_server_from_string: Callable[[Any, str], IStreamServerEndpoint] = serverFromString
+# (haproxy: is our own: see txschannel.haproxy.)
+_server_from_string: Callable[[Any, str], IStreamServerEndpoint] = server_from_string
 _client_from_string: Callable[[Any, str], IStreamClientEndpoint] = clientFromString
 
 _log = Logger(namespace="txschannel")

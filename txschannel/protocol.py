@@ -1595,6 +1595,27 @@ class SchannelFactory(WrappingFactory):
         """How many handshakes the memory budget has refused so far."""
         return 0 if self._budget is None else self._budget.refused
 
+    def reserve_handshake_memory(self, amount: int, peer: str) -> bool:
+        """Charge *amount* more bytes, held for a connection from *peer* before
+        its handshake begins (a PROXY header being read, see
+        :mod:`txschannel.haproxy`), to the handshake memory budget.
+
+        :returns: False when the budget has no room: nothing is charged, the
+            refusal is counted and logged like a refused handshake, and the
+            caller drops the connection. Always True without a budget.
+        """
+        if self._budget is None:
+            return True
+        if self._budget.take(amount):
+            return True
+        self._budget.refusal(peer)
+        return False
+
+    def release_handshake_memory(self, amount: int) -> None:
+        """Give back *amount* bytes charged by :meth:`reserve_handshake_memory`."""
+        if self._budget is not None:
+            self._budget.give_back(amount)
+
     def _new_context(self) -> SecurityContext:
         credentials = self._credentials
         alpn = None if isinstance(credentials, _TwistedCredentials) else self._alpn(credentials)

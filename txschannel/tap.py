@@ -78,6 +78,7 @@ from zope.interface import implementer, providedBy
 from txschannel.context import Attributes
 from txschannel.credentials import Credentials, validity_warnings
 from txschannel.endpoints import SchannelClientEndpoint, SchannelServerEndpoint
+from txschannel.haproxy import server_from_string
 from txschannel.inspector import InspectorSite, _address
 from txschannel.peertext import PeerText, printable
 from txschannel.protocol import declare_provides
@@ -1532,8 +1533,10 @@ class Options(usage.Options):
                 )
             # (ocspResponse= and ocsp=auto are the schannel: parser's, which
             # gives the endpoint an OCSP stapler: txschannel.ocsp.)
+            # (haproxy: is txschannel's, which checks the header: see
+            # txschannel.haproxy.)
             endpoint = _parse(
-                serverFromString, listen_reactor, description, f"--listen {original!r}"
+                server_from_string, listen_reactor, description, f"--listen {original!r}"
             )
             listen.append((description, endpoint))
         self["endpoints"] = listen

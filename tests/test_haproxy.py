@@ -1,0 +1,215 @@
+"""``haproxy:`` listeners: a PROXY header before TLS, from a client that may lie.
+
+Every test runs a real ``twist schannel`` process with a
+``schannel:haproxy:`` listener on loopback, a real backend process, and
+raw sockets that send the header (hostile or not) before a Python ``ssl``
+handshake.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import struct
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import FailTest, SynchronousTestCase
+
+from tests.peers import free_port
+from tests.test_edges import Edge
+from tests.test_proxyheader import RECORD_BYTES, wait_for_record
+from tests.test_tap import Twist
+from txschannel.haproxy import MAX_HEADER, HeaderReader, ProxyHeaderRefused
+from txschannel.terminator.proxyheader import V2_SIGNATURE
+
+
+def v2(family: int, body: bytes, command: int = 0x21) -> bytes:
+    """A version 2 header: *command* (version and command), *family*, *body*."""
+    return V2_SIGNATURE + bytes([command, family]) + struct.pack("!H", len(body)) + body
+
+
+def wait_count(twist: Twist, text: str, count: int, timeout: float = 20.0) -> None:
+    """Wait (bounded) until *text* is in the log *count* times."""
+    deadline = time.monotonic() + timeout
+    while twist.output.count(text) < count:
+        if time.monotonic() > deadline:
+            raise FailTest(f"{text!r} not logged {count} times:\n{twist.output}")
+        time.sleep(0.05)
+
+
+class HAProxyListenerTests(Edge):
+    def start(self, *extra: str, listen_options: str = "") -> tuple[Twist, int, Path]:
+        record = self.folder / "record.txt"
+        backend = self.backend(RECORD_BYTES, str(record))
+        port = free_port()
+        twist = Twist(
+            self, "--listen",
+            f"schannel:haproxy:tcp:{port}:interface=127.0.0.1:"
+            f"certificate={self.folder}/server.pem{listen_options}",
+            "--connect", f"tcp:127.0.0.1:{backend}", *extra,
+        )
+        twist.wait_for("listening on")
+        return twist, port, record
+
+    def through(self, port: int, header: bytes) -> str:
+        """Send *header*, then a TLS handshake and ``hello``: what came of it.
+
+        ``ok`` (the backend answered), ``refused`` (the connection was
+        closed or reset), or ``no answer`` (still open after 10 s).
+        """
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            try:
+                raw.sendall(header)
+                with self.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(b"hello")
+                    answer = tls.recv(2)
+            except TimeoutError:
+                return "no answer"
+            except (OSError, ssl.SSLError):
+                return "refused"
+        return "ok" if answer == b"ok" else "refused"
+
+    def test_a_port_outside_0_to_65535_is_refused_not_relayed(self) -> None:
+        for version in ("v1", "v2"):
+            twist, port, record = self.start("--proxy-protocol", version)
+            for bad in (b"99999", b"-1"):
+                header = b"PROXY TCP4 6.6.6.6 10.0.0.1 " + bad + b" 443\r\n"
+                # Before: v2 left the client and the backend connected for
+                # good (the header could not be built); v1 passed the
+                # invalid line on.
+                self.assertEqual(self.through(port, header), "refused", (version, bad))
+                twist.wait_for(
+                    f"reason=.*bad PROXY header: source port '{bad.decode()}' is not a number"
+                )
+            self.assertFalse(record.exists(), record.read_text() if record.exists() else "")
+            # A good header still goes through, with its address.
+            self.assertEqual(self.through(port, b"PROXY TCP4 6.6.6.6 10.0.0.1 1111 443\r\n"), "ok")
+            self.assertIn(
+                b"6.6.6.6" if version == "v1" else bytes([6, 6, 6, 6]),
+                bytes.fromhex(wait_for_record(record)[-1]),
+            )
+            twist.stop()
+            record.unlink()
+
+    def test_hostile_headers_cost_one_escaped_line_each_and_no_traceback(self) -> None:
+        twist, port, record = self.start("--proxy-protocol", "v1")
+        hostile = [
+            b"PROXY TCP4 6.6.6.6 10.0.0.1 abc 443\r\n",
+            b"PROXY TCP4 \xff\xfe 10.0.0.1 1 443\r\n",
+            b"PROXY TCP4 evil\nFAKE LINE 10.0.0.1 1 443\r\n",
+            b"PROXY TCP6 6.6.6.6 ::1 1 443\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1_0 2\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n",
+            v2(0x11, b"\x06\x06"),
+            v2(0x11, bytes([6, 6, 6, 6, 10, 0, 0, 1]) + struct.pack("!HH", 1, 443) + b"\x20\xff"),
+            v2(0x41, b""),
+            b"GET / HTTP/1.1\r\n\r\n",
+        ]
+        for header in hostile:
+            self.assertEqual(self.through(port, header), "refused", header)
+        # The process keeps serving.
+        self.assertEqual(self.through(port, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"), "ok")
+        twist.wait_for(r"peer=1\.2\.3\.4:1 .*reason=")
+        output = twist.output
+        self.assertNotIn("Unhandled Error", output)
+        self.assertNotIn("Traceback", output)
+        self.assertEqual(output.count("bad PROXY header"), len(hostile), output)
+        self.assertNotIn("\nFAKE LINE", output)
+        # Only the good connection reached the backend.
+        self.assertEqual(len(wait_for_record(record)), 1)
+
+    def test_proxy_unknown_keeps_the_connections_own_addresses(self) -> None:
+        twist, port, record = self.start("--proxy-protocol", "v1")
+        for header in (b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN ffff:: ffff:: 1 2\r\n"):
+            # (Twisted's haproxy: endpoint refused both.)
+            self.assertEqual(self.through(port, header), "ok", header)
+        for line in wait_for_record(record, count=2):
+            self.assertTrue(bytes.fromhex(line).startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 "))
+
+    def test_a_header_longer_than_the_limit_is_refused_at_once(self) -> None:
+        twist, port, _ = self.start(listen_options=":handshakeTimeout=120")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            # Claims 65,535 bytes: before, it was read (and held) until the
+            # handshake timeout, here 120 s; the 10 s read would time out.
+            raw.sendall(V2_SIGNATURE + b"\x21\x11\xff\xff" + b"x" * 1000)
+            try:
+                self.assertEqual(raw.recv(1), b"")
+            except ConnectionResetError:
+                pass
+        twist.wait_for(f"bad PROXY header: a version 2 header of 65551 bytes; this listener "
+                       f"takes at most {MAX_HEADER}")
+
+    def test_unfinished_headers_are_charged_to_the_handshake_budget(self) -> None:
+        budget = 131445  # the smallest handshakeMemory: one largest ClientHello
+        twist, port, _ = self.start(
+            listen_options=f":handshakeTimeout=120:handshakeMemory={budget}"
+        )
+        length = MAX_HEADER - 16
+        partial = V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", length) + b"x" * 16000
+        held = []
+        for _ in range(12):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            try:
+                sock.sendall(partial)
+            except OSError:
+                pass  # refused (reset) while sending
+            held.append(sock)
+        # 8 of them fit in the budget; the rest are refused, in one line.
+        refused = twist.wait_for(r"refused (\d+) new handshake\(s\)")
+        self.assertGreaterEqual(int(refused.group(1)), 1)
+        twist.wait_for(r"reason=.*PROXY header refused: .*handshakeMemory")
+        for sock in held:
+            sock.close()
+        wait_count(twist, "connection closed", 12)
+        # Given back when they left: 8 more are held (none refused), and a
+        # whole request still goes through.
+        again = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+        for sock in again:
+            self.addCleanup(sock.close)
+            sock.sendall(partial)
+        readable, _, _ = select.select(again, [], [], 2)
+        self.assertEqual(readable, [], "a header was refused: the budget was not given back")
+        for sock in again:
+            sock.close()
+
+
+class HeaderReaderTests(SynchronousTestCase):
+    """The parser alone, on the forms the listener tests do not send."""
+
+    def test_one_byte_at_a_time(self) -> None:
+        for header in (b"PROXY TCP6 ::1 2001:db8::1 1 65535\r\n",
+                       v2(0x21, bytes(15) + b"\x01" + bytes(16) + struct.pack("!HH", 5, 6))):
+            reader = HeaderReader()
+            for byte in header[:-1]:
+                self.assertIsNone(reader.feed(bytes([byte])))
+            result = reader.feed(header[-1:] + b"rest")
+            assert result is not None
+            addresses, rest = result
+            self.assertEqual(rest, b"rest")
+            assert addresses is not None
+            self.assertEqual(addresses[0].host, "::1")  # type: ignore[attr-defined]
+
+    def test_local_unspec_and_unix(self) -> None:
+        self.assertEqual(HeaderReader().feed(v2(0x00, b"", command=0x20)), (None, b""))
+        self.assertEqual(HeaderReader().feed(v2(0x00, b"")), (None, b""))
+        body = b"/balancer\0junk".ljust(108, b"\0") + b"/here".ljust(108, b"\0")
+        result = HeaderReader().feed(v2(0x31, body))
+        assert result is not None and result[0] is not None
+        self.assertEqual(result[0][0].name, b"/balancer")  # type: ignore[attr-defined]
+
+    def test_refusals_say_why(self) -> None:
+        for header, needle in (
+            (b"PROXY TCP4 1.2.3.4 5.6.7.8 65536 1\r\n", "source port '65536'"),
+            (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 +1\r\n", "destination port '+1'"),
+            (b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n", "'fe80::1%eth0' is not an IP address"),
+            (b"PROXY TCP4 " + b"1" * 120, "no CRLF within 107 bytes"),
+            (b"PROXY TCP4 1.2.3.4\n", "no CRLF"),
+            (v2(0x12, bytes(12)), "family and transport 0x12"),
+            (V2_SIGNATURE + b"\x22\x11\x00\x00", "command 2"),
+            (V2_SIGNATURE + b"\x11\x11\x00\x00", "version 1 after"),
+        ):
+            with self.assertRaises(ProxyHeaderRefused) as raised:
+                HeaderReader().feed(header)
+            self.assertIn(needle, str(raised.exception))
