@@ -15,12 +15,13 @@ import struct
 import time
 from pathlib import Path
 
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.peers import LISTENER, free_port, start_backend
 from tests.test_edges import Edge
 from tests.test_tap import Twist, assert_one_line, run_twist
-from txschannel.terminator.proxyheader import V2_SIGNATURE
+from txschannel.terminator.proxyheader import V2_SIGNATURE, header_v1, header_v2
 
 #: Twisted's haproxy: endpoint parses the header; the protocol behind it
 #: answers with the addresses it was given, as one JSON line.
@@ -218,6 +219,44 @@ class ProxyProtocolTests(Edge):
         sub = dict(parse_tlvs(ssl_tlv[5:]))
         self.assertEqual(sorted(sub), [0x21, 0x23])
 
+    def test_a_common_name_with_control_characters_is_not_passed_on(self) -> None:
+        record = self.folder / "record.txt"
+        backend = self.backend(RECORD_BYTES, str(record))
+        twist, port = self.start("v2", backend, f":clientCA={self.folder}/ca.pem")
+        names = ["alice\x00.evil", "alice\r\nX-Client: admin"]
+        for index, name in enumerate(names):
+            certificate = self.folder / f"hostile{index}.pem"
+            self.ca.issue("alice.example.com", common_name=name).write(certificate)
+            self.ask(port, b"hello", certificate=certificate)
+        for line in wait_for_record(record, count=2):
+            data = bytes.fromhex(line)
+            tlvs = dict(parse_tlvs(data[16 + 12:-len(b"hello")]))
+            ssl_tlv = tlvs[0x20]
+            # Still a verified client certificate; just no name a C backend
+            # would read as "alice".
+            self.assertEqual(ssl_tlv[0], 0x01 | 0x02 | 0x04)
+            self.assertNotIn(0x22, dict(parse_tlvs(ssl_tlv[5:])))
+            self.assertNotIn(b"alice", data)
+        twist.wait_for(r"common name alice\\x00\.evil holds control characters")
+        twist.wait_for(r"common name alice\\x0d\\x0aX-Client: admin holds control characters")
+        self.assertNotIn("\nX-Client", twist.output)
+
+    def test_a_server_name_that_is_no_host_name_is_not_passed_on(self) -> None:
+        record = self.folder / "record.txt"
+        backend = self.backend(RECORD_BYTES, str(record))
+        twist, port = self.start("v2", backend)
+        context = self.client_context()
+        context.check_hostname = False
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+            with context.wrap_socket(raw, server_hostname="evil\r\nX-Host: admin") as tls:
+                tls.sendall(b"hello")
+                self.assertEqual(tls.recv(2), b"ok")
+        data = bytes.fromhex(wait_for_record(record)[-1])
+        kinds = [kind for kind, _ in parse_tlvs(data[16 + 12:-len(b"hello")])]
+        self.assertEqual(kinds, [0x20])  # no PP2_TYPE_AUTHORITY
+        self.assertNotIn(b"X-Host", data)
+        twist.wait_for(r"server name evil\\x0d\\x0aX-Host: admin is not a host name")
+
     def test_a_plain_listener_sends_addresses_and_no_tls_tlvs(self) -> None:
         record = self.folder / "record.txt"
         backend = self.backend(RECORD_BYTES, str(record))
@@ -243,6 +282,31 @@ def wait_for_record(path: Path, count: int = 1) -> list[str]:
             return lines
         time.sleep(0.05)
     raise AssertionError(f"the backend recorded nothing in {path}")
+
+
+class HeaderBuilderTests(SynchronousTestCase):
+    """The headers are valid whatever addresses they are given."""
+
+    def test_a_port_outside_0_to_65535_gives_unknown_and_local(self) -> None:
+        destination = IPv4Address("TCP", "10.0.0.1", 443)
+        for port in (99999, -1, 65536):
+            source = IPv4Address("TCP", "6.6.6.6", port)
+            # Before: "PROXY TCP4 6.6.6.6 10.0.0.1 99999 443" and struct.error.
+            self.assertEqual(header_v1(source, destination), b"PROXY UNKNOWN\r\n")
+            header = header_v2(source, destination, None)
+            self.assertEqual(header, V2_SIGNATURE + b"\x20\x00\x00\x00")
+        # The edges are valid ports.
+        source = IPv4Address("TCP", "6.6.6.6", 65535)
+        self.assertEqual(
+            header_v1(source, IPv4Address("TCP", "10.0.0.1", 0)),
+            b"PROXY TCP4 6.6.6.6 10.0.0.1 65535 0\r\n",
+        )
+
+    def test_unix_addresses_give_local_with_the_tlvs(self) -> None:
+        header = header_v2(UNIXAddress(b"/a"), UNIXAddress(b"/b"), None)
+        # Version 2 LOCAL, UNSPEC: what HAProxy itself sends for addresses
+        # it cannot write, and what every receiver must accept.
+        self.assertEqual(header[12:14], b"\x20\x00")
 
 
 class BadProxyProtocolTests(SynchronousTestCase):

@@ -23,17 +23,35 @@ hitch and ghostunnel send them:
 
 A client certificate with no common name, or with more than one (which of
 them would the backend trust?), gets no CN sub-TLV; nor does one whose
-name is longer than :data:`MAX_CN`. Plain listeners send no TLS TLVs.
+name is longer than :data:`MAX_CN`, or holds a control character (a NUL,
+CR, LF, ...): a backend in C would read ``alice\x00.evil`` as ``alice``,
+and no legitimate identity holds one. Such a name is logged once per
+connection, escaped. The same goes for a server name (``PP2_TYPE_AUTHORITY``)
+that is not a host name of letters, digits, ``-``, ``_`` and dots, of at
+most 255 characters: it is left out, not cut. Plain listeners send no TLS
+TLVs.
+
+The header is never invalid: an address that cannot be written in it (a
+UNIX socket, two different families, a port outside 0..65535) gives
+``PROXY UNKNOWN`` in version 1, and in version 2 the ``LOCAL`` command with
+the ``UNSPEC`` family, the TLVs still following. Both tell the backend to
+use the connection's own addresses; ``LOCAL`` is what HAProxy itself sends
+then, and the one the specification obliges every receiver to accept (with
+``PROXY`` and ``UNSPEC`` a receiver "is free to ... reject" the connection).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from dataclasses import dataclass
 
 from cryptography.x509.oid import NameOID
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.logger import Logger
+
+from txschannel.peertext import PeerText
 
 __all__ = [
     "MAX_CN",
@@ -49,6 +67,12 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 #: The longest common name passed on: RFC 5280's upper bound is 64
 #: characters; a longer one is not passed on rather than cut.
 MAX_CN = 256
+
+_log = Logger(namespace="txschannel")
+
+#: A server name that can be passed on: a host name (underscores allowed,
+#: as some DNS labels have them), at most 255 characters.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 
 PP2_TYPE_ALPN = 0x01
 PP2_TYPE_AUTHORITY = 0x02
@@ -93,11 +117,24 @@ def tls_facts(transport: object) -> TLSFacts | None:
         names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if len(names) == 1:
             value = str(names[0].value)
-            if len(value.encode("utf-8")) <= MAX_CN:
+            if _has_control(value):
+                _log.warn(
+                    "client certificate common name {name} holds control characters: "
+                    "not passed on in the PROXY header",
+                    name=PeerText(value),
+                )
+            elif len(value.encode("utf-8")) <= MAX_CN:
                 common_name = value
+    server_name = attributes.server_name
+    if server_name is not None and not _HOST_NAME.fullmatch(server_name):
+        _log.warn(
+            "server name {name} is not a host name: not passed on in the PROXY header",
+            name=PeerText(server_name),
+        )
+        server_name = None
     return TLSFacts(
         alpn=attributes.alpn,
-        server_name=attributes.server_name,
+        server_name=server_name,
         version=attributes.protocol,
         cipher=attributes.cipher,
         # The handshake fails on a certificate that does not verify: one
@@ -105,6 +142,11 @@ def tls_facts(transport: object) -> TLSFacts | None:
         client_certificate=certificate is not None,
         common_name=common_name,
     )
+
+
+def _has_control(text: str) -> bool:
+    """Whether *text* holds a C0 or C1 control character or DEL (NUL, CR, LF, ESC, ...)."""
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text)
 
 
 def _ip_pair(
@@ -123,6 +165,10 @@ def _ip_pair(
     except ValueError:
         return None
     if src.version != dst.version:
+        return None
+    ports = (source.port, destination.port)
+    if not all(type(port) is int and 0 <= port <= 65535 for port in ports):
+        # (Twisted's own haproxy: parser let any integer through.)
         return None
     return src, source.port, dst, destination.port
 
@@ -148,15 +194,17 @@ def _tlv(kind: int, value: bytes) -> bytes:
 def header_v2(source: object, destination: object, tls: TLSFacts | None) -> bytes:
     """A version 2 (binary) header, with the TLS TLVs when *tls* is given.
 
-    Addresses that are not both IPv4 or both IPv6 are sent as
-    ``AF_UNSPEC`` (the backend uses the connection's own), TLVs still
-    following.
+    Addresses that cannot be written (not both IPv4 or both IPv6, a port
+    outside 0..65535) are sent as the ``LOCAL`` command with the
+    ``AF_UNSPEC`` family (the backend uses the connection's own), TLVs
+    still following.
     """
     pair = _ip_pair(source, destination)
     if pair is None:
-        family, addresses = 0x00, b""
+        command, family, addresses = 0x20, 0x00, b""  # version 2, LOCAL
     else:
         src, sport, dst, dport = pair
+        command = 0x21  # version 2, PROXY
         family = 0x11 if src.version == 4 else 0x21  # TCP over IPv4 / IPv6
         addresses = src.packed + dst.packed + struct.pack("!HH", sport, dport)
     tlvs = b""
@@ -164,7 +212,7 @@ def header_v2(source: object, destination: object, tls: TLSFacts | None) -> byte
         if tls.alpn:
             tlvs += _tlv(PP2_TYPE_ALPN, tls.alpn.encode("ascii", "replace")[:255])
         if tls.server_name:
-            tlvs += _tlv(PP2_TYPE_AUTHORITY, tls.server_name.encode("ascii", "replace")[:255])
+            tlvs += _tlv(PP2_TYPE_AUTHORITY, tls.server_name.encode("ascii"))
         client = PP2_CLIENT_SSL
         if tls.client_certificate:
             client |= PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS
@@ -175,5 +223,5 @@ def header_v2(source: object, destination: object, tls: TLSFacts | None) -> byte
         verify = 0 if tls.client_certificate else 1
         tlvs += _tlv(PP2_TYPE_SSL, struct.pack("!BI", client, verify) + sub)
     body = addresses + tlvs
-    # Version 2, command PROXY; then the family, then the length of the rest.
-    return V2_SIGNATURE + struct.pack("!BBH", 0x21, family, len(body)) + body
+    # Version and command; then the family, then the length of the rest.
+    return V2_SIGNATURE + struct.pack("!BBH", command, family, len(body)) + body
