@@ -19,8 +19,9 @@ from twisted.internet.endpoints import (
     clientFromString,
     serverFromString,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.trial.unittest import FailTest, TestCase
 
 from tests.peers import LISTENER, Peer, free_port, require, start_backend, wait_for_port
@@ -342,3 +343,61 @@ class FlowControlTests(TestCase):
                 f"schannel:tcp:127.0.0.1:{port}:hostname=localhost:trustRoots={folder}/ca.pem",
             ),
         )
+
+
+class _Watched(Protocol):
+    """Records how its connection ended."""
+
+    def __init__(self) -> None:
+        self.lost: Deferred[str] = Deferred()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(type(reason.value).__name__)
+
+
+class JoinFailureTests(TestCase):
+    """An error while the two sides are joined ends both, and says why."""
+
+    @inlineCallbacks
+    def test_an_error_building_the_proxy_header_aborts_both_sides(self):  # type: ignore[no-untyped-def]
+        backends: list[_Watched] = []
+
+        def backend() -> _Watched:
+            backends.append(_Watched())
+            return backends[-1]
+
+        backend_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(backend)
+        )
+        self.addCleanup(backend_port.stopListening)
+
+        def broken(transport: object) -> bytes:
+            raise ValueError("no header\nFAKE")
+
+        relays: list[Inbound] = []
+        relay_factory = RelayFactory(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", backend_port.getHost().port, timeout=10),
+            proxy_header=broken,
+        )
+        build = relay_factory.buildProtocol
+
+        def counting(addr):  # type: ignore[no-untyped-def]
+            relays.append(build(addr))
+            return relays[-1]
+
+        relay_factory.buildProtocol = counting  # type: ignore[method-assign]
+        relay_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            relay_factory
+        )
+        self.addCleanup(relay_port.stopListening)
+        client = _Watched()
+        yield TCP4ClientEndpoint(
+            reactor, "127.0.0.1", relay_port.getHost().port, timeout=10
+        ).connect(Factory.forProtocol(lambda: client))
+        # Before, the error only failed the connect Deferred: the client
+        # stayed paused and the backend connected, both for good.
+        how = yield client.lost.addTimeout(10, reactor)
+        self.assertEqual(how, "ConnectionLost")  # a reset, not a clean end
+        self.assertEqual(len(backends), 1)
+        yield backends[0].lost.addTimeout(10, reactor)
+        self.assertEqual(relays[0].close_reason, "relay error: ValueError: no header\nFAKE")

@@ -310,22 +310,32 @@ class Inbound(_Side):
         self.partner = outbound
         outbound.partner = self
         assert self.transport is not None and outbound.transport is not None
-        # Each transport is the producer of the other: a full write buffer on
-        # one side pauses reading on the other.
-        self.transport.registerProducer(outbound.transport, True)  # type: ignore[attr-defined]
-        outbound.transport.registerProducer(self.transport, True)  # type: ignore[attr-defined]
-        if self.factory.proxy_header is not None:
-            # Before any byte of the client's: the backend reads it first.
-            outbound.transport.write(self.factory.proxy_header(self.transport))
-        pending, self._pending = self._pending, []
-        self._pending_size = 0
-        for data in pending:
-            outbound.transport.write(data)
-        if self.read_closed:
-            self.readConnectionLost()
-        resume = getattr(self.transport, "resumeProducing", None)
-        if callable(resume) and not self.read_closed:
-            resume()
+        try:
+            # Each transport is the producer of the other: a full write buffer on
+            # one side pauses reading on the other.
+            self.transport.registerProducer(outbound.transport, True)  # type: ignore[attr-defined]
+            outbound.transport.registerProducer(self.transport, True)  # type: ignore[attr-defined]
+            if self.factory.proxy_header is not None:
+                # Before any byte of the client's: the backend reads it first.
+                outbound.transport.write(self.factory.proxy_header(self.transport))
+            pending, self._pending = self._pending, []
+            self._pending_size = 0
+            for data in pending:
+                outbound.transport.write(data)
+            if self.read_closed:
+                self.readConnectionLost()
+            resume = getattr(self.transport, "resumeProducing", None)
+            if callable(resume) and not self.read_closed:
+                resume()
+        except Exception as error:
+            # Raised here, the error would only fail the connect Deferred's
+            # callback chain: the client would stay paused and the backend
+            # connected, both for good, with no line. Both are aborted
+            # instead, and the close line says why.
+            self._ended(f"relay error: {type(error).__name__}: {error}")
+            self._pending = []
+            reset(outbound.transport)
+            reset(self.transport)
 
     def _unreachable(self, failure: Failure) -> None:
         self._connecting = None
