@@ -15,13 +15,25 @@ import struct
 import time
 from pathlib import Path
 
-from twisted.trial.unittest import FailTest, SynchronousTestCase
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import Clock, deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
 
 from tests.peers import free_port
 from tests.test_edges import Edge
 from tests.test_proxyheader import RECORD_BYTES, wait_for_record
 from tests.test_tap import Twist
-from txschannel.haproxy import MAX_HEADER, HeaderReader, ProxyHeaderRefused
+from txschannel.haproxy import (
+    HEADER_TIMEOUT,
+    MAX_HEADER,
+    HeaderReader,
+    ProxyHeaderFactory,
+    ProxyHeaderRefused,
+)
 from txschannel.terminator.proxyheader import V2_SIGNATURE
 
 
@@ -213,3 +225,88 @@ class HeaderReaderTests(SynchronousTestCase):
             with self.assertRaises(ProxyHeaderRefused) as raised:
                 HeaderReader().feed(header)
             self.assertIn(needle, str(raised.exception))
+
+
+class PlainHAProxyListenerTests(Edge):
+    """``--listen haproxy:tcp:...``: no TLS, the header straight before the data."""
+
+    def start(self) -> tuple[Twist, int, Path]:
+        record = self.folder / "record.txt"
+        backend = self.backend(RECORD_BYTES, str(record))
+        port = free_port()
+        twist = Twist(
+            self, "--listen", f"haproxy:tcp:{port}:interface=127.0.0.1",
+            "--connect", f"tcp:127.0.0.1:{backend}", "--proxy-protocol", "v1",
+        )
+        twist.wait_for("listening on")
+        return twist, port, record
+
+    def test_the_address_it_was_told_is_passed_on_and_logged(self) -> None:
+        twist, port, record = self.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 443\r\nhello")
+            self.assertEqual(raw.recv(2), b"ok")
+        # Before, the relay started (and asked for its backend) before the
+        # header was read: the backend was told the balancer's address.
+        self.assertEqual(
+            bytes.fromhex(wait_for_record(record)[-1]),
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 443\r\nhello",
+        )
+        twist.wait_for(r"connection closed peer=192\.0\.2\.7:51234 ")
+
+    def test_a_bad_header_is_one_escaped_line_and_no_traceback(self) -> None:
+        twist, port, record = self.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"PROXY TCP4 6.6.6.6 10.0.0.1 abc\nFAKE 443\r\nhello")
+            try:
+                self.assertEqual(raw.recv(2), b"")
+            except ConnectionResetError:
+                pass
+        line = twist.wait_for(r"127\.0\.0\.1:\d+: bad PROXY header: .*abc.*")
+        self.assertIn("abc\\x0aFAKE", line.group(0))
+        self.assertNotIn("\nFAKE", twist.output)
+        self.assertNotIn("Traceback", twist.output)
+        self.assertFalse(record.exists())
+
+
+class _Lost(Protocol):
+    def __init__(self) -> None:
+        self.lost: Deferred[None] = Deferred()
+        self.made = False
+
+    def connectionMade(self) -> None:
+        self.made = True
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(None)
+
+
+class HeaderTimeoutTests(TestCase):
+    """Behind a protocol that is not TLS, the header has a time limit of its own."""
+
+    @inlineCallbacks
+    def test_a_stalled_header_is_dropped_after_the_timeout_unseen(self):  # type: ignore[no-untyped-def]
+        clock = Clock()
+        servers: list[_Lost] = []
+
+        def server() -> _Lost:
+            servers.append(_Lost())
+            return servers[-1]
+
+        factory = ProxyHeaderFactory(Factory.forProtocol(server), clock=clock)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        client = _Lost()
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            Factory.forProtocol(lambda: client)
+        )
+        client.transport.write(b"PROXY TCP4 1.2")  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while not clock.getDelayedCalls() and time.monotonic() < deadline:
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual([call.getTime() for call in clock.getDelayedCalls()], [HEADER_TIMEOUT])
+        clock.advance(HEADER_TIMEOUT)
+        yield client.lost.addTimeout(10, reactor)
+        # The protocol behind was never told of the connection.
+        self.assertEqual([s.made for s in servers], [False])
+        self.assertFalse(servers[0].lost.called)

@@ -28,10 +28,18 @@ differs where a header is hostile or broken:
   are charged to that listener's ``handshakeMemory`` budget like a
   ClientHello: past the budget the connection is refused, and logged in the
   same rate-limited line as refused handshakes;
-- a refused connection is aborted, and the protocol behind it is told why:
-  its ``connectionLost`` reason is a :class:`ProxyHeaderRefused` whose text
-  quotes the peer's bytes escaped (``twist schannel`` writes it in the
-  connection's one log line).
+- the protocol behind the endpoint is only started once the header is
+  read, so it never sees the balancer's address as its peer (Twisted's
+  starts it at once: a relay there connects its backend, and says who the
+  client is, before the header has arrived). A TLS layer is the exception:
+  it is started at once, since nothing reaches the application before its
+  handshake, and its handshake timeout then covers the header; behind
+  anything else the header must arrive within :data:`HEADER_TIMEOUT`;
+- a refused connection is aborted. A protocol already started (TLS) is
+  told why: its ``connectionLost`` reason is a :class:`ProxyHeaderRefused`
+  whose text quotes the peer's bytes escaped (``twist schannel`` writes it
+  in the connection's one log line); otherwise the protocol never hears of
+  the connection and the refusal is logged here, as one escaped line.
 
 The header is trusted as it stands: whoever can connect to the listener can
 claim any address. Such a listener must be reachable from the load balancer
@@ -52,24 +60,32 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IListeningPort,
     IProtocol,
     IProtocolFactory,
+    IReactorTime,
     IStreamServerEndpoint,
+    ITransport,
 )
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer, providedBy
 
 from txschannel.peertext import printable
+from txschannel.protocol import SchannelFactory
 
 __all__ = [
+    "HEADER_TIMEOUT",
     "MAX_HEADER",
     "MAX_V1_HEADER",
     "V1_SIGNATURE",
     "V2_SIGNATURE",
     "HAProxyServerEndpoint",
     "HeaderReader",
+    "ProxyHeaderFactory",
     "ProxyHeaderRefused",
     "server_from_string",
 ]
@@ -78,6 +94,9 @@ __all__ = [
 #: HAProxy reads itself (one peek of ``tune.bufsize``, 16,384 by default).
 #: Real headers are a few hundred bytes at most.
 MAX_HEADER = 16384
+#: Seconds a header may take to arrive behind a listener that is not TLS
+#: (a TLS listener's ``handshakeTimeout`` covers its header).
+HEADER_TIMEOUT = 30.0
 #: The longest version 1 line, CRLF included, as the specification says.
 MAX_V1_HEADER = 107
 #: The start of every version 1 header.
@@ -92,6 +111,8 @@ _PORT = re.compile(rb"[0-9]{1,5}")
 # Version 2: the family and transport byte, and the length of its addresses.
 _V2_FAMILIES = {0x11: 12, 0x21: 36, 0x31: 216}
 _V2_UNSPEC = 0x00
+_log = Logger(namespace="txschannel")
+
 # How many of the peer's bytes a refusal quotes.
 _QUOTE = 40
 
@@ -286,7 +307,18 @@ class HeaderReader:
 
 
 class _ProxyHeaderProtocol(ProtocolWrapper):
-    """Reads the header, then passes the stream on; reports its addresses."""
+    """Reads the header, then passes the stream on; reports its addresses.
+
+    The protocol behind it is started (``makeConnection``) only once the
+    header is read, so that it never sees the balancer's address as its
+    peer, except a TLS layer (:class:`~txschannel.protocol.SchannelFactory`),
+    which is started at once: nothing reaches the application through it
+    before the handshake, which only follows the header, and its handshake
+    timeout, the connection limits and the log line of ``twist schannel``
+    then cover the header too. A protocol not started yet is never told of
+    the connection at all; a refusal is then logged here, and a header not
+    complete within ``timeout`` seconds is refused.
+    """
 
     factory: ProxyHeaderFactory
     # Any ITransport (abortConnection where it has one).
@@ -299,6 +331,35 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
         self._refusal: ProxyHeaderRefused | None = None
         #: Bytes charged to the handshake memory budget for the header so far.
         self._charged = 0
+        #: The wrapped protocol has been given the connection.
+        self._started = False
+        self._timer: IDelayedCall | None = None
+
+    def makeConnection(self, transport: ITransport) -> None:
+        directlyProvides(self, providedBy(transport))
+        cast(Any, Protocol).makeConnection(self, transport)
+        cast(Any, self.factory).registerProtocol(self)
+        if isinstance(self.factory.wrappedFactory, SchannelFactory):
+            self._start()
+        elif self.factory.timeout is not None:
+            self._timer = self.factory.clock.callLater(self.factory.timeout, self._timed_out)
+
+    def _start(self) -> None:
+        self._started = True
+        self.wrappedProtocol.makeConnection(cast(ITransport, self))
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._refuse(
+            ProxyHeaderRefused(
+                f"PROXY header refused: not complete within {self.factory.timeout:g} s"
+            )
+        )
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def dataReceived(self, data: bytes) -> None:
         reader = self._reader
@@ -316,9 +377,12 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
                 self._charge(reader.buffered)
             return
         self._reader = None
+        self._cancel_timer()
         self._give_back()
         self._addresses, rest = result
-        if rest:
+        if not self._started:
+            self._start()
+        if rest and self.wrappedProtocol is not None:
             self.wrappedProtocol.dataReceived(rest)
 
     def _charge(self, size: int) -> None:
@@ -345,7 +409,16 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
     def _refuse(self, refusal: ProxyHeaderRefused) -> None:
         self._refusal = refusal
         self._reader = None
+        self._cancel_timer()
         self._give_back()
+        if not self._started:
+            # No protocol will write the connection's line: this is it.
+            _log.warn(
+                "{peer}: {why}",
+                peer=_describe(self.transport.getPeer()),
+                why=str(refusal),
+                status="PROXY_HEADER_REFUSED",
+            )
         abort = getattr(self.transport, "abortConnection", None)
         if callable(abort):
             abort()
@@ -354,7 +427,11 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._reader = None
+        self._cancel_timer()
         self._give_back()
+        if not self._started:
+            cast(Any, self.factory).unregisterProtocol(self)
+            return
         if self._refusal is not None:
             reason = Failure(self._refusal)  # type: ignore[no-untyped-call]
         cast(Any, ProtocolWrapper).connectionLost(self, reason)
@@ -387,13 +464,29 @@ class ProxyHeaderFactory(WrappingFactory):
         ``schannel:haproxy:``: its handshake memory budget is charged for
         headers being read).
     :param limit: the longest header accepted, in bytes.
+    :param timeout: seconds the header may take, for a protocol that is not
+        started before it (all but TLS, whose handshake timeout covers it);
+        None for no limit.
+    :param clock: for that timeout (the reactor by default).
     """
 
     protocol = _ProxyHeaderProtocol
 
-    def __init__(self, wrappedFactory: IProtocolFactory, limit: int = MAX_HEADER) -> None:
+    def __init__(
+        self,
+        wrappedFactory: IProtocolFactory,
+        limit: int = MAX_HEADER,
+        timeout: float | None = HEADER_TIMEOUT,
+        clock: IReactorTime | None = None,
+    ) -> None:
         cast(Any, WrappingFactory).__init__(self, wrappedFactory)
         self.limit = limit
+        self.timeout = timeout
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        self.clock = clock
 
     def logPrefix(self) -> str:
         prefix = getattr(self.wrappedFactory, "logPrefix", None)
