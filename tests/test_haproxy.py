@@ -310,3 +310,30 @@ class HeaderTimeoutTests(TestCase):
         # The protocol behind was never told of the connection.
         self.assertEqual([s.made for s in servers], [False])
         self.assertFalse(servers[0].lost.called)
+
+
+class HAProxyWorkersTests(Edge):
+    """``--workers`` share a ``haproxy:`` listener (the supervisor opens it
+    without a reactor)."""
+
+    def test_two_workers_read_the_header(self) -> None:
+        record = self.folder / "record.txt"
+        backend = self.backend(RECORD_BYTES, str(record))
+        port = free_port()
+        twist = Twist(
+            self, "--workers", "2", "--listen",
+            f"schannel:haproxy:tcp:{port}:interface=127.0.0.1:"
+            f"certificate={self.folder}/server.pem",
+            "--connect", f"tcp:127.0.0.1:{backend}", "--proxy-protocol", "v1", group=True,
+        )
+        wait_count(twist, "ready: accepting connections", 2, timeout=60)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 443\r\n")
+            with self.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"hello")
+                self.assertEqual(tls.recv(2), b"ok")
+        self.assertTrue(
+            bytes.fromhex(wait_for_record(record)[-1]).startswith(
+                b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 443\r\n"
+            )
+        )

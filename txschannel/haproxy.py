@@ -482,11 +482,19 @@ class ProxyHeaderFactory(WrappingFactory):
         cast(Any, WrappingFactory).__init__(self, wrappedFactory)
         self.limit = limit
         self.timeout = timeout
-        if clock is None:
+        self._clock = clock
+
+    @property
+    def clock(self) -> IReactorTime:
+        """The clock of the header timeout: the reactor unless one was given."""
+        if self._clock is None:
+            # Imported only when a connection needs it: twist's --workers
+            # supervisor makes this factory to find the sockets, and must
+            # not import the reactor.
             from twisted.internet import reactor
 
-            clock = cast(IReactorTime, reactor)
-        self.clock = clock
+            self._clock = cast(IReactorTime, reactor)
+        return self._clock
 
     def logPrefix(self) -> str:
         prefix = getattr(self.wrappedFactory, "logPrefix", None)
