@@ -1176,12 +1176,14 @@ def _flush_key_update(connection: SSL.Connection) -> None:
 
 
 def _a_label(name: str) -> bytes:
-    import idna
+    """*name* as the SNI and OpenSSL's name check take it (the rules of
+    :func:`txschannel.validation.host_a_label`)."""
+    from txschannel.validation import host_a_label
 
     try:
-        return idna.encode(name.rstrip("."), uts46=True)
-    except idna.IDNAError as e:
-        raise ValueError(f"target_name {name!r} is not a valid host name: {e}") from None
+        return host_a_label(name).encode("ascii")
+    except ValueError as e:
+        raise ValueError(f"target_name {e}") from None
 
 
 def _check_name_in_openssl(connection: SSL.Connection, name: str) -> None:

@@ -51,14 +51,16 @@ import os
 import ssl
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 
 from txschannel import _openssl
@@ -205,24 +207,90 @@ def is_ip(name: str) -> bool:
     return True
 
 
+def host_a_label(name: str) -> str:
+    """*name* as it is compared with certificates and sent as the SNI: lower
+    case, no trailing dot, internationalised labels as their A-labels.
+
+    A name written in ASCII is taken as it is written: each label letters,
+    digits and hyphens (1 to 63 of them, no hyphen first or last), 253
+    characters in all. Its ``xn--`` labels are not decoded and judged
+    again: a certificate names a host by its A-label (RFC 5280 section
+    4.2.1.6), and the comparison is of those bytes, so a label IDNA 2008
+    would not register (``xn--n3h.com``, whose U-label is a snowman) is
+    still a name a certificate can carry and a client must be able to check.
+
+    A name with non-ASCII characters goes through UTS 46 processing,
+    nontransitional (``ß`` stays ``ß``, as browsers do), with the STD3 ASCII
+    rules: mapped (case folded, NFC), disallowed code points refused, each
+    label checked for hyphens, a leading combining mark, joiners (CONTEXTJ)
+    and bidi, then Punycode. The IDNA 2008 code-point table is not applied
+    on top, as UTS 46 does not (``☃.com`` is ``xn--n3h.com``).
+
+    :raises ValueError: *name* is not a valid host name, saying why.
+    """
+    import idna
+    from idna import core
+
+    host = name[:-1] if name.endswith(".") else name
+    if not host.isascii():
+        try:
+            mapped = core.uts46_remap(host, std3_rules=True, transitional=False)
+            labels = []
+            for label in mapped.split("."):
+                if label.isascii():
+                    labels.append(label)
+                    continue
+                core.check_nfc(label)
+                core.check_hyphen_ok(label)
+                core.check_initial_combiner(label)
+                core.check_bidi(label)
+                for position, character in enumerate(label):
+                    # ZERO WIDTH NON-JOINER and JOINER, allowed only where
+                    # a script needs them (RFC 5892 appendix A.1, A.2).
+                    if character in "\u200c\u200d" and not core.valid_contextj(label, position):
+                        raise idna.IDNAError(f"joiner U+{ord(character):04X} not allowed here")
+                labels.append("xn--" + label.encode("punycode").decode("ascii"))
+            host = ".".join(labels)
+        except (idna.IDNAError, UnicodeError) as e:
+            raise ValueError(f"{name!r} is not a valid host name ({e})") from None
+    host = host.lower()
+    problem = _ldh_problem(host)
+    if problem is not None:
+        raise ValueError(f"{name!r} is not a valid host name ({problem})")
+    return host
+
+
+def _ldh_problem(host: str) -> str | None:
+    """Why *host* (ASCII) is not a host name of letters, digits and hyphens, or None."""
+    if not host:
+        return "it is empty"
+    if len(host) > 253:
+        return "longer than 253 characters"
+    for label in host.split("."):
+        if not label:
+            return "an empty label"
+        if len(label) > 63:
+            return f"the label {label[:20]!r}... is longer than 63 characters"
+        if label[0] == "-" or label[-1] == "-":
+            return f"the label {label!r} starts or ends with a hyphen"
+        if not all(c.isalnum() or c == "-" for c in label):
+            return f"the label {label!r} has a character other than a letter, digit or hyphen"
+    return None
+
+
 @functools.lru_cache(maxsize=1024)
 def _reference(name: str) -> tuple[str, x509.DNSName | x509.IPAddress]:
     """*name* as certificates spell it, and as cryptography's subject.
 
-    An address in its canonical form; a host name without a trailing dot
-    (RFC 6125 section 6.2.1), as its lower-case IDNA A-label.
+    An address in its canonical form; a host name as :func:`host_a_label`
+    gives it.
 
     :raises ValueError: *name* is not a valid host name.
     """
     try:
         address = ipaddress.ip_address(name)
     except ValueError:
-        import idna
-
-        try:
-            host = idna.encode(name.rstrip("."), uts46=True).decode("ascii").lower()
-        except (idna.IDNAError, UnicodeError) as e:
-            raise ValueError(f"{name!r} is not a valid host name ({e})") from None
+        host = host_a_label(name)
         return host, x509.DNSName(host)
     return str(address), x509.IPAddress(address)
 
@@ -504,6 +572,7 @@ class TrustStore:
         self.source = source
         #: The roots that cannot end a path, each with the reason.
         self.unusable: tuple[tuple[x509.Certificate, str], ...] = ()
+        self._system = system
         anchors: list[x509.Certificate] = []
         unusable = []
         pinned = []
@@ -533,6 +602,11 @@ class TrustStore:
             self._store = Store(anchors)
         self._openssl: crypto.X509Store | None = None
         self._lock = threading.Lock()
+        # The chains accepted against these roots. A store that is read
+        # again (new credentials, a changed system bundle) is a new object
+        # with an empty memory: no verdict outlives the roots it was
+        # reached with.
+        self._verdicts = _Verdicts(VERDICT_CACHE_SIZE)
 
     @classmethod
     def system(cls) -> TrustStore:
@@ -678,6 +752,218 @@ def _policies() -> tuple[Any, Any]:
     return ca, ee
 
 
+# -- rules on the path built -----------------------------------------------
+#
+# cryptography's profile leaves these to the caller; each is checked on the
+# path the verifier returns (never on a certificate the path does not use).
+
+
+def _key_problem(certificate: x509.Certificate) -> str | None:
+    """Why the key *certificate* carries is too weak, or None: every key of
+    the path, not only the ones that verify a signature (the leaf's signs
+    the handshake; a root's signs what it issues)."""
+    try:
+        key = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return "a public key of a kind that cannot be read"
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < 2048:
+            return f"an RSA key of {key.key_size} bits (2048 at least)"
+        if key.key_size % 8:
+            return f"an RSA key of {key.key_size} bits, not a whole number of bytes"
+    elif isinstance(key, dsa.DSAPublicKey):
+        return "a DSA key"
+    elif isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size < 256:
+        return f"an elliptic-curve key on {key.curve.name} (P-256 or stronger)"
+    return None
+
+
+def _extension(certificate: x509.Certificate, kind: type[x509.ExtensionType]) -> Any:
+    """*certificate*'s extension of *kind* (``x509.Extension``), or None."""
+    try:
+        return certificate.extensions.get_extension_for_class(kind)
+    except (x509.ExtensionNotFound, ValueError, TypeError):
+        return None
+
+
+def _profile_problem(
+    certificate: x509.Certificate, depth: int, last: bool
+) -> tuple[str, int] | None:
+    """Why *certificate*, at *depth* of the path (*last*: the trust root
+    ending it), breaks RFC 5280 or the CA/Browser Forum's rules in a way
+    cryptography does not check, with the X509_V_ERR_* code; or None."""
+    rejected = int(_codes.ERR_CERT_REJECTED)
+    if certificate.serial_number <= 0 and not last:
+        # RFC 5280 section 4.1.2.2: a positive integer. (Not asked of the
+        # trust root: section 6.1.1 takes only its name and key, and real
+        # roots, Starfield's G2, have serial number 0.)
+        return f"serial number {certificate.serial_number} (it must be positive)", rejected
+    constraints = _extension(certificate, x509.BasicConstraints)
+    is_ca = constraints is not None and constraints.value.ca
+    if is_ca and _extension(certificate, x509.SubjectKeyIdentifier) is None:
+        # RFC 5280 section 4.2.1.2: MUST appear in every CA certificate.
+        return "a CA certificate without subjectKeyIdentifier", rejected
+    self_issued = certificate.issuer == certificate.subject
+    if not self_issued:
+        aki = _extension(certificate, x509.AuthorityKeyIdentifier)
+        if aki is None or aki.value.key_identifier is None:
+            # RFC 5280 section 4.2.1.1: the keyIdentifier MUST be in every
+            # certificate a CA issues (only a self-signed one may lack it).
+            return "no authorityKeyIdentifier (keyIdentifier)", rejected
+    constraints_on_policy = _extension(certificate, x509.PolicyConstraints)
+    if constraints_on_policy is not None and not constraints_on_policy.critical:
+        # RFC 5280 section 4.2.1.11: conforming CAs MUST mark it critical.
+        return "a policyConstraints extension that is not critical", rejected
+    usages = _extension(certificate, x509.ExtendedKeyUsage)
+    if usages is not None:
+        purpose = int(_codes.ERR_INVALID_PURPOSE)
+        if depth == 0 and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages.value:
+            # CA/Browser Forum Baseline Requirements 7.1.2.7.10.
+            return "anyExtendedKeyUsage in a server's certificate", purpose
+        if last and self_issued:
+            # Baseline Requirements 7.1.2.1.2: a root has no extendedKeyUsage.
+            return "an extendedKeyUsage in a root certificate", purpose
+    return None
+
+
+def _common_name_problem(leaf: x509.Certificate) -> str | None:
+    """Why the leaf's subject CN breaks the Baseline Requirements 7.1.4.3,
+    narrowly, or None: a CN that names one of the subjectAltName entries
+    must be written as that entry is (a DNS name byte for byte, an address
+    in its canonical form), and an internationalised CN must be an A-label
+    copy of an entry (never a U-label: the Baseline Requirements forbid
+    converting P-labels to Unicode there). Other CNs that name no entry are
+    not refused (that stricter rule refuses certificates valid by RFC 5280
+    and by x509-limbo)."""
+    try:
+        names = [
+            attribute.value
+            for attribute in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            if isinstance(attribute.value, str)
+        ]
+    except ValueError:
+        return None
+    if not names:
+        return None
+    san = _extension(leaf, x509.SubjectAlternativeName)
+    if san is None:
+        return None
+    dns_names = san.value.get_values_for_type(x509.DNSName)
+    addresses = set(san.value.get_values_for_type(x509.IPAddress))
+    for name in names:
+        if name in dns_names:
+            continue
+        if not name.isascii():
+            try:
+                host_a_label(name)
+            except ValueError:
+                pass  # not a host name at all (a person's or a service's name)
+            else:
+                return f"its CN {name!r} is a host name written in Unicode, not as its A-label"
+        if any(label.lower().startswith("xn--") for label in name.split(".")):
+            return f"its CN {name!r} is an internationalised name not in its subjectAltName"
+        if any(name.lower() == entry.lower() for entry in dns_names):
+            return f"its CN {name!r} differs from its subjectAltName in case"
+        address = _lenient_address(name)
+        if address is not None and address in addresses and str(address) != name:
+            return f"its CN {name!r} is the address {address} not written canonically"
+    return None
+
+
+def _lenient_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address *text* spells, in any spelling the C library reads
+    (``0xC0A80101``, ``192.168.001.001``, upper case, uncompressed), or None."""
+    import socket
+
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    for family in (socket.AF_INET6, socket.AF_INET):
+        try:
+            return ipaddress.ip_address(socket.inet_pton(family, text))
+        except (OSError, ValueError):
+            continue
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(text))
+    except (OSError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _icann_suffixes() -> Any:
+    """The ICANN section of the public-suffix list bundled with the
+    ``publicsuffixlist`` package (read once; never fetched). The private
+    section (``s3.amazonaws.com``, ``github.io``) is left out: names under
+    those are registered by their companies, who may well hold a wildcard."""
+    from publicsuffixlist import PublicSuffixList
+
+    return PublicSuffixList(only_icann=True)
+
+
+def _public_suffix_wildcard(leaf: x509.Certificate, host: str) -> str | None:
+    """The wildcard entry on a public suffix that alone matches *host*, or None.
+
+    A wildcard whose parent is a public suffix (``*.co.uk``) matches every
+    registrant's names under it; the Baseline Requirements (3.2.2.6) forbid
+    it. *host* is still accepted if the certificate names it exactly.
+    """
+    parent = host.partition(".")[2]
+    if not parent or not _icann_suffixes().is_public(parent):
+        return None
+    san = _extension(leaf, x509.SubjectAlternativeName)
+    if san is None:
+        return None
+    entries = [entry.lower() for entry in san.value.get_values_for_type(x509.DNSName)]
+    if host in entries:
+        return None
+    wildcard = f"*.{parent}"
+    return wildcard if wildcard in entries else None
+
+
+def _path_refusal(
+    path: Sequence[x509.Certificate], store: TrustStore, text: str, subject: object
+) -> Refusal | None:
+    """The refusal the rules above make of *path* (leaf first, root last), or None."""
+    for depth, certificate in enumerate(path):
+        last = depth == len(path) - 1
+        problem = _key_problem(certificate)
+        code = int(_codes.ERR_CERT_REJECTED)
+        if problem is None and not (last and store._system):
+            # A root of the system store is an anchor, not a certificate
+            # to judge (see the module's notes); its key is still checked.
+            found = _profile_problem(certificate, depth, last)
+            if found is not None:
+                problem, code = found
+        if problem is not None:
+            return Refusal(
+                Status.CERT_UNKNOWN,
+                f"{verify_error_text(code)}: {_subject(certificate)} at depth {depth} "
+                f"({problem})",
+                code,
+            )
+    leaf = path[0]
+    problem = _common_name_problem(leaf)
+    if problem is not None:
+        code = int(_codes.ERR_CERT_REJECTED)
+        return Refusal(
+            Status.CERT_UNKNOWN,
+            f"{verify_error_text(code)}: {_subject(leaf)} at depth 0 ({problem}; "
+            "CA/Browser Forum Baseline Requirements 7.1.4.3)",
+            code,
+        )
+    if isinstance(subject, x509.DNSName):
+        wildcard = _public_suffix_wildcard(leaf, text)
+        if wildcard is not None:
+            return Refusal(
+                Status.WRONG_PRINCIPAL,
+                f"certificate for {wildcard} does not match {text!r} ({wildcard} is a "
+                "wildcard on a public suffix, which matches every registrant's names)",
+                _mismatch_code(text),
+            )
+    return None
+
+
 def verify_server_chain(
     chain: Sequence[x509.Certificate],
     name: str,
@@ -734,6 +1020,29 @@ def judge_server_chain(
     when = _utc(at)
     text, subject = _reference(name)
     leaf, intermediates = chain[0], list(chain[1:])
+    # Only a judgement made now is remembered or answered from memory.
+    key = _verdict_key(chain, text, max_depth) if at is None else None
+    if key is not None:
+        remembered = store._verdicts.get(key, when)
+        if remembered is not None:
+            return remembered
+    verdict = _judge(store, leaf, intermediates, name, text, subject, when, max_depth)
+    if key is not None and not isinstance(verdict, Refusal):
+        store._verdicts.put(key, verdict)
+    return verdict
+
+
+def _judge(
+    store: TrustStore,
+    leaf: x509.Certificate,
+    intermediates: list[x509.Certificate],
+    name: str,
+    text: str,
+    subject: x509.DNSName | x509.IPAddress,
+    when: datetime.datetime,
+    max_depth: int | None,
+) -> list[x509.Certificate] | Refusal:
+    """:func:`judge_server_chain`'s work, without the memory of verdicts."""
     if leaf in store._pinned:
         return _pinned(leaf, name, when)
     if store._store is None:
@@ -756,7 +1065,7 @@ def judge_server_chain(
     if max_depth is not None:
         builder = builder.max_chain_depth(max_depth)
     try:
-        path = builder.build_server_verifier(subject).verify(leaf, intermediates)
+        built = builder.build_server_verifier(subject).verify(leaf, intermediates)
     except VerificationError as e:
         return _explain(str(e), leaf, intermediates, name, store, when)
     except ValueError as e:  # cryptography cannot take the name as a subject
@@ -765,10 +1074,84 @@ def judge_server_chain(
             f"{name!r} cannot be checked against a certificate ({e})",
             _mismatch_code(text),
         )
+    path = [store._original.get(certificate, certificate) for certificate in built]
+    refusal = _path_refusal(path, store, text, subject)
+    if refusal is not None:
+        return _explain(refusal, leaf, intermediates, name, store, when)
     problem = name_mismatch(leaf, name)
     if problem is not None:
         return Refusal(Status.WRONG_PRINCIPAL, problem, _mismatch_code(text))
-    return [store._original.get(certificate, certificate) for certificate in path]
+    return path
+
+
+# -- remembered verdicts ----------------------------------------------------
+
+#: How many accepted chains each trust store remembers (the least recently
+#: used is forgotten first).
+VERDICT_CACHE_SIZE = 1024
+
+# Names the rules a remembered verdict was reached by; part of every key,
+# so that verdicts reached by other rules are never taken for these.
+_POLICY = ("txschannel validation", 2, "webpki+rfc5280 path rules", "ICANN public suffixes")
+
+
+def _verdict_key(
+    chain: Sequence[x509.Certificate], text: str, max_depth: int | None
+) -> tuple[object, ...]:
+    """What a verdict depends on besides the trust store (whose own memory
+    it is) and the time: the chain exactly as presented (every certificate's
+    bytes, in order), the name in the form it is compared, and the rules."""
+    return (
+        tuple(certificate.public_bytes(serialization.Encoding.DER) for certificate in chain),
+        text,
+        max_depth,
+        _POLICY,
+    )
+
+
+class _Verdicts:
+    """A trust store's memory of the chains it accepted: bounded (least
+    recently used first out), each verdict good only while every
+    certificate of its path is within its validity period. Refusals are
+    never remembered: the next connection judges again."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[
+            tuple[object, ...],
+            tuple[datetime.datetime, datetime.datetime, tuple[x509.Certificate, ...]],
+        ] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[object, ...], now: datetime.datetime) -> list[x509.Certificate] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            start, end, path = entry
+            if not start <= now <= end:
+                # Out of a certificate's period (or the clock went back):
+                # judged again, and the verdict forgotten.
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return list(path)
+
+    def put(self, key: tuple[object, ...], path: Sequence[x509.Certificate]) -> None:
+        start = max(certificate.not_valid_before_utc for certificate in path)
+        end = min(certificate.not_valid_after_utc for certificate in path)
+        with self._lock:
+            self._entries[key] = (start, end, tuple(path))
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 def _utc(at: datetime.datetime | None) -> datetime.datetime:

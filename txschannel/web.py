@@ -258,7 +258,7 @@ def _target_name(host: str) -> tuple[str, ValueError | None]:
     without a trailing dot, so that every spelling of a host shares its
     session. The error is for a name that cannot be a host name.
     """
-    import idna
+    from txschannel.validation import host_a_label
 
     try:
         return str(ipaddress.ip_address(host)), None
@@ -266,9 +266,9 @@ def _target_name(host: str) -> tuple[str, ValueError | None]:
         pass
     name = host.rstrip(".").lower()
     try:
-        idna.encode(name, uts46=True)
-    except (idna.IDNAError, UnicodeError) as e:
-        return name, ValueError(f"{host!r} is not a valid host name for TLS: {e}")
+        host_a_label(name)
+    except ValueError as e:
+        return name, ValueError(f"{e} for TLS")
     return name, None
 
 
