@@ -1,23 +1,34 @@
-"""Client-side cost of a full handshake: validation="cryptography" next to "openssl".
+"""Client-side cost of a full handshake: txschannel's check next to Twisted's.
 
 Real TLS handshakes (OpenSSL on both sides, through txschannel's contexts,
 in memory: no sockets, no reactor) between a ClientContext and a
-ServerContext. Each handshake is a full one: every connection asks for its
-own name under the server's wildcard certificate (h1.bench.test,
-h2.bench.test, ...), so no session is resumed. The client side's CPU time
-(its initialize() calls, which is where the server's chain is judged) is
-summed over the handshakes of a round; the two settings take turns, round
-after round, and the median round counts. Not part of the tests.
+ServerContext. Every handshake is a full one: the server keeps no sessions
+and sends no tickets. The client side's CPU time (its initialize() calls,
+which is where the server's chain is judged) is summed over the handshakes
+of a round; the three clients take turns, round after round, and the median
+round counts. Not part of the tests.
 
-    python benchmarks/validation.py                 # 300 handshakes x 5 rounds, TLS 1.3
-    python benchmarks/validation.py --handshakes 1000 --rounds 7 --version TLSv1.2
+    python benchmarks/validation.py                 # 300 handshakes x 7 rounds, TLS 1.3
+    python benchmarks/validation.py --handshakes 1000 --rounds 9 --version TLSv1.2
+
+The clients: Twisted's ``optionsForClientTLS`` (OpenSSL's X.509 check, then
+service_identity, in Twisted's own callbacks), given to txschannel with
+``Credentials.from_twisted``; ``validation="openssl"``; and
+``validation="cryptography"`` (the default). Two rows per set-up:
+
+- *new server*: every handshake asks for another name under the server's
+  wildcard certificate (h1.bench.test, h2.bench.test, ...), so no verdict
+  is remembered: the first handshake to a server;
+- *seen before*: every handshake asks for the same name, so from the second
+  on ``validation="cryptography"`` answers from its remembered verdicts
+  (Twisted and ``"openssl"`` check the chain again each time).
 
 Three set-ups: an ECDSA P-256 chain (root, intermediate, leaf) with that
 root as the only trust root; the same with RSA 2048; and the ECDSA chain
-with the system's bundle plus that root as the trust store (both settings
+with the system's bundle plus that root as the trust store (all clients
 read it through SSL_CERT_FILE), which is what ``trustRoots=system`` costs.
 It also prints what verify_server_chain costs alone, offline, for the same
-chain: most of the difference.
+chain, with a new name at each call.
 """
 
 from __future__ import annotations
@@ -27,9 +38,12 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trustme
+from OpenSSL import SSL
+from twisted.internet import ssl
 
 from txschannel import ClientContext, Credentials, ServerContext, Status, verify_server_chain
 from txschannel.validation import TrustStore, _system_sources
@@ -58,16 +72,24 @@ def handshake(client: ClientContext, server: ServerContext) -> float:
 
 
 def client_round(
-    credentials: Credentials, server: Credentials, version: str, count: int, first: int
+    make_client: Callable[[str], ClientContext], server: Credentials, names: list[str]
 ) -> float:
-    """Mean client CPU microseconds per full handshake over *count* handshakes."""
+    """Mean client CPU microseconds per full handshake, one per name."""
     spent = 0.0
-    for number in range(first, first + count):
-        client = ClientContext(credentials, f"h{number}.bench.test")
+    for name in names:
+        client = make_client(name)
         spent += handshake(client, ServerContext(server))
         assert client.established and not client.attributes.session_reused
         client.delete()
-    return spent / count * 1e6
+    return spent / len(names) * 1e6
+
+
+def no_resumption(server: Credentials) -> Credentials:
+    """*server* made to keep no sessions and send no tickets."""
+    context = server.openssl_context
+    context.set_options(SSL.OP_NO_TICKET)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    return server
 
 
 def set_ups(workdir: Path) -> list[tuple[str, trustme.CA, bytes, str | None]]:
@@ -92,52 +114,90 @@ def set_ups(workdir: Path) -> list[tuple[str, trustme.CA, bytes, str | None]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--handshakes", type=int, default=300, help="per round and setting")
-    parser.add_argument("--rounds", type=int, default=5, help="the median round counts (5)")
+    parser.add_argument("--handshakes", type=int, default=300, help="per round and client")
+    parser.add_argument("--rounds", type=int, default=7, help="the median round counts (7)")
     parser.add_argument("--version", default="TLSv1.3", choices=["TLSv1.2", "TLSv1.3"])
     arguments = parser.parse_args()
     print(
         f"client CPU us per full handshake, {arguments.version}, "
         f"{arguments.handshakes} handshakes x {arguments.rounds} rounds, median round"
     )
-    print(f"{'set-up':48} {'openssl':>9} {'cryptography':>13} {'ratio':>6} {'offline':>8}")
+    print(
+        f"{'set-up':44} {'server':11} {'Twisted':>8} {'openssl':>8} {'cryptography':>13} "
+        f"{'ratio':>6} {'offline':>8}"
+    )
     with tempfile.TemporaryDirectory() as workdir:
         for label, root, pem, bundle in set_ups(Path(workdir)):
             if bundle is None:
                 os.environ.pop("SSL_CERT_FILE", None)
                 trust: str | bytes = root.cert_pem.bytes()
+                twisted_root: object = ssl.Certificate.loadPEM(root.cert_pem.bytes())
             else:
                 os.environ["SSL_CERT_FILE"] = bundle
                 trust = "system"
-            server = Credentials.server(certificate=pem, maximum_version=arguments.version)
-            clients = {
+                twisted_root = None  # platformTrust(): OpenSSL's default paths
+            version = arguments.version
+            server = no_resumption(
+                Credentials.server(certificate=pem, maximum_version=version)
+            )
+            ours = {
                 validation: Credentials.client(
                     trust_roots=trust,
-                    minimum_version=arguments.version,
-                    maximum_version=arguments.version,
+                    minimum_version=version,
+                    maximum_version=version,
                     validation=validation,
                 )
                 for validation in ("openssl", "cryptography")
             }
-            results: dict[str, list[float]] = {name: [] for name in clients}
-            first = 0
-            for credentials in clients.values():  # warm-up
-                client_round(credentials, server, arguments.version, 20, first)
-                first += 20
-            for _ in range(arguments.rounds):
-                for name, credentials in clients.items():
-                    results[name].append(
-                        client_round(
-                            credentials, server, arguments.version, arguments.handshakes, first
-                        )
+            twisted: dict[str, Credentials] = {}
+
+            def twisted_client(name: str) -> ClientContext:
+                # One creator per name, as an application makes them (made
+                # outside the time counted: only initialize() is timed).
+                if name not in twisted:
+                    creator = ssl.optionsForClientTLS(
+                        name,
+                        trustRoot=twisted_root,  # type: ignore[arg-type]
+                        extraCertificateOptions={
+                            "raiseMinimumTo": getattr(ssl.TLSVersion, version.replace(".", "_"))
+                        },
                     )
-                    first += arguments.handshakes
-            old = statistics.median(results["openssl"])
-            new = statistics.median(results["cryptography"])
-            offline = offline_cost(pem, clients["cryptography"])
-            print(f"{label:48} {old:9.0f} {new:13.0f} {new / old:6.2f} {offline:8.0f}")
+                    twisted.clear()
+                    twisted[name] = Credentials.from_twisted(creator)
+                return ClientContext(twisted[name], name)
+
+            clients: dict[str, Callable[[str], ClientContext]] = {
+                "Twisted": twisted_client,
+                "openssl": lambda name: ClientContext(ours["openssl"], name),
+                "cryptography": lambda name: ClientContext(ours["cryptography"], name),
+            }
+            serial = iter(range(10**9))
+            for row in ("new server", "seen before"):
+                results: dict[str, list[float]] = {name: [] for name in clients}
+
+                def names(count: int) -> list[str]:
+                    if row == "seen before":
+                        return ["seen.bench.test"] * count
+                    return [f"h{next(serial)}.bench.test" for _ in range(count)]
+
+                for make in clients.values():  # warm-up (and, seen before, the first visit)
+                    client_round(make, server, names(20))
+                for _ in range(arguments.rounds):
+                    for name, make in clients.items():
+                        spent = client_round(make, server, names(arguments.handshakes))
+                        results[name].append(spent)
+                theirs = statistics.median(results["Twisted"])
+                old = statistics.median(results["openssl"])
+                new = statistics.median(results["cryptography"])
+                offline = offline_cost(pem, ours["cryptography"]) if row == "new server" else 0
+                print(
+                    f"{label if row == 'new server' else '':44} {row:11} {theirs:8.0f} "
+                    f"{old:8.0f} {new:13.0f} {new / theirs:6.2f} "
+                    + (f"{offline:8.0f}" if offline else "")
+                )
         os.environ.pop("SSL_CERT_FILE", None)
-    print("offline: verify_server_chain alone, us per call, for the same chain and trust")
+    print("ratio: cryptography (the default) / Twisted's optionsForClientTLS")
+    print("offline: verify_server_chain alone, us per call, a new name each call")
 
 
 def offline_cost(pem: bytes, credentials: Credentials, count: int = 300) -> float:

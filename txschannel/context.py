@@ -1193,23 +1193,19 @@ def _check_name_in_openssl(connection: SSL.Connection, name: str) -> None:
     judges, with the same rules: no fallback to the subject's CN and no
     partial wildcards. (The public path cannot ask OpenSSL for this: there
     the verify callback alone judges the name, and the alert is OpenSSL's.)"""
-    import ipaddress
 
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
+    from txschannel.validation import address
+
+    found = address(name)
+    if found is None:
         ok = _openssl.expect_host(connection, _a_label(name))
     else:
-        ok = _openssl.expect_ip(connection, address.packed)
+        ok = _openssl.expect_ip(connection, found.packed)
     if not ok:
         raise ValueError(f"target_name {name!r} cannot be checked by OpenSSL")
 
 
 def _is_ip_address(name: str) -> bool:
-    import ipaddress
+    from txschannel.validation import is_ip
 
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
+    return is_ip(name)

@@ -441,8 +441,11 @@ class Verification:
         if self.verdict is not None:
             return
         try:
-            chain = connection.get_peer_cert_chain(as_cryptography=True)
-            self.verdict = judge_peer_chain(chain, self.target_name, trust)
+            # The certificates' bytes as the server sent them: the verdicts
+            # remembered are keyed by these.
+            chain = connection.get_peer_cert_chain() or []
+            encoded = [crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in chain]
+            self.verdict = judge_peer_chain(encoded, self.target_name, trust)
         except Exception as e:  # nothing may escape into OpenSSL
             self.verdict = Refusal(
                 Status.CERT_UNKNOWN,
@@ -570,12 +573,36 @@ def _verify(ok: int, store: Any) -> int:
         depth = lib.X509_STORE_CTX_get_error_depth(store)
         if _judge(connection, certificate, errno, depth, ok):
             lib.X509_STORE_CTX_set_error(store, lib.X509_V_OK)
+            if not ok and _stop_openssl(lib, ssl, verification):
+                return 0
             return 1
         if verification.reject_code and (ok or verification.verdict is not None):
             lib.X509_STORE_CTX_set_error(store, verification.reject_code)
         return 0
     except Exception:  # pragma: no cover - never let an exception into OpenSSL
         return 0
+
+
+def _stop_openssl(lib: Any, ssl: Any, verification: Verification) -> bool:
+    """Stop OpenSSL's own verification of a chain already accepted whole.
+
+    With ``validation="cryptography"`` OpenSSL's verdict is set aside, but
+    left to run it would still build what path it can and check the leaf's
+    signature again (a third signature check where Twisted's client makes
+    two). Once the verdict accepts, the connection stops asking OpenSSL to
+    refuse (SSL_VERIFY_NONE) and the callback ends its verification: the
+    handshake goes on. (OpenSSL then reports X509_V_ERR_UNSPECIFIED as the
+    connection's verify result, which txschannel reads only on a refusal.
+    The credentials refuse renegotiation, so no later chain meets a
+    connection left so.)
+    """
+    if not isinstance(verification.verdict, list) or verification.manual:
+        return False
+    set_verify = getattr(lib, "SSL_set_verify", None)
+    if set_verify is None or not ssl:
+        return False
+    set_verify(ssl, lib.SSL_VERIFY_NONE, _verify_callback)
+    return True
 
 
 def _verify_public(

@@ -48,6 +48,7 @@ import datetime
 import functools
 import ipaddress
 import os
+import re
 import ssl
 import threading
 import warnings
@@ -198,13 +199,28 @@ _OWN_WORDS = {
 # -- names ----------------------------------------------------------------
 
 
+_IPV4_CHARACTERS = frozenset("0123456789.")
+
+
+def address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IPv4 or IPv6 address *name* is (in any spelling Python reads), or None.
+
+    A host name is told apart without ``ipaddress`` raising twice for it
+    (once per family): that costs more than the rest of a verdict remembered.
+    """
+    # (An IPv6 address has a colon, which no host name has; an IPv4
+    # address is digits and dots.)
+    if ":" not in name and not _IPV4_CHARACTERS.issuperset(name):
+        return None
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
 def is_ip(name: str) -> bool:
     """True when *name* is an IPv4 or IPv6 address, in any spelling."""
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
+    return address(name) is not None
 
 
 def host_a_label(name: str) -> str:
@@ -228,11 +244,11 @@ def host_a_label(name: str) -> str:
 
     :raises ValueError: *name* is not a valid host name, saying why.
     """
-    import idna
-    from idna import core
-
     host = name[:-1] if name.endswith(".") else name
     if not host.isascii():
+        import idna
+        from idna import core
+
         try:
             mapped = core.uts46_remap(host, std3_rules=True, transitional=False)
             labels = []
@@ -254,6 +270,8 @@ def host_a_label(name: str) -> str:
         except (idna.IDNAError, UnicodeError) as e:
             raise ValueError(f"{name!r} is not a valid host name ({e})") from None
     host = host.lower()
+    if _dns_name(host):
+        return host
     problem = _ldh_problem(host)
     if problem is not None:
         raise ValueError(f"{name!r} is not a valid host name ({problem})")
@@ -287,12 +305,11 @@ def _reference(name: str) -> tuple[str, x509.DNSName | x509.IPAddress]:
 
     :raises ValueError: *name* is not a valid host name.
     """
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
+    found = address(name)
+    if found is None:
         host = host_a_label(name)
         return host, x509.DNSName(host)
-    return str(address), x509.IPAddress(address)
+    return str(found), x509.IPAddress(found)
 
 
 def name_mismatch(certificate: x509.Certificate, name: str) -> str | None:
@@ -688,10 +705,10 @@ def _alt_names_of_server(policy: Any, certificate: x509.Certificate, names: Any)
     # only says a subjectAltName SHOULD be non-critical when the subject is
     # not empty, and trustme's certificates (the usual ones in Python test
     # suites) mark it critical. The matching below is cryptography's.
-    if len(certificate.subject) == 0 and not _critical(certificate, x509.SubjectAlternativeName):
-        raise ValueError("subjectAltName must be critical when the subject is empty")
     if not any(_alt_name_matches(name, policy.subject) for name in names):
         raise ValueError("leaf certificate has no matching subjectAltName")
+    if not _critical(certificate, x509.SubjectAlternativeName) and len(certificate.subject) == 0:
+        raise ValueError("subjectAltName must be critical when the subject is empty")
 
 
 def _usage_of_server(policy: Any, certificate: x509.Certificate, usages: Any) -> None:
@@ -727,14 +744,12 @@ def _alt_name_matches(name: x509.GeneralName, subject: object) -> bool:
 def _dns_name(value: str) -> bool:
     """A host name as cryptography accepts one: letters, digits and inner
     hyphens, labels of 1 to 63 characters, 253 in all."""
-    if not 0 < len(value) <= 253:
-        return False
-    for label in value.split("."):
-        if not 0 < len(label) <= 63 or label[0] == "-" or label[-1] == "-":
-            return False
-        if not all(c.isascii() and (c.isalnum() or c == "-") for c in label):
-            return False
-    return True
+    return len(value) <= 253 and _DNS_NAME.fullmatch(value) is not None
+
+
+_DNS_NAME = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -778,12 +793,74 @@ def _key_problem(certificate: x509.Certificate) -> str | None:
     return None
 
 
-def _extension(certificate: x509.Certificate, kind: type[x509.ExtensionType]) -> Any:
-    """*certificate*'s extension of *kind* (``x509.Extension``), or None."""
+def _extensions(certificate: x509.Certificate) -> dict[type[Any], Any]:
+    """*certificate*'s extensions (``x509.Extension``) by the class of their
+    value, read in one pass (an unreadable set: none)."""
     try:
-        return certificate.extensions.get_extension_for_class(kind)
-    except (x509.ExtensionNotFound, ValueError, TypeError):
-        return None
+        return {type(extension.value): extension for extension in certificate.extensions}
+    except (ValueError, TypeError):
+        return {}
+
+
+def _certificate_problem(
+    certificate: x509.Certificate, depth: int, last: bool, anchor: bool
+) -> tuple[str, int] | None:
+    """:func:`_key_problem` and (unless *anchor*) :func:`_profile_problem`."""
+    problem = _key_problem(certificate)
+    if problem is not None:
+        return problem, int(_codes.ERR_CERT_REJECTED)
+    return None if anchor else _profile_problem(certificate, depth, last)
+
+
+# What the rules found of the CA certificates seen lately (an intermediate
+# serves many servers), by their bytes and place: their verdict depends on
+# nothing else.
+_CA_PROBLEMS: OrderedDict[
+    tuple[x509.Certificate, bool, bool], tuple[str, int] | None
+] = OrderedDict()
+_CA_PROBLEMS_SIZE = 256
+_CA_PROBLEMS_LOCK = threading.Lock()
+
+
+def _ca_problem(
+    certificate: x509.Certificate, last: bool, anchor: bool
+) -> tuple[str, int] | None:
+    """:func:`_certificate_problem` for a certificate above the leaf, remembered."""
+    # (A certificate equals another with the same content: what the rules read.)
+    key = (certificate, last, anchor)
+    with _CA_PROBLEMS_LOCK:
+        if key in _CA_PROBLEMS:
+            _CA_PROBLEMS.move_to_end(key)
+            return _CA_PROBLEMS[key]
+    found = _certificate_problem(certificate, 1, last, anchor)
+    with _CA_PROBLEMS_LOCK:
+        _CA_PROBLEMS[key] = found
+        while len(_CA_PROBLEMS) > _CA_PROBLEMS_SIZE:
+            _CA_PROBLEMS.popitem(last=False)
+    return found
+
+
+def _issuer_and_subject(certificate: x509.Certificate) -> tuple[bytes, bytes]:
+    """The encoded issuer and subject names of *certificate*, read from its
+    bytes (building ``x509.Name`` objects costs more than every rule here)."""
+    tbs = certificate.tbs_certificate_bytes
+    try:
+        _, position, _ = _der_element(tbs, 0)
+        tag, _, end = _der_element(tbs, position)
+        if tag == 0xA0:  # the version, when it is not v1
+            position = end
+        for _ in range(2):  # the serial number, the signature algorithm
+            position = _der_element(tbs, position)[2]
+        issuer_end = _der_element(tbs, position)[2]
+        issuer = tbs[position:issuer_end]
+        subject_start = _der_element(tbs, issuer_end)[2]  # after the validity
+        subject = tbs[subject_start : _der_element(tbs, subject_start)[2]]
+    except (IndexError, ValueError):
+        return (
+            certificate.issuer.public_bytes(),
+            certificate.subject.public_bytes(),
+        )
+    return issuer, subject
 
 
 def _profile_problem(
@@ -798,29 +875,35 @@ def _profile_problem(
         # trust root: section 6.1.1 takes only its name and key, and real
         # roots, Starfield's G2, have serial number 0.)
         return f"serial number {certificate.serial_number} (it must be positive)", rejected
-    constraints = _extension(certificate, x509.BasicConstraints)
+    extensions = _extensions(certificate)
+    constraints = extensions.get(x509.BasicConstraints)
     is_ca = constraints is not None and constraints.value.ca
-    if is_ca and _extension(certificate, x509.SubjectKeyIdentifier) is None:
+    if is_ca and extensions.get(x509.SubjectKeyIdentifier) is None:
         # RFC 5280 section 4.2.1.2: MUST appear in every CA certificate.
         return "a CA certificate without subjectKeyIdentifier", rejected
-    self_issued = certificate.issuer == certificate.subject
-    if not self_issued:
-        aki = _extension(certificate, x509.AuthorityKeyIdentifier)
-        if aki is None or aki.value.key_identifier is None:
-            # RFC 5280 section 4.2.1.1: the keyIdentifier MUST be in every
-            # certificate a CA issues (only a self-signed one may lack it).
-            return "no authorityKeyIdentifier (keyIdentifier)", rejected
-    constraints_on_policy = _extension(certificate, x509.PolicyConstraints)
+
+    def self_issued() -> bool:
+        # (Asked only when it matters: reading the names costs more than
+        # every other rule.)
+        issuer, subject = _issuer_and_subject(certificate)
+        return issuer == subject
+
+    aki = extensions.get(x509.AuthorityKeyIdentifier)
+    if (aki is None or aki.value.key_identifier is None) and not self_issued():
+        # RFC 5280 section 4.2.1.1: the keyIdentifier MUST be in every
+        # certificate a CA issues (only a self-signed one may lack it).
+        return "no authorityKeyIdentifier (keyIdentifier)", rejected
+    constraints_on_policy = extensions.get(x509.PolicyConstraints)
     if constraints_on_policy is not None and not constraints_on_policy.critical:
         # RFC 5280 section 4.2.1.11: conforming CAs MUST mark it critical.
         return "a policyConstraints extension that is not critical", rejected
-    usages = _extension(certificate, x509.ExtendedKeyUsage)
+    usages = extensions.get(x509.ExtendedKeyUsage)
     if usages is not None:
         purpose = int(_codes.ERR_INVALID_PURPOSE)
         if depth == 0 and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages.value:
             # CA/Browser Forum Baseline Requirements 7.1.2.7.10.
             return "anyExtendedKeyUsage in a server's certificate", purpose
-        if last and self_issued:
+        if last and self_issued():
             # Baseline Requirements 7.1.2.1.2: a root has no extendedKeyUsage.
             return "an extendedKeyUsage in a root certificate", purpose
     return None
@@ -845,7 +928,7 @@ def _common_name_problem(leaf: x509.Certificate) -> str | None:
         return None
     if not names:
         return None
-    san = _extension(leaf, x509.SubjectAlternativeName)
+    san = _extensions(leaf).get(x509.SubjectAlternativeName)
     if san is None:
         return None
     dns_names = san.value.get_values_for_type(x509.DNSName)
@@ -911,7 +994,7 @@ def _public_suffix_wildcard(leaf: x509.Certificate, host: str) -> str | None:
     parent = host.partition(".")[2]
     if not parent or not _icann_suffixes().is_public(parent):
         return None
-    san = _extension(leaf, x509.SubjectAlternativeName)
+    san = _extensions(leaf).get(x509.SubjectAlternativeName)
     if san is None:
         return None
     entries = [entry.lower() for entry in san.value.get_values_for_type(x509.DNSName)]
@@ -927,15 +1010,15 @@ def _path_refusal(
     """The refusal the rules above make of *path* (leaf first, root last), or None."""
     for depth, certificate in enumerate(path):
         last = depth == len(path) - 1
-        problem = _key_problem(certificate)
-        code = int(_codes.ERR_CERT_REJECTED)
-        if problem is None and not (last and store._system):
-            # A root of the system store is an anchor, not a certificate
-            # to judge (see the module's notes); its key is still checked.
-            found = _profile_problem(certificate, depth, last)
-            if found is not None:
-                problem, code = found
-        if problem is not None:
+        # A root of the system store is an anchor, not a certificate to
+        # judge (see the module's notes); its key is still checked.
+        anchor = last and store._system
+        if depth == 0:
+            found = _certificate_problem(certificate, depth, last, anchor)
+        else:
+            found = _ca_problem(certificate, last, anchor)
+        if found is not None:
+            problem, code = found
             return Refusal(
                 Status.CERT_UNKNOWN,
                 f"{verify_error_text(code)}: {_subject(certificate)} at depth {depth} "
@@ -943,12 +1026,12 @@ def _path_refusal(
                 code,
             )
     leaf = path[0]
-    problem = _common_name_problem(leaf)
-    if problem is not None:
+    spelling = _common_name_problem(leaf)
+    if spelling is not None:
         code = int(_codes.ERR_CERT_REJECTED)
         return Refusal(
             Status.CERT_UNKNOWN,
-            f"{verify_error_text(code)}: {_subject(leaf)} at depth 0 ({problem}; "
+            f"{verify_error_text(code)}: {_subject(leaf)} at depth 0 ({spelling}; "
             "CA/Browser Forum Baseline Requirements 7.1.4.3)",
             code,
         )
@@ -1017,11 +1100,24 @@ def judge_server_chain(
     if not chain:
         raise ValueError("the chain is empty: it starts with the server's own certificate")
     store = trust_roots if isinstance(trust_roots, TrustStore) else TrustStore(trust_roots)
+    return _judge_remembered(chain, None, name, store, at, max_depth)
+
+
+def _judge_remembered(
+    chain: Sequence[x509.Certificate],
+    encoded: Sequence[bytes] | None,
+    name: str,
+    store: TrustStore,
+    at: datetime.datetime | None,
+    max_depth: int | None,
+) -> list[x509.Certificate] | Refusal:
+    """:func:`judge_server_chain` on a non-empty chain, *encoded* its
+    certificates' bytes as received, if known (else they are encoded again)."""
     when = _utc(at)
     text, subject = _reference(name)
     leaf, intermediates = chain[0], list(chain[1:])
     # Only a judgement made now is remembered or answered from memory.
-    key = _verdict_key(chain, text, max_depth) if at is None else None
+    key = _verdict_key(chain, encoded, text, max_depth) if at is None else None
     if key is not None:
         remembered = store._verdicts.get(key, when)
         if remembered is not None:
@@ -1075,12 +1171,14 @@ def _judge(
             _mismatch_code(text),
         )
     path = [store._original.get(certificate, certificate) for certificate in built]
+    # The name was matched inside the verifier (_alt_names_of_server); what
+    # service_identity refused on top of that match, a wildcard directly
+    # under a top-level domain (*.com), is a wildcard on a public suffix,
+    # which _path_refusal refuses (with any single label as a suffix). It
+    # is asked again only to word a refusal (_explain).
     refusal = _path_refusal(path, store, text, subject)
     if refusal is not None:
         return _explain(refusal, leaf, intermediates, name, store, when)
-    problem = name_mismatch(leaf, name)
-    if problem is not None:
-        return Refusal(Status.WRONG_PRINCIPAL, problem, _mismatch_code(text))
     return path
 
 
@@ -1096,13 +1194,18 @@ _POLICY = ("txschannel validation", 2, "webpki+rfc5280 path rules", "ICANN publi
 
 
 def _verdict_key(
-    chain: Sequence[x509.Certificate], text: str, max_depth: int | None
+    chain: Sequence[x509.Certificate],
+    encoded: Sequence[bytes] | None,
+    text: str,
+    max_depth: int | None,
 ) -> tuple[object, ...]:
     """What a verdict depends on besides the trust store (whose own memory
     it is) and the time: the chain exactly as presented (every certificate's
     bytes, in order), the name in the form it is compared, and the rules."""
+    if encoded is None:
+        encoded = [certificate.public_bytes(serialization.Encoding.DER) for certificate in chain]
     return (
-        tuple(certificate.public_bytes(serialization.Encoding.DER) for certificate in chain),
+        tuple(encoded),
         text,
         max_depth,
         _POLICY,
@@ -1348,12 +1451,14 @@ def _issuer_at_fault(
 
 
 def judge_peer_chain(
-    chain: Sequence[x509.Certificate] | None,
+    encoded: Sequence[bytes] | None,
     name: str | None,
     trust: TrustStore,
 ) -> list[x509.Certificate] | Refusal:
-    """The handshake's use of :func:`judge_server_chain`: no chain or no
-    name is a refusal, not an exception (nothing may escape into OpenSSL)."""
+    """The handshake's use of :func:`judge_server_chain`, on the chain's
+    certificates as received (DER): no chain or no name is a refusal, not
+    an exception (nothing may escape into OpenSSL)."""
+    chain = [x509.load_der_x509_certificate(der) for der in encoded or ()]
     if not chain:
         code = int(getattr(_codes, "ERR_UNSPECIFIED", 1))
         return Refusal(Status.CERT_UNKNOWN, "the server sent no certificate", code)
@@ -1364,7 +1469,7 @@ def judge_peer_chain(
             _codes.ERR_HOSTNAME_MISMATCH,
         )
     try:
-        return judge_server_chain(chain, name, trust_roots=trust)
+        return _judge_remembered(chain, encoded, name, trust, None, None)
     except ValueError as e:
         return Refusal(Status.WRONG_PRINCIPAL, str(e), _codes.ERR_HOSTNAME_MISMATCH)
 
