@@ -1257,9 +1257,14 @@ class _Verdicts:
             self._entries.clear()
 
 
+def _now() -> datetime.datetime:
+    """The clock every judgement made now reads (a test may set it)."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
 def _utc(at: datetime.datetime | None) -> datetime.datetime:
     if at is None:
-        return datetime.datetime.now(datetime.timezone.utc)
+        return _now()
     if at.tzinfo is None:
         return at.replace(tzinfo=datetime.timezone.utc)
     return at.astimezone(datetime.timezone.utc)
