@@ -34,11 +34,12 @@ chain, with a new name at each call.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import trustme
@@ -112,6 +113,40 @@ def set_ups(workdir: Path) -> list[tuple[str, trustme.CA, bytes, str | None]]:
     return found
 
 
+def make_clients(
+    ours: dict[str, Credentials], twisted_root: object, version: str
+) -> dict[str, Callable[[str], ClientContext]]:
+    """A ClientContext maker per client compared, each for a target name."""
+    twisted: dict[str, Credentials] = {}
+    minimum = getattr(ssl.TLSVersion, version.replace(".", "_"))
+
+    def twisted_client(name: str) -> ClientContext:
+        # One creator per name, as an application makes them (made outside
+        # the time counted: only initialize() is timed).
+        if name not in twisted:
+            creator = ssl.optionsForClientTLS(
+                name,
+                trustRoot=twisted_root,  # type: ignore[arg-type]
+                extraCertificateOptions={"raiseMinimumTo": minimum},
+            )
+            twisted.clear()
+            twisted[name] = Credentials.from_twisted(creator)
+        return ClientContext(twisted[name], name)
+
+    return {
+        "Twisted": twisted_client,
+        "openssl": functools.partial(ClientContext, ours["openssl"]),
+        "cryptography": functools.partial(ClientContext, ours["cryptography"]),
+    }
+
+
+def names_for(row: str, serial: Iterator[int], count: int) -> list[str]:
+    """*count* target names: the same one for a server seen before, else new ones."""
+    if row == "seen before":
+        return ["seen.bench.test"] * count
+    return [f"h{next(serial)}.bench.test" for _ in range(count)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--handshakes", type=int, default=300, help="per round and client")
@@ -149,37 +184,11 @@ def main() -> None:
                 )
                 for validation in ("openssl", "cryptography")
             }
-            twisted: dict[str, Credentials] = {}
-
-            def twisted_client(name: str) -> ClientContext:
-                # One creator per name, as an application makes them (made
-                # outside the time counted: only initialize() is timed).
-                if name not in twisted:
-                    creator = ssl.optionsForClientTLS(
-                        name,
-                        trustRoot=twisted_root,  # type: ignore[arg-type]
-                        extraCertificateOptions={
-                            "raiseMinimumTo": getattr(ssl.TLSVersion, version.replace(".", "_"))
-                        },
-                    )
-                    twisted.clear()
-                    twisted[name] = Credentials.from_twisted(creator)
-                return ClientContext(twisted[name], name)
-
-            clients: dict[str, Callable[[str], ClientContext]] = {
-                "Twisted": twisted_client,
-                "openssl": lambda name: ClientContext(ours["openssl"], name),
-                "cryptography": lambda name: ClientContext(ours["cryptography"], name),
-            }
+            clients = make_clients(ours, twisted_root, version)
             serial = iter(range(10**9))
             for row in ("new server", "seen before"):
                 results: dict[str, list[float]] = {name: [] for name in clients}
-
-                def names(count: int) -> list[str]:
-                    if row == "seen before":
-                        return ["seen.bench.test"] * count
-                    return [f"h{next(serial)}.bench.test" for _ in range(count)]
-
+                names = functools.partial(names_for, row, serial)
                 for make in clients.values():  # warm-up (and, seen before, the first visit)
                     client_round(make, server, names(20))
                 for _ in range(arguments.rounds):

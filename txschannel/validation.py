@@ -4,18 +4,38 @@ A client credentials' default is ``validation="cryptography"``: the chain the
 server sent is judged as a whole, once per connection, by pyca/cryptography's
 X.509 verifier (``cryptography.x509.verification``: path building with
 backtracking, the CA/Browser Forum profile for CA and end-entity
-certificates, name constraints, key strength), and the host name by
-service_identity as well (which refuses a wildcard directly under a
-top-level domain, ``*.com``). OpenSSL's own verification still runs inside
-the handshake, but its verdict is replaced by this one; on a refusal,
-OpenSSL is asked which of its checks the chain fails, so that the status
-(and the alert the server gets) is the one OpenSSL alone would have given
-wherever it refuses too.
+certificates, name constraints, key strength, the name against the
+subjectAltName), then by the rules cryptography leaves to its caller,
+checked on the path it built:
+
+- every key of the path strong enough (RSA of 2048 bits or more and a whole
+  number of bytes, no DSA, no curve below P-256), not only the keys that
+  verify a signature;
+- no anyExtendedKeyUsage in the server's certificate, no extendedKeyUsage
+  in a root;
+- serial numbers above 0; a subjectKeyIdentifier in every CA certificate,
+  an authorityKeyIdentifier in every certificate not self-issued, a
+  policyConstraints only if critical;
+- the CN, where it names a subjectAltName entry, spelled as that entry is
+  (CA/Browser Forum Baseline Requirements 7.1.4.3, narrowly);
+- no wildcard on a public suffix (``*.co.uk``, and so ``*.com``), by the
+  ICANN section of the public-suffix list bundled with ``publicsuffixlist``.
+
+OpenSSL's own verification still starts inside the handshake, but its
+verdict is replaced by this one; on a refusal, OpenSSL is asked which of its
+checks the chain fails, so that the status (and the alert the server gets)
+is the one OpenSSL alone would have given wherever it refuses too.
 
 Three rules of cryptography's profile go beyond RFC 5280 and are relaxed to
 it: a CA certificate may lack keyUsage (``openssl req -x509`` makes such
 CAs), and a subjectAltName (with a non-empty subject) or an
 extendedKeyUsage may be critical (trustme's certificates are both).
+
+A :class:`TrustStore` remembers the chains it accepted (bounded, least
+recently used first out): a chain presented again, byte for byte, for the
+same name, while every certificate of its path is within its period, is
+accepted without being judged again. A refusal is never remembered, and a
+store read again (new credentials, a changed system bundle) starts empty.
 
 :func:`verify_server_chain` applies the same rules offline, to a chain
 loaded from anywhere. ``validation="openssl"`` keeps the earlier rules
@@ -39,7 +59,8 @@ trust anchor its name, its key and its constraints. A few real roots are
 encoded in ways the CA profile refuses (basicConstraints not critical,
 validity dates in GeneralizedTime before 2050); each is given to
 cryptography re-encoded, with the same name, key and extensions. Roots given
-explicitly are judged by the profile like any CA certificate.
+explicitly are judged by the profile like any CA certificate (but for their
+serial number, which real roots have as 0).
 """
 
 from __future__ import annotations
@@ -1064,11 +1085,14 @@ def verify_server_chain(
     :param trust_roots: the trust roots, or a :class:`TrustStore` built
         once (``TrustStore.system()`` for the operating system's).
     :param at: when to judge the validity periods (default: now). A naive
-        datetime is taken as UTC.
+        datetime is taken as UTC. A judgement at a time given is neither
+        remembered nor answered from memory.
     :param max_depth: how many intermediate CAs a path may have (default:
         cryptography's, 8).
     :returns: the path built: the server's certificate, the intermediates
-        used, and the trust root it ends at.
+        used, and the trust root it ends at. With a :class:`TrustStore`, a
+        chain it accepted before (the same certificates, for the same name,
+        still within their periods) is answered from its memory.
     :raises SecurityError: the chain is refused; ``status`` is the most
         specific of UNTRUSTED_ROOT, CERT_EXPIRED, WRONG_PRINCIPAL and
         CERT_UNKNOWN, ``reason`` names the certificate at fault.
