@@ -638,6 +638,9 @@ class TrustStore:
             from cryptography.x509.verification import Store
 
             self._store = Store(anchors)
+            # Read once per process (about 60 ms), here rather than in the
+            # first handshake.
+            _icann_suffixes()
         self._openssl: crypto.X509Store | None = None
         self._lock = threading.Lock()
         # The chains accepted against these roots. A store that is read
