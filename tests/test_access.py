@@ -94,6 +94,13 @@ class ComparisonTests(SynchronousTestCase):
         self.assertFalse(self.admitted("uri:https://host.example/A?B",
                                        uri("https://host.example/A?b")))
 
+    def test_a_unicode_rule_matches_the_a_label_the_client_would_check(self) -> None:
+        # xn--n3h is a snowman, which IDNA 2008 would not register but UTS 46
+        # maps, as the client does for target names (docs/validation.rst).
+        self.assertTrue(self.admitted("dns:\u2603.example", dns("xn--n3h.example")))
+        self.assertTrue(self.admitted("dns:xn--n3h.example", dns("xn--n3h.example")))
+        self.assertFalse(self.admitted("dns:\u2603.example", dns("xn--n3i.example")))
+
     def test_a_dns_san_holding_a_uri_matches_no_uri_rule(self) -> None:
         self.assertFalse(self.admitted(f"uri:{SPIFFE}", dns(SPIFFE)))
 

@@ -30,9 +30,10 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-import idna
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+
+from txschannel.validation import host_a_label
 
 __all__ = ["SAN_TYPES", "AccessPolicy", "AllowedName", "parse_allowed_name"]
 
@@ -171,8 +172,10 @@ def _dns_key(name: str) -> str | None:
     if name.isascii():
         return name.lower()
     try:
-        return idna.encode(name, uts46=True).decode("ascii").lower()
-    except (idna.IDNAError, UnicodeError):
+        # The client's own rule for target names (UTS 46, nontransitional),
+        # so that a rule admits exactly what a certificate for it carries.
+        return host_a_label(name)
+    except ValueError:
         return None
 
 
