@@ -61,7 +61,7 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Factory, connectionDone
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -85,6 +85,7 @@ from txschannel.protocol import declare_provides
 from txschannel.relay import RelayFactory, no_delay, reset
 from txschannel.status import SecurityError
 from txschannel.terminator.access import AccessPolicy, parse_allowed_name
+from txschannel.terminator.health import Health
 from txschannel.terminator.limits import (
     STATUS_IDLE_TIMEOUT,
     STATUS_MAX_CONNECTIONS,
@@ -840,6 +841,9 @@ class SchannelService(service.Service):
         each reload (``--route`` installs its server-name check this way).
     :param drain_timeout: when stopping, how long open connections may take
         to finish before they are aborted.
+    :param drain_delay: when stopping, how long to go on accepting (while
+        ``/healthz`` says ``503 draining``) before the listeners close, so
+        that a load balancer's health checks see it first (``--drain-delay``).
     :param signals: whether ``SIGHUP`` reloads (a ``--workers`` worker
         leaves signals and timers to its supervisor).
     :param worker: a ``--workers`` worker: its supervisor, which opened the
@@ -869,10 +873,14 @@ class SchannelService(service.Service):
             Callable[[Sequence[tuple[str, IStreamServerEndpoint]]], None] | None
         ) = None,
         drain_timeout: float = 30.0,
+        drain_delay: float = 0.0,
         signals: bool = True,
         worker: bool = False,
     ) -> None:
         self.listen = list(listen)
+        self.drain_delay = drain_delay
+        #: What ``/healthz`` says (see txschannel.terminator.health).
+        self.health = Health(limit)
         self.worker = worker
         self.log = _log
         self.drain_timeout = drain_timeout
@@ -1069,7 +1077,8 @@ class SchannelService(service.Service):
         self._last_warnings[description] = set(warnings)
 
     def stopService(self) -> Deferred[Any]:
-        """Stop listening and the timers; then let open connections finish.
+        """Say ``draining`` on ``/healthz``; after *drain_delay*, stop listening
+        and let open connections finish.
 
         The result fires once every connection has closed, or after
         *drain_timeout*, when those still open are aborted (and logged).
@@ -1081,6 +1090,20 @@ class SchannelService(service.Service):
         if hasattr(signal, "SIGHUP") and self._previous_handler is not None:
             signal.signal(signal.SIGHUP, self._previous_handler)
             self._previous_handler = None
+        self.health.draining = True
+        if not self.drain_delay:
+            return self._stop_listening()
+        # Listening goes on meanwhile: a balancer sends new clients here
+        # until its checks have seen the 503, and those must be served.
+        self.log.info(
+            "stopping: /healthz says draining; still accepting for {seconds:g} s "
+            "(--drain-delay)",
+            seconds=self.drain_delay,
+        )
+        delayed: Deferred[None] = deferLater(self.reactor, self.drain_delay, lambda: None)
+        return delayed.addCallback(lambda _: self._stop_listening())
+
+    def _stop_listening(self) -> Deferred[Any]:
         for limit in (self.limit, self._status_limit):
             if limit is not None:
                 limit.remove_ports()
@@ -1175,7 +1198,8 @@ class Options(usage.Options):
         ],
         [
             "status", None, None,
-            "Serve /metrics (Prometheus) and /status (JSON) on this server endpoint, e.g. "
+            "Serve /metrics (Prometheus), /status (JSON) and /healthz (200 ok, or 503 when "
+            "draining or at --max-connections) on this server endpoint, e.g. "
             f"tcp:9090 (on loopback unless interface= is given; at most "
             f"{STATUS_MAX_CONNECTIONS} connections, each aborted after "
             f"{STATUS_IDLE_TIMEOUT:g} s idle).",
@@ -1205,6 +1229,12 @@ class Options(usage.Options):
             "Serve with N processes (or auto: one per CPU) sharing the listening ports and "
             "the session-ticket keys; a supervisor replaces workers that die, and SIGHUP "
             "starts a new generation with the re-read certificates.",
+        ],
+        [
+            "drain-delay", None, "0",
+            "On SIGTERM, answer 503 draining on /healthz at once but go on accepting for "
+            "SECONDS, so that a load balancer's health checks take this process out of its "
+            "pool before the listeners close; then drain as --drain-timeout says.",
         ],
         [
             "drain-timeout", None, "30",
@@ -1330,6 +1360,7 @@ class Options(usage.Options):
         self["drain-timeout"] = _seconds(
             "drain-timeout", str(self["drain-timeout"]), zero=True
         )
+        self["drain-delay"] = _seconds("drain-delay", str(self["drain-delay"]), zero=True)
         self["worker"] = None
         if self["workers"] == 1:
             from twisted.internet import reactor
@@ -1427,7 +1458,8 @@ class Options(usage.Options):
             )
         supervisor = Supervisor(
             count, sockets, log, reload, keeper.check_validity,
-            drain_timeout=self["drain-timeout"],
+            # (Each worker accepts for --drain-delay before its own drain.)
+            drain_timeout=self["drain-delay"] + self["drain-timeout"],
             reload_interval=self["reload-interval"],
             validity_interval=_VALIDITY_CHECK_INTERVAL,
             on_exit=exited, cleanup=cleanup,
@@ -1778,6 +1810,7 @@ def makeService(options: Options) -> SchannelService:
         # Relayed connections may be anything long-lived; the inspector's
         # are idle HTTP keep-alives more often than not.
         drain_timeout=options["drain-timeout"] if isinstance(application, RelayFactory) else 0,
+        drain_delay=options["drain-delay"],
         # A worker's supervisor reloads and warns, for all workers at once.
         signals=worker is None,
         validity_interval=_VALIDITY_CHECK_INTERVAL if worker is None else None,

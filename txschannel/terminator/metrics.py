@@ -1,4 +1,5 @@
-"""``--status ENDPOINT``: ``/metrics`` for Prometheus and ``/status`` as JSON.
+"""``--status ENDPOINT``: ``/metrics`` for Prometheus, ``/status`` as JSON and
+``/healthz`` for load balancers (:mod:`txschannel.terminator.health`).
 
 The figures are kept by :class:`Metrics` in a registry of its own, with
 ``prometheus_client`` (which also writes Prometheus' text format and
@@ -58,6 +59,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from txschannel.credentials import Credentials
+from txschannel.terminator.health import Health, HealthResource
 from txschannel.terminator.limits import (
     STATUS_IDLE_TIMEOUT,
     STATUS_MAX_CONNECTIONS,
@@ -278,7 +280,9 @@ def _split_unescaped(text: str, separator: str, most: int = -1) -> list[str]:
 
 
 def status_site(metrics: Metrics, service: Any, clock: IReactorTime) -> BoundedFactory:
-    """The web site of ``--status``: ``/metrics`` and ``/status``; 404 elsewhere.
+    """The web site of ``--status``: ``/metrics``, ``/status`` and ``/healthz``
+    (when *service* has a ``health``, see :mod:`txschannel.terminator.health`);
+    404 elsewhere.
 
     It is bounded (``STATUS_MAX_CONNECTIONS`` and ``STATUS_IDLE_TIMEOUT`` of
     :mod:`txschannel.terminator.limits`, timed by *clock*): give the
@@ -288,6 +292,9 @@ def status_site(metrics: Metrics, service: Any, clock: IReactorTime) -> BoundedF
     root = Resource()  # type: ignore[no-untyped-call]
     root.putChild(b"metrics", MetricsResource(metrics.registry))  # type: ignore[no-untyped-call]
     root.putChild(b"status", _Status(metrics, service))
+    health = getattr(service, "health", None)
+    if isinstance(health, Health):
+        root.putChild(b"healthz", HealthResource(health))
     site = Site(root)  # type: ignore[no-untyped-call]
     # One line per scrape would drown the connection log.
     site.log = lambda request: None  # type: ignore[method-assign]
