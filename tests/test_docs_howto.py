@@ -20,6 +20,8 @@ import select
 import shlex
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -429,6 +431,177 @@ class SystemdHowToTests(SynchronousTestCase):
         self.check_served(place)
         self.assertIsNone(service.poll(), place.log())
         self.assertNotIn("Traceback", place.log())
+
+
+#: The fleet's backend: reads the PROXY header the instance sends (Twisted's
+#: haproxy: endpoint) and answers each line with the client address it names.
+FLEET_BACKEND = """
+import sys
+from twisted.internet import endpoints, protocol, reactor
+
+class Answer(protocol.Protocol):
+    received = b""
+    def dataReceived(self, data):
+        self.received += data
+        if b"\\n" in self.received:
+            line = self.received.split(b"\\n", 1)[0]
+            client = self.transport.getPeer().host.encode()
+            self.transport.write(line + b" answered for " + client + b"\\n")
+            self.transport.loseConnection()
+
+endpoints.serverFromString(reactor, f"haproxy:tcp:{sys.argv[1]}:interface=127.0.0.1").listen(
+    protocol.Factory.forProtocol(Answer))
+reactor.run()
+"""
+
+#: The test client's address: not 127.0.0.1, which every hop has, so that
+#: the backend naming it proves it crossed haproxy and the instance.
+FLEET_CLIENT = "127.0.0.5"
+#: Seconds each instance goes on accepting after SIGTERM: more than
+#: haproxy needs to see two failed checks 200 ms apart.
+FLEET_DRAIN_DELAY = "2"
+
+
+class FleetHowToTests(SynchronousTestCase):
+    """docs/howto/fleet.rst: the page's haproxy.cfg, run by the real haproxy in
+    front of two ``twist schannel`` instances and one backend, all on loopback."""
+
+    def haproxy(self) -> str:
+        # Debian installs it in /usr/sbin, which not every PATH has.
+        found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+        return found or require("haproxy")
+
+    def instance(self, place: Workspace, name: str, port: int, status: int, backend: int,
+                 ) -> subprocess.Popen[bytes]:
+        process = place.start(
+            "twist", "--log-format=text", "schannel",
+            "--listen", f"schannel:haproxy:tcp:{port}:interface=127.0.0.1:certificate=server.pem",
+            "--connect", f"tcp:127.0.0.1:{backend}", "--proxy-protocol", "v2",
+            "--status", f"tcp:{status}:interface=127.0.0.1", "--drain-delay", FLEET_DRAIN_DELAY,
+            log=f"{name}.log",
+        )  # fmt: skip
+        place.wait_for_log("serving /metrics and /status", f"{name}.log", timeout=30)
+        return process
+
+    def configuration(self, place: Workspace, front: int, servers: dict[str, tuple[int, int]],
+                      ) -> Path:
+        """The page's haproxy.cfg with this test's ports and a fast check interval."""
+        text = (EXAMPLES / "fleet" / "haproxy.cfg").read_text()
+        swaps = {
+            "bind :443": f"bind 127.0.0.1:{front}",
+            # Checks every 200 ms, so that the test takes seconds.
+            "inter 1s fall 2 rise 2": "inter 200ms fall 2 rise 1",
+        }
+        for (name, address), (port, status) in zip(
+            (("one", "10.0.0.11"), ("two", "10.0.0.12")), servers.values(), strict=True
+        ):
+            swaps[f"server {name} {address}:8443 send-proxy-v2 check port 9090"] = (
+                f"server {name} 127.0.0.1:{port} send-proxy-v2 check port {status}"
+            )
+        for old, new in swaps.items():
+            self.assertIn(old, text, "the page's haproxy.cfg changed: update this test")
+            text = text.replace(old, new)
+        path = place.folder / "haproxy.cfg"
+        path.write_text(text)
+        return path
+
+    def request(self, front: int, number: int) -> tuple[str, int]:
+        """One request through the fleet: the outcome and the client's port."""
+        context = ssl.create_default_context(cafile="ca.pem")
+        raw = socket.socket()
+        raw.settimeout(10)
+        raw.bind((FLEET_CLIENT, 0))
+        source = raw.getsockname()[1]
+        try:
+            raw.connect(("127.0.0.1", front))
+            with context.wrap_socket(raw, server_hostname="localhost",
+                                     suppress_ragged_eofs=False) as tls:
+                tls.sendall(f"request {number}\n".encode())
+                answer = b""
+                # To the end: the instance's close_notify (an end without
+                # one raises SSLEOFError), answered with ours.
+                while data := tls.recv(4096):
+                    answer += data
+                tls.unwrap()
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError) as e:
+            return f"reset: {e!r}", source
+        except OSError as e:
+            return f"failed: {e!r}", source
+        finally:
+            raw.close()
+        expected = f"request {number} answered for {FLEET_CLIENT}\n".encode()
+        return ("answered" if answer == expected else f"wrong answer {answer!r}"), source
+
+    def test_haproxy_spreads_clients_and_a_sigterm_loses_none(self) -> None:
+        place = Workspace(self)
+        haproxy = self.haproxy()
+        (place.folder / "backend.py").write_text(FLEET_BACKEND)
+        place.start(sys.executable, "backend.py", str(place.backend_port), log="backend.log")
+        wait_for_port(place.backend_port, timeout=30)
+        servers = {"one": (free_port(), free_port()), "two": (free_port(), free_port())}
+        instances = {
+            name: self.instance(place, name, port, status, place.backend_port)
+            for name, (port, status) in servers.items()
+        }
+        front = free_port()
+        config = self.configuration(place, front, servers)
+        balancer = place.start(haproxy, "-db", "-f", str(config), log="haproxy.log")
+        wait_for_port(front, timeout=30)
+        cwd = os.getcwd()
+        os.chdir(place.folder)  # ca.pem
+        self.addCleanup(os.chdir, cwd)
+
+        # A steady client: 200 requests, one every 50 ms; SIGTERM to
+        # instance one before the 61st.
+        outcomes: list[tuple[str, int]] = []
+        stop_at = 60
+        for number in range(200):
+            if number == stop_at:
+                instances["one"].send_signal(signal.SIGTERM)
+            outcomes.append(self.request(front, number))
+            time.sleep(0.05)
+        # (twist ends by the signal it was given, once it has stopped.)
+        self.assertEqual(
+            instances["one"].wait(timeout=60), -signal.SIGTERM, place.log("one.log")
+        )
+        self.assertIsNone(instances["two"].poll())
+        self.assertIsNone(balancer.poll(), place.log("haproxy.log"))
+
+        # Which instance served each request: its log names the client's
+        # address and port, as haproxy's PROXY header gave them.
+        served: dict[int, str] = {}
+        peer = re.compile(rf"connection closed peer={re.escape(FLEET_CLIENT)}:(\d+) ")
+        for name in instances:
+            for port in peer.findall(place.log(f"{name}.log")):
+                served[int(port)] = name
+        failed = [(n, o) for n, (o, _) in enumerate(outcomes) if o != "answered"]
+        split = {
+            name: sum(served.get(source) == name for _, source in outcomes) for name in instances
+        }
+        after = {
+            name: sum(served.get(source) == name for _, source in outcomes[stop_at:])
+            for name in instances
+        }
+        print(
+            f"\nfleet: {len(outcomes)} sent, {len(outcomes) - len(failed)} answered, "
+            f"{sum(o.startswith('reset') for o, _ in outcomes)} reset; "
+            f"per instance {split}; from the SIGTERM on {after}"
+        )
+        self.assertEqual(failed, [], place.log("one.log") + place.log("haproxy.log"))
+        # Every request went through one of the instances, with the client's
+        # address (each answer names it too: the backend got it from the
+        # instance's PROXY header).
+        self.assertEqual(sum(split.values()), len(outcomes), served)
+        self.assertGreater(split["one"], 10)
+        self.assertGreater(split["two"], 10)
+        # Once haproxy saw instance one's 503, the other took every client.
+        self.assertGreater(after["two"], after["one"])
+        one = place.log("one.log")
+        self.assertIn(
+            f"stopping: /healthz says draining; still accepting for {FLEET_DRAIN_DELAY} s", one
+        )
+        self.assertNotIn("Traceback", one + place.log("two.log"))
+        self.assertRegex(place.log("haproxy.log"), r"Server terminators/one is DOWN")
 
 
 class ExamplesAreRunTests(SynchronousTestCase):
