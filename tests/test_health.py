@@ -1,0 +1,163 @@
+"""``GET /healthz`` on ``--status``, and ``--drain-delay``, from real processes.
+
+Health checks are Python's ``http.client`` and raw sockets; relayed clients
+are Python's ``ssl`` through a real ``twist schannel`` to an echo backend.
+The fleet behind haproxy is in tests/test_docs_howto.py (FleetHowToTests).
+"""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+import time
+
+from twisted.trial.unittest import FailTest, SynchronousTestCase
+
+from tests.peers import free_port
+from tests.test_edges import ECHO, Edge
+from tests.test_tap import Twist, assert_one_line, run_twist
+from tests.test_workers import Setup, exchange, start_echo_server, wait_listening, workers_started
+
+
+def healthz(status: int) -> tuple[int, str]:
+    """One health check: the status code and the body."""
+    connection = http.client.HTTPConnection("127.0.0.1", status, timeout=10)
+    try:
+        connection.request("GET", "/healthz")
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def wait_for_health(status: int, expected: tuple[int, str], timeout: float = 15.0) -> None:
+    """Check until /healthz answers *expected* (fails after *timeout*)."""
+    deadline = time.monotonic() + timeout
+    while (answer := healthz(status)) != expected:
+        if time.monotonic() > deadline:
+            raise FailTest(f"/healthz answered {answer}, not {expected}")
+        time.sleep(0.05)
+
+
+class HealthzTests(Edge):
+    """/healthz: 200 ok while accepting; 503 at limit, 503 draining."""
+
+    def test_ok_then_at_limit_then_ok(self) -> None:
+        backend = self.backend(ECHO)
+        status = free_port()
+        twist, port = self.twist(backend, "--status", f"tcp:{status}", "--max-connections", "1")
+        twist.wait_for("serving /metrics and /status on")
+        self.assertEqual(healthz(status), (200, "ok\n"))
+        with self.tls(port) as client:
+            client.sendall(b"x")
+            self.assertEqual(client.recv(1), b"x")
+            wait_for_health(status, (503, "at limit\n"))
+        wait_for_health(status, (200, "ok\n"))
+        # Checks are no connections of the service, nor log lines.
+        self.assertEqual(twist.output.count("] connection closed peer="), 1, twist.output)
+
+    def test_draining_during_the_drain_without_a_delay(self) -> None:
+        backend = self.backend(ECHO)
+        status = free_port()
+        twist, port = self.twist(backend, "--status", f"tcp:{status}", "--drain-timeout", "60")
+        twist.wait_for("serving /metrics and /status on")
+        with self.tls(port) as client:
+            client.sendall(b"x")
+            self.assertEqual(client.recv(1), b"x")
+            twist.send_signal(signal.SIGTERM)
+            twist.wait_for(r"waiting up to 60 s for 1 open connection")
+            # --drain-delay 0 (the default): the listener closed at once.
+            with self.assertRaises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=10).close()
+            self.assertEqual(healthz(status), (503, "draining\n"))
+        self.assertEqual(twist.process.wait(timeout=30), -signal.SIGTERM, twist.output)
+
+    def test_drain_delay_says_draining_while_the_listener_still_accepts(self) -> None:
+        backend = self.backend(ECHO)
+        status = free_port()
+        twist, port = self.twist(backend, "--status", f"tcp:{status}", "--drain-delay", "4")
+        twist.wait_for("serving /metrics and /status on")
+        self.assertEqual(healthz(status), (200, "ok\n"))
+        twist.send_signal(signal.SIGTERM)
+        wait_for_health(status, (503, "draining\n"))
+        stopping = twist.wait_for(r"stopping: /healthz says draining; still accepting for 4 s")
+        # A client the balancer sent before it saw the 503 is still served.
+        with self.tls(port) as client:
+            client.sendall(b"late")
+            self.assertEqual(client.recv(4), b"late")
+        self.assertEqual(twist.process.wait(timeout=30), -signal.SIGTERM, twist.output)
+        output = twist.output
+        served = output.index("] connection closed peer=", stopping.end())
+        closed = output.index(f"(TCP Port {port} Closed)")
+        self.assertLess(served, closed, output)
+        self.assertNotIn("Traceback", output)
+
+    def test_a_flood_of_health_checks_cannot_take_the_relays_descriptors(self) -> None:
+        backend = self.backend(ECHO)
+        status = free_port()
+        # 128 descriptors: 300 health checkers that keep their connection
+        # open would take them all, if the status listener accepted them all.
+        twist, port = self.twist(backend, "--status", f"tcp:{status}", limit_files=128)
+        twist.wait_for("serving /metrics and /status on")
+        checkers: list[socket.socket] = []
+        for number in range(300):
+            checker = socket.socket()
+            self.addCleanup(checker.close)
+            checker.setblocking(False)
+            checker.connect_ex(("127.0.0.1", status))
+            checkers.append(checker)
+            if number % 40 == 39:
+                time.sleep(0.1)  # smaller batches than the listen backlog (50)
+        time.sleep(0.5)
+        for checker in checkers:
+            # A keep-alive check each, never read: the answers pile up.
+            try:
+                checker.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            except OSError:
+                pass
+        time.sleep(1.0)
+        for number in range(3):
+            with self.tls(port) as client:
+                client.sendall(bytes([number]))
+                self.assertEqual(client.recv(1), bytes([number]), twist.output)
+        self.assertNotIn("out of file descriptors", twist.output)
+        # The first checker was answered: the flood was served, in turn.
+        checkers[0].setblocking(True)
+        checkers[0].settimeout(30)
+        self.assertIn(b"200 OK", checkers[0].recv(4096))
+
+
+class DrainDelayCommandLineTests(SynchronousTestCase):
+    def test_bad_values_are_one_line(self) -> None:
+        for value in ("-1", "soon", "nan"):
+            assert_one_line(self, run_twist("--drain-delay", value), "--drain-delay")
+
+
+class DrainDelayWorkersTests(Edge):
+    """--drain-delay with --workers: every worker says draining and accepts on."""
+
+    timeout = 120
+
+    def test_each_worker_says_draining_and_accepts_for_the_delay(self) -> None:
+        setup = Setup(self)
+        backend, _ = start_echo_server(self)
+        status = free_port()
+        twist = Twist(
+            self, "--workers", "2", "--listen", setup.listen(),
+            "--connect", f"tcp:127.0.0.1:{backend}", "--status", f"tcp:{status}",
+            "--drain-delay", "4", group=True,
+        )
+        workers_started(twist, 2)
+        wait_listening(twist, 2)
+        for _ in range(4):
+            self.assertEqual(healthz(status), (200, "ok\n"))
+        twist.send_signal(signal.SIGTERM)
+        wait_for_health(status, (503, "draining\n"))
+        twist.wait_for(r"still accepting for 4 s.*\n(?:.*\n)*.*still accepting for 4 s")
+        # Whichever worker answers, and whichever accepts, during the delay.
+        for _ in range(4):
+            self.assertEqual(healthz(status), (503, "draining\n"))
+            exchange(setup, b"late")
+        self.assertEqual(twist.process.wait(timeout=60), 0, twist.output)
+        self.assertIn("every worker has stopped", twist.output)
