@@ -130,8 +130,10 @@ class HealthzTests(Edge):
 
 class DrainDelayCommandLineTests(SynchronousTestCase):
     def test_bad_values_are_one_line(self) -> None:
-        for value in ("-1", "soon", "nan"):
-            assert_one_line(self, run_twist("--drain-delay", value), "--drain-delay")
+        for value, why in (("-1", "must be 0 or more"), ("nan", "must be 0 or more"),
+                           ("soon", "expected a number of seconds")):
+            result = run_twist("--drain-delay", value)
+            assert_one_line(self, result, f"--drain-delay {value!r}: {why}")
 
 
 class DrainDelayWorkersTests(Edge):
