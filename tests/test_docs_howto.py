@@ -614,7 +614,7 @@ class ExamplesAreRunTests(SynchronousTestCase):
         files = {
             path.relative_to(EXAMPLES).as_posix()
             for path in EXAMPLES.rglob("*")
-            if path.suffix in (".py", ".sh", ".service", ".socket")
+            if path.suffix in (".py", ".sh", ".service", ".socket", ".cfg")
             and not {"__pycache__", "_trial_temp"} & set(path.parts)
         }
         self.assertEqual(files, included)
