@@ -163,3 +163,30 @@ class DrainDelayWorkersTests(Edge):
             exchange(setup, b"late")
         self.assertEqual(twist.process.wait(timeout=60), 0, twist.output)
         self.assertIn("every worker has stopped", twist.output)
+
+    def test_a_new_generation_keeps_saying_ok_and_the_old_one_does_not_wait(self) -> None:
+        """SIGHUP replaces the workers, but the service goes on: /healthz never
+        says draining (a balancer would take the machine out at every reload),
+        and the old workers stop accepting without --drain-delay."""
+        setup = Setup(self)
+        backend, _ = start_echo_server(self)
+        status = free_port()
+        twist = Twist(
+            self, "--workers", "2", "--listen", setup.listen(),
+            "--connect", f"tcp:127.0.0.1:{backend}", "--status", f"tcp:{status}",
+            "--drain-delay", "30", group=True,
+        )
+        old = workers_started(twist, 2)
+        wait_listening(twist, 2)
+        twist.send_signal(signal.SIGHUP)
+        workers_started(twist, 2, generation=2)
+        answers = []
+        for _ in range(40):
+            answers.append(healthz(status))
+            exchange(setup)
+        self.assertEqual(set(answers), {(200, "ok\n")}, twist.output)
+        # Well before the 30 s of --drain-delay.
+        for pid in old:
+            twist.wait_for(rf"worker {pid} stopped", timeout=20)
+        self.assertNotIn("still accepting for", twist.output)
+        self.assertEqual(healthz(status), (200, "ok\n"))

@@ -849,6 +849,9 @@ class SchannelService(service.Service):
     :param worker: a ``--workers`` worker: its supervisor, which opened the
         sockets, said once where they listen, so each worker says only that
         it is ready (``ready: accepting connections``).
+    :param replaced: for a worker, whether it stops because a new generation
+        took over: then it stops accepting at once and never says
+        ``draining`` (the service goes on).
 
     A certificate that has expired, is not valid yet or expires within 14
     days is logged as a warning (naming its file, subject and dates) on
@@ -876,9 +879,11 @@ class SchannelService(service.Service):
         drain_delay: float = 0.0,
         signals: bool = True,
         worker: bool = False,
+        replaced: Callable[[], bool] | None = None,
     ) -> None:
         self.listen = list(listen)
         self.drain_delay = drain_delay
+        self.replaced = replaced
         #: What ``/healthz`` says (see txschannel.terminator.health).
         self.health = Health(limit)
         self.worker = worker
@@ -1090,6 +1095,8 @@ class SchannelService(service.Service):
         if hasattr(signal, "SIGHUP") and self._previous_handler is not None:
             signal.signal(signal.SIGHUP, self._previous_handler)
             self._previous_handler = None
+        if self.replaced is not None and self.replaced():
+            return self._stop_listening()
         self.health.draining = True
         if not self.drain_delay:
             return self._stop_listening()
@@ -1815,6 +1822,7 @@ def makeService(options: Options) -> SchannelService:
         signals=worker is None,
         validity_interval=_VALIDITY_CHECK_INTERVAL if worker is None else None,
         worker=worker is not None,
+        replaced=worker.replaced if worker is not None else None,
     )
     if metrics is not None:
         service.status = (

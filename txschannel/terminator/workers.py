@@ -24,8 +24,10 @@ worker that dies or is replaced.
 
 The supervisor replaces a worker that dies (logging why), starts a new
 generation on ``SIGHUP`` and at ``--reload-interval`` when a certificate
-changed (the old generation drains and exits), and on ``SIGTERM``/``SIGINT``
-passes the signal on and waits for every worker to drain.
+changed (the old generation drains and exits: it is sent ``SIGUSR2``, which
+it takes as ``SIGTERM`` without ``--drain-delay``, since the service goes
+on), and on ``SIGTERM``/``SIGINT`` passes the signal on and waits for every
+worker to drain.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ _LONGEST_PAUSE = 30.0
 _SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 #: prctl(2): the signal a process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
+#: What the supervisor sends a worker of an old generation: stop as on
+#: SIGTERM, but the service goes on (see Worker.replaced).
+_REPLACED = signal.SIGUSR2
 
 
 class WorkersError(Exception):
@@ -330,6 +335,26 @@ class Worker:
     sockets: Mapping[tuple[object, ...], socket.socket]
     supervisor: int
 
+    def replaced(self) -> bool:
+        """Whether this worker stops because a new generation took over.
+
+        The service goes on then: the worker neither says ``draining`` on
+        ``/healthz`` (a load balancer would take the whole machine out at
+        every reload) nor waits ``--drain-delay`` before it stops accepting.
+        """
+        return _replaced
+
+
+#: Set in a worker by _REPLACED from its supervisor.
+_replaced = False
+
+
+def _on_replaced(number: int, frame: object) -> None:
+    global _replaced
+    _replaced = True
+    # Then stop as on SIGTERM, through the reactor's own handler.
+    os.kill(os.getpid(), signal.SIGTERM)
+
 
 @dataclass
 class _Running:
@@ -516,7 +541,9 @@ class Supervisor:
         Returns in each forked worker; the supervisor itself ends with
         ``SystemExit``.
         """
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        # (_REPLACED too: a worker it reaches before it has a handler for
+        # it gets it once it has, rather than dying of it.)
+        signal.pthread_sigmask(signal.SIG_BLOCK, (*_SIGNALS, _REPLACED))
         self._generation = 1
         self._began = time.monotonic()
         self.log.info(
@@ -580,7 +607,8 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:
             supervisor = os.getppid()
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            signal.signal(_REPLACED, _on_replaced)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, (*_SIGNALS, _REPLACED))
             _stop_with(supervisor)
             # Only the supervisor holds every socket: a worker that stopped
             # listening must not keep the others' (or its own) open.
@@ -659,7 +687,7 @@ class Supervisor:
                 return worker
         for pid in old:
             self._running[pid].stopping = True
-            _signal(pid, signal.SIGTERM)
+            _signal(pid, _REPLACED)
         return None
 
     def _stop(self, why: str, status: int = 0) -> None:
