@@ -28,8 +28,11 @@ the one log line ``twist schannel`` writes per connection.
 from __future__ import annotations
 
 import errno
+import fcntl
+import math
 import socket
 import struct
+import termios
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -123,15 +126,102 @@ def _lose_write(transport: ITransport | None) -> None:
 
 def _socket_under(transport: object) -> socket.socket | None:
     """The socket at the bottom of *transport* (through TLS and gate layers), if any."""
+    return _bottom(transport)[1]
+
+
+#: Where ``tcpi_bytes_acked`` (Linux 4.1) and ``tcpi_snd_wnd`` (5.4) sit in
+#: Linux's ``struct tcp_info``, which only ever grows at its end.
+_TCPI_BYTES_ACKED = struct.Struct("=Q")
+_TCPI_BYTES_ACKED_OFFSET = 120
+_TCPI_SND_WND = struct.Struct("=I")
+_TCPI_SND_WND_OFFSET = 228
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+
+
+def probe_window(transport: object, every: float) -> None:
+    """Have the kernel ask *transport*'s TCP peer for its receive window
+    every *every* seconds that nothing is in flight (TCP keep-alive).
+
+    A peer reading from its own receive buffer says so only in the window
+    its ACKs carry; with nothing to acknowledge it sends none, so
+    :func:`send_progress` would see no change. Keep-alive probes are
+    answered with an ACK and the window of the moment. Does nothing for
+    other transports, and never raises.
+    """
+    sock = _bottom(transport)[1]
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    seconds = max(1, math.ceil(every))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, seconds)
+        if hasattr(socket, "TCP_KEEPINTVL"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, seconds)
+    except OSError:
+        pass
+
+
+def _bottom(transport: object) -> tuple[object, socket.socket | None]:
+    """The lowest transport under *transport* (through TLS and gate layers) and its socket."""
     for _ in range(8):
         get_handle = getattr(transport, "getHandle", None)
         handle = get_handle() if callable(get_handle) else None
         if isinstance(handle, socket.socket):
-            return handle
-        transport = getattr(transport, "transport", None)
-        if transport is None:
-            return None
-    return None
+            return transport, handle
+        below = getattr(transport, "transport", None)
+        if below is None:
+            return transport, None
+        transport = below
+    return transport, None
+
+
+def send_progress(transport: object) -> tuple[int, int, int, int]:
+    """A snapshot of what *transport* has still to deliver to its peer.
+
+    ``(bytes the peer acknowledged, bytes in the kernel's send queue, bytes
+    in Twisted's write buffer)``; -1 for what cannot be known (the first is
+    TCP's alone, the second needs a socket). Between two snapshots with no
+    write in between, any change means the peer took bytes: its reading
+    is progress even when nothing new is written or read.
+
+    Never raises: a transport of another kind (a pipe, a closed socket)
+    gives -1s and its buffer.
+    """
+    bottom, sock = _bottom(transport)
+    # Twisted's FileDescriptor: what write() took and the kernel did not
+    # (it writes on only as the socket drains).
+    data_buffer = getattr(bottom, "dataBuffer", b"")
+    offset = getattr(bottom, "offset", 0)
+    temporary = getattr(bottom, "_tempDataLen", 0)
+    try:
+        buffered = len(data_buffer) - int(offset) + int(temporary)
+    except (TypeError, ValueError):
+        buffered = -1
+    acked = queued = window = -1
+    if sock is not None:
+        try:
+            fd = sock.fileno()
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            if _TCP_INFO is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
+                except OSError:
+                    info = b""
+                if len(info) >= _TCPI_BYTES_ACKED_OFFSET + _TCPI_BYTES_ACKED.size:
+                    (acked,) = _TCPI_BYTES_ACKED.unpack_from(info, _TCPI_BYTES_ACKED_OFFSET)
+                if len(info) >= _TCPI_SND_WND_OFFSET + _TCPI_SND_WND.size:
+                    (window,) = _TCPI_SND_WND.unpack_from(info, _TCPI_SND_WND_OFFSET)
+            try:
+                # SIOCOUTQ (TIOCOUTQ on a socket): unsent and unacknowledged
+                # bytes of TCP, undelivered memory of a Unix socket.
+                answer = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
+                (queued,) = struct.unpack("i", answer)
+            except OSError:
+                pass
+    return acked, window, queued, buffered
 
 
 def reset(transport: ITransport | None) -> None:

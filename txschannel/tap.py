@@ -82,7 +82,7 @@ from txschannel.haproxy import server_from_string
 from txschannel.inspector import InspectorSite, _address
 from txschannel.peertext import PeerText, printable
 from txschannel.protocol import declare_provides
-from txschannel.relay import RelayFactory, no_delay, reset
+from txschannel.relay import RelayFactory, no_delay, probe_window, reset, send_progress
 from txschannel.status import SecurityError
 from txschannel.terminator.access import AccessPolicy, parse_allowed_name
 from txschannel.terminator.health import Health
@@ -511,7 +511,13 @@ class ConnectionGate:
         self._counted = False
         self._handshaking = False
         self._idle: IDelayedCall | None = None
+        #: When the application last wrote or the client last sent bytes.
         self._last_activity = 0.0
+        #: When a peer was last seen taking bytes we had queued for it.
+        self._drained_at = 0.0
+        #: When the idle check last looked at the queues, and what it saw.
+        self._sampled_at = 0.0
+        self._sample: tuple[tuple[int, int, int, int], ...] = ()
 
     # -- IProtocol (from the real transport) -----------------------------
 
@@ -579,8 +585,12 @@ class ConnectionGate:
         if self.factory.idle_timeout is not None:
             # Counted from here: until the handshake is done, the listen
             # endpoint's handshakeTimeout applies.
-            self._last_activity = self.factory.clock.seconds()
-            self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_check)
+            now = self.factory.clock.seconds()
+            self._last_activity = self._drained_at = self._sampled_at = now
+            self._idle = self.factory.clock.callLater(
+                _idle_step(self.factory.idle_timeout), self._idle_check
+            )
+            probe_window(self.transport, _idle_step(self.factory.idle_timeout))
         inner.makeConnection(self)  # type: ignore[arg-type]
         pending, self._pending = self._pending, []
         for data in pending:
@@ -588,16 +598,44 @@ class ConnectionGate:
         if self._pending_eof:
             self.readConnectionLost()
 
+    def _queues(self) -> tuple[tuple[int, int, int, int], ...]:
+        """What the client's connection, and the relay's backend connection
+        if there is one, still have to deliver (see :func:`send_progress`)."""
+        sides = [send_progress(self.transport)]
+        partner = getattr(self.inner, "partner", None)
+        backend = getattr(partner, "transport", None)
+        if backend is not None:
+            sides.append(send_progress(backend))
+        return tuple(sides)
+
     def _idle_check(self) -> None:
         # One timer per connection, moved only when it fires: noting the
         # time of each read and write is cheaper than rescheduling a
-        # DelayedCall for every chunk of a transfer.
+        # DelayedCall for every chunk of a transfer. Idle means nothing
+        # moved: neither a byte read or written, nor a byte of ours taken
+        # by a peer. A slow reader drains megabytes from the socket buffers
+        # without a single write of ours for minutes (flow control holds
+        # the rest back), so the queues are sampled every step; any change
+        # is a peer reading.
         self._idle = None
         timeout = self.factory.idle_timeout
         assert timeout is not None
-        quiet = self.factory.clock.seconds() - self._last_activity
+        now = self.factory.clock.seconds()
+        sample = self._queues()
+        if self._last_activity > self._sampled_at or len(sample) != len(self._sample):
+            # Bytes were written or read since the last look (or this is
+            # the first look): what is queued now may have been draining
+            # all along, so count from now.
+            if any(value > 0 for side in sample for value in side[2:]):
+                self._drained_at = now
+        elif sample != self._sample:
+            self._drained_at = now
+        self._sampled_at, self._sample = now, sample
+        quiet = now - max(self._last_activity, self._drained_at)
         if quiet < timeout:
-            self._idle = self.factory.clock.callLater(timeout - quiet, self._idle_check)
+            self._idle = self.factory.clock.callLater(
+                min(_idle_step(timeout), timeout - quiet), self._idle_check
+            )
             return
         self._our_reason = f"idle timeout: no bytes either way for {timeout:g} s"
         # Neither side finished its stream: both get an abort (the relay
@@ -765,6 +803,12 @@ class ConnectionGate:
         if transport is None:
             raise AttributeError(name)
         return getattr(transport, name)
+
+
+def _idle_step(timeout: float) -> float:
+    """How often the idle check looks at a connection's queues: a connection
+    whose peers stop taking bytes is ended at most this long after *timeout*."""
+    return min(timeout / 4, 5.0)
 
 
 class GateFactory(Factory):

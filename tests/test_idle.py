@@ -1,0 +1,155 @@
+"""``twist schannel --idle-timeout``: idle means that nothing moved.
+
+A peer that reads slowly keeps a connection alive even when the relay has
+nothing new to write for longer than the timeout (the bytes are queued in
+the kernel and drain as the peer reads); a peer that reads nothing is
+still ended once its buffers are full. Real ``twist schannel`` processes,
+real backend processes (over TCP and over a Unix socket), and Python's
+``ssl`` as a client with a small receive buffer, reading in small steps.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import sys
+import time
+
+from tests.peers import LISTENER, Peer, free_port
+from tests.test_edges import Edge, read_to_end
+from tests.test_tap import Twist
+
+#: Answers each connection's first bytes with argv[2] bytes of "x", then closes.
+BODY = LISTENER + """
+size = int(sys.argv[2])
+while True:
+    connection, _ = server.accept()
+    try:
+        connection.settimeout(120)
+        if connection.recv(65536):
+            connection.sendall(b"x" * size)
+    except OSError:
+        pass  # (the readiness probe sends nothing)
+    connection.close()
+"""
+
+#: Listens on the Unix socket argv[1]; reads argv[2] bytes of each
+#: connection slowly (4 KiB every 50 ms, through a small receive buffer),
+#: then answers with the number of bytes it read.
+SLOW_UNIX_SINK = """
+import os, socket, sys, time
+path, expected = sys.argv[1], int(sys.argv[2])
+server = socket.socket(socket.AF_UNIX)
+server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+server.bind(path + ".tmp")
+os.rename(path + ".tmp", path)
+server.listen(16)
+while True:
+    connection, _ = server.accept()
+    size = 0
+    try:
+        connection.settimeout(120)
+        while size < expected and (data := connection.recv(4096)):
+            size += len(data)
+            time.sleep(0.05)
+        connection.sendall(b"got %d" % size)
+    except OSError:
+        pass
+    connection.close()
+"""
+
+#: Bytes each slow test moves: at the pace below, several seconds' worth,
+#: several times the idle timeout of 1 s.
+SLOW_SIZE = 1_000_000
+
+
+class SlowPeerTests(Edge):
+    """Bytes drained from the socket queues by a slow peer are progress."""
+
+    def start(self, connect: str, timeout: str = "1") -> tuple[Twist, int]:
+        port = free_port()
+        twist = Twist(
+            self,
+            "--listen",
+            f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.folder}/server.pem",
+            "--connect", connect, "--idle-timeout", timeout,
+        )
+        twist.wait_for("listening on")
+        return twist, port
+
+    def small_buffer_client(self, port: int) -> ssl.SSLSocket:
+        raw = socket.socket()
+        # Small, so that what the client has not read waits in our queues
+        # (where the gate can see it drain) rather than in its own.
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        raw.settimeout(60)
+        raw.connect(("127.0.0.1", port))
+        return self.client_context().wrap_socket(
+            raw, server_hostname="localhost", suppress_ragged_eofs=False
+        )
+
+    def test_a_slow_reader_gets_the_whole_body(self) -> None:
+        backend = self.backend(BODY, str(SLOW_SIZE))
+        twist, port = self.start(f"tcp:127.0.0.1:{backend}")
+        with self.small_buffer_client(port) as client:
+            client.sendall(b"GET")
+            size, how = 0, "no close_notify"
+            deadline = time.monotonic() + 120  # (a bound, not a measure)
+            try:
+                while time.monotonic() < deadline:
+                    data = client.recv(8192)
+                    if not data:
+                        how = "close_notify"
+                        break
+                    size += len(data)
+                    # About 160 KiB/s: the relay's queues toward the client
+                    # hold seconds' worth, so it writes nothing for seconds.
+                    time.sleep(0.05)
+            except (ssl.SSLError, OSError) as e:
+                how = repr(e)
+        self.assertEqual((size, how), (SLOW_SIZE, "close_notify"), twist.output)
+        twist.wait_for(rf"connection closed .*bytes_out={SLOW_SIZE} ")
+        self.assertNotIn("idle timeout", twist.output)
+
+    def test_a_client_that_reads_nothing_is_still_ended(self) -> None:
+        # More than every buffer on the way holds: the client's, ours, Twisted's.
+        size = 64_000_000
+        backend = self.backend(BODY, str(size))
+        twist, port = self.start(f"tcp:127.0.0.1:{backend}")
+        with self.small_buffer_client(port) as client:
+            client.sendall(b"GET")
+            # Nothing read until the gate gave up (waits are bounds).
+            line = twist.wait_for(
+                r"connection closed .*bytes_out=(\d+) .*"
+                r'reason="idle timeout: no bytes either way for 1 s"',
+                timeout=60,
+            )
+            got, how = read_to_end(client)
+        self.assertLess(int(line.group(1)), size)
+        self.assertLess(got, size)
+        self.assertNotEqual(how, "close_notify")
+
+    def test_a_slow_backend_draining_an_upload_over_a_unix_socket(self) -> None:
+        path = self.folder / "sink.sock"
+        sink = Peer([sys.executable, "-c", SLOW_UNIX_SINK, str(path), str(SLOW_SIZE)])
+        self.addCleanup(sink.stop)
+        deadline = time.monotonic() + 20
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        twist, port = self.start(f"unix:{path}")
+        with self.tls(port, timeout=120) as client:
+            # Blocks while the backend reads (about 80 KiB/s): the relay
+            # stops reading the client, so no byte comes in for seconds.
+            client.sendall(b"u" * SLOW_SIZE)
+            answer = b""
+            try:
+                while len(answer) < len(b"got %d" % SLOW_SIZE):
+                    data = client.recv(100)
+                    if not data:
+                        break
+                    answer += data
+            except (ssl.SSLError, OSError) as e:
+                answer += repr(e).encode()
+        self.assertEqual(answer, b"got %d" % SLOW_SIZE, twist.output)
+        twist.wait_for(rf"connection closed .*bytes_in={SLOW_SIZE} ")
+        self.assertNotIn("idle timeout", twist.output)
