@@ -146,9 +146,15 @@ class ConnectionTruncated(ConnectionLost):
     secured. It is a :class:`twisted.internet.error.ConnectionLost`, so code
     that treats any unclean close alike keeps working, and distinct from the
     ``ConnectionDone`` that a close_notify produces.
+
+    :ivar closed: True when the transport itself ended cleanly (a TCP FIN:
+        the peer closed without close_notify, as many HTTP clients do after
+        their exchange); False when it was lost (a reset, an error), which
+        can cut a stream mid-way.
     """
 
     MESSAGE = "TLS connection truncated"
+    closed = False
 
 
 class HandshakeTimeout(_TwistedTimeoutError):
@@ -1387,7 +1393,9 @@ class SchannelProtocol(ProtocolWrapper):
                 f"the connection {how} without the peer's close_notify: "
                 "its data may be incomplete"
             )
-        return _failure(ConnectionTruncated(message))
+        truncated = ConnectionTruncated(message)
+        truncated.closed = isinstance(value, ConnectionDone)
+        return _failure(truncated)
 
     # -- ISSLTransport, INegotiated ---------------------------------------
 

@@ -52,6 +52,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txschannel.peertext import PeerText
+from txschannel.protocol import ConnectionTruncated
 
 if TYPE_CHECKING:
     from txschannel.terminator.routing import Router
@@ -324,6 +325,8 @@ class Inbound(_Side):
     """
 
     close_reason: str | None = None
+    #: "client" or "backend": which finished sending first, if one did.
+    finished_first: str | None = None
 
     def __init__(self, factory: RelayFactory) -> None:
         self.factory = factory
@@ -341,6 +344,11 @@ class Inbound(_Side):
     def _ended(self, reason: str) -> None:
         if self.close_reason is None:
             self.close_reason = reason
+
+    def _finished(self, side: str) -> None:
+        # The first side to finish sending (TCP FIN, TLS close_notify).
+        if self.finished_first is None:
+            self.finished_first = side
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -478,6 +486,7 @@ class Inbound(_Side):
         super().dataReceived(data)
 
     def readConnectionLost(self) -> None:
+        self._finished("client")
         if self.partner is None:
             # Remember it; _joined() passes it on.
             self.read_closed = True
@@ -485,7 +494,7 @@ class Inbound(_Side):
         super().readConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._ended(_describe("client", reason))
+        self._ended(_describe("client", reason, self.finished_first))
         # Marked before cancelling: the cancellation runs _unreachable(),
         # which must see that there is no client left to tell.
         self.lost = True
@@ -505,8 +514,12 @@ class Outbound(_Side):
     def connectionMade(self) -> None:
         no_delay(self.transport)
 
+    def readConnectionLost(self) -> None:
+        self.inbound._finished("backend")
+        super().readConnectionLost()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.inbound._ended(_describe("backend", reason))
+        self.inbound._ended(_describe("backend", reason, self.inbound.finished_first))
         super().connectionLost(reason)
 
 
@@ -528,13 +541,28 @@ def _out_of_descriptors(failure: Failure) -> bool:
     return number in (errno.EMFILE, errno.ENFILE)
 
 
-def _describe(side: str, reason: Failure) -> str:
-    if isinstance(reason.value, ConnectionDone):
-        return f"{side} closed"
-    status = getattr(reason.value, "status", None)
-    if status is not None:
-        return f"{side} TLS error {reason.value}"
-    return f"{side} lost: {reason.getErrorMessage()}"
+def _describe(side: str, reason: Failure, first: str | None = None) -> str:
+    """Why a connection ended, in words, as *side* lost it with *reason*.
+
+    *first* is the side that finished sending first, if one did: after a
+    clean end it is the one that ended the exchange (a client's
+    close_notify reaches the backend as an end of its input, and the
+    backend's close follows).
+    """
+    value = reason.value
+    if isinstance(value, ConnectionDone):
+        return f"{first or side} closed"
+    if isinstance(value, ConnectionTruncated) and value.closed:
+        # A TCP FIN without TLS's close_notify: what many HTTP clients do
+        # once their exchange is over. (The other side is still aborted.)
+        how = f"{side} closed without close_notify"
+    elif getattr(value, "status", None) is not None:
+        how = f"{side} TLS error {value}"
+    else:
+        how = f"{side} lost: {reason.getErrorMessage()}"
+    if first is not None and first != side:
+        return f"{first} closed, then {how}"
+    return how
 
 
 class _OutboundFactory(Factory):

@@ -81,7 +81,7 @@ from txschannel.endpoints import SchannelClientEndpoint, SchannelServerEndpoint
 from txschannel.haproxy import server_from_string
 from txschannel.inspector import InspectorSite, _address
 from txschannel.peertext import PeerText, printable
-from txschannel.protocol import declare_provides
+from txschannel.protocol import ConnectionTruncated, declare_provides
 from txschannel.relay import RelayFactory, no_delay, probe_window, reset, send_progress
 from txschannel.status import SecurityError
 from txschannel.terminator.access import AccessPolicy, parse_allowed_name
@@ -385,6 +385,18 @@ def _served_fingerprint(credentials: Credentials) -> str | None:
 _NEEDS_QUOTES = re.compile(r'[\s"=]').search
 
 
+def _data_may_be_lost(reason: Failure) -> bool:
+    """Whether the client's TLS stream was cut other than by its own close.
+
+    A client that closes its TCP connection without close_notify once its
+    exchange is done is ordinary (browsers do it); a stream lost to a
+    reset or an error after the handshake, with or without bytes still on
+    their way, may have been cut mid-way: that one is worth a warning.
+    """
+    value = reason.value
+    return isinstance(value, ConnectionTruncated) and not value.closed
+
+
 def _logfmt(value: object) -> str:
     # Every value may come from the peer (server name, certificate names,
     # ALPN, reasons quoting them): unprintable characters are escaped, so
@@ -471,9 +483,13 @@ def _log_facts(transport: object, attributes: Attributes | None) -> dict[str, An
     return facts
 
 
-def _reason_text(reason: Failure, *, we_closed: bool) -> str:
+def _reason_text(reason: Failure, *, we_closed: bool, handshake_done: bool = True) -> str:
     if isinstance(reason.value, ConnectionDone):
         return "closed by us" if we_closed else "client closed"
+    if isinstance(reason.value, ConnectionTruncated) and reason.value.closed:
+        if not handshake_done:
+            return "client closed before the TLS handshake completed"
+        return "client closed without close_notify"
     if getattr(reason.value, "status", None) is not None:
         return f"TLS error {reason.value}"
     return f"client lost: {reason.getErrorMessage()}"
@@ -705,7 +721,9 @@ class ConnectionGate:
             why = self._our_reason
         else:
             why = getattr(self.inner, "close_reason", None) or _reason_text(
-                reason, we_closed=self.disconnecting
+                reason,
+                we_closed=self.disconnecting,
+                handshake_done=description.get("protocol") is not None,
             )
         fields = {
             "peer": description.get("peer"),
@@ -724,7 +742,10 @@ class ConnectionGate:
             # (Not in the line: a worker's log observer ends every line with
             # it, see _worker_lines.)
             fields["worker"] = self.factory.worker
-        _log.info("connection closed {line}", line=line, connection=fields)
+        if self.inner is not None and self._our_reason is None and _data_may_be_lost(reason):
+            _log.warn("connection closed {line}", line=line, connection=fields)
+        else:
+            _log.info("connection closed {line}", line=line, connection=fields)
 
     # -- ITransport (for the application) ---------------------------------
 

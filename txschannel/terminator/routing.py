@@ -33,8 +33,9 @@ from OpenSSL import SSL
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
-from txschannel.credentials import Credentials
+from txschannel.credentials import Credentials, Verification
 from txschannel.peertext import PeerText
+from txschannel.status import Status
 
 __all__ = ["Route", "Router", "UnrecognizedName", "normalize_route_name"]
 
@@ -198,11 +199,21 @@ class Router:
                     return route
         return self.default
 
-    def _refused(self, name: str | None) -> None:
-        # The connection's own log line can only say that the handshake
-        # failed ("callback failed"): say why here, at most once every
-        # _WARNING_INTERVAL seconds, so that a client trying names cannot
-        # flood the log.
+    def _refused(self, name: str | None, connection: SSL.Connection | None = None) -> None:
+        # OpenSSL only knows that the server-name callback failed ("callback
+        # failed"): the reason given here becomes the handshake's error, so
+        # that the connection's own lines (its handshake failure, its close
+        # line) name the refused name, every time. (repr: the client chose
+        # the name; the log escapes it once more.)
+        verification = connection.get_app_data() if connection is not None else None
+        if isinstance(verification, Verification) and verification.failure is None:
+            offered = f"server name {name!r}" if name is not None else "no server name"
+            verification.failure = (
+                Status.ILLEGAL_MESSAGE,
+                f"refused {offered} with unrecognized_name: no --route matches it "
+                "and there is no --connect",
+            )
+        # And a summary here, at most once every _WARNING_INTERVAL seconds.
         self._unwarned += 1
         clock = self._clock
         if clock is None:
@@ -240,7 +251,7 @@ class Router:
             raw = connection.get_servername()
             offered = raw.decode("ascii", "replace") if raw else None
             if self.pick(offered) is None:
-                self._refused(offered)
+                self._refused(offered, connection)
                 raise UnrecognizedName(offered)
             switched = named.get(_normalize_offered(offered) or "")
             if switched is not None:
