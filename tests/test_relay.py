@@ -217,7 +217,8 @@ class OriginationTests(TestCase):
             while chunk := sock.recv(65536):
                 answer += chunk
         self.assertEqual(answer, f"{len(payload)} {hashlib.sha256(payload).hexdigest()}\n".encode())
-        twist.wait_for(r'reason="backend closed"')
+        # The client finished first (its FIN), the backend's close followed.
+        twist.wait_for(r'reason="client closed"')
 
 
 class _Stalled(Protocol):
@@ -315,12 +316,11 @@ class FlowControlTests(TestCase):
         yield backends[0].done
         self.assertEqual(backends[0].size, len(payload))
         self.assertEqual(backends[0].digest.digest(), hashlib.sha256(payload).digest())
-        # The client only half-closed as far as the relay can tell; the
-        # backend ended first.
+        # The client half-closed first; the backend's close followed.
         deadline = time.monotonic() + 10
         while not relays[0].lost and time.monotonic() < deadline:
             yield deferLater(reactor, 0.01, lambda: None)
-        self.assertEqual(relays[0].close_reason, "backend closed")
+        self.assertEqual(relays[0].close_reason, "client closed")
 
     def test_a_stalled_backend_pauses_the_tcp_client_side(self):  # type: ignore[no-untyped-def]
         return self.stall(
