@@ -10,14 +10,18 @@ real backend processes (over TCP and over a Unix socket), and Python's
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import sys
 import time
 
+from twisted.trial.unittest import SynchronousTestCase
+
 from tests.peers import LISTENER, Peer, free_port
 from tests.test_edges import Edge, read_to_end
 from tests.test_tap import Twist
+from txschannel.relay import probe_window, send_progress
 
 #: Answers each connection's first bytes with argv[2] bytes of "x", then closes.
 BODY = LISTENER + """
@@ -153,3 +157,77 @@ class SlowPeerTests(Edge):
         self.assertEqual(answer, b"got %d" % SLOW_SIZE, twist.output)
         twist.wait_for(rf"connection closed .*bytes_in={SLOW_SIZE} ")
         self.assertNotIn("idle timeout", twist.output)
+
+
+class _Transport:
+    """Whatever a transport is to send_progress: something with getHandle()."""
+
+    def __init__(self, handle: object) -> None:
+        self.handle = handle
+
+    def getHandle(self) -> object:
+        return self.handle
+
+
+class SendProgressTests(SynchronousTestCase):
+    """send_progress() changes when a real peer reads, and only then."""
+
+    def pair(self, family: int) -> tuple[socket.socket, socket.socket]:
+        if family == socket.AF_UNIX:
+            ours, peer = socket.socketpair(socket.AF_UNIX)
+        else:
+            with socket.socket() as listener:
+                listener.bind(("127.0.0.1", 0))
+                listener.listen(1)
+                peer = socket.socket()
+                peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+                peer.connect(listener.getsockname())
+                ours, _ = listener.accept()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        ours.setblocking(False)
+        return ours, peer
+
+    def fill(self, ours: socket.socket) -> None:
+        for _ in range(10000):  # (a bound: the buffers are far smaller)
+            try:
+                ours.send(b"z" * 65536)
+            except BlockingIOError:
+                return
+        self.fail("the peer's buffers never filled")
+
+    def check(self, family: int) -> None:
+        ours, peer = self.pair(family)
+        transport = _Transport(ours)
+        self.fill(ours)
+        time.sleep(0.2)  # (whatever was in flight has landed)
+        stalled = send_progress(transport)
+        time.sleep(0.2)
+        self.assertEqual(send_progress(transport), stalled)
+        self.assertGreater(stalled[2], 0)  # bytes queued in the kernel
+        peer.settimeout(10)
+        taken = 0
+        while taken < 64 * 1024:
+            taken += len(peer.recv(65536))
+        time.sleep(0.2)
+        self.assertNotEqual(send_progress(transport), stalled)
+
+    def test_tcp(self) -> None:
+        self.check(socket.AF_INET)
+
+    def test_unix(self) -> None:
+        self.check(socket.AF_UNIX)
+
+    def test_a_transport_without_a_socket(self) -> None:
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        self.assertEqual(send_progress(_Transport(write)), (-1, -1, -1, 0))
+        self.assertEqual(send_progress(object()), (-1, -1, -1, 0))
+        probe_window(_Transport(write), 1.0)  # (nothing to do, and no error)
+
+    def test_a_closed_socket(self) -> None:
+        ours, _ = self.pair(socket.AF_INET)
+        ours.close()
+        self.assertEqual(send_progress(_Transport(ours)), (-1, -1, -1, 0))
+        probe_window(_Transport(ours), 1.0)
