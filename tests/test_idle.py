@@ -37,6 +37,25 @@ while True:
     connection.close()
 """
 
+#: Answers each connection's first bytes with argv[2] bytes of "x", then
+#: keeps it open until the client ends it (as a keep-alive HTTP server).
+BODY_THEN_WAIT = LISTENER + """
+size = int(sys.argv[2])
+def serve(connection):
+    with connection:
+        try:
+            connection.settimeout(120)
+            if connection.recv(65536):
+                connection.sendall(b"x" * size)
+                while connection.recv(65536):
+                    pass
+        except OSError:
+            pass
+while True:
+    connection, _ = server.accept()
+    threading.Thread(target=serve, args=(connection,), daemon=True).start()
+"""
+
 #: Listens on the Unix socket argv[1]; reads argv[2] bytes of each
 #: connection slowly (4 KiB every 50 ms, through a small receive buffer),
 #: then answers with the number of bytes it read.
@@ -113,6 +132,39 @@ class SlowPeerTests(Edge):
                 how = repr(e)
         self.assertEqual((size, how), (SLOW_SIZE, "close_notify"), twist.output)
         twist.wait_for(rf"connection closed .*bytes_out={SLOW_SIZE} ")
+        self.assertNotIn("idle timeout", twist.output)
+
+    def test_a_slow_reader_of_its_own_receive_buffer_is_not_idle(self) -> None:
+        # The whole response fits in the client's receive buffer: the
+        # relay's queues are empty at once, and only the window the client
+        # announces shows it reading. Unasked, it announces a new one only
+        # when the window doubles (seconds apart here); keep-alive probes
+        # ask for it every second.
+        size = 1_600_000
+        backend = self.backend(BODY_THEN_WAIT, str(size))
+        twist, port = self.start(f"tcp:127.0.0.1:{backend}", timeout="3")
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)
+        raw.settimeout(60)
+        raw.connect(("127.0.0.1", port))
+        with self.client_context().wrap_socket(
+            raw, server_hostname="localhost", suppress_ragged_eofs=False
+        ) as client:
+            client.sendall(b"GET")
+            got, error = 0, ""
+            deadline = time.monotonic() + 120  # (a bound, not a measure)
+            try:
+                while got < size and time.monotonic() < deadline:
+                    data = client.recv(20480)
+                    if not data:
+                        break
+                    got += len(data)
+                    time.sleep(0.1)  # about 200 KB/s: 8 s for the whole body
+            except (ssl.SSLError, OSError) as e:
+                error = repr(e)
+            self.assertEqual((got, error), (size, ""), twist.output)
+            client.unwrap()
+        twist.wait_for(r'connection closed .*reason="client closed"')
         self.assertNotIn("idle timeout", twist.output)
 
     def test_a_client_that_reads_nothing_is_still_ended(self) -> None:
