@@ -28,11 +28,9 @@ the one log line ``twist schannel`` writes per connection.
 from __future__ import annotations
 
 import errno
-import fcntl
 import math
 import socket
 import struct
-import termios
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +61,12 @@ try:
     import resource  # (POSIX only)
 except ImportError:  # pragma: no cover (Windows)
     resource = None  # type: ignore[assignment]
+try:
+    import fcntl  # (POSIX only)
+    import termios
+except ImportError:  # pragma: no cover (Windows)
+    fcntl = None  # type: ignore[assignment]
+    termios = None  # type: ignore[assignment]
 
 __all__ = ["RelayFactory", "Inbound", "Outbound", "no_delay", "reset"]
 
@@ -137,6 +141,8 @@ _TCPI_BYTES_ACKED_OFFSET = 120
 _TCPI_SND_WND = struct.Struct("=I")
 _TCPI_SND_WND_OFFSET = 228
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
+#: SIOCOUTQ, under the name the termios module has for it (Linux).
+_OUTQ = getattr(termios, "TIOCOUTQ", None) if termios is not None else None
 
 
 def probe_window(transport: object, every: float) -> None:
@@ -180,11 +186,13 @@ def _bottom(transport: object) -> tuple[object, socket.socket | None]:
 def send_progress(transport: object) -> tuple[int, int, int, int]:
     """A snapshot of what *transport* has still to deliver to its peer.
 
-    ``(bytes the peer acknowledged, bytes in the kernel's send queue, bytes
-    in Twisted's write buffer)``; -1 for what cannot be known (the first is
-    TCP's alone, the second needs a socket). Between two snapshots with no
-    write in between, any change means the peer took bytes: its reading
-    is progress even when nothing new is written or read.
+    ``(bytes the peer acknowledged, the receive window it announced last,
+    bytes in the kernel's send queue, bytes in Twisted's write buffer)``;
+    -1 for what cannot be known (the first two are TCP's, from Linux's
+    ``TCP_INFO``; the third needs a socket and ``SIOCOUTQ``, which Unix
+    sockets have too). Between two snapshots with no write in between, any
+    change means the peer took bytes: its reading is progress even when
+    nothing new is written or read.
 
     Never raises: a transport of another kind (a pipe, a closed socket)
     gives -1s and its buffer.
@@ -215,13 +223,14 @@ def send_progress(transport: object) -> tuple[int, int, int, int]:
                     (acked,) = _TCPI_BYTES_ACKED.unpack_from(info, _TCPI_BYTES_ACKED_OFFSET)
                 if len(info) >= _TCPI_SND_WND_OFFSET + _TCPI_SND_WND.size:
                     (window,) = _TCPI_SND_WND.unpack_from(info, _TCPI_SND_WND_OFFSET)
-            try:
-                # SIOCOUTQ (TIOCOUTQ on a socket): unsent and unacknowledged
-                # bytes of TCP, undelivered memory of a Unix socket.
-                answer = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
-                (queued,) = struct.unpack("i", answer)
-            except OSError:
-                pass
+            if _OUTQ is not None:
+                try:
+                    # SIOCOUTQ (TIOCOUTQ on a socket): unsent and unacknowledged
+                    # bytes of TCP, undelivered memory of a Unix socket.
+                    answer = fcntl.ioctl(fd, _OUTQ, b"\0\0\0\0")
+                    (queued,) = struct.unpack("i", answer)
+                except OSError:
+                    pass
     return acked, window, queued, buffered
 
 
