@@ -311,6 +311,22 @@ class MutualTLSHowToTests(SynchronousTestCase):
         self.assertIn("CN=bob", log)
 
 
+class WiresharkHowToTests(SynchronousTestCase):
+    """docs/howto/wireshark.rst: the server and curl write the same secrets."""
+
+    def test_server_and_curl_key_logs_match(self) -> None:
+        require("curl")
+        place = Workspace(self)
+        place.start("sh", place.copy("keylog_server.sh"))
+        wait_for_port(place.port, timeout=30)
+        fetched = place.run("sh", place.copy("keylog_fetch.sh"))
+        self.assertEqual(fetched.stdout, "same secrets in both key logs: 5 lines\n")
+        log = place.wait_for_log("writing TLS secrets to")
+        self.assertIn(str(place.folder / "server-keys.log"), log)
+        mode = (place.folder / "server-keys.log").stat().st_mode & 0o777
+        self.assertEqual(mode, 0o600)
+
+
 class ReloadHowToTests(SynchronousTestCase):
     """docs/howto/reload.rst: renew.sh puts a new certificate in service; a
     broken one is refused and the old one stays."""

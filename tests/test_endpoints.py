@@ -350,6 +350,7 @@ class ServerStringTests(SynchronousTestCase):
                 "certificate", "privateKey", "chain", "clientCA", "requireClientCertificate",
                 "alpn", "minimumVersion", "maximumVersion", "sni", "handshakeTimeout",
                 "handshakeMemory", "passphraseFile", "ocspResponse", "ocsp", "ocspAllowPrivate",
+                "keyLogFile",
             },
         )  # fmt: skip
 
@@ -421,6 +422,7 @@ class ClientStringTests(SynchronousTestCase):
             {
                 "hostname", "trustRoots", "certificate", "privateKey", "alpn",
                 "minimumVersion", "maximumVersion", "passphraseFile", "validation",
+                "keyLogFile",
             },
         )  # fmt: skip
 

@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import types as asymmetric_types
 from OpenSSL import SSL, crypto
 
-from txschannel import _openssl
+from txschannel import _openssl, keylog
+from txschannel.keylog import KeyLogSetting
 from txschannel.status import Status
 from txschannel.validation import (
     DEFAULT_VALIDATION,
@@ -738,6 +739,7 @@ class Credentials:
         manual_validation: bool = False,
         passphrase: bytes | str | None = None,
         validation: str | None = None,
+        key_log_file: KeyLogSetting = None,
     ) -> Credentials:
         """Credentials for the connecting side (InitializeSecurityContext).
 
@@ -757,8 +759,13 @@ class Credentials:
             (the default where the installed cryptography has its X.509
             verifier, 44 and later) or ``"openssl"`` (OpenSSL's verification
             and service_identity, as before). See :mod:`txschannel.validation`.
+        :param key_log_file: write every connection's TLS secrets to this
+            file, for Wireshark; ``None`` (the default) takes the file from
+            ``$SSLKEYLOGFILE`` when it is set, as curl and browsers do;
+            ``False`` writes none. See :mod:`txschannel.keylog`.
         :raises ValueError: a file is missing or unreadable, not PEM, the key
-            does not match the certificate, or an option is invalid.
+            does not match the certificate, the key log cannot be opened, or
+            an option is invalid.
         """
         validation = _validation(validation)
         context = _new_context(minimum_version, maximum_version)
@@ -795,6 +802,7 @@ class Credentials:
         if protocols:
             context.set_alpn_protos(list(protocols))
         _set_verify(context, SSL.VERIFY_PEER)
+        keylog.install(context, key_log_file)
         if _openssl.FAST:
             _openssl.lib.SSL_CTX_set_cert_cb(
                 context._context, _on_certificate_request, _openssl.ffi.NULL
@@ -822,6 +830,7 @@ class Credentials:
         maximum_version: str | None = None,
         sni: str | os.PathLike[str] | dict[str, CertificateSource] | None = None,
         passphrase: bytes | str | None = None,
+        key_log_file: KeyLogSetting = None,
     ) -> Credentials:
         """Credentials for the accepting side (AcceptSecurityContext).
 
@@ -838,9 +847,14 @@ class Credentials:
             (the certificate's and the SNI files'; a ``str`` is taken as
             UTF-8); keys that are not encrypted do not need it. See
             :func:`read_passphrase` to read it from a file.
+        :param key_log_file: write every connection's TLS secrets to this
+            file, for Wireshark; ``None`` (the default) takes the file from
+            ``$SSLKEYLOGFILE`` when it is set; ``False`` writes none. See
+            :mod:`txschannel.keylog`.
         :raises ValueError: a file is missing or unreadable, not PEM, a key
             does not match its certificate, is encrypted without a passphrase
-            or with a wrong one, or an option is invalid.
+            or with a wrong one, the key log cannot be opened, or an option
+            is invalid.
         """
         if require_client_certificate and client_ca is None:
             raise ValueError("require_client_certificate needs client_ca (which CAs to trust)")
@@ -867,6 +881,9 @@ class Credentials:
                     mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
                 _set_verify(context, mode)
             context.set_alpn_select_callback(_select_alpn(protocols))
+            # On every SNI host's context too: OpenSSL takes the callback
+            # from the context the connection has switched to.
+            keylog.install(context, key_log_file)
             return context
 
         context = build(identity)

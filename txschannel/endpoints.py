@@ -58,6 +58,7 @@ from txschannel.credentials import (
     validity_warnings,
 )
 from txschannel.haproxy import server_from_string
+from txschannel.keylog import open_key_log
 from txschannel.ocsp import FolderStapler, OCSPError, Stapler
 from txschannel.protocol import (
     DEFAULT_HANDSHAKE_MEMORY,
@@ -95,6 +96,7 @@ SERVER_OPTIONS: tuple[str, ...] = (
     "ocspResponse",
     "ocsp",
     "ocspAllowPrivate",
+    "keyLogFile",
 )
 
 #: The options a ``schannel:`` client string takes for itself.
@@ -108,6 +110,7 @@ CLIENT_OPTIONS: tuple[str, ...] = (
     "maximumVersion",
     "passphraseFile",
     "validation",
+    "keyLogFile",
 )
 
 _VERSIONS = ("TLSv1.2", "TLSv1.3")
@@ -602,6 +605,20 @@ def _path(options: Mapping[str, str], name: str) -> str | None:
     return os.path.abspath(value)
 
 
+def _key_log(options: Mapping[str, str]) -> str | None:
+    """The ``keyLogFile`` path, opened now (and warned about, once per process).
+
+    Without the option the credentials fall back to ``$SSLKEYLOGFILE``.
+    """
+    path = _path(options, "keyLogFile")
+    if path is not None:
+        try:
+            open_key_log(path, "keyLogFile=")
+        except ValueError as e:
+            raise ValueError(f"schannel: {e}") from None
+    return path
+
+
 def _warn_validity(credentials: Credentials) -> None:
     """Log each certificate of *credentials* that is out of date or nearly so."""
     # Once per file: an sni folder's DEFAULT.pem may serve as the
@@ -685,6 +702,7 @@ class _ServerSettings:
     ocsp_response: str | None
     ocsp_auto: bool
     ocsp_allow_private: bool
+    key_log_file: str | None
 
     @classmethod
     def from_options(cls, options: Mapping[str, str]) -> _ServerSettings:
@@ -761,6 +779,7 @@ class _ServerSettings:
             ocsp_response=ocsp_response,
             ocsp_auto=auto is not None,
             ocsp_allow_private=allow_private,
+            key_log_file=_key_log(options),
         )
 
     def stapler(self, description: str, reactor: Any) -> Stapler | FolderStapler | None:
@@ -820,6 +839,7 @@ class _ServerSettings:
                 maximum_version=self.maximum_version,
                 sni=self.sni,
                 passphrase=_passphrase(self.passphrase_file),
+                key_log_file=self.key_log_file,
             )
         )
 
@@ -837,6 +857,7 @@ class _ClientSettings:
     maximum_version: str | None
     passphrase_file: str | None
     validation: str | None
+    key_log_file: str | None
 
     @classmethod
     def from_options(
@@ -893,6 +914,7 @@ class _ClientSettings:
             maximum_version=maximum,
             passphrase_file=passphrase_file,
             validation=validation,
+            key_log_file=_key_log(options),
         )
 
     def credentials(self) -> Credentials:
@@ -910,6 +932,7 @@ class _ClientSettings:
                 maximum_version=self.maximum_version,
                 passphrase=_passphrase(self.passphrase_file),
                 validation=self.validation,
+                key_log_file=self.key_log_file,
             )
         )
 

@@ -51,6 +51,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from txschannel.credentials import CertificateSource, Credentials, KeySource
+from txschannel.keylog import KeyLogSetting
 from txschannel.protocol import HandshakeTimeout, SchannelFactory, SchannelProtocol
 
 __all__ = ["SchannelEndpointFactory"]
@@ -106,6 +107,10 @@ class SchannelEndpointFactory:
         TCP connection is made; past it the connection is aborted and the
         request fails with :class:`~txschannel.protocol.HandshakeTimeout`.
         None waits for ever (as Twisted's ``Agent`` does).
+    :param key_log_file: write the TLS secrets of every connection to this
+        file, for Wireshark; by default ``$SSLKEYLOGFILE`` when it is set
+        (as curl and browsers do); ``False`` for none. See
+        :mod:`txschannel.keylog`.
     :raises ValueError: a file is missing, unreadable or not PEM, a key does
         not match its certificate, a version or timeout is invalid, or the
         *credentials* are unfit for HTTPS (server credentials, manual
@@ -131,6 +136,7 @@ class SchannelEndpointFactory:
         connect_timeout: float | None = None,
         bind_address: BindAddress | None = None,
         handshake_timeout: float | None = 30.0,
+        key_log_file: KeyLogSetting = None,
     ) -> None:
         self._reactor = reactor
         self._connect_timeout = _seconds("connect_timeout", connect_timeout)
@@ -142,6 +148,7 @@ class SchannelEndpointFactory:
             "private_key": private_key,
             "minimum_version": minimum_version,
             "maximum_version": maximum_version,
+            "key_log_file": key_log_file,
         }
         given = {name: value for name, value in options.items() if value is not None}
         if credentials is None:
