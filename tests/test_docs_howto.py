@@ -30,6 +30,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.peers import free_port, require, wait_for_port
+from tests.test_notify import Systemd
 from txschannel.testing import CertificateAuthority
 
 REPO = Path(__file__).resolve().parent.parent
@@ -422,16 +423,26 @@ class SystemdHowToTests(SynchronousTestCase):
     def test_the_service_unit_serves_and_reloads(self) -> None:
         place = Workspace(self)
         self.backend(place)
+        # Type=notify: systemd's side of NOTIFY_SOCKET is played here.
+        self.assertEqual(unit_settings(EXAMPLES / "systemd" / "txschannel.service")["Type"],
+                         ["notify"])
+        systemd = Systemd(self)
+        place.env["NOTIFY_SOCKET"] = systemd.name
         service = place.start(*self.exec_start(place, "txschannel.service"))
-        wait_for_port(place.port, timeout=30)
+        self.assertEqual(systemd.receive(), (service.pid, "READY=1"))
         self.check_served(place)
         # --log-format=text: text even though the output is not a terminal.
         place.wait_for_log("listening on ")
         self.assertRegex(place.log(), r"(?m)^\S+ \[txschannel#info\] listening on ")
         # ExecReload, as systemd runs it with the service's pid.
         os.kill(service.pid, signal.SIGHUP)
+        self.assertTrue(systemd.receive()[1].startswith("RELOADING=1\n"))
+        self.assertEqual(systemd.receive(), (service.pid, "READY=1"))
         place.wait_for_log("SIGHUP: reloaded")
         self.check_served(place)
+        # systemctl stop: SIGTERM.
+        service.terminate()
+        self.assertEqual(systemd.receive(), (service.pid, "STOPPING=1"))
 
     def test_the_socket_unit_hands_its_socket_to_the_service(self) -> None:
         place = Workspace(self)
@@ -441,7 +452,11 @@ class SystemdHowToTests(SynchronousTestCase):
         command = self.exec_start(place, "txschannel-https.service")
         self.assertIn("schannel:systemd:domain=INET:index=0:", " ".join(command))
         launcher = EXAMPLES / "systemd" / "socket_activate.py"
+        systemd = Systemd(self)
+        place.env["NOTIFY_SOCKET"] = systemd.name
         service = place.start(sys.executable, str(launcher), f"127.0.0.1:{place.port}", *command)
+        # (The launcher becomes twist: the same pid, systemd's main one.)
+        self.assertEqual(systemd.receive(), (service.pid, "READY=1"))
         place.wait_for_log("listening on")
         self.check_served(place)
         self.check_served(place)

@@ -84,6 +84,7 @@ from txschannel.peertext import PeerText, printable
 from txschannel.protocol import ConnectionTruncated, declare_provides
 from txschannel.relay import RelayFactory, no_delay, probe_window, reset, send_progress
 from txschannel.status import SecurityError
+from txschannel.terminator import notify
 from txschannel.terminator.access import AccessPolicy, parse_allowed_name
 from txschannel.terminator.health import Health
 from txschannel.terminator.limits import (
@@ -1002,6 +1003,7 @@ class SchannelService(service.Service):
                 _log.critical("{message}; stopping", message=message)
                 self.reactor.stop()
 
+        bound: list[Deferred[Any]] = []
         for description, endpoint in self.listen:
             credentials = getattr(endpoint, "credentials", None)
             if isinstance(credentials, Credentials):
@@ -1010,6 +1012,7 @@ class SchannelService(service.Service):
             waiting.addCallbacks(
                 listening, failed, callbackArgs=(description,), errbackArgs=(description,)
             )
+            bound.append(waiting)
         if self.on_credentials is not None:
             self.on_credentials(self.listen)
         if self.status is not None:
@@ -1030,9 +1033,11 @@ class SchannelService(service.Service):
                     endpoint=description, address=_address(port.getHost()),
                 )
 
-            endpoint.listen(factory).addCallbacks(
+            waiting = endpoint.listen(factory)
+            waiting.addCallbacks(
                 serving_status, failed, errbackArgs=(f"--status {description}",)
             )
+            bound.append(waiting)
         starting = False
         if problems:
             for port in self.ports:
@@ -1053,6 +1058,13 @@ class SchannelService(service.Service):
             self._checker = LoopingCall(self.check_validity, "validity check")
             self._checker.clock = self.reactor
             self._checker.start(self.validity_interval, now=False)
+        DeferredList(bound).addCallback(lambda _: self._ready())
+
+    def _ready(self) -> None:
+        # systemd's Type=notify: started once every listener is bound.
+        status_bound = self.status is None or self._status_port is not None
+        if self.running and len(self.ports) == len(self.listen) and status_bound:
+            notify.ready()
 
     def note_warned(self) -> None:
         """Take the listen endpoints' validity warnings as said already.
@@ -1090,6 +1102,8 @@ class SchannelService(service.Service):
             serve a different certificate.
         """
         quiet = why == "--reload-interval"
+        if why == "SIGHUP":
+            notify.reloading()
         reloaded = changed = 0
         for description, endpoint in self.listen:
             reload: Callable[..., Credentials] | None = getattr(endpoint, "reload", None)
@@ -1122,6 +1136,8 @@ class SchannelService(service.Service):
             self._warn_validity(why, description, credentials, only_new=quiet)
         if self.on_credentials is not None:
             self.on_credentials(self.listen)
+        if why == "SIGHUP":
+            notify.ready()
         return reloaded, changed
 
     def check_validity(self, why: str = "validity check") -> None:
@@ -1154,6 +1170,7 @@ class SchannelService(service.Service):
         *drain_timeout*, when those still open are aborted (and logged).
         """
         super().stopService()  # type: ignore[no-untyped-call]
+        notify.stopping()
         for timer in (self._reloader, self._checker):
             if timer is not None and timer.running:
                 timer.stop()
@@ -1536,6 +1553,8 @@ class Options(usage.Options):
             validity_interval=_VALIDITY_CHECK_INTERVAL,
             on_exit=exited, cleanup=cleanup,
         )
+        # Every listening socket is bound (the workers adopt them): ready.
+        notify.ready()
         worker = supervisor.run()
         # In a worker, from here on: an ordinary twist schannel process
         # whose endpoints adopt the supervisor's sockets and serve its

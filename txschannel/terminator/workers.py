@@ -63,6 +63,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from txschannel.terminator import notify
+
 __all__ = [
     "ListenRequest",
     "RecordingReactor",
@@ -610,6 +612,8 @@ class Supervisor:
             signal.signal(_REPLACED, _on_replaced)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, (*_SIGNALS, _REPLACED))
             _stop_with(supervisor)
+            # systemd hears from the supervisor (its main PID) only.
+            os.environ.pop(notify.NOTIFY_VARIABLE, None)
             # Only the supervisor holds every socket: a worker that stopped
             # listening must not keep the others' (or its own) open.
             own = {id(listening) for listening in self.sockets[slot].values()}
@@ -692,6 +696,7 @@ class Supervisor:
 
     def _stop(self, why: str, status: int = 0) -> None:
         if self._stopping_since is None:
+            notify.stopping()
             self.log.info(
                 "{why}: stopping {n} workers (each drains its connections first)",
                 why=why, n=len(self._running),
