@@ -1357,6 +1357,11 @@ class Options(usage.Options):
             raise usage.UsageError(f"--route {route!r}: {normalized} has a route already")
         self["route"].append((normalized, description, route))
 
+    def opt_version(self) -> NoReturn:
+        """Print the versions of txschannel, pyOpenSSL, cryptography, OpenSSL and Twisted."""
+        print("\n".join(version_lines()))
+        sys.exit(0)
+
     def opt_listen(self, description: str) -> None:
         """Listen on this server endpoint (repeatable; default: schannel:tcp:8443)."""
         self["listen"].append(description)
@@ -1748,6 +1753,35 @@ def _loopback_unless_given(endpoint: IStreamServerEndpoint, description: str) ->
     elif isinstance(inner, (TCP4ServerEndpoint, SSL4ServerEndpoint)):
         if inner._interface == "":
             inner._interface = "127.0.0.1"
+
+
+def version_lines() -> list[str]:
+    """What ``twist schannel --version`` prints: one ``name version`` per line.
+
+    OpenSSL is the library pyOpenSSL (and so txschannel) links; cryptography
+    may link another copy, said when it does.
+    """
+    import platform
+
+    import cryptography
+    import OpenSSL
+    from cryptography.hazmat.backends.openssl import backend
+
+    import twisted
+    import txschannel
+
+    linked = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode("ascii", "replace")
+    theirs = backend.openssl_version_text()
+    lines = [
+        f"txschannel {txschannel.__version__}",
+        f"pyOpenSSL {OpenSSL.__version__}",
+        f"cryptography {cryptography.__version__}"
+        + ("" if theirs == linked else f" (with {theirs})"),
+        linked,
+        f"Twisted {twisted.__version__}",
+        f"Python {platform.python_version()}",
+    ]
+    return lines
 
 
 def _proxy_header(version: str) -> Callable[[Any], bytes]:
