@@ -14,6 +14,7 @@ import random
 import re
 from collections.abc import Sequence
 
+from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.hellos import client_hello, records
@@ -451,3 +452,39 @@ class KeptHelloTests(SynchronousTestCase):
         cut = records(message[:30], fragment=10) + alert + records(message[30:])
         self.assertEqual(handshake_message(cut, frame(cut).ends), message[:30])
         self.assertEqual(handshake_message(wire, frame(wire).ends, limit=25), message[:25])
+
+
+class RegistryNamesTests(SynchronousTestCase):
+    """The name tables know every code the linked OpenSSL offers by default."""
+
+    def default_hello(self) -> ClientHello:
+        """The ClientHello of a pyOpenSSL client left at OpenSSL's defaults."""
+        connection = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+        connection.set_connect_state()
+        connection.set_tlsext_host_name(b"example.test")
+        with self.assertRaises(SSL.WantReadError):
+            connection.do_handshake()
+        data = connection.bio_read(65536)
+        return parse_client_hello(handshake_message(data, frame(data).ends))
+
+    def test_openssl_default_hello_has_no_unknown_code(self) -> None:
+        hello = self.default_hello()
+        named = {
+            "group": [group_name(code) for code in hello.groups],
+            "key share": [group_name(share.group) for share in hello.key_shares],
+            "cipher suite": [cipher_suite_name(code) for code in hello.cipher_suites],
+            "signature scheme": [
+                signature_scheme_name(code) for code in hello.signature_algorithms
+            ],
+            "extension": [extension_name(extension.type) for extension in hello.extensions],
+        }
+        for kind, names in named.items():
+            self.assertEqual([n for n in names if n.startswith("unknown")], [], kind)
+
+    def test_hybrid_and_sm2_groups_are_named(self) -> None:
+        self.assertEqual(group_name(0x11EB), "SecP256r1MLKEM768")
+        self.assertEqual(group_name(0x11EC), "X25519MLKEM768")
+        self.assertEqual(group_name(0x11ED), "SecP384r1MLKEM1024")
+        self.assertEqual(group_name(0x11EE), "curveSM2MLKEM768")
+        self.assertEqual(group_name(0x0201), "MLKEM768")
+        self.assertEqual(group_code("curveSM2MLKEM768"), 0x11EE)

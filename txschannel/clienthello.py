@@ -184,8 +184,33 @@ _CIPHER_SUITES: dict[int, str] = {
     }),
 }
 
-#: TLS Supported Groups.
+#: TLS Supported Groups. Refreshed on 2026-12-07 against IANA's "TLS
+#: Supported Groups" registry (https://www.iana.org/assignments/tls-parameters/,
+#: tls-parameters-8), from what is known for certain of its contents, after
+#: OpenSSL 4's default ClientHello offered 0x11EE. Codes not listed (other
+#: drafts, private use) print as "unknown (0x....)".
 _GROUPS: dict[int, str] = {
+    # RFC 4492's curves, deprecated by RFC 8422 (but still seen in old hellos).
+    0x0001: "sect163k1",
+    0x0002: "sect163r1",
+    0x0003: "sect163r2",
+    0x0004: "sect193r1",
+    0x0005: "sect193r2",
+    0x0006: "sect233k1",
+    0x0007: "sect233r1",
+    0x0008: "sect239k1",
+    0x0009: "sect283k1",
+    0x000A: "sect283r1",
+    0x000B: "sect409k1",
+    0x000C: "sect409r1",
+    0x000D: "sect571k1",
+    0x000E: "sect571r1",
+    0x000F: "secp160k1",
+    0x0010: "secp160r1",
+    0x0011: "secp160r2",
+    0x0012: "secp192k1",
+    0x0013: "secp192r1",
+    0x0014: "secp224k1",
     0x0015: "secp224r1",
     0x0016: "secp256k1",
     0x0017: "secp256r1",
@@ -218,6 +243,7 @@ _GROUPS: dict[int, str] = {
     0x11EB: "SecP256r1MLKEM768",
     0x11EC: "X25519MLKEM768",
     0x11ED: "SecP384r1MLKEM1024",
+    0x11EE: "curveSM2MLKEM768",
     0x6399: "X25519Kyber768Draft00",
     0x639A: "SecP256r1Kyber768Draft00",
     0xFF01: "arbitrary_explicit_prime_curves",
