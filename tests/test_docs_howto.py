@@ -24,6 +24,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -310,6 +311,51 @@ class MutualTLSHowToTests(SynchronousTestCase):
         self.assertIn("certificate required", nobody)
         log = place.wait_for_log("matches none of --allow-cn alice")
         self.assertIn("CN=bob", log)
+
+
+def code_blocks(page: Path, language: str) -> list[str]:
+    """The ``.. code-block:: <language>`` blocks of the reST *page*, dedented."""
+    blocks = []
+    lines = page.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if line.strip() != f".. code-block:: {language}":
+            continue
+        body: list[str] = []
+        for following in lines[number + 1 :]:
+            if following.strip() and not following.startswith(" "):
+                break
+            body.append(following)
+        blocks.append(textwrap.dedent("\n".join(body)).strip() + "\n")
+    return blocks
+
+
+class TestingPageTests(SynchronousTestCase):
+    """docs/testing.rst: its snippets run, and the expired certificate it makes
+    is refused in memory and by curl when served."""
+
+    def test_every_python_block_runs(self) -> None:
+        place = Workspace(self)
+        blocks = code_blocks(REPO / "docs" / "testing.rst", "python")
+        self.assertTrue(blocks)
+        for number, block in enumerate(blocks):
+            script = place.folder / f"block{number}.py"
+            script.write_text(block)
+            place.run(sys.executable, script.name)
+
+    def test_expired_certificate_in_memory_and_served(self) -> None:
+        require("curl")
+        place = Workspace(self)
+        made = place.run(sys.executable, place.copy("expired_certificate.py"))
+        self.assertEqual(
+            made.stdout,
+            "the client refused it: CERT_EXPIRED\nwrote expired.pem and expired-ca.pem\n",
+        )
+        place.start("sh", place.copy("serve_expired.sh"))
+        wait_for_port(place.port, timeout=30)
+        self.assertIn("has expired", place.wait_for_log("expired.pem"))
+        page = place.curl("--cacert", "expired-ca.pem", f"https://localhost:{place.port}/")
+        self.assertEqual(page.returncode, 60, page.stderr)
+        self.assertIn("certificate has expired", page.stderr)
 
 
 class WiresharkHowToTests(SynchronousTestCase):

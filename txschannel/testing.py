@@ -305,7 +305,8 @@ class CertificateAuthority:
             client certificate may have no name at all.
         :param key_type: ``"ecdsa"`` (P-256, the default) or ``"rsa"`` (2048).
         :param common_name: the subject CN; the first name by default.
-        :param not_before: start of validity (default: a day ago).
+        :param not_before: start of validity (default: a day ago, or a day
+            before *not_after* when that is in the past).
         :param not_after: end of validity (default: a year from now); a
             time in the past makes an expired certificate, to test
             ``Status.CERT_EXPIRED``.
@@ -314,8 +315,10 @@ class CertificateAuthority:
         """
         key = _new_key(key_type)
         now = _now()
-        start = not_before if not_before is not None else now - _BACKDATE
         end = not_after if not_after is not None else now + _DEFAULT_LIFETIME
+        # The default start is a day ago, or a day before an end in the
+        # past: an expired certificate needs no not_before of its own.
+        start = not_before if not_before is not None else min(now, end) - _BACKDATE
         if end <= start:
             raise ValueError(f"not_after ({end.isoformat()}) must be after not_before "
                              f"({start.isoformat()})")
