@@ -71,7 +71,9 @@ class Workspace:
         self.env["PATH"] = os.pathsep.join([str(bin_folder), os.environ.get("PATH", "")])
         self.env.pop("PYTHONWARNINGS", None)
         made = self.run(sys.executable, self.copy("certificates.py"))
-        test.assertEqual(made.stdout, "wrote ca.pem, server.pem, alice.pem and bob.pem\n")
+        test.assertEqual(
+            made.stdout, "wrote ca.pem, ca-key.pem, server.pem, alice.pem and bob.pem\n"
+        )
 
     def copy(self, name: str) -> str:
         """Copy ``docs/examples/<name>`` here with this workspace's ports; its file name."""
@@ -389,7 +391,9 @@ class ReloadHowToTests(SynchronousTestCase):
         before = place.served_fingerprint()
         self.assertEqual(before, place.fingerprint_of((place.folder / "server.pem").read_text()))
 
-        renewed = CertificateAuthority().issue("localhost").write(place.folder / "new-server.pem")
+        issued = place.run(sys.executable, place.copy("renew_certificate.py"))
+        self.assertEqual(issued.stdout, "wrote new-server.pem\n")
+        renewed = place.folder / "new-server.pem"
         place.run("sh", place.copy("renew.sh"), renewed.name, str(server.pid))
         log = place.wait_for_log("SIGHUP: reloaded")
         after = place.served_fingerprint()
@@ -399,6 +403,9 @@ class ReloadHowToTests(SynchronousTestCase):
         logged = re.search(r"SIGHUP: reloaded .*: certificate sha256 ([0-9A-F:]+)", log)
         assert logged is not None
         self.assertEqual(after, f"sha256 Fingerprint={logged.group(1)}")
+        # Renewed by the same CA: a client trusting ca.pem accepts it.
+        page = place.curl("--cacert", "ca.pem", f"https://localhost:{place.port}/")
+        self.assertEqual(page.returncode, 0, page.stderr)
 
         (place.folder / "broken.pem").write_text("-----BEGIN CERTIFICATE-----\nhalf")
         place.run("sh", "renew.sh", "broken.pem", str(server.pid))

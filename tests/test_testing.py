@@ -206,6 +206,32 @@ class CertificateAuthorityTests(SynchronousTestCase):
         self.assertNotEqual(wrong.returncode, 0)
 
 
+class KeptCertificateAuthorityTests(SynchronousTestCase):
+    """write_key() and load(): a CA kept in a file issues a renewal its clients trust."""
+
+    def test_loaded_ca_issues_what_the_old_roots_trust(self) -> None:
+        folder = self.mktemp()
+        os.makedirs(folder)
+        ca = CertificateAuthority().intermediate()
+        kept = ca.write_key(os.path.join(folder, "ca-key.pem"))
+        self.assertEqual(stat.S_IMODE(os.stat(kept).st_mode), 0o600)
+        loaded = CertificateAuthority.load(kept)
+        self.assertEqual((loaded.certificate, loaded.chain), (ca.certificate, ca.chain))
+        client, server, pump = connected_pair(
+            Recorder, Recorder,
+            server_credentials=loaded.server_credentials("localhost"),
+            client_credentials=ca.client_credentials(),
+        )  # fmt: skip
+        self.assertIsNone(client.lost)
+
+    def test_a_file_without_a_key_is_named(self) -> None:
+        path = os.path.join(self.mktemp())
+        CertificateAuthority().write(path)
+        with self.assertRaises(ValueError) as caught:
+            CertificateAuthority.load(path)
+        self.assertIn(repr(path), str(caught.exception))
+
+
 class Recorder(Protocol):
     """An application protocol that remembers what happened to it."""
 

@@ -277,6 +277,52 @@ class CertificateAuthority:
         """
         return _write(path, _pem_certificate(self.root))
 
+    def write_key(self, path: str | os.PathLike[str]) -> Path:
+        """Write this CA's private key, certificate and chain as PEM to *path*
+        (mode 0600), for :meth:`load` to issue more certificates later (a
+        renewal). Anyone who reads the file can issue certificates that the
+        CA's clients trust. Return the path.
+
+        :raises OSError: the file cannot be written.
+        """
+        return _write(
+            path,
+            _pem_key(self.private_key)
+            + b"".join(_pem_certificate(c) for c in (self.certificate, *self.chain)),
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CertificateAuthority:
+        """The CA that :meth:`write_key` wrote to *path*, to issue with again.
+
+        :raises ValueError: the file holds no private key, no certificate, or
+            a key that is not the certificate's (the message names the file).
+        :raises OSError: the file cannot be read.
+        """
+        data = Path(path).read_bytes()
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+            certificates = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            raise ValueError(
+                f"CA file {os.fspath(path)!r} is not what write_key() writes: an "
+                "unencrypted PEM private key and the CA's certificate"
+            ) from None
+        if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+            raise ValueError(f"CA file {os.fspath(path)!r}: an ECDSA or RSA key is needed")
+        if certificates[0].public_key() != key.public_key():
+            raise ValueError(
+                f"CA file {os.fspath(path)!r}: the key is not the first certificate's"
+            )
+        ca = cls.__new__(cls)
+        ca.key_type = "ecdsa" if isinstance(key, ec.EllipticCurvePrivateKey) else "rsa"
+        names = certificates[0].subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        ca.name = str(names[0].value) if names else ""
+        ca.private_key = key
+        ca.certificate = certificates[0]
+        ca.chain = tuple(certificates[1:])
+        return ca
+
     # -- issuing --------------------------------------------------------------
 
     def intermediate(
