@@ -75,10 +75,13 @@ class Workspace:
             made.stdout, "wrote ca.pem, ca-key.pem, server.pem, alice.pem and bob.pem\n"
         )
 
-    def copy(self, name: str) -> str:
-        """Copy ``docs/examples/<name>`` here with this workspace's ports; its file name."""
+    def copy(self, name: str, *, ports: bool = True) -> str:
+        """Copy ``docs/examples/<name>`` here with this workspace's ports (or, with
+        *ports* False, as it is); its file name."""
         text = (EXAMPLES / name).read_text()
-        text = text.replace(PAGE_PORT, str(self.port)).replace(PAGE_BACKEND, str(self.backend_port))
+        if ports:
+            text = text.replace(PAGE_PORT, str(self.port))
+            text = text.replace(PAGE_BACKEND, str(self.backend_port))
         target = self.folder / Path(name).name
         target.write_text(text)
         return target.name
@@ -200,6 +203,43 @@ class GettingStartedTests(SynchronousTestCase):
         place.copy("test_echo.py")
         result = place.run(sys.executable, "-m", "twisted.trial", "test_echo")
         self.assertIn("PASSED (successes=2)", result.stdout)
+
+
+class OtherPortTests(SynchronousTestCase):
+    """What getting-started.rst says about port 8443: the Python examples take
+    the endpoint as their first argument, the shell scripts read $PORT. The
+    examples run here as written, not with their port replaced."""
+
+    def test_python_examples_take_the_endpoint_as_first_argument(self) -> None:
+        place = Workspace(self)
+        place.start(
+            sys.executable, place.copy("echo_server.py", ports=False),
+            f"schannel:tcp:{place.port}:interface=127.0.0.1:certificate=server.pem",
+        )  # fmt: skip
+        wait_for_port(place.port, timeout=30)
+        client = place.run(
+            sys.executable, place.copy("echo_client.py", ports=False),
+            f"schannel:tcp:localhost:{place.port}:trustRoots=ca.pem",
+        )  # fmt: skip
+        self.assertEqual(client.stdout, "protocol: TLSv1.3\nserver said: hello over TLS\n")
+
+    def test_shell_scripts_read_the_port_from_the_environment(self) -> None:
+        require("curl")
+        place = Workspace(self)
+        place.env["PORT"] = str(place.port)
+        place.start("sh", place.copy("mutual_tls.sh", ports=False))
+        wait_for_port(place.port, timeout=30)
+        knocks = place.run("sh", place.copy("knock.sh", ports=False)).stdout
+        self.assertTrue(knocks.startswith("alice:\nclient certificate: CN=alice"), knocks)
+
+    def test_no_shell_script_hard_codes_the_port(self) -> None:
+        for script in sorted(EXAMPLES.glob("*.sh")):
+            code = "\n".join(
+                line for line in script.read_text().splitlines() if not line.startswith("#")
+            )
+            self.assertNotRegex(
+                code.replace("${PORT:-8443}", ""), r"\b8443\b", f"{script.name} hard-codes 8443"
+            )
 
 
 class LogFormatTests(SynchronousTestCase):

@@ -1,6 +1,8 @@
 """Connect to the echo server, check its certificate, say hello.
 
 Run it while ``echo_server.py`` runs: ``python echo_client.py``.
+Another endpoint string as the first argument connects there instead:
+``python echo_client.py schannel:tcp:localhost:9443:trustRoots=ca.pem``.
 """
 
 import sys

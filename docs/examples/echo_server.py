@@ -1,6 +1,8 @@
 """A TLS echo server: everything a client sends comes back.
 
 Run it beside the files of ``certificates.py``: ``python echo_server.py``.
+Another endpoint string as the first argument listens there instead:
+``python echo_server.py schannel:tcp:9443:interface=127.0.0.1:certificate=server.pem``.
 """
 
 import sys

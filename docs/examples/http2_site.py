@@ -1,7 +1,8 @@
 """An HTTPS site: HTTP/2 for clients that ask for it, HTTP/1.1 for the others.
 
 Needs the h2 package (``pip install 'twisted[http2]'``). Run it beside the
-files of ``certificates.py``: ``python http2_site.py``.
+files of ``certificates.py``: ``python http2_site.py``. Another endpoint
+string as the first argument listens there instead.
 """
 
 import sys

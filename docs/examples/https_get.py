@@ -1,6 +1,8 @@
 """GET a page over HTTPS through txschannel, with twisted.web's Agent and with treq.
 
-Run it while ``http2_site.py`` runs: ``python https_get.py``.
+Run it while ``http2_site.py`` runs: ``python https_get.py``. Another URL
+as the first argument (``python https_get.py https://localhost:9443/``) is
+fetched instead.
 """
 
 import sys

@@ -4,6 +4,7 @@
 # refuses clients without one; --allow-cn then admits only alice among the
 # clients the CA vouches for. Without --connect, the inspector answers:
 # add --connect tcp:127.0.0.1:8080 to put the gate in front of your service.
-listen="schannel:tcp:8443:interface=127.0.0.1:certificate=server.pem"
+# PORT=... for another port than 8443.
+listen="schannel:tcp:${PORT:-8443}:interface=127.0.0.1:certificate=server.pem"
 listen="$listen:clientCA=ca.pem:requireClientCertificate=yes"
 exec twist schannel --listen "$listen" --allow-cn alice
