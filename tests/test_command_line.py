@@ -4,14 +4,23 @@ command lines: ``--version``, ``--help`` and the wording of mistakes."""
 from __future__ import annotations
 
 import re
+import socket
+import tempfile
+from pathlib import Path
 
 import cryptography
 import OpenSSL
 from OpenSSL import SSL
+from twisted.internet import reactor
+from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.trial.unittest import SynchronousTestCase
 
 import txschannel
-from tests.test_tap import run_twist
+from tests.test_tap import assert_one_line, run_twist
+from txschannel.testing import CertificateAuthority
+
+# What Python says when Twisted's parsers fail inside: never for a user.
+PYTHON_WORDS = ("int()", "__init__", "positional argument", "_parse", "keyword argument")
 
 
 class VersionTests(SynchronousTestCase):
@@ -29,3 +38,71 @@ class VersionTests(SynchronousTestCase):
         )
         self.assertIn(SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode(), lines)
         self.assertTrue(any(re.fullmatch(r"Twisted \d+\.\d+\.\d+\S*", line) for line in lines))
+
+
+class EndpointErrorWordingTests(SynchronousTestCase):
+    """A mistake in an endpoint string is said in the words of endpoint strings."""
+
+    def assertWorded(self, arguments: list[str], needle: str) -> None:
+        result = run_twist(*arguments)
+        assert_one_line(self, result, needle)
+        for words in PYTHON_WORDS:
+            self.assertNotIn(words, result.stderr)
+
+    def test_port_that_is_not_a_number(self) -> None:
+        self.assertWorded(
+            ["--listen", "schannel:tcp:abc:certificate=x.pem"],
+            "the inner endpoint 'tcp:abc' is not valid: port 'abc' is not a whole number",
+        )
+        self.assertWorded(
+            ["--listen", "tcp:abc", "--connect", "tcp:127.0.0.1:1"],
+            "--listen 'tcp:abc': port 'abc' is not a whole number",
+        )
+        self.assertWorded(
+            ["--connect", "tcp:127.0.0.1:abc"],
+            "--connect 'tcp:127.0.0.1:abc': port 'abc' is not a whole number",
+        )
+        self.assertWorded(["--status", "tcp:abc"], "--status 'tcp:abc': port 'abc' is not")
+
+    def test_other_numbers(self) -> None:
+        self.assertWorded(
+            ["--listen", "tcp:0:backlog=many", "--connect", "tcp:127.0.0.1:1"],
+            "backlog 'many' is not a whole number",
+        )
+        self.assertWorded(
+            ["--listen", "unix:/tmp/x.sock:mode=rw", "--connect", "tcp:127.0.0.1:1"],
+            "mode 'rw' is not an octal number",
+        )
+
+    def test_connect_without_a_port_says_it_needs_one(self) -> None:
+        self.assertWorded(
+            ["--connect", "tcp:127.0.0.1"], "--connect 'tcp:127.0.0.1': incomplete: it needs 'port'"
+        )
+
+    def test_unknown_option_of_a_plain_endpoint(self) -> None:
+        self.assertWorded(
+            ["--listen", "tcp:0:bogus=1", "--connect", "tcp:127.0.0.1:1"],
+            "unknown option 'bogus' (a tcp: endpoint takes port, interface, backlog)",
+        )
+
+    def test_status_port_in_use_is_named_with_workers(self) -> None:
+        taken = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(taken.close)
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            result = run_twist(
+                "--workers", workers, "--listen", "tcp:0:interface=127.0.0.1",
+                "--connect", "tcp:127.0.0.1:1", "--status", f"tcp:{port}:interface=127.0.0.1",
+            )  # fmt: skip
+            self.assertEqual(result.returncode, 1, result.stderr)
+            self.assertIn(f"cannot listen on --status tcp:{port}", result.stderr)
+
+    def test_library_parsers_word_it_the_same(self) -> None:
+        folder = Path(tempfile.mkdtemp())
+        pem = CertificateAuthority().issue("localhost").write(folder / "server.pem")
+        with self.assertRaises(ValueError) as caught:
+            serverFromString(reactor, f"schannel:tcp:abc:certificate={pem}")
+        self.assertIn("port 'abc' is not a whole number", str(caught.exception))
+        with self.assertRaises(ValueError) as caught:
+            clientFromString(reactor, "schannel:tcp:localhost:port=x")
+        self.assertIn("port 'x' is not a whole number", str(caught.exception))

@@ -75,6 +75,7 @@ __all__ = [
     "SchannelServerEndpoint",
     "SchannelServerParser",
     "parse_client",
+    "parse_error_text",
     "parse_server",
     "unparse",
 ]
@@ -153,6 +154,8 @@ _log = Logger(namespace="txschannel")
 
 _UNEXPECTED = re.compile(r"unexpected keyword argument '([^']+)'")
 _MISSING = re.compile(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.+)")
+_NOT_AN_INTEGER = re.compile(r"invalid literal for int\(\) with base (\d+): '(.*)'\Z")
+_NOT_A_NUMBER = re.compile(r"could not convert string to float: '(.*)'\Z")
 
 
 @implementer(IStreamServerEndpoint)
@@ -508,13 +511,63 @@ def _inner_error(error: Exception, description: str, kind: str) -> ValueError:
             if close:
                 hint = f" (did you mean {close[0]}?)"
         return ValueError(f"schannel: unknown option {name!r}{hint}. Valid options: {valid}")
+    text = parse_error_text(error, description, kind)
+    if text.startswith("incomplete: "):
+        return ValueError(
+            f"schannel: the inner endpoint {description!r} is {text}"
+        )
+    return ValueError(f"schannel: the inner endpoint {description!r} is not valid: {text}")
+
+
+def parse_error_text(error: Exception, description: str, kind: str) -> str:
+    """What Twisted's parser's *error* about endpoint *description* means, in
+    the words of endpoint strings (``incomplete: it needs 'port'``, ``port
+    'abc' is not a whole number``), not in those of the Python call that
+    failed inside it.
+
+    :param kind: ``"server"`` or ``"client"``: which parser failed.
+    """
+    message = str(error)
     missing = _MISSING.search(message)
     if isinstance(error, TypeError) and missing is not None:
-        return ValueError(
-            f"schannel: the inner endpoint {description!r} is incomplete: "
-            f"it needs {missing.group(1)}"
+        return f"incomplete: it needs {missing.group(1)}"
+    unexpected = _UNEXPECTED.search(message)
+    if isinstance(error, TypeError) and unexpected is not None:
+        inner_type = description.split(":", 1)[0].lower()
+        known = _INNER_SERVER_OPTIONS if kind == "server" else _INNER_CLIENT_OPTIONS
+        names = known.get(inner_type, ())
+        listed = f" (a {inner_type}: endpoint takes {', '.join(names)})" if names else ""
+        return f"unknown option {unexpected.group(1)!r}{listed}"
+    integer = _NOT_AN_INTEGER.search(message)
+    number = _NOT_A_NUMBER.search(message)
+    if isinstance(error, ValueError) and (integer or number):
+        value = integer.group(2) if integer else number.group(1)  # type: ignore[union-attr]
+        name = _option_holding(description, value, kind)
+        said = f"{name} {value!r}" if name else repr(value)
+        kind_of = "an octal number, such as 600" if integer and integer.group(1) == "8" else (
+            "a whole number" if integer else "a number"
         )
-    return ValueError(f"schannel: the inner endpoint {description!r} is not valid: {message}")
+        return f"{said} is not {kind_of}"
+    return message or type(error).__name__
+
+
+def _option_holding(description: str, value: str, kind: str) -> str | None:
+    """The option of *description* (by name, or by position for the endpoint
+    types whose options are known) whose text is *value*, if one is."""
+    parts = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", description)]
+    known = _INNER_SERVER_OPTIONS if kind == "server" else _INNER_CLIENT_OPTIONS
+    names = known.get(parts[0].lower(), ())
+    position = 0
+    for part in parts[1:]:
+        key, equals, given = part.partition("=")
+        if equals:
+            if given == value:
+                return key
+            continue
+        if part == value:
+            return names[position] if position < len(names) else None
+        position += 1
+    return None
 
 
 def _inner_server(reactor: Any, description: str) -> IStreamServerEndpoint:

@@ -77,7 +77,11 @@ from zope.interface import implementer, providedBy
 
 from txschannel.context import Attributes
 from txschannel.credentials import Credentials, validity_warnings
-from txschannel.endpoints import SchannelClientEndpoint, SchannelServerEndpoint
+from txschannel.endpoints import (
+    SchannelClientEndpoint,
+    SchannelServerEndpoint,
+    parse_error_text,
+)
 from txschannel.haproxy import server_from_string
 from txschannel.inspector import InspectorSite, _address
 from txschannel.peertext import PeerText, printable
@@ -1475,8 +1479,13 @@ class Options(usage.Options):
         supervised = list(self["endpoints"])
         listening = [(f"--listen {d!r}", d, e) for d, e in supervised]
         if self["status-endpoint"] is not None:
+            # (Named as without --workers: "cannot listen on --status ...".)
             listening.append(
-                (f"--status {self['status']!r}", self["status"], self["status-endpoint"])
+                (
+                    f"--status {self['status']!r}",
+                    f"--status {self['status']}",
+                    self["status-endpoint"],
+                )
             )
         count = self["workers"]
         sockets: list[dict[tuple[object, ...], Any]] = [{} for _ in range(count)]
@@ -1821,15 +1830,14 @@ def _parse(parse: Callable[[Any, str], Any], reactor: Any, description: str, opt
     UsageError naming *option* with what was wrong."""
     try:
         return parse(reactor, description)
+    except ValueError as e:
+        if str(e).startswith("schannel: "):  # ours: worded already
+            raise usage.UsageError(f"{option}: {e}") from None
+        kind = "server" if option.startswith(("--listen", "--status")) else "client"
+        raise usage.UsageError(f"{option}: {parse_error_text(e, description, kind)}") from None
     except Exception as e:  # Twisted's parsers raise ValueError, TypeError, ...
-        raise usage.UsageError(f"{option}: {_error_text(e)}") from None
-
-
-def _error_text(error: Exception) -> str:
-    text = str(error)
-    if isinstance(error, TypeError) and "missing" in text:
-        return f"incomplete endpoint description ({text})"
-    return text or type(error).__name__
+        kind = "server" if option.startswith(("--listen", "--status")) else "client"
+        raise usage.UsageError(f"{option}: {parse_error_text(e, description, kind)}") from None
 
 
 def _asks_for_client_certificates(endpoint: IStreamServerEndpoint) -> bool:
