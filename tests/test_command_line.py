@@ -74,6 +74,9 @@ class EndpointErrorWordingTests(SynchronousTestCase):
             "mode 'rw' is not an octal number",
         )
 
+    def test_schannel_prefix_alone(self) -> None:
+        self.assertWorded(["--listen", "schannel:"], "schannel: no inner endpoint after the prefix")
+
     def test_connect_without_a_port_says_it_needs_one(self) -> None:
         self.assertWorded(
             ["--connect", "tcp:127.0.0.1"], "--connect 'tcp:127.0.0.1': incomplete: it needs 'port'"

@@ -474,7 +474,7 @@ def _split(
     options = {_text(key): _text(value) for key, value in kwargs.items()}
     mine = {key: value for key, value in options.items() if key in ours}
     theirs = {key: value for key, value in options.items() if key not in ours}
-    if not texts:
+    if not texts or not texts[0]:  # "schannel" or "schannel:"
         raise ValueError(
             "schannel: no inner endpoint after the prefix; write it in full, "
             "e.g. schannel:tcp:8443:certificate=server.pem"
