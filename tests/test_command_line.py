@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.trial.unittest import SynchronousTestCase
 
 import txschannel
-from tests.test_tap import assert_one_line, run_twist
+from tests.test_tap import REPO, assert_one_line, environment, run_twist
 from txschannel.testing import CertificateAuthority
 
 # What Python says when Twisted's parsers fail inside: never for a user.
@@ -109,3 +111,35 @@ class EndpointErrorWordingTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as caught:
             clientFromString(reactor, "schannel:tcp:localhost:port=x")
         self.assertIn("port 'x' is not a whole number", str(caught.exception))
+
+
+class HelpTests(SynchronousTestCase):
+    """``--help`` texts say what is true, in plain text."""
+
+    def test_python_m_txschannel_help_has_no_rest_quoting(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "txschannel", "--help"],
+            capture_output=True, text=True, timeout=60, cwd=REPO, env=environment(REPO),
+        )  # fmt: skip
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("python -m txschannel: command-line tools", result.stdout)
+        self.assertNotIn("``", result.stdout)
+
+    def test_twist_schannel_help_says_the_default_listener_is_local(self) -> None:
+        result = run_twist("--help")
+        text = " ".join(result.stdout.split())
+        self.assertIn("Without --listen, listen on schannel:tcp:8443:interface=127.0.0.1", text)
+        self.assertIn("default: schannel:tcp:8443 on 127.0.0.1", text)
+
+
+class ContinuousIntegrationTests(SynchronousTestCase):
+    """``.ci/run`` logs the README's test command as a reader would type it."""
+
+    def test_test_command_is_logged_without_the_markdown_indent(self) -> None:
+        script = (REPO / ".ci" / "run").read_text()
+        (line,) = [line for line in script.splitlines() if line.startswith("test_command=")]
+        result = subprocess.run(
+            ["bash", "-c", f'{line}\necho "ci: $test_command"'],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )  # fmt: skip
+        self.assertRegex(result.stdout, r"^ci: python3 -m venv \S")

@@ -25,7 +25,9 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse *argv* (default: ``sys.argv[1:]``), run the command, return its exit status."""
-    parser = _Parser(prog="python -m txschannel", description=__doc__.splitlines()[0])
+    # (The docstring's first line, less its reST quoting.)
+    description = __doc__.splitlines()[0].replace("``", "")
+    parser = _Parser(prog="python -m txschannel", description=description)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     probe_parser = commands.add_parser(
         "probe",

@@ -1272,7 +1272,8 @@ class Options(usage.Options):
         "A TLS terminator and tunnel. Accept on every --listen endpoint and relay each "
         "connection both ways to a new connection on --connect; either side may be plain "
         "or schannel:. Without --connect, answer HTTP requests with a page describing the "
-        "connection's TLS. Without --listen, listen on schannel:tcp:8443 with a self-signed "
+        "connection's TLS. Without --listen, listen on schannel:tcp:8443:interface=127.0.0.1 "
+        "(this machine only) with a self-signed "
         "certificate for localhost, kept in the state folder. A schannel: listen endpoint "
         "that names no certificate (certificate=, sni=, ...) uses that certificate too. "
         "SIGHUP re-reads certificate files. A certificate that has expired, is not valid "
@@ -1367,7 +1368,7 @@ class Options(usage.Options):
         sys.exit(0)
 
     def opt_listen(self, description: str) -> None:
-        """Listen on this server endpoint (repeatable; default: schannel:tcp:8443)."""
+        """Listen on this server endpoint (repeatable; default: schannel:tcp:8443 on 127.0.0.1)."""
         self["listen"].append(description)
 
     opt_l = opt_listen
