@@ -143,3 +143,16 @@ class ContinuousIntegrationTests(SynchronousTestCase):
             capture_output=True, text=True, timeout=60, cwd=REPO,
         )  # fmt: skip
         self.assertRegex(result.stdout, r"^ci: python3 -m venv \S")
+
+
+class ReadmeTests(SynchronousTestCase):
+    """The README explains what its test command prints before ``PASSED``."""
+
+    def test_expected_failures_are_explained_with_their_number(self) -> None:
+        from tests.test_twisted_tls_suite import KNOWN_DIFFERENCES
+
+        readme = " ".join((REPO / "README.md").read_text().split())
+        self.assertIn(
+            f"the {len(KNOWN_DIFFERENCES)} `[TODO]` tracebacks just above it are expected",
+            readme,
+        )
