@@ -373,6 +373,49 @@ class ChromiumTests(TestCase):
         self.assertTrue(ja4.group(1).startswith("t13d"), ja4.group(1))
         self.assertEqual(ja4.group(1)[8:10], "h2")
 
+    def fetch_html(self) -> str:
+        """The HTML page of one connection from Python's ssl (a thread: blocking)."""
+        context = ssl.create_default_context(cafile=self.server.cafile)
+        with socket.create_connection(("127.0.0.1", self.server.port), timeout=30) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\nAccept: text/html\r\n\r\n")
+                reply = b""
+                while chunk := tls.recv(65536):
+                    reply += chunk
+        return body_of(reply).decode("utf-8")
+
+    @inlineCallbacks
+    def test_summary_cards_fill_every_row(self) -> Any:
+        # Chromium lays out the page of a real connection, at phone to desktop
+        # widths; a script added to it reports where each row of the
+        # "This connection" cards ends. No card may sit alone on a row.
+        page = yield deferToThread(self.fetch_html)
+        measure = (
+            "<script>const grid=document.querySelector('.summary');"
+            "const rows={};for(const card of grid.children){const box=card.getBoundingClientRect();"
+            "(rows[Math.round(box.top)]||=[]).push(Math.round(box.right));}"
+            "const out=document.createElement('pre');out.id='layout';"
+            "out.textContent=JSON.stringify({right:Math.round(grid.getBoundingClientRect().right),"
+            "rows:Object.values(rows).map(r=>Math.max(...r))});"
+            "document.body.appendChild(out);</script>"
+        )
+        folder = Path(tempfile.mkdtemp(prefix="txschannel-layout-"))
+        self.addCleanup(shutil.rmtree, folder, ignore_errors=True)
+        path = folder / "page.html"
+        path.write_text(page.replace("</body>", measure + "</body>"))
+        for width in (400, 700, 1024, 1400):
+            result = yield run(
+                self.chromium_argv("--dump-dom", f"--window-size={width},900", path.as_uri()),
+                timeout=120,
+            )
+            dom = result.stdout.decode("utf-8", "replace")
+            found = re.search(r'<pre id="layout">(.*?)</pre>', dom)
+            assert found is not None, result.stderr[-2000:]
+            layout = json.loads(found.group(1))
+            self.assertGreaterEqual(len(layout["rows"]), 3, (width, layout))
+            for right in layout["rows"]:
+                self.assertAlmostEqual(right, layout["right"], delta=2, msg=(width, layout))
+
     @inlineCallbacks
     def test_the_page_renders_in_light_and_dark(self) -> Any:
         width, height = 640, 900

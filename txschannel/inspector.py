@@ -490,8 +490,8 @@ padding:16px 18px;margin:0 0 16px}
 h2{font-size:16px;margin:0 0 12px;font-weight:650}
 h3{font-size:13px;margin:16px 0 6px;color:var(--muted);text-transform:uppercase;
 letter-spacing:.05em;font-weight:600}
-.summary{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px;
-grid-auto-flow:dense}
+.summary{display:grid;gap:10px;grid-auto-flow:dense;
+grid-template-columns:repeat(auto-fill,minmax(max(150px,calc((100% - 30px)/4)),1fr))}
 .fact{border:1px solid var(--line);border-radius:10px;padding:8px 12px;min-width:0}
 .fact .k{color:var(--muted);font-size:12px}
 .fact .v{font-weight:600;overflow-wrap:anywhere}
@@ -656,7 +656,9 @@ def _summary(description: Mapping[str, Any]) -> str:
             _fact("server name (SNI)", printable(description["server_name"] or "(none sent)")),
             _fact("session reused", "yes" if description["session_reused"] else "no"),
             _fact("client certificate", client["subject"] if client else "(none)"),
-            _fact("peer", description.get("peer")),
+            # Wide: an IPv6 address and port is long, and with it the twelve
+            # cells fill every row of the (at most four) columns.
+            _fact("peer", description.get("peer"), wide=True),
         ]
     return '<section><h2>This connection</h2><div class="summary">' + "".join(facts) + (
         "</div></section>"
