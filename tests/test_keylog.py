@@ -17,12 +17,13 @@ import tempfile
 import threading
 from pathlib import Path
 
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.peers import free_port, require, wait_for_port
 from tests.test_tap import Twist, run_twist
 from txschannel import Credentials, keylog
-from txschannel.testing import CertificateAuthority
+from txschannel.testing import CertificateAuthority, connected_pair
 
 # The labels of the NSS key log format that hold secrets.
 TLS13_LABELS = {
@@ -215,6 +216,9 @@ class LibraryKeyLogTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="txschannel-keylog-"))
+        # The files opened here stay open for the process otherwise, and
+        # trial runs every test module in this one.
+        self.addCleanup(keylog.close_key_logs)
         previous = os.environ.pop(keylog.KEY_LOG_VARIABLE, None)
         if previous is not None:
             self.addCleanup(os.environ.__setitem__, keylog.KEY_LOG_VARIABLE, previous)
@@ -245,3 +249,17 @@ class LibraryKeyLogTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as caught:
             Credentials.client(key_log_file=missing)
         self.assertIn(str(missing), str(caught.exception))
+
+    def test_closed_key_log_gets_no_more_lines(self) -> None:
+        # After close_key_logs() the old descriptor number may be reused by
+        # another file: the credentials must not write secrets there.
+        path = self.folder / "closed.keys"
+        authority = CertificateAuthority()
+        server = authority.server_credentials("localhost", key_log_file=path)
+        keylog.close_key_logs()
+        other = self.folder / "other"
+        with open(other, "wb") as handle:
+            connected_pair(Protocol, Protocol, ca=authority, server_credentials=server)
+            handle.flush()
+        self.assertEqual(other.read_bytes(), b"")
+        self.assertEqual(path.read_bytes(), b"")

@@ -28,7 +28,14 @@ from typing import Literal, Union
 from OpenSSL import SSL
 from twisted.logger import Logger
 
-__all__ = ["KEY_LOG_VARIABLE", "KeyLogSetting", "install", "key_log_path", "open_key_log"]
+__all__ = [
+    "KEY_LOG_VARIABLE",
+    "KeyLogSetting",
+    "close_key_logs",
+    "install",
+    "key_log_path",
+    "open_key_log",
+]
 
 #: The environment variable that names the key log when no argument does.
 KEY_LOG_VARIABLE = "SSLKEYLOGFILE"
@@ -93,6 +100,21 @@ def open_key_log(path: str, source: str) -> int:
     return descriptor
 
 
+def close_key_logs() -> None:
+    """Close every key log this process has opened.
+
+    Contexts that wrote to one write nothing more, until a later
+    :func:`open_key_log` (which warns again) opens the same file. For tests,
+    and for a program that has finished debugging.
+    """
+    while _open:
+        _, descriptor = _open.popitem()
+        try:
+            os.close(descriptor)
+        except OSError:
+            pass
+
+
 def install(context: SSL.Context, setting: KeyLogSetting, *, source: str = "key_log_file") -> bool:
     """Have *context* write its connections' secrets to the key log *setting* names.
 
@@ -107,9 +129,14 @@ def install(context: SSL.Context, setting: KeyLogSetting, *, source: str = "key_
         return False
     if setting is None:
         source = KEY_LOG_VARIABLE
-    descriptor = open_key_log(path, source)
+    open_key_log(path, source)
 
     def write(connection: SSL.Connection, line: bytes) -> None:
+        # Looked up at each line: after close_key_logs() the number may
+        # belong to another file, which must never get secrets.
+        descriptor = _open.get(path)
+        if descriptor is None:
+            return
         # One write per line: with O_APPEND, lines from several processes
         # do not interleave. A full disk is not a reason to fail a
         # handshake.

@@ -1831,11 +1831,6 @@ def _parse(parse: Callable[[Any, str], Any], reactor: Any, description: str, opt
     UsageError naming *option* with what was wrong."""
     try:
         return parse(reactor, description)
-    except ValueError as e:
-        if str(e).startswith("schannel: "):  # ours: worded already
-            raise usage.UsageError(f"{option}: {e}") from None
-        kind = "server" if option.startswith(("--listen", "--status")) else "client"
-        raise usage.UsageError(f"{option}: {parse_error_text(e, description, kind)}") from None
     except Exception as e:  # Twisted's parsers raise ValueError, TypeError, ...
         kind = "server" if option.startswith(("--listen", "--status")) else "client"
         raise usage.UsageError(f"{option}: {parse_error_text(e, description, kind)}") from None
