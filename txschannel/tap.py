@@ -1480,13 +1480,8 @@ class Options(usage.Options):
         supervised = list(self["endpoints"])
         listening = [(f"--listen {d!r}", d, e) for d, e in supervised]
         if self["status-endpoint"] is not None:
-            # (Named as without --workers: "cannot listen on --status ...".)
             listening.append(
-                (
-                    f"--status {self['status']!r}",
-                    f"--status {self['status']}",
-                    self["status-endpoint"],
-                )
+                (f"--status {self['status']!r}", self["status"], self["status-endpoint"])
             )
         count = self["workers"]
         sockets: list[dict[tuple[object, ...], Any]] = [{} for _ in range(count)]
@@ -1505,9 +1500,11 @@ class Options(usage.Options):
             except WorkersError as e:
                 raise usage.UsageError(f"{option}: {e}") from None
             except OSError as e:
-                # As without --workers: a port that cannot be had is status 1.
+                # As without --workers: a port that cannot be had is status 1,
+                # and --status is named.
+                named = description if option.startswith("--listen") else f"--status {description}"
                 raise SystemExit(
-                    f"twist schannel: cannot listen on {description}: {e.strerror or e}"
+                    f"twist schannel: cannot listen on {named}: {e.strerror or e}"
                 ) from None
         if "twisted.internet.reactor" in sys.modules:
             raise RuntimeError("the supervisor imported the reactor while parsing (a bug)")
