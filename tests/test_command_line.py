@@ -156,3 +156,43 @@ class ReadmeTests(SynchronousTestCase):
             f"the {len(KNOWN_DIFFERENCES)} `[TODO]` tracebacks just above it are expected",
             readme,
         )
+
+
+class DamagedFileWordingTests(SynchronousTestCase):
+    """A damaged PEM file is described, not answered with cryptography's parser dump."""
+
+    def setUp(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="txschannel-damaged-"))
+        self.issued = CertificateAuthority().issue("localhost")
+
+    def refused(self, certificate: bytes, key: bytes | None = None) -> str:
+        path = self.folder / "server.pem"
+        path.write_bytes(certificate)
+        description = f"schannel:tcp:0:certificate={path}"
+        if key is not None:
+            (self.folder / "key.pem").write_bytes(key)
+            description += f":privateKey={self.folder / 'key.pem'}"
+        with self.assertRaises(ValueError) as caught:
+            serverFromString(reactor, description)
+        message = str(caught.exception)
+        for words in ("ParseError", "Tag {", "InvalidData", "Could not deserialize"):
+            self.assertNotIn(words, message)
+        return message
+
+    def test_cut_short_certificate(self) -> None:
+        lines = self.issued.certificate_pem.splitlines()
+        cut = b"\n".join([*lines[:3], lines[-1]]) + b"\n"
+        self.assertRegex(
+            self.refused(cut), r"a certificate in it is damaged: it is cut short \(\d+ bytes of"
+        )
+
+    def test_corrupted_base64(self) -> None:
+        lines = self.issued.certificate_pem.splitlines()
+        lines[2] = b"!" + lines[2][1:]
+        message = self.refused(b"\n".join(lines) + b"\n")
+        self.assertIn("its base64 text is corrupted", message)
+
+    def test_damaged_private_key(self) -> None:
+        key = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+        message = self.refused(self.issued.certificate_pem, key)
+        self.assertIn("the private key in it is damaged: its contents are not DER", message)

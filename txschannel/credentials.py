@@ -8,6 +8,8 @@ so that a bad file is reported with its name before any peer connects.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import os
 import re
@@ -198,9 +200,35 @@ def _certificates_in(data: bytes, label: str) -> list[x509.Certificate]:
         if kind in ("CERTIFICATE", "TRUSTED CERTIFICATE", "X509 CERTIFICATE"):
             try:
                 certificates.append(x509.load_pem_x509_certificate(block))
-            except ValueError as e:
-                raise ValueError(f"{label}: a certificate in it is damaged ({e})") from None
+            except ValueError:
+                raise ValueError(
+                    f"{label}: a certificate in it is damaged: {_damage(block)}"
+                ) from None
     return certificates
+
+
+def _damage(block: bytes) -> str:
+    """What is wrong with a PEM *block* that cryptography refused, in plain words.
+
+    cryptography's own message is a parser's (``ParseError { kind:
+    ShortData ... }``); this looks at the block itself instead.
+    """
+    body = b"".join(
+        line.strip() for line in block.splitlines()[1:-1] if b":" not in line
+    )
+    try:
+        der = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        return "its base64 text is corrupted (a character that is not base64, or a line cut)"
+    if len(der) < 2 or der[0] != 0x30:
+        return "its contents are not DER (they do not start with an ASN.1 SEQUENCE)"
+    size, header = der[1], 2
+    if size & 0x80:
+        count = size & 0x7F
+        size, header = int.from_bytes(der[2 : 2 + count], "big"), 2 + count
+    if header + size > len(der):
+        return f"it is cut short ({len(der)} bytes of the {header + size} its header announces)"
+    return "its DER contents are not what the block's header says they are"
 
 
 def _private_key_in(
@@ -227,7 +255,14 @@ def _private_key_in(
                         f"{label}: the passphrase given does not decrypt the private key "
                         "(wrong passphrase, or a damaged key)"
                     ) from None
-                raise ValueError(f"{label}: the private key in it is damaged ({e})") from None
+                if isinstance(e, UnsupportedAlgorithm):
+                    raise ValueError(
+                        f"{label}: the private key in it is of a type that is not supported "
+                        "(use an RSA, ECDSA P-256/P-384/P-521, Ed25519 or Ed448 key)"
+                    ) from None
+                raise ValueError(
+                    f"{label}: the private key in it is damaged: {_damage(block)}"
+                ) from None
             return key  # type: ignore[return-value]
     return None
 
