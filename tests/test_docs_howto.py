@@ -242,6 +242,18 @@ class OtherPortTests(SynchronousTestCase):
             )
 
 
+class VersionPageTests(SynchronousTestCase):
+    """docs/twist.rst: ``twist schannel --version`` prints the lines the page shows."""
+
+    def test_version_lines_name_what_the_page_names(self) -> None:
+        page = (REPO / "docs" / "twist.rst").read_text()
+        shown = page.split("$ twist schannel --version\n", 1)[1].split("\n\n", 1)[0]
+        names = [line.split()[0] for line in shown.splitlines()]
+        place = Workspace(self)
+        printed = place.run("twist", "schannel", "--version").stdout.splitlines()
+        self.assertEqual([line.split()[0] for line in printed], names)
+
+
 class LogFormatTests(SynchronousTestCase):
     """What getting-started.rst says about twist's log: text on a terminal,
     JSON lines otherwise, --log-format to choose."""
