@@ -607,6 +607,27 @@ class BadStaplingTests(SynchronousTestCase):
             self.assertIn(needle, str(caught.exception))
 
 
+    def test_a_file_that_is_not_der_is_described_in_words(self) -> None:
+        server = self.pki.server_file
+        for content, needle in [
+            (b"junk", "first byte 0x6a, not 0x30"),
+            (b"", "it is empty"),
+            (b"-----BEGIN OCSP RESPONSE-----\n", "it is PEM text"),
+            (b"\x30\x03\x02\x01\x00", "its DER structure is not an OCSPResponse"),
+        ]:
+            junk = self.folder / "junk.der"
+            junk.write_bytes(content)
+            with self.assertRaises(ValueError) as caught:
+                serverFromString(
+                    reactor, f"schannel:tcp:0:certificate={server}:ocspResponse={junk}"
+                )
+            message = str(caught.exception)
+            self.assertIn(str(junk), message)
+            self.assertIn(needle, message)
+            # cryptography's own wording names Rust types: not for users.
+            self.assertNotIn("ParseError", message)
+
+
 class ForgedResponseTests(TestCase):
     """``ocsp=auto`` staples what its responder answers only once it verifies.
 

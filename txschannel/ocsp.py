@@ -288,11 +288,22 @@ def _signer(
     return signer
 
 
+def _why_not_der(der: bytes) -> str:
+    """What *der* is instead, in words (cryptography's parser names Rust types)."""
+    if not der:
+        return "it is empty"
+    if der.lstrip().startswith(b"-----BEGIN"):
+        return "it is PEM text; give the DER form, as 'openssl ocsp -respout' writes it"
+    if der[0] != 0x30:
+        return f"it does not start as DER does (first byte 0x{der[0]:02x}, not 0x30)"
+    return "its DER structure is not an OCSPResponse"
+
+
 def _parse(der: bytes, source: str) -> ocsp.OCSPResponse:
     try:
         return ocsp.load_der_ocsp_response(der)
-    except ValueError as e:
-        raise OCSPError(f"{source} is not a DER OCSP response ({e})") from None
+    except ValueError:
+        raise OCSPError(f"{source} is not a DER OCSP response ({_why_not_der(der)})") from None
 
 
 def verify(
@@ -319,8 +330,8 @@ def verify(
     now = now or datetime.datetime.now(datetime.timezone.utc)
     try:
         response = ocsp.load_der_ocsp_response(der)
-    except ValueError as e:
-        raise OCSPError(f"it is not a DER OCSP response ({e})") from None
+    except ValueError:
+        raise OCSPError(f"it is not a DER OCSP response ({_why_not_der(der)})") from None
     if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
         raise OCSPError(f"the responder says {response.response_status.name}, not SUCCESSFUL")
     singles = list(response.responses)
