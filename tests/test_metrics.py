@@ -182,6 +182,14 @@ class StatusListenerTests(Edge):
         twist.wait_for(rf"serving /metrics and /status on .* at 127\.0\.0\.2:{status}\b")
         self.assertEqual(curl(f"http://127.0.0.2:{status}/metrics").returncode, 0)
 
+    def test_a_status_endpoint_that_would_escape_loopback_is_refused(self) -> None:
+        for description, needle in [
+            ("haproxy:tcp:9", "reads no PROXY header"),
+            ("schannel:haproxy:tcp:9", "reads no PROXY header"),
+            ("tcp:9:interface=", "interface= is empty"),
+        ]:
+            assert_one_line(self, run_twist("--status", description), needle)
+
     def test_status_names_no_key_or_passphrase_file(self) -> None:
         issued = self.ca.issue("localhost", "127.0.0.1")
         certificate = self.folder / "cert.pem"

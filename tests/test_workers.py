@@ -447,6 +447,28 @@ class WorkersTests(TestCase):
         self.assertIn("Main loop terminated", twist.output)
         self.assertNotIn("Traceback", twist.output)
 
+    def test_sighup_during_a_drain_neither_kills_nor_cuts(self) -> None:
+        """A reload signal (logrotate, systemctl reload) while one process drains
+        is one log line; the process does not die of it (SIGHUP's default) and
+        the connection it drains still finishes."""
+        setup = Setup(self)
+        backend, _ = start_echo_server(self)
+        twist = Twist(self, "--listen", setup.listen(), "--connect", f"tcp:127.0.0.1:{backend}",
+                      "--drain-timeout", "60")
+        twist.wait_for("listening on schannel:")
+        with relayed(setup) as tls:
+            twist.send_signal(signal.SIGTERM)
+            twist.wait_for(r"waiting up to 60 s for 1 open connection")
+            twist.send_signal(signal.SIGHUP)
+            twist.wait_for(r"SIGHUP while stopping: ignored")
+            tls.sendall(b"still here")
+            self.assertEqual(tls.recv(100), b"still here")
+            tls.unwrap()
+        # twist ends by the SIGTERM it was sent (-15), not by the SIGHUP (-1).
+        self.assertEqual(twist.process.wait(timeout=30), -signal.SIGTERM, twist.output)
+        self.assertIn("Main loop terminated", twist.output)
+        self.assertNotIn("Traceback", twist.output)
+
     def test_drain_timeout_aborts_what_is_left(self) -> None:
         """A connection still open when --drain-timeout runs out is aborted, not closed,
         on both sides: the client gets no close_notify, the backend a reset."""

@@ -1179,8 +1179,23 @@ class SchannelService(service.Service):
             if timer is not None and timer.running:
                 timer.stop()
         if hasattr(signal, "SIGHUP") and self._previous_handler is not None:
+            # Not the previous handler yet: that is usually SIG_DFL, and a
+            # reload signal (logrotate, systemctl reload) during the drain
+            # would kill the process and cut every connection it drains.
+            signal.signal(signal.SIGHUP, self._on_sighup_while_stopping)
+        stopped = self._stop()
+        return stopped.addBoth(self._restore_sighup)
+
+    def _on_sighup_while_stopping(self, number: int, frame: FrameType | None) -> None:
+        self.reactor.callFromThread(self.log.info, "SIGHUP while stopping: ignored")
+
+    def _restore_sighup(self, result: object) -> object:
+        if hasattr(signal, "SIGHUP") and self._previous_handler is not None:
             signal.signal(signal.SIGHUP, self._previous_handler)
             self._previous_handler = None
+        return result
+
+    def _stop(self) -> Deferred[Any]:
         if self.replaced is not None and self.replaced():
             return self._stop_listening()
         self.health.draining = True
@@ -1698,6 +1713,7 @@ class Options(usage.Options):
         self._check_proxy_protocol()
         self["status-endpoint"] = None
         if self["status"] is not None:
+            _check_status_description(self["status"])
             self["status-endpoint"] = _parse(
                 serverFromString, listen_reactor, self["status"], f"--status {self['status']!r}"
             )
@@ -1733,6 +1749,29 @@ class Options(usage.Options):
             )
             announce.append(f"try: curl --cacert {self['self-signed'].certificate_file} {url}")
         self["announce"] = announce
+
+
+def _check_status_description(description: str) -> None:
+    """Refuse ``--status`` endpoints that would escape its loopback default.
+
+    ``haproxy:`` would take a PROXY header from anyone who can connect and
+    bind every address through its inner endpoint; an empty ``interface=``
+    is Twisted's spelling of every address, easy to write by mistake.
+
+    :raises usage.UsageError: naming the option and what to write instead.
+    """
+    segments = re.split(r"(?<!\\):", description)
+    types = [segment.lower() for segment in segments[:2]]
+    if types[0] == "haproxy" or types[:2] == ["schannel", "haproxy"]:
+        raise usage.UsageError(
+            f"--status {description!r}: the status listener reads no PROXY header (health "
+            "checks and scrapes come to it directly): use tcp:PORT"
+        )
+    if any(segment == "interface=" for segment in segments):
+        raise usage.UsageError(
+            f"--status {description!r}: interface= is empty, which means every address: "
+            "write interface=0.0.0.0 (or interface=::) if that is meant"
+        )
 
 
 def _loopback_unless_given(endpoint: IStreamServerEndpoint, description: str) -> None:
