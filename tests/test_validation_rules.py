@@ -575,3 +575,194 @@ class RememberedVerdictTests(SynchronousTestCase):
         outcome = handshake(client, impostor, "www.example.com")
         assert outcome.client_error is not None
         self.assertEqual(outcome.client_error.status, Status.UNTRUSTED_ROOT)
+
+
+class AddressSpelledAsNameTests(SynchronousTestCase):
+    """An IP address is checked only against iPAddress entries: never as a
+    DNS name, whatever its spelling, and a verdict reached for one kind of
+    name is never answered for the other."""
+
+    def test_target_names_that_read_as_an_address_are_refused(self) -> None:
+        for spelling in (
+            "127.0.0.1.",
+            "\uff11\uff12\uff17\uff0e\uff10\uff0e\uff10\uff0e\uff11",  # full-width
+            "127\u30020\u30020\u30021",  # ideographic full stops
+            "127.1",
+            "0x7f.1",
+            "2130706433",
+            "127.000.0.1",
+        ):
+            with self.assertRaises(ValueError) as raised:
+                host_a_label(spelling)
+            self.assertIn("reads as the IP address 127.0.0.1", str(raised.exception), spelling)
+        with self.assertRaises(ValueError) as raised:
+            host_a_label("www.example.999")
+        self.assertIn("last label '999' is a number", str(raised.exception))
+        # A label of digits that is not the last is a host name.
+        self.assertEqual(host_a_label("1.2.3.example"), "1.2.3.example")
+
+    def test_a_dns_entry_for_an_address_does_not_vouch_for_the_address(self) -> None:
+        built = chain(server_leaf(subject="dns entry only", san=[x509.DNSName("127.0.0.1")]))
+        store = TrustStore([built.root])
+        presented = [built.leaf, *built.intermediates]
+        with self.assertRaises(ValueError):
+            verify_server_chain(presented, "127.0.0.1.", trust_roots=store)
+        with self.assertRaises(SecurityError) as raised:
+            verify_server_chain(presented, "127.0.0.1", trust_roots=store)
+        self.assertEqual(raised.exception.status, Status.WRONG_PRINCIPAL)
+        self.assertEqual(len(store._verdicts), 0)
+
+    def test_a_dns_entry_shaped_like_an_address_matches_no_dns_name(self) -> None:
+        for entry in ("127.0.0.1", "*.0.0.1", "*.0x1"):
+            for host in ("127.0.0.1", "a.0.0.1", "a.0x1"):
+                self.assertFalse(
+                    validation._alt_name_matches(x509.DNSName(entry), x509.DNSName(host)),
+                    (entry, host),
+                )
+
+    def test_a_handshake_to_the_address_after_its_full_width_spelling_is_refused(self) -> None:
+        client, server = pair("127.0.0.1")  # DNS:127.0.0.1, no iPAddress entry
+        with self.assertRaises(ValueError) as raised:
+            handshake(client, server, "\uff11\uff12\uff17\uff0e\uff10\uff0e\uff10\uff0e\uff11")
+        self.assertIn("target_name", str(raised.exception))
+        outcome = handshake(client, server, "127.0.0.1")
+        assert outcome.client_error is not None
+        self.assertEqual(outcome.client_error.status, Status.WRONG_PRINCIPAL)
+
+    def test_a_full_width_trailing_dot_is_dropped_after_mapping(self) -> None:
+        spelling = "\uff45xample\uff0ecom\uff0e"  # ｅxample．com．
+        self.assertEqual(host_a_label(spelling), "example.com")
+        chain(server_leaf(san=[x509.DNSName("example.com")])).verify(spelling)
+
+
+class VerdictMemorySizeTests(SynchronousTestCase):
+    """A remembered verdict holds a digest of the chain, not the chain: a
+    server padding its chain with certificates no path uses cannot make
+    each entry as large as what it sends."""
+
+    def test_the_memory_holds_a_digest_of_the_chain(self) -> None:
+        built = chain(server_leaf(san=[x509.DNSName("www.example.com")]))
+        store = TrustStore([built.root])
+        presented = [built.leaf, *built.intermediates]
+        unrelated = [chain(root_name=f"unrelated {n}").root for n in range(20)]
+        path = verify_server_chain(presented, "www.example.com", trust_roots=store)
+        verify_server_chain([*presented, *unrelated], "www.example.com", trust_roots=store)
+        self.assertEqual(len(store._verdicts), 2)
+        for key in store._verdicts._entries:
+            # One SHA-256 digest, whatever the chain's size; no certificate bytes.
+            self.assertEqual([len(p) for p in key if isinstance(p, bytes)], [32])
+            self.assertFalse(any(isinstance(p, tuple) and p and isinstance(p[0], bytes)
+                                 for p in key))
+            self.assertIn("dns", key)
+        # The same chain is still answered from memory; the padded one is
+        # another chain, never answered by the first one's verdict.
+        judged: list[object] = []
+        original = validation._judge
+
+        def counting(*arguments: Any) -> Any:
+            judged.append(arguments)
+            return original(*arguments)
+
+        self.patch(validation, "_judge", counting)
+        self.assertEqual(verify_server_chain(presented, "www.example.com", trust_roots=store), path)
+        self.assertEqual(judged, [])
+        verify_server_chain([*presented, *unrelated[:19]], "www.example.com", trust_roots=store)
+        self.assertEqual(len(judged), 1)
+
+
+def _drain(connection: Any) -> bytes:
+    from OpenSSL import SSL
+
+    out = b""
+    while True:
+        try:
+            chunk = connection.bio_read(65536)
+        except SSL.WantReadError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+class SecondChainTests(SynchronousTestCase):
+    """A second chain on a connection whose first one was accepted is
+    judged on its own (defence in depth: the credentials refuse TLS 1.2
+    renegotiation, the only way a server sends one)."""
+
+    def renegotiate_to(self, validation_kind: str) -> SecurityError | None:
+        """A TLS 1.2 handshake to a trusted server, which then renegotiates
+        with a certificate from an untrusted root; the client's refusal, or
+        None if it went on."""
+        from OpenSSL import SSL, crypto
+
+        from txschannel import ClientContext
+
+        good = chain()
+        evil = chain(root_name="untrusted root")
+        # Client credentials as a context changed after they were built
+        # would be: without OP_NO_RENEGOTIATION (pyOpenSSL cannot clear it).
+        self.patch(SSL, "OP_NO_RENEGOTIATION", 0)
+        client_credentials = Credentials.client(
+            trust_roots=[good.root], validation=validation_kind
+        )
+        server_context = SSL.Context(SSL.TLS_METHOD)
+        server_context.set_max_proto_version(SSL.TLS1_2_VERSION)
+        server_context.set_session_cache_mode(SSL.SESS_CACHE_OFF)  # a full handshake again
+        server_context.set_options(SSL.OP_NO_TICKET)
+        server_context.use_certificate(crypto.X509.from_cryptography(good.leaf))
+        server_context.use_privatekey(crypto.PKey.from_cryptography_key(good.leaf_key))
+        for certificate in good.intermediates:
+            server_context.add_extra_chain_cert(crypto.X509.from_cryptography(certificate))
+        server = SSL.Connection(server_context, None)
+        server.set_accept_state()
+        client = ClientContext(client_credentials, "www.example.com")
+        token = client.initialize().token
+        for _ in range(10):  # a TLS 1.2 handshake is two round trips
+            server.bio_write(token)
+            try:
+                server.do_handshake()
+            except SSL.WantReadError:
+                pass
+            step = client.initialize(_drain(server))
+            token = step.token
+            if step.status is Status.OK:
+                break
+        self.assertIs(step.status, Status.OK)
+        self.assertEqual(client.attributes.peer_certificate, good.leaf)
+        if token:
+            server.bio_write(token)
+        server.use_certificate(crypto.X509.from_cryptography(evil.leaf))
+        server.use_privatekey(crypto.PKey.from_cryptography_key(evil.leaf_key))
+        server.renegotiate()
+        try:
+            server.do_handshake()
+        except SSL.WantReadError:
+            pass
+        to_client = _drain(server)
+        for _ in range(10):
+            if not to_client:
+                break
+            try:
+                unwrapped = client.decrypt(to_client)
+            except SecurityError as e:
+                return e
+            if not unwrapped.token:
+                break
+            server.bio_write(unwrapped.token)
+            try:
+                server.recv(65536)
+            except SSL.WantReadError:
+                pass
+            to_client = _drain(server)
+        self.assertNotEqual(client.attributes.peer_certificate, evil.leaf)
+        return None
+
+    def test_an_untrusted_chain_after_an_accepted_one_is_refused(self) -> None:
+        refusal = self.renegotiate_to("cryptography")
+        assert refusal is not None
+        self.assertEqual(refusal.status, Status.UNTRUSTED_ROOT)
+
+    def test_validation_openssl_refuses_it_too(self) -> None:
+        refusal = self.renegotiate_to("openssl")
+        assert refusal is not None
+        self.assertEqual(refusal.status, Status.UNTRUSTED_ROOT)

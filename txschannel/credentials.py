@@ -466,21 +466,35 @@ class Verification:
         #: whole chain (the path built, or the refusal), reached once, at
         #: OpenSSL's first callback; OpenSSL's own verdicts are set aside.
         self.verdict: list[x509.Certificate] | Refusal | None = None
+        #: The chain :attr:`verdict` is about, as the server sent it (DER).
+        self.judged: tuple[bytes, ...] = ()
+        #: Set when the fast path stopped OpenSSL's verification of an
+        #: accepted chain (SSL_VERIFY_NONE on the connection).
+        self.stopped = False
 
     def judge_chain(self, connection: SSL.Connection, trust: TrustStore) -> None:
-        """Judge the server's chain as a whole, the first time OpenSSL asks.
+        """Judge the server's chain as a whole, the first time OpenSSL asks
+        about it.
 
         The first callback, whatever its depth, and not the one for depth
         0: once OpenSSL's own refusals are set aside, nothing promises that
-        a callback for depth 0 still comes.
+        a callback for depth 0 still comes. Every later callback checks
+        that the chain is still the one judged: a second chain on the same
+        connection (a TLS 1.2 renegotiation, which the credentials refuse,
+        but a context changed after they were built might not) is judged
+        on its own, never accepted on the first one's verdict.
         """
-        if self.verdict is not None:
-            return
         try:
             # The certificates' bytes as the server sent them: the verdicts
             # remembered are keyed by these.
             chain = connection.get_peer_cert_chain() or []
-            encoded = [crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in chain]
+            encoded = tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in chain)
+            if self.verdict is not None and encoded == self.judged:
+                return
+            self.judged = encoded
+            self.verdict = None
+            self.failure = None
+            self.reject_code = 0
             self.verdict = judge_peer_chain(encoded, self.target_name, trust)
         except Exception as e:  # nothing may escape into OpenSSL
             self.verdict = Refusal(
@@ -580,7 +594,7 @@ def _judge(
     verification = connection.get_app_data()
     if not isinstance(verification, Verification):
         return bool(ok)
-    if not verification.manual and verification.verdict is None:
+    if not verification.manual:
         trust = connection.get_context().get_app_data()
         if isinstance(trust, TrustStore):
             verification.judge_chain(connection, trust)
@@ -614,6 +628,11 @@ def _verify(ok: int, store: Any) -> int:
             return 1
         if verification.reject_code and (ok or verification.verdict is not None):
             lib.X509_STORE_CTX_set_error(store, verification.reject_code)
+        if verification.stopped:
+            # A chain after an accepted one, on a connection left at
+            # SSL_VERIFY_NONE: the refusal must end the handshake again.
+            lib.SSL_set_verify(ssl, lib.SSL_VERIFY_PEER, _verify_callback)
+            verification.stopped = False
         return 0
     except Exception:  # pragma: no cover - never let an exception into OpenSSL
         return 0
@@ -628,9 +647,11 @@ def _stop_openssl(lib: Any, ssl: Any, verification: Verification) -> bool:
     two). Once the verdict accepts, the connection stops asking OpenSSL to
     refuse (SSL_VERIFY_NONE) and the callback ends its verification: the
     handshake goes on. (OpenSSL then reports X509_V_ERR_UNSPECIFIED as the
-    connection's verify result, which txschannel reads only on a refusal.
-    The credentials refuse renegotiation, so no later chain meets a
-    connection left so.)
+    connection's verify result, which txschannel reads only on a refusal.)
+    The credentials refuse renegotiation; should a later chain still come
+    (a context changed to allow it), it is judged on its own
+    (:meth:`Verification.judge_chain`), and its refusal sets the
+    connection back to SSL_VERIFY_PEER so that it ends the handshake.
     """
     if not isinstance(verification.verdict, list) or verification.manual:
         return False
@@ -638,6 +659,7 @@ def _stop_openssl(lib: Any, ssl: Any, verification: Verification) -> bool:
     if set_verify is None or not ssl:
         return False
     set_verify(ssl, lib.SSL_VERIFY_NONE, _verify_callback)
+    verification.stopped = True
     return True
 
 

@@ -32,8 +32,9 @@ CAs), and a subjectAltName (with a non-empty subject) or an
 extendedKeyUsage may be critical (trustme's certificates are both).
 
 A :class:`TrustStore` remembers the chains it accepted (bounded, least
-recently used first out): a chain presented again, byte for byte, for the
-same name, while every certificate of its path is within its period, is
+recently used first out, each by the SHA-256 digest of its bytes): a chain
+presented again, byte for byte, for the same name (a DNS name, or an IP
+address), while every certificate of its path is within its period, is
 accepted without being judged again. A refusal is never remembered, and a
 store read again (new credentials, a changed system bundle) starts empty.
 
@@ -67,6 +68,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import ipaddress
 import os
 import re
@@ -261,17 +263,26 @@ def host_a_label(name: str) -> str:
     rules: mapped (case folded, NFC), disallowed code points refused, each
     label checked for hyphens, a leading combining mark, joiners (CONTEXTJ)
     and bidi, then Punycode. The IDNA 2008 code-point table is not applied
-    on top, as UTS 46 does not (``☃.com`` is ``xn--n3h.com``).
+    on top, as UTS 46 does not (``☃.com`` is ``xn--n3h.com``). One trailing
+    dot is dropped after the mapping (a full-width one is a dot then).
+
+    A name whose last label is a number (``127.1``, ``0x7f.1``,
+    ``127.0.0.1.``, a full-width ``１２７．０．０．１``) is refused: resolvers
+    read it as an IPv4 address, which is checked only as an address (given
+    in its usual form), never as a DNS name.
 
     :raises ValueError: *name* is not a valid host name, saying why.
     """
-    host = name[:-1] if name.endswith(".") else name
+    host = name
     if not host.isascii():
         import idna
         from idna import core
 
         try:
             mapped = core.uts46_remap(host, std3_rules=True, transitional=False)
+            # The trailing dot is dropped after the mapping, which is what
+            # turns a full-width or ideographic full stop into one.
+            mapped = mapped[:-1] if mapped.endswith(".") else mapped
             labels = []
             for label in mapped.split("."):
                 if label.isascii():
@@ -290,13 +301,48 @@ def host_a_label(name: str) -> str:
             host = ".".join(labels)
         except (idna.IDNAError, UnicodeError) as e:
             raise ValueError(f"{name!r} is not a valid host name ({e})") from None
+    elif host.endswith("."):
+        host = host[:-1]
     host = host.lower()
+    number = _numeric_problem(host)
+    if number is not None:
+        raise ValueError(f"{name!r} is not a valid host name ({number})")
     if _dns_name(host):
         return host
     problem = _ldh_problem(host)
     if problem is not None:
         raise ValueError(f"{name!r} is not a valid host name ({problem})")
     return host
+
+
+def _ends_in_a_number(host: str) -> bool:
+    """Whether *host*'s last label is a number (decimal digits, or ``0x``
+    and hex digits): the hosts resolvers and URL parsers (WHATWG's "ends in
+    a number") read as an IPv4 address, never as a DNS name."""
+    last = host.rpartition(".")[2].lower()
+    if last.startswith("0x"):
+        return all(c in "0123456789abcdef" for c in last[2:])
+    return last.isascii() and last.isdigit()
+
+
+def _numeric_problem(host: str) -> str | None:
+    """Why *host* (ASCII, lower case) cannot be a host name for ending in a
+    number, or None. Such a name is refused rather than taken as the
+    address it spells: the client would otherwise check an address as a
+    DNS name (``127.0.0.1.``, full-width ``１２７．０．０．１``) or a DNS name
+    the resolver connects to as an address (``127.1``, ``0x7f.1``)."""
+    if not _ends_in_a_number(host):
+        return None
+    spelled = _lenient_address(host) if host else None
+    if spelled is not None:
+        return (
+            f"it reads as the IP address {spelled}: give the address as {str(spelled)!r}, "
+            "which is checked against the certificate's iPAddress entries"
+        )
+    return (
+        f"its last label {host.rpartition('.')[2]!r} is a number, which resolvers "
+        "read as an IPv4 address, not a DNS name"
+    )
 
 
 def _ldh_problem(host: str) -> str | None:
@@ -759,6 +805,11 @@ def _alt_name_matches(name: x509.GeneralName, subject: object) -> bool:
     if not isinstance(subject, x509.DNSName) or not isinstance(name, x509.DNSName):
         return False
     pattern, host = name.value.lower(), subject.value.lower()
+    if _ends_in_a_number(pattern):
+        # An address written as a DNS name (``127.0.0.1``, ``*.0.0.1``)
+        # names no host: an address is matched only by an iPAddress entry
+        # (service_identity refused these as invalid DNS patterns too).
+        return False
     if pattern.startswith("*."):
         parent = pattern[2:]
         return _dns_name(parent) and host.partition(".")[2] == parent
@@ -1144,7 +1195,7 @@ def _judge_remembered(
     text, subject = _reference(name)
     leaf, intermediates = chain[0], list(chain[1:])
     # Only a judgement made now is remembered or answered from memory.
-    key = _verdict_key(chain, encoded, text, max_depth) if at is None else None
+    key = _verdict_key(chain, encoded, subject, max_depth) if at is None else None
     if key is not None:
         remembered = store._verdicts.get(key, when)
         if remembered is not None:
@@ -1217,26 +1268,34 @@ VERDICT_CACHE_SIZE = 1024
 
 # Names the rules a remembered verdict was reached by; part of every key,
 # so that verdicts reached by other rules are never taken for these.
-_POLICY = ("txschannel validation", 2, "webpki+rfc5280 path rules", "ICANN public suffixes")
+_POLICY = ("txschannel validation", 3, "webpki+rfc5280 path rules", "ICANN public suffixes")
 
 
 def _verdict_key(
     chain: Sequence[x509.Certificate],
     encoded: Sequence[bytes] | None,
-    text: str,
+    subject: x509.DNSName | x509.IPAddress,
     max_depth: int | None,
 ) -> tuple[object, ...]:
     """What a verdict depends on besides the trust store (whose own memory
-    it is) and the time: the chain exactly as presented (every certificate's
-    bytes, in order), the name in the form it is compared, and the rules."""
+    it is) and the time: the chain exactly as presented, the name in the
+    form it is compared and whether it was checked as a DNS name or as an
+    IP address, and the rules.
+
+    The chain is kept as the SHA-256 digest of every certificate's bytes,
+    in order (each after its length): a key's size does not grow with
+    what the server sends (a chain padded with certificates that no path
+    uses would otherwise hold its whole bytes in memory), and another
+    chain has another digest.
+    """
     if encoded is None:
         encoded = [certificate.public_bytes(serialization.Encoding.DER) for certificate in chain]
-    return (
-        tuple(encoded),
-        text,
-        max_depth,
-        _POLICY,
-    )
+    digest = hashlib.sha256()
+    for der in encoded:
+        digest.update(len(der).to_bytes(4, "big"))
+        digest.update(der)
+    kind = "ip" if isinstance(subject, x509.IPAddress) else "dns"
+    return (digest.digest(), kind, str(subject.value), max_depth, _POLICY)
 
 
 class _Verdicts:
