@@ -14,8 +14,21 @@ without TLS next to Twisted's own relay and the C terminators:
   cost of TLS itself;
 - ``twist schannel`` on a plain ``tcp:`` listener: the same with our
   connection gate (admission, byte counts, one log line per connection);
-- ``twist schannel`` with TLS (``schannel:tcp:``), then ``hitch`` (one
-  worker) and ``stunnel4``, with TLS.
+- ``twist schannel`` with TLS (``schannel:tcp:``);
+- what a Python user could pick instead, with TLS: Twisted's own
+  ``twist portforward`` on an ``ssl:`` listener (Twisted's
+  TLSMemoryBIOProtocol), and ``asyncio_relay.py``, a short relay on asyncio
+  and the standard library's ``ssl`` (64 KiB reads, ``drain()`` after each
+  write), on asyncio's own event loop and on uvloop (``pip install
+  '.[bench]'``; the row is left out without it);
+- the C terminators ``hitch`` (one worker) and ``stunnel4``, with TLS.
+
+Twisted's ``ssl:`` server answers a ClientHello that offers ALPN, as curl's
+does, with an ``internal_error`` alert when the application names no ALPN
+protocols (``twist portforward`` cannot name any): Twisted's ALPN callback
+then picks the empty protocol, which OpenSSL 3 refuses. So every TLS
+download here runs ``curl --no-alpn``; ALPN changes nothing else about a
+download, and ``s_time`` offers no ALPN anyway.
 
 Two figures per row:
 
@@ -74,6 +87,38 @@ def plain_connections(port: int, count: int) -> int:
     return count
 
 
+def twist_tls_terminator(folder: Path, port: int, backend_port: int) -> Terminator:
+    """``twist schannel`` with TLS on *port*, relaying to the backend."""
+    return Terminator(
+        "twist schannel (TLS)",
+        [sys.executable, "-m", "twisted", "--log-format=text",
+         f"--log-file={folder / f'tls-{port}.log'}", "schannel",
+         "--listen", f"schannel:tcp:{port}:interface=127.0.0.1:certificate={folder}/server.pem",
+         "--connect", f"tcp:127.0.0.1:{backend_port}"],
+        port, folder / f"tls-{port}.out",
+    )
+
+
+def asyncio_terminator(name: str, folder: Path, port: int, backend_port: int,
+                       uvloop: bool) -> Terminator:
+    """asyncio_relay.py on *port*, on asyncio's event loop or on uvloop's."""
+    return Terminator(
+        name,
+        [sys.executable, str(HERE / "asyncio_relay.py"), "--listen", f"127.0.0.1:{port}",
+         "--connect", f"127.0.0.1:{backend_port}", "--certificate", str(folder / "server.pem"),
+         *(["--uvloop"] if uvloop else [])],
+        port, folder / f"asyncio-{port}.out",
+    )
+
+
+def has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def tls_connections(port: int, ca: Path, seconds: int) -> int:
     result = subprocess.run(s_time(port, ca, seconds), capture_output=True, text=True,
                             timeout=seconds + 60)
@@ -123,11 +168,24 @@ def main() -> None:
          "--connect", f"tcp:127.0.0.1:{backend_port}"],
         port, "plain", False)
     port = free_port()
-    add("twist schannel (TLS)",
-        [*twist, f"--log-file={folder / 'tls.log'}", "schannel",
-         "--listen", f"schannel:tcp:{port}:interface=127.0.0.1:certificate={folder}/server.pem",
-         "--connect", f"tcp:127.0.0.1:{backend_port}"],
-        port, "tls", True)
+    rows.append(Row(twist_tls_terminator(folder, port, backend_port), True))
+    port = free_port()
+    add("twist portforward (TLS, Twisted's ssl:)",
+        [*twist, "--log-file=/dev/null", "portforward", "-p",
+         f"ssl:{port}:interface=127.0.0.1:privateKey={folder}/server.pem"
+         f":certKey={folder}/server.pem",
+         "-h", "127.0.0.1", "-d", str(backend_port)],
+        port, "portforward-tls", True)
+    port = free_port()
+    rows.append(Row(asyncio_terminator("asyncio + ssl (TLS)", folder, port, backend_port,
+                                       False), True))
+    if has_uvloop():
+        port = free_port()
+        rows.append(Row(asyncio_terminator("asyncio + ssl on uvloop (TLS)", folder, port,
+                                           backend_port, True), True))
+    else:
+        print("uvloop is not installed (pip install '.[bench]'): its row is left out",
+              file=sys.stderr)
     hitch = shutil.which("hitch")
     if hitch:
         port = free_port()
@@ -158,7 +216,8 @@ def main() -> None:
                     spent = group_cpu_seconds(terminator.process.pid) - before
                     cpu = spent * 1000 / count
                     row.cpu = cpu if row.cpu is None else min(row.cpu, cpu)
-                    speed = throughput(terminator.port, folder / "ca.pem", size, row.tls)
+                    speed = throughput(terminator.port, folder / "ca.pem", size, row.tls,
+                                       alpn=False)
                     row.speed = speed if row.speed is None else max(row.speed, speed)
                 except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
                     print(f"round {round_number + 1}: {terminator.name}: {e}", file=sys.stderr)

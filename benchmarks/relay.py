@@ -60,7 +60,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# The checkout whose txschannel (and `twist schannel`) is measured: this one,
+# unless compare.py runs this harness against another build.
+TREE = Path(os.environ.get("TXSCHANNEL_TREE") or REPO)
+sys.path.insert(0, str(TREE))
 
 from txschannel.testing import CertificateAuthority  # noqa: E402
 
@@ -127,12 +130,12 @@ class Terminator:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        environment = {**os.environ, "PYTHONPATH": str(REPO)}
+        environment = {**os.environ, "PYTHONPATH": str(TREE)}
         with open(self.log, "ab") as log:
             # A session (and process group) of its own, so that stop() reaches
             # every process it forks: twist's and hitch's workers.
             self.process = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=environment,
+                self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=TREE, env=environment,
                 start_new_session=True,
             )
         wait_for_port(self.port)
@@ -216,12 +219,13 @@ def hitch_terminator(name: str, hitch: str, folder: Path, port: int, backend_por
     )
 
 
-def throughput(port: int, ca: Path, size: int, tls: bool = True) -> float:
+def throughput(port: int, ca: Path, size: int, tls: bool = True, alpn: bool = True) -> float:
     """MB/s of one curl download of the big body through *port* (plain HTTP
-    when not *tls*)."""
+    when not *tls*; no ALPN offered when not *alpn*)."""
     url = f"https://localhost:{port}/big" if tls else f"http://127.0.0.1:{port}/big"
     result = subprocess.run(
         ["curl", "-sS", "--max-time", "120", "--cacert", str(ca), "-o", "/dev/null",
+         *([] if alpn else ["--no-alpn"]),
          "-w", "%{size_download} %{time_total}", url],
         capture_output=True, text=True, timeout=150,
     )
