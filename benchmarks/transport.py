@@ -11,6 +11,13 @@ loopback (127.0.0.1). The rows:
 * bulk MB/s, 64 KiB writes and 100-byte writes: a client of the same kind
   as the server streams data as fast as flow control allows; the server
   times first to last byte received (MB = 10**6 bytes).
+* endpoint strings MB/s, 64 KiB writes: client and server built from
+  endpoint strings (``schannel:``, Twisted's ``ssl:``/``tls:``, ``tcp:``)
+  as an application writes them; the client writes 64 KiB blocks in a loop
+  until flow control pauses it, ``--endpoint-mb`` MB in all, and its wall
+  clock from ``connect()`` to the server's answer gives MB/s. Unlike the
+  100-byte row below, these writes are larger than txschannel's coalescing
+  limit, so how the TCP transport's buffer pauses the writer shows here.
 * server CPU per handshake: ``openssl s_time`` connects again and again
   (full TLS 1.3, full TLS 1.2, resumed TLS 1.2: s_time cannot resume
   TLS 1.3) and the server process's user+system CPU time (from
@@ -47,8 +54,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# The checkout whose txschannel is measured: this one, unless compare.py
+# runs this harness against another build (it sets TXSCHANNEL_TREE, and the
+# child processes inherit it).
+TREE = Path(os.environ.get("TXSCHANNEL_TREE") or ROOT)
+if str(TREE) not in sys.path:
+    sys.path.insert(0, str(TREE))
 
 KINDS = ("schannel", "twisted", "plain")
 LABELS = {
@@ -262,13 +273,16 @@ def run_paused_server(kind: str, folder: str, total: int) -> None:
 
     class Counter(Protocol):
         received = 0
+        deliveries = 0
 
         def dataReceived(self, data: bytes) -> None:
             before = self.received
             self.received += len(data)
+            self.deliveries += 1
             if before < total <= self.received:
                 assert self.transport is not None
-                self.transport.write(b"done\n")
+                # How many pieces the data came in: the client reports it.
+                self.transport.write(b"done %d\n" % self.deliveries)
 
     port = free_port()
     endpoint = serverFromString(reactor, endpoint_strings(kind, folder, port)[0])
@@ -302,6 +316,7 @@ def run_paused_client(kind: str, folder: str, port: int, size: int, total: int) 
     class Writer(Protocol):
         sent = 0
         paused = False
+        pauses = 0
 
         def connectionMade(self) -> None:
             assert self.transport is not None
@@ -318,6 +333,7 @@ def run_paused_client(kind: str, folder: str, port: int, size: int, total: int) 
 
         def pauseProducing(self) -> None:
             self.paused = True
+            self.pauses += 1
 
         def resumeProducing(self) -> None:
             self.paused = False
@@ -331,7 +347,8 @@ def run_paused_client(kind: str, folder: str, port: int, size: int, total: int) 
 
         def dataReceived(self, data: bytes) -> None:
             report = {"seconds": clock() - started, "cpu": cpu() - cpu_started,
-                      "parse": parsed - parse_started}
+                      "parse": parsed - parse_started, "pauses": self.pauses,
+                      "deliveries": int(data.split()[-1])}
             print(json.dumps(report), flush=True)
             reactor.stop()  # type: ignore[attr-defined]
 
@@ -495,7 +512,7 @@ def child(*args: str, stdin: int | None = None) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=ROOT,
+        cwd=TREE,
     )
 
 
@@ -612,19 +629,24 @@ def bulk(kind: str, files: dict[str, str], size: int, total: int, seconds: float
     return float(report["bytes"]) / report["seconds"] / 1e6
 
 
-def until_paused(kind: str, files: dict[str, str], size: int, total: int) -> tuple[float, float,
-                                                                                  float]:
-    """(MB/s from connect to the server's answer, client CPU seconds, first parse seconds)."""
+def until_paused(kind: str, files: dict[str, str], size: int, total: int
+                 ) -> tuple[float, float, float, float, int, int]:
+    """(MB/s from connect to the server's answer, client CPU seconds, first
+    parse seconds, server CPU seconds from listening to its answer, times the
+    client was paused, dataReceived calls in the server)."""
     folder = files["folder"]
     server = child("pserve", kind, folder, str(total))
     try:
         port = int(read_line(server, "READY", 30).split()[1])
+        server_cpu = cpu_seconds(server.pid)
         client = child("pclient", kind, folder, str(port), str(size), str(total))
         try:
             out, err = client.communicate(timeout=150)
         except subprocess.TimeoutExpired:
             client.kill()
             raise RuntimeError(f"until-paused client for {kind} did not finish") from None
+        # The server has answered: all it did for this transfer is done.
+        server_cpu = cpu_seconds(server.pid) - server_cpu
     finally:
         server.kill()
         server.communicate(timeout=10)
@@ -632,7 +654,8 @@ def until_paused(kind: str, files: dict[str, str], size: int, total: int) -> tup
     if not lines or '"error"' in lines[-1]:
         raise RuntimeError(f"until-paused client for {kind} failed: {out} {err}")
     report = json.loads(lines[-1])
-    return total / report["seconds"] / 1e6, report["cpu"], report["parse"]
+    return (total / report["seconds"] / 1e6, report["cpu"], report["parse"], server_cpu,
+            report["pauses"], report["deliveries"])
 
 
 def handshakes(kinds: list[str], files: dict[str, str], mode: str, version: str,
@@ -791,6 +814,8 @@ def orchestrate(args: argparse.Namespace) -> None:
                 step("bulk 64KiB", kind, bulk, 65536, 4 << 30, bulk_seconds)
             for kind in kinds if not args.paused_only else ():
                 step("bulk 100B", kind, bulk, 100, 1 << 30, bulk_seconds)
+            for kind in kinds if not args.paused_only else ():
+                step("endpoint 64KiB", kind, until_paused, 65536, args.endpoint_mb * 10**6)
             for kind in kinds:
                 step("until paused 100B", kind, until_paused, 100, args.paused_mb * 10**6)
             if args.paused_only:
@@ -823,7 +848,7 @@ def orchestrate(args: argparse.Namespace) -> None:
             # Throughput: higher is better; CPU (microseconds, count,
             # resumed) and memory: lower is better.
             ordered = sorted(values, key=lambda v: v[0] if isinstance(v, tuple) else v)
-            if name.startswith(("bulk", "until paused")) or name == "aes":
+            if name.startswith(("bulk", "until paused", "endpoint")) or name == "aes":
                 ordered.reverse()
             best[kind][name] = ordered[0]
             median[kind][name] = ordered[(len(ordered) - 1) // 2]
@@ -831,7 +856,8 @@ def orchestrate(args: argparse.Namespace) -> None:
         print_table(median, kinds, idle_count, args.key_type, f"median of {rounds} rounds")
     print_table(best, kinds, idle_count, args.key_type, f"best of {rounds} round(s)")
     nice = f" --nice {args.nice}" if args.nice else ""
-    paused = f" --paused-mb {args.paused_mb}" + (" --paused-only" if args.paused_only else "")
+    paused = (f" --paused-mb {args.paused_mb} --endpoint-mb {args.endpoint_mb}"
+              + (" --paused-only" if args.paused_only else ""))
     print(f"the command: python benchmarks/transport.py "
           f"--rounds {rounds} --key-type {args.key_type}{nice}{' --quick' if quick else ''}"
           f"{paused}")
@@ -873,6 +899,8 @@ def print_table(results: dict[str, dict[str, Any]], kinds: list[str], idle_count
     rows: list[tuple[str, dict[str, float | None], str]] = [
         ("bulk MB/s, 64 KiB writes", {k: cell(k, "bulk 64KiB") for k in columns}, "up"),
         ("bulk MB/s, 100 B writes", {k: cell(k, "bulk 100B") for k in columns}, "up"),
+        ("endpoint strings MB/s, 64 KiB (client clock)",
+         {k: part(k, "endpoint 64KiB", 0) for k in columns}, "up"),
         ("until paused MB/s, 100 B (client clock)",
          {k: part(k, "until paused 100B", 0) for k in columns}, "up"),
         ("  client CPU ms for the transfer",
@@ -963,6 +991,9 @@ def main() -> None:
     parser.add_argument("--paused-mb", type=int, default=300,
                         help="MB the until-paused client writes (default 300; 30 takes about "
                              "0.2 s, where the first connection's costs and noise dominate)")
+    parser.add_argument("--endpoint-mb", type=int, default=1000,
+                        help="MB the endpoint-strings client writes in 64 KiB blocks "
+                             "(default 1000, about a second)")
     parser.add_argument("--paused-only", action="store_true",
                         help="measure only the until-paused row")
     orchestrate(parser.parse_args())
