@@ -767,6 +767,18 @@ class ResponderAddressTests(TestCase):
         self.assertEqual(staple(port, pki.ca_file), "none")
         self.assertEqual(self.responder.connections, 0)
 
+    def test_the_unspecified_address_is_refused_in_good_english(self) -> None:
+        # 0.0.0.0 reaches the machine itself; the line once said "a unspecified".
+        pki = PKI(self.folder, self.responder.port,
+                  url=f"http://0.0.0.0:{self.responder.port}/")
+        self.responder.body = pki.response()
+        port = free_port()
+        twist = Twist(self, "--listen", f"schannel:tcp:{port}:interface=127.0.0.1:"
+                      f"certificate={pki.server_file}:ocsp=auto")
+        line = twist.wait_for(r"OCSP \(start\): fetch.*").group(0)
+        self.assertIn("0.0.0.0, an unspecified address (ocspAllowPrivate=yes", line)
+        self.assertEqual(self.responder.connections, 0)
+
     @inlineCallbacks
     def test_a_name_that_resolves_to_loopback_is_refused_and_never_reached(self) -> Any:
         pki = PKI(self.folder, self.responder.port,

@@ -206,6 +206,12 @@ def refused_address(address: str) -> str | None:
     return None
 
 
+def _article(word: str) -> str:
+    """The indefinite article before *word* (a kind of address from refused_address)."""
+    # Each kind is a plain English word: the first letter decides.
+    return "an" if word.startswith(("a", "e", "i", "o", "u")) else "a"
+
+
 def _key_hash(certificate: x509.Certificate) -> bytes:
     # SHA-1 of the subjectPublicKey BIT STRING: what a responder ID "by key"
     # holds, and what RFC 5280's key identifier (method 1) hashes too.
@@ -768,7 +774,7 @@ class Stapler:
                         said = address if literal else f"{host} resolves to {address}"
                         raise OCSPError(
                             f"refused the responder of the certificate in "
-                            f"{self.certificate_file!r}: {said}, a {kind} address "
+                            f"{self.certificate_file!r}: {said}, {_article(kind)} {kind} address "
                             "(ocspAllowPrivate=yes allows private responders)"
                         )
             return self._post(url, hosts, port)
