@@ -12,6 +12,7 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
 
 from tests.peers import free_port
-from tests.test_edges import Edge
+from tests.test_edges import ECHO, Edge
 from tests.test_proxyheader import RECORD_BYTES, wait_for_record
 from tests.test_tap import Twist
 from txschannel.haproxy import (
@@ -267,6 +268,63 @@ class PlainHAProxyListenerTests(Edge):
         self.assertNotIn("\nFAKE", twist.output)
         self.assertNotIn("Traceback", twist.output)
         self.assertFalse(record.exists())
+
+
+class PlainHAProxyLimitTests(Edge):
+    """``--max-connections`` counts a plain ``haproxy:`` connection from its
+    accept, not from the end of its header."""
+
+    def test_silent_connections_wait_in_the_kernel_queue_past_the_limit(self) -> None:
+        backend = self.backend(ECHO)
+        port = free_port()
+        # 64 descriptors: 80 silent connections, all accepted, would take them all.
+        twist = Twist(
+            self, "--listen", f"haproxy:tcp:{port}:interface=127.0.0.1",
+            "--connect", f"tcp:127.0.0.1:{backend}", "--max-connections", "3",
+            python_wrapper=self.limited({"RLIMIT_NOFILE": 64}),
+        )
+        twist.wait_for("listening on")
+        silent: list[socket.socket] = []
+        for number in range(80):
+            raw = socket.socket()
+            self.addCleanup(raw.close)
+            raw.setblocking(False)
+            raw.connect_ex(("127.0.0.1", port))
+            silent.append(raw)
+            if number % 40 == 39:
+                time.sleep(0.1)  # smaller batches than the listen backlog (50)
+        # Before, header-less connections were counted only once their header
+        # was read: all 80 were accepted and the limit never reached.
+        twist.wait_for(r"at --max-connections 3: stopped accepting until a connection closes")
+
+        answers: list[bytes | BaseException] = []
+
+        def balancer() -> None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=60) as raw:
+                    raw.sendall(b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 443\r\nhello")
+                    data = b""
+                    while len(data) < 5 and (chunk := raw.recv(5 - len(data))):
+                        data += chunk
+                    answers.append(data)
+            except OSError as e:  # reported by the assertion below
+                answers.append(e)
+
+        waiting = threading.Thread(target=balancer, daemon=True)
+        waiting.start()
+        waiting.join(1.0)
+        # Three silent connections hold the slots: the balancer's waits in the
+        # kernel's queue, holding no descriptor of the process.
+        self.assertTrue(waiting.is_alive(), f"served past the limit: {answers}")
+        for raw in silent:
+            raw.close()
+        waiting.join(60)
+        self.assertEqual(answers, [b"hello"], twist.output)
+        twist.wait_for(r"connection closed peer=192\.0\.2\.7:51234 ")
+        self.assertNotIn("EMFILE", twist.output)
+        self.assertNotIn("out of file descriptors", twist.output)
+        # The PROXY layer's factory says nothing of its own.
+        self.assertNotIn("Starting factory", twist.output)
 
 
 class _Lost(Protocol):

@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.peers import free_port
 from tests.test_edges import ECHO, RECORDER, Edge, read_to_end
 from tests.test_tap import Twist, assert_one_line, run_twist
+from txschannel.terminator.limits import ConnectionLimit
 
 
 class MaxConnectionsTests(Edge):
@@ -188,6 +189,26 @@ class ConnectTimeoutTests(Edge):
         )
         twist.wait_for(r"cannot reach tcp:127\.0\.0\.1:\d+: no connection within "
                        r"--connect-timeout 1 s")
+
+
+class HandOverTests(SynchronousTestCase):
+    """A slot counted at accept (PROXY header reader) passes to the gate."""
+
+    def test_the_gate_takes_the_slot_and_an_unclaimed_one_is_given_back(self) -> None:
+        limit = ConnectionLimit(2, announce=False)
+        self.assertTrue(limit.opened())
+        # The protocol started counts the connection: no second slot.
+        limit.hand_over(limit.opened)
+        self.assertEqual(limit.open, 1)
+        self.assertTrue(limit.opened())
+        self.assertTrue(limit.paused)
+        # A protocol that counts nothing: the slot is freed, accepting resumes.
+        limit.hand_over(lambda: None)
+        self.assertEqual((limit.open, limit.paused), (1, False))
+        # And no slot is left to be taken for free later.
+        self.assertTrue(limit.opened())
+        self.assertFalse(limit.opened())
+        self.assertEqual(limit.open, 2)
 
 
 class BadLimitTests(SynchronousTestCase):

@@ -34,7 +34,9 @@ differs where a header is hostile or broken:
   client is, before the header has arrived). A TLS layer is the exception:
   it is started at once, since nothing reaches the application before its
   handshake, and its handshake timeout then covers the header; behind
-  anything else the header must arrive within :data:`HEADER_TIMEOUT`;
+  anything else the header must arrive within :data:`HEADER_TIMEOUT`,
+  and a connection waiting for its header can be counted toward a limit
+  on open connections from its accept (:attr:`ProxyHeaderFactory.connections`);
 - a refused connection is aborted. A protocol already started (TLS) is
   told why: its ``connectionLost`` reason is a :class:`ProxyHeaderRefused`
   whose text quotes the peer's bytes escaped (``twist schannel`` writes it
@@ -53,6 +55,7 @@ import re
 import struct
 from collections.abc import Callable
 from typing import Any, cast
+from typing import Protocol as _Interface
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
@@ -106,6 +109,21 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
 # Twisted's parser carries no annotations; this gives it types.
 _twisted_server_from_string: Callable[[Any, str], IStreamServerEndpoint] = serverFromString
+
+class _Slots(_Interface):
+    """A count of open connections, as ``twist schannel --max-connections`` keeps.
+
+    ``opened`` counts one (False: over the limit, abort it), ``closed``
+    gives one back, and ``hand_over(start)`` passes a counted connection's
+    slot on to whatever *start* starts and counts.
+    """
+
+    def opened(self) -> bool: ...
+
+    def closed(self) -> None: ...
+
+    def hand_over(self, start: Callable[[], object]) -> None: ...
+
 
 _PORT = re.compile(rb"[0-9]{1,5}")
 # Version 2: the family and transport byte, and the length of its addresses.
@@ -334,19 +352,48 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
         #: The wrapped protocol has been given the connection.
         self._started = False
         self._timer: IDelayedCall | None = None
+        #: The factory's ``connections`` counts this connection for us (until
+        #: the slot is handed over to the protocol started behind the header).
+        self._holding: _Slots | None = None
 
     def makeConnection(self, transport: ITransport) -> None:
         directlyProvides(self, providedBy(transport))
         cast(Any, Protocol).makeConnection(self, transport)
         cast(Any, self.factory).registerProtocol(self)
         if isinstance(self.factory.wrappedFactory, SchannelFactory):
+            # The TLS layer counts the connection itself (twist's gate is
+            # started with it).
             self._start()
-        elif self.factory.timeout is not None:
+            return
+        slots = self.factory.connections
+        if slots is not None:
+            if not slots.opened():
+                # Over the limit: only from a port whose accepts could not
+                # be capped. Nothing read, nothing logged (the limit counts it).
+                self._refusal = ProxyHeaderRefused("over the connection limit")
+                self._reader = None
+                self._abort()
+                return
+            self._holding = slots
+        if self.factory.timeout is not None:
             self._timer = self.factory.clock.callLater(self.factory.timeout, self._timed_out)
 
     def _start(self) -> None:
         self._started = True
         self.wrappedProtocol.makeConnection(cast(ITransport, self))
+
+    def _start_counted(self) -> None:
+        """Start the protocol behind the header, handing it this connection's slot."""
+        slots, self._holding = self._holding, None
+        if slots is None:
+            self._start()
+        else:
+            slots.hand_over(self._start)
+
+    def _release(self) -> None:
+        slots, self._holding = self._holding, None
+        if slots is not None:
+            slots.closed()
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -381,7 +428,7 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
         self._give_back()
         self._addresses, rest = result
         if not self._started:
-            self._start()
+            self._start_counted()
         if rest and self.wrappedProtocol is not None:
             self.wrappedProtocol.dataReceived(rest)
 
@@ -419,6 +466,9 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
                 why=str(refusal),
                 status="PROXY_HEADER_REFUSED",
             )
+        self._abort()
+
+    def _abort(self) -> None:
         abort = getattr(self.transport, "abortConnection", None)
         if callable(abort):
             abort()
@@ -429,6 +479,7 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
         self._reader = None
         self._cancel_timer()
         self._give_back()
+        self._release()
         if not self._started:
             cast(Any, self.factory).unregisterProtocol(self)
             return
@@ -468,9 +519,22 @@ class ProxyHeaderFactory(WrappingFactory):
         started before it (all but TLS, whose handshake timeout covers it);
         None for no limit.
     :param clock: for that timeout (the reactor by default).
+    :ivar connections: counts the connections toward a limit from their
+        accept, or None (``twist schannel`` sets its ``--max-connections``
+        count here). Behind anything but TLS, the protocol behind the
+        header is started only once the header is read; counted from then
+        on only, clients that never send a header would each hold a file
+        descriptor uncounted until :data:`HEADER_TIMEOUT`. The count must
+        offer ``opened()`` (False: over the limit, the connection is
+        aborted unread), ``closed()`` and ``hand_over(start)``, which
+        passes the slot on to the protocol started behind the header (it
+        counts connections with the same ``opened()``). TLS listeners
+        count at accept already: they start the protocol behind at once.
     """
 
     protocol = _ProxyHeaderProtocol
+    # One "Starting factory" line per listener would say nothing useful.
+    noisy = False
 
     def __init__(
         self,
@@ -483,6 +547,7 @@ class ProxyHeaderFactory(WrappingFactory):
         self.limit = limit
         self.timeout = timeout
         self._clock = clock
+        self.connections: _Slots | None = None
 
     @property
     def clock(self) -> IReactorTime:

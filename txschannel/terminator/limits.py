@@ -16,6 +16,14 @@ file descriptor (whose accepting cannot be paused or capped) can still
 hand over a client over the limit: that one is aborted (a reset, nothing
 read) and counted, so the limit is never exceeded.
 
+A plain ``haproxy:`` listener starts the connection's gate (which counts
+it) only once the PROXY header is read. Its connections are counted from
+accept all the same: :meth:`ConnectionLimit.add_port` gives the limit to
+the port's :class:`~txschannel.haproxy.ProxyHeaderFactory`, which counts a
+connection as it is accepted and hands its slot over to the gate (see
+:meth:`ConnectionLimit.hand_over`). Otherwise clients that never send a
+header would each hold a descriptor, uncounted, for the header timeout.
+
 :class:`BoundedFactory` applies a limit of its own, and an idle timeout,
 to a listener whose clients must never crowd out the others: ``--status``.
 """
@@ -36,6 +44,8 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+
+from txschannel.haproxy import ProxyHeaderFactory
 
 __all__ = ["STATUS_IDLE_TIMEOUT", "STATUS_MAX_CONNECTIONS", "BoundedFactory", "ConnectionLimit"]
 
@@ -71,6 +81,8 @@ class ConnectionLimit:
         self.refused = 0
         self.paused = False
         self._ports: list[IListeningPort] = []
+        #: Slots being handed over (hand_over): the next opened() takes one.
+        self._handing_over = 0
 
     @property
     def free(self) -> int | None:
@@ -85,6 +97,11 @@ class ConnectionLimit:
         self._ports.append(port)
         if self.maximum is not None:
             _cap_accepts(port, self)
+        factory = getattr(port, "factory", None)
+        if isinstance(factory, ProxyHeaderFactory):
+            # Count its connections from accept, not from the end of their
+            # PROXY header (see the module's docstring).
+            factory.connections = self
         if self.paused:
             _pause(port)
 
@@ -96,8 +113,12 @@ class ConnectionLimit:
         """A connection was accepted: count it, or return False when it is over the limit.
 
         The caller aborts a connection that is over the limit and does not
-        call :meth:`closed` for it.
+        call :meth:`closed` for it. Inside :meth:`hand_over`, the slot
+        handed over is taken instead: the connection was counted already.
         """
+        if self._handing_over:
+            self._handing_over -= 1
+            return True
         if self.maximum is not None and self.open >= self.maximum:
             self.refused += 1
             return False
@@ -112,6 +133,26 @@ class ConnectionLimit:
                     maximum=self.maximum,
                 )
         return True
+
+    def hand_over(self, start: Callable[[], object]) -> None:
+        """Pass a counted connection's slot on to the protocol that *start* starts.
+
+        For a layer that counts a connection (:meth:`opened`) before the
+        protocol that counts connections is started (a PROXY header
+        reader before the gate): that protocol's :meth:`opened`, called
+        from *start*, takes this slot rather than a second one, and it
+        calls :meth:`closed` in the end. If *start* counts nothing, the
+        slot is given back once it returns. The caller no longer calls
+        :meth:`closed` for the connection, whatever *start* raises.
+        """
+        self._handing_over += 1
+        try:
+            start()
+        finally:
+            if self._handing_over:
+                # Not taken: nobody holds the slot any more.
+                self._handing_over -= 1
+                self.closed()
 
     def closed(self) -> None:
         """A counted connection closed: resume accepting when below the limit."""
