@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import signal
 import socket
+import threading
 import time
 
 from twisted.trial.unittest import FailTest, SynchronousTestCase
@@ -126,6 +127,51 @@ class HealthzTests(Edge):
         checkers[0].setblocking(True)
         checkers[0].settimeout(30)
         self.assertIn(b"200 OK", checkers[0].recv(4096))
+
+
+class SlowSenderTests(Edge):
+    """Slow senders holding every slot of the status listener free them in time."""
+
+    def test_a_health_check_is_answered_while_slow_senders_hold_every_slot(self) -> None:
+        backend = self.backend(ECHO)
+        status = free_port()
+        twist, _ = self.twist(backend, "--status", f"tcp:{status}")
+        twist.wait_for("serving /metrics and /status on")
+        senders: list[socket.socket] = []
+        for _ in range(64):  # the status listener's every slot
+            sender = socket.create_connection(("127.0.0.1", status), timeout=10)
+            self.addCleanup(sender.close)
+            sender.sendall(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+            senders.append(sender)
+        stop = threading.Event()
+
+        def trickle() -> None:
+            # One header byte each every 2 s: well inside the 10 s idle
+            # bound, so only a deadline for the whole request frees a slot.
+            # At most 25 s, longer than the check below waits.
+            deadline = time.monotonic() + 25
+            while not stop.wait(2.0) and time.monotonic() < deadline:
+                for sender in senders:
+                    try:
+                        sender.sendall(b"a")
+                    except OSError:
+                        pass
+
+        trickling = threading.Thread(target=trickle, daemon=True)
+        trickling.start()
+        self.addCleanup(trickling.join, 30)
+        self.addCleanup(stop.set)
+        # Before, the senders held their slots as long as they trickled: the
+        # check waited in the kernel's queue and was never answered.
+        with socket.create_connection(("127.0.0.1", status), timeout=20) as check:
+            check.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            answer = b""
+            while chunk := check.recv(4096):
+                answer += chunk
+        stop.set()
+        self.assertTrue(answer.startswith(b"HTTP/1.0 200 OK"), answer)
+        self.assertTrue(answer.endswith(b"\r\n\r\nok\n"), answer)
+        self.assertNotIn("Traceback", twist.output)
 
 
 class DrainDelayCommandLineTests(SynchronousTestCase):

@@ -245,8 +245,8 @@ class StatusListenerTests(Edge):
                 client.sendall(bytes([number]))
                 self.assertEqual(client.recv(1), bytes([number]), twist.output)
         self.assertNotIn("out of file descriptors", twist.output)
-        # The first idle client was accepted at once: it is aborted after
-        # the status listener's idle timeout (10 s).
+        # The first idle client was accepted at once: it is aborted when it
+        # has sent no request within the status listener's 5 s.
         idle[0].setblocking(True)
         idle[0].settimeout(30)
         try:

@@ -25,7 +25,8 @@ connection as it is accepted and hands its slot over to the gate (see
 header would each hold a descriptor, uncounted, for the header timeout.
 
 :class:`BoundedFactory` applies a limit of its own, and an idle timeout,
-to a listener whose clients must never crowd out the others: ``--status``.
+and a deadline for each request, to a listener whose clients must never
+crowd out the others: ``--status``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ from twisted.python.failure import Failure
 
 from txschannel.haproxy import ProxyHeaderFactory
 
-__all__ = ["STATUS_IDLE_TIMEOUT", "STATUS_MAX_CONNECTIONS", "BoundedFactory", "ConnectionLimit"]
+__all__ = [
+    "STATUS_IDLE_TIMEOUT",
+    "STATUS_MAX_CONNECTIONS",
+    "STATUS_REQUEST_TIMEOUT",
+    "BoundedFactory",
+    "ConnectionLimit",
+]
 
 _log = Logger(namespace="txschannel")
 
@@ -58,6 +65,13 @@ STATUS_MAX_CONNECTIONS = 64
 #: aborted: a scrape takes milliseconds; keep-alives between scrapes (every
 #: 15 s or more) are not worth a descriptor.
 STATUS_IDLE_TIMEOUT = 10.0
+#: Seconds a ``--status`` connection has to send a whole request, from its
+#: accept and again from each answer, before it is aborted. A scraper's
+#: request takes milliseconds; without this bound 64 clients each sending
+#: a header byte every few seconds (inside the idle timeout) would hold
+#: every slot for as long as they liked, and health checks would wait in
+#: the kernel's queue forever.
+STATUS_REQUEST_TIMEOUT = 5.0
 
 
 class ConnectionLimit:
@@ -228,7 +242,8 @@ _WrappingFactory: Any = WrappingFactory
 
 
 class _BoundedProtocol(ProtocolWrapper):
-    """One connection of a :class:`BoundedFactory`: counted, and aborted when idle.
+    """One connection of a :class:`BoundedFactory`: counted, and aborted when
+    idle or when a request takes too long.
 
     :ivar counted: whether the connection holds one of the limit's slots
         (it does not when it was over the limit and aborted at once).
@@ -241,6 +256,9 @@ class _BoundedProtocol(ProtocolWrapper):
         self.counted = False
         self._idle: IDelayedCall | None = None
         self._last_activity = 0.0
+        self._deadline: IDelayedCall | None = None
+        #: When the connection was accepted or last written to (answered).
+        self._answered_at = 0.0
 
     def makeConnection(self, transport: ITransport) -> None:
         """Count the connection and start its idle clock, or abort it when over the limit."""
@@ -253,6 +271,9 @@ class _BoundedProtocol(ProtocolWrapper):
         clock = self.factory.clock
         self._last_activity = clock.seconds()
         self._idle = clock.callLater(self.factory.idle_timeout, self._idle_check)
+        self._answered_at = self._last_activity
+        if self.factory.request_timeout is not None:
+            self._deadline = clock.callLater(self.factory.request_timeout, self._deadline_check)
         _Wrapper.makeConnection(self, transport)
 
     def _idle_check(self) -> None:
@@ -268,26 +289,40 @@ class _BoundedProtocol(ProtocolWrapper):
         # closing connection (and its descriptor) as long as it liked.
         cast(Any, self.transport).abortConnection()
 
+    def _deadline_check(self) -> None:
+        # Bytes received do not move this clock, only answers do: a client
+        # trickling a request one byte at a time keeps the idle timer
+        # happy, never this one.
+        self._deadline = None
+        timeout = self.factory.request_timeout
+        assert timeout is not None
+        waited = self.factory.clock.seconds() - self._answered_at
+        if waited < timeout:
+            self._deadline = self.factory.clock.callLater(timeout - waited, self._deadline_check)
+            return
+        cast(Any, self.transport).abortConnection()
+
     def dataReceived(self, data: bytes) -> None:
         """Note the activity and pass *data* on."""
         self._last_activity = self.factory.clock.seconds()
         _Wrapper.dataReceived(self, data)
 
     def write(self, data: bytes) -> None:
-        """Note the activity and send *data*."""
-        self._last_activity = self.factory.clock.seconds()
+        """Note the activity (an answer) and send *data*."""
+        self._last_activity = self._answered_at = self.factory.clock.seconds()
         _Wrapper.write(self, data)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
-        """Note the activity and send every item of *data*."""
-        self._last_activity = self.factory.clock.seconds()
+        """Note the activity (an answer) and send every item of *data*."""
+        self._last_activity = self._answered_at = self.factory.clock.seconds()
         _Wrapper.writeSequence(self, data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Give the slot back (resuming the port if it was paused) and tell the wrapped protocol."""
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        for timer in (self._idle, self._deadline):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._idle = self._deadline = None
         if not self.counted:
             return  # aborted over the limit: the wrapped protocol never started
         self.counted = False
@@ -303,13 +338,18 @@ class BoundedFactory(WrappingFactory):
     further clients wait in the kernel's accept queue, holding none of this
     process's file descriptors, and are accepted as connections close. A
     connection with no byte either way for *idle_timeout* seconds is
-    aborted. Neither is logged: anyone able to connect could make them
-    happen as often as they liked.
+    aborted, and so is one that is not written to (answered) within
+    *request_timeout* seconds of its accept or of the last write: a client
+    that sends its request slowly, or sends none, holds its slot no longer
+    than that. None of this is logged: anyone able to connect could make
+    it happen as often as they liked.
 
     :param wrapped: the factory serving the connections.
     :param maximum: the most connections open at once (at least 1).
     :param idle_timeout: seconds without a byte in or out before an abort.
     :param clock: for the idle timers.
+    :param request_timeout: seconds from the accept, or from the last
+        write, to the next write before an abort; None for no such bound.
     :ivar limit: the count of open connections, which pauses the port.
     """
 
@@ -317,9 +357,15 @@ class BoundedFactory(WrappingFactory):
     noisy = False
 
     def __init__(
-        self, wrapped: IProtocolFactory, maximum: int, idle_timeout: float, clock: IReactorTime
+        self,
+        wrapped: IProtocolFactory,
+        maximum: int,
+        idle_timeout: float,
+        clock: IReactorTime,
+        request_timeout: float | None = None,
     ) -> None:
         _WrappingFactory.__init__(self, wrapped)
         self.limit = ConnectionLimit(maximum, announce=False)
         self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
         self.clock = clock

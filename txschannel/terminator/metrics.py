@@ -31,10 +31,13 @@ the passphrase's, CAs', ...): the page is plain HTTP, readable by anyone
 who can reach it.
 
 The site is wrapped in a :class:`~txschannel.terminator.limits.BoundedFactory`
-(see ``STATUS_MAX_CONNECTIONS`` and ``STATUS_IDLE_TIMEOUT`` there): at most
-64 scrapes at once (more wait in the kernel's accept queue) and each
-connection aborted after 10 seconds without a byte, so that clients of the
-status port can never use up the file descriptors that the relay needs.
+(see ``STATUS_MAX_CONNECTIONS``, ``STATUS_REQUEST_TIMEOUT`` and
+``STATUS_IDLE_TIMEOUT`` there): at most 64 scrapes at once (more wait in
+the kernel's accept queue) and each connection aborted when it has not
+sent a whole request within 5 seconds of its accept or of its previous
+answer, so that clients of the status port can never use up the file
+descriptors that the relay needs, and slow senders holding every slot
+cannot keep a health check waiting for more than a few seconds.
 
 With ``--workers``, each worker writes its figures to files in a folder
 that its supervisor made (``prometheus_client``'s multiprocess mode), and
@@ -63,6 +66,7 @@ from txschannel.terminator.health import Health, HealthResource
 from txschannel.terminator.limits import (
     STATUS_IDLE_TIMEOUT,
     STATUS_MAX_CONNECTIONS,
+    STATUS_REQUEST_TIMEOUT,
     BoundedFactory,
 )
 
@@ -284,8 +288,9 @@ def status_site(metrics: Metrics, service: Any, clock: IReactorTime) -> BoundedF
     (when *service* has a ``health``, see :mod:`txschannel.terminator.health`);
     404 elsewhere.
 
-    It is bounded (``STATUS_MAX_CONNECTIONS`` and ``STATUS_IDLE_TIMEOUT`` of
-    :mod:`txschannel.terminator.limits`, timed by *clock*): give the
+    It is bounded (``STATUS_MAX_CONNECTIONS``, ``STATUS_IDLE_TIMEOUT`` and
+    ``STATUS_REQUEST_TIMEOUT`` of :mod:`txschannel.terminator.limits`, timed
+    by *clock*): give the
     listening port to the result's ``limit`` (``limit.add_port``) so that
     the clients beyond the limit wait.
     """
@@ -299,4 +304,6 @@ def status_site(metrics: Metrics, service: Any, clock: IReactorTime) -> BoundedF
     # One line per scrape would drown the connection log.
     site.log = lambda request: None  # type: ignore[method-assign]
     site.noisy = False
-    return BoundedFactory(site, STATUS_MAX_CONNECTIONS, STATUS_IDLE_TIMEOUT, clock)
+    return BoundedFactory(
+        site, STATUS_MAX_CONNECTIONS, STATUS_IDLE_TIMEOUT, clock, STATUS_REQUEST_TIMEOUT
+    )
