@@ -426,10 +426,9 @@ class WorkersTests(TestCase):
         self.assertNotIn("Traceback", twist.output)
         self.assertNotIn("ReactorNotRunning", twist.output)
 
-    def test_second_sigterm_during_a_drain_without_workers(self) -> None:
-        """One process: SIGTERM starts the drain, another during it is one log line,
-        and the connection still finishes. (Not SIGINT: a test run in the
-        background inherits it ignored, and Twisted then leaves it so.)"""
+    def signal_during_a_drain(self, second: signal.Signals, line: str) -> None:
+        """One process drains one connection after SIGTERM; *second* sent then is
+        one log line (*line*), and the connection still finishes."""
         setup = Setup(self)
         backend, _ = start_echo_server(self)
         twist = Twist(self, "--listen", setup.listen(), "--connect", f"tcp:127.0.0.1:{backend}",
@@ -438,36 +437,26 @@ class WorkersTests(TestCase):
         with relayed(setup) as tls:
             twist.send_signal(signal.SIGTERM)
             twist.wait_for(r"waiting up to 60 s for 1 open connection")
-            twist.send_signal(signal.SIGTERM)
-            twist.wait_for(r"SIGTERM again: already stopping")
+            twist.send_signal(second)
+            twist.wait_for(line)
             tls.sendall(b"still here")
             self.assertEqual(tls.recv(100), b"still here")
             tls.unwrap()
-        twist.process.wait(timeout=30)
-        self.assertIn("Main loop terminated", twist.output)
-        self.assertNotIn("Traceback", twist.output)
-
-    def test_sighup_during_a_drain_neither_kills_nor_cuts(self) -> None:
-        """A reload signal (logrotate, systemctl reload) while one process drains
-        is one log line; the process does not die of it (SIGHUP's default) and
-        the connection it drains still finishes."""
-        setup = Setup(self)
-        backend, _ = start_echo_server(self)
-        twist = Twist(self, "--listen", setup.listen(), "--connect", f"tcp:127.0.0.1:{backend}",
-                      "--drain-timeout", "60")
-        twist.wait_for("listening on schannel:")
-        with relayed(setup) as tls:
-            twist.send_signal(signal.SIGTERM)
-            twist.wait_for(r"waiting up to 60 s for 1 open connection")
-            twist.send_signal(signal.SIGHUP)
-            twist.wait_for(r"SIGHUP while stopping: ignored")
-            tls.sendall(b"still here")
-            self.assertEqual(tls.recv(100), b"still here")
-            tls.unwrap()
-        # twist ends by the SIGTERM it was sent (-15), not by the SIGHUP (-1).
+        # twist ends by the SIGTERM it was sent (-15), not by a second signal.
         self.assertEqual(twist.process.wait(timeout=30), -signal.SIGTERM, twist.output)
         self.assertIn("Main loop terminated", twist.output)
         self.assertNotIn("Traceback", twist.output)
+
+    def test_second_sigterm_during_a_drain_without_workers(self) -> None:
+        """A second SIGTERM is one line, not ReactorNotRunning. (Not SIGINT: a
+        test run in the background inherits it ignored, and Twisted then leaves
+        it so.)"""
+        self.signal_during_a_drain(signal.SIGTERM, r"SIGTERM again: already stopping")
+
+    def test_sighup_during_a_drain_neither_kills_nor_cuts(self) -> None:
+        """A reload signal (logrotate, systemctl reload) while draining is one
+        line; the process does not die of it (SIGHUP's default)."""
+        self.signal_during_a_drain(signal.SIGHUP, r"SIGHUP while stopping: ignored")
 
     def test_drain_timeout_aborts_what_is_left(self) -> None:
         """A connection still open when --drain-timeout runs out is aborted, not closed,
