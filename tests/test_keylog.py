@@ -9,6 +9,7 @@ client random, which is what lets Wireshark decrypt a capture with either.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import ssl
 import stat
@@ -110,6 +111,7 @@ class TwistSchannelKeyLogTests(SynchronousTestCase):
         folder = Folder(self)
         ours, theirs = folder.path / "server.keys", folder.path / "client.keys"
         ours.write_text("# kept\n")
+        ours.chmod(0o600)  # a file others may read is refused
         port = free_port()
         twist = Twist(
             self, "--listen",
@@ -249,6 +251,39 @@ class LibraryKeyLogTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as caught:
             Credentials.client(key_log_file=missing)
         self.assertIn(str(missing), str(caught.exception))
+
+    def test_a_file_others_could_read_gets_no_secrets(self) -> None:
+        # Made beforehand in a shared folder by someone waiting for secrets.
+        planted = self.folder / "planted.keys"
+        planted.write_text("")
+        os.chmod(planted, 0o644)
+        with self.assertRaises(ValueError) as caught:
+            Credentials.client(key_log_file=planted)
+        self.assertIn(str(planted), str(caught.exception))
+        self.assertIn("open to other users (mode 0644)", str(caught.exception))
+        os.chown(planted, 65534, 65534)
+        os.chmod(planted, 0o600)
+        with self.assertRaises(ValueError) as caught:
+            Credentials.client(key_log_file=planted)
+        self.assertIn("belongs to another user (uid 65534)", str(caught.exception))
+        self.assertEqual(planted.read_bytes(), b"")
+
+    def test_a_named_pipe_is_refused_not_waited_on(self) -> None:
+        pipe = self.folder / "pipe.keys"
+        os.mkfifo(pipe, 0o600)
+
+        def hung(number: int, frame: object) -> None:
+            raise AssertionError("opening the key log waited for a reader of the pipe")
+
+        previous = signal.signal(signal.SIGALRM, hung)
+        signal.alarm(10)
+        try:
+            with self.assertRaises(ValueError) as caught:
+                Credentials.client(key_log_file=pipe)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+        self.assertIn(str(pipe), str(caught.exception))
 
     def test_closed_key_log_gets_no_more_lines(self) -> None:
         # After close_key_logs() the old descriptor number may be reused by

@@ -12,7 +12,8 @@ txschannel does the same for the credentials it builds
 variable.
 
 Anyone who can read the file can decrypt every connection it covers, so:
-the file is created with mode 0600 (an existing file keeps its mode) and
+the file is created with mode 0600 (an existing file keeps its mode, and is
+refused if it is not a regular file of this user, or others may read it) and
 only ever appended to; and the first time a process opens a key log it logs
 one warning line naming it. A file is opened once per process and shared
 by every credentials that name it (reloaded certificates, SNI hosts,
@@ -23,6 +24,7 @@ interleave within a line and the warning is not repeated.
 from __future__ import annotations
 
 import os
+import stat
 from typing import Literal, Union
 
 from OpenSSL import SSL
@@ -83,13 +85,21 @@ def open_key_log(path: str, source: str) -> int:
         # (another process, curl with the same variable) writes there too.
         # O_NOFOLLOW is not used: pointing the variable at a link is the
         # user's own choice, as with curl.
+        # O_NONBLOCK: a named pipe with no reader is an error (ENXIO), not a
+        # start that waits for one; it changes nothing for a regular file.
         descriptor = os.open(
-            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            path,
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
+            0o600,
         )
     except OSError as e:
         raise ValueError(
             f"{source}: cannot open key log file {path!r}: {e.strerror or e}"
         ) from None
+    problem = _exposure(os.fstat(descriptor))
+    if problem is not None:
+        os.close(descriptor)
+        raise ValueError(f"{source}: key log file {path!r} {problem}")
     _open[path] = descriptor
     _log.warn(
         "WARNING: writing TLS secrets to {path} ({source}): anyone who can read it can "
@@ -98,6 +108,28 @@ def open_key_log(path: str, source: str) -> int:
         source=source,
     )
     return descriptor
+
+
+def _exposure(status: os.stat_result) -> str | None:
+    """Why secrets must not go to a file with *status*, or None.
+
+    The file may have been made by someone else, in a shared folder such as
+    /tmp, before the variable named it: whoever owns it, or anyone when
+    others may read it, would get every secret written there.
+    """
+    if not stat.S_ISREG(status.st_mode):
+        return "is not a regular file"
+    if status.st_uid != os.geteuid():
+        return (
+            f"belongs to another user (uid {status.st_uid}), who could read the "
+            "secrets: name a file of your own"
+        )
+    if status.st_mode & 0o007:
+        return (
+            f"is open to other users (mode {stat.S_IMODE(status.st_mode):04o}): "
+            "chmod o-rwx it, or name another file"
+        )
+    return None
 
 
 def close_key_logs() -> None:
