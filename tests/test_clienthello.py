@@ -1,4 +1,4 @@
-"""The ClientHello parser and JA4 (txschannel.clienthello), and the server
+"""The ClientHello parser and JA4 (txschannel.terminator.clienthello), and the server
 context that keeps the hello for them.
 
 The parser reads bytes a stranger wrote, so besides hand-built hellos it
@@ -19,7 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.hellos import client_hello, records
 from txschannel import ServerContext, Status
-from txschannel.clienthello import (
+from txschannel.records import MAX_CLIENT_HELLO, frame
+from txschannel.terminator.clienthello import (
     ClientHello,
     KeyShare,
     cipher_suite_code,
@@ -34,7 +35,6 @@ from txschannel.clienthello import (
     signature_scheme_name,
     version_name,
 )
-from txschannel.records import MAX_CLIENT_HELLO, frame
 from txschannel.testing import CertificateAuthority
 
 JA4_FORMAT = re.compile(

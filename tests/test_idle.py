@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.peers import LISTENER, Peer, free_port
 from tests.test_edges import Edge, read_to_end
 from tests.test_tap import Twist
-from txschannel.relay import probe_window, send_progress
+from txschannel.terminator.relay import probe_window, send_progress
 
 #: Answers each connection's first bytes with argv[2] bytes of "x", then closes.
 BODY = LISTENER + """

@@ -34,13 +34,13 @@ from tests.peers import require
 from tests.png import Image, read_png
 from tests.test_clienthello import JA4_FORMAT, build_hello
 from txschannel import Credentials
-from txschannel.inspector import (
+from txschannel.protocol import SchannelFactory
+from txschannel.terminator.inspector import (
     InspectorSite,
     describe_client_hello,
     render_html,
     render_text,
 )
-from txschannel.protocol import SchannelFactory
 from txschannel.testing import CertificateAuthority
 
 REQUEST = "GET /?format={format} HTTP/1.0\r\nHost: localhost\r\n\r\n"

@@ -27,7 +27,7 @@ from twisted.trial.unittest import FailTest, TestCase
 from tests.peers import LISTENER, Peer, free_port, require, start_backend, wait_for_port
 from tests.test_tap import Twist, curl
 from txschannel import ClientContext, Credentials, Status
-from txschannel.relay import Inbound, RelayFactory
+from txschannel.terminator.relay import Inbound, RelayFactory
 from txschannel.testing import CertificateAuthority
 
 #: Reads until end of stream, then answers "<length> <sha256>\n" and closes:

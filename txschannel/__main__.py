@@ -3,7 +3,7 @@
 ``python -m txschannel probe HOST:PORT [--servername NAME] [--cacert FILE]
 [--certificate FILE [--private-key FILE] [--passphrase-file FILE]]
 [--alpn PROTOCOLS]`` shakes hands once and prints the Schannel ladder; see
-:mod:`txschannel.probe`. (The TLS terminator is ``twist schannel``.)
+:mod:`txschannel.terminator.probe`. (The TLS terminator is ``twist schannel``.)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from txschannel import probe
+from txschannel.terminator import probe
 
 
 class _Parser(argparse.ArgumentParser):

@@ -30,7 +30,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL
 
 from txschannel import _openssl
-from txschannel.clienthello import handshake_message
 from txschannel.credentials import (
     GROUPS,
     Credentials,
@@ -50,6 +49,7 @@ from txschannel.records import (
     RecordScanner,
     first_message_missing,
     frame,
+    handshake_message,
 )
 from txschannel.status import SecurityError, Status
 
@@ -1009,7 +1009,7 @@ class ServerContext(SecurityContext):
         ``None`` unless the context was made with ``keep_client_hello=True``,
         before the hello is whole, and after :meth:`delete`. After a
         HelloRetryRequest this is still the first hello. Parse it with
-        :func:`txschannel.clienthello.parse_client_hello`.
+        :func:`txschannel.terminator.clienthello.parse_client_hello`.
         """
         return self._client_hello
 

@@ -8,6 +8,7 @@ Schannel's SECBUFFER_EXTRA and SECBUFFER_MISSING describe.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from txschannel.status import SecurityError, Status
@@ -24,6 +25,7 @@ __all__ = [
     "RecordScanner",
     "frame",
     "first_message_missing",
+    "handshake_message",
 ]
 
 HEADER_SIZE = 5
@@ -257,3 +259,31 @@ def first_message_missing(buffer: bytes | bytearray | memoryview, framing: Frami
             return framing.missing
         return framing.missing + HEADER_SIZE + (need - have - declared)
     return HEADER_SIZE - tail + (need - have)
+
+
+def handshake_message(
+    buffer: bytes | bytearray | memoryview, ends: Sequence[int], limit: int = MAX_CLIENT_HELLO + 4
+) -> bytes:
+    """The first handshake message in the whole records of *buffer*, reassembled.
+
+    *ends* are the offsets just past each complete record (``frame(buffer).ends``).
+    The fragments of the leading handshake records are joined up to the
+    length the message header declares (at most *limit* bytes): the message
+    as the peer sent it, type and length included. Records of another type
+    end it early; a message not complete yet comes back as far as it goes.
+    """
+    parts: list[bytes] = []
+    have = 0
+    need = limit
+    start = 0
+    for end in ends:
+        if buffer[start] != ContentType.HANDSHAKE or have >= need:
+            break
+        fragment = bytes(buffer[start + HEADER_SIZE : end])
+        if have < 4 <= have + len(fragment):
+            header = (b"".join(parts) + fragment)[:4]
+            need = min(limit, 4 + int.from_bytes(header[1:4], "big"))
+        parts.append(fragment)
+        have += len(fragment)
+        start = end
+    return b"".join(parts)[:need]

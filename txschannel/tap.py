@@ -2,9 +2,9 @@
 
 ``twist schannel [--listen ENDPOINT]... [--connect ENDPOINT]`` accepts on
 every listen endpoint and relays each connection both ways to a new
-connection on the connect endpoint (:mod:`txschannel.relay`); either side
+connection on the connect endpoint (:mod:`txschannel.terminator.relay`); either side
 may be plain or ``schannel:``. Without ``--connect`` it serves the inspector
-(:mod:`txschannel.inspector`). Without ``--listen`` it listens on
+(:mod:`txschannel.terminator.inspector`). Without ``--listen`` it listens on
 ``schannel:tcp:8443`` with a self-signed certificate for ``localhost``,
 ``127.0.0.1`` and ``::1`` that it creates once and keeps in a state folder.
 
@@ -83,20 +83,20 @@ from txschannel.endpoints import (
     parse_error_text,
 )
 from txschannel.haproxy import server_from_string
-from txschannel.inspector import InspectorSite, _address
 from txschannel.peertext import PeerText, printable
 from txschannel.protocol import ConnectionTruncated, declare_provides
-from txschannel.relay import RelayFactory, no_delay, probe_window, reset, send_progress
 from txschannel.status import SecurityError
 from txschannel.terminator import notify
 from txschannel.terminator.access import AccessPolicy, parse_allowed_name
 from txschannel.terminator.health import Health
+from txschannel.terminator.inspector import InspectorSite, _address
 from txschannel.terminator.limits import (
     STATUS_IDLE_TIMEOUT,
     STATUS_MAX_CONNECTIONS,
     ConnectionLimit,
 )
 from txschannel.terminator.proxyheader import header_v1, header_v2, tls_facts
+from txschannel.terminator.relay import RelayFactory, no_delay, probe_window, reset, send_progress
 from txschannel.terminator.routing import Route, Router, normalize_route_name
 from txschannel.terminator.workers import (
     AdoptingReactor,

@@ -1,8 +1,11 @@
-"""The parts of ``twist schannel`` (the TLS terminator) that are concepts of their own.
+"""``twist schannel``, the TLS terminator: an application built on the library.
 
-``twist schannel`` is an application built on the library: its command line
-and service are in :mod:`txschannel.tap` and its relay in
-:mod:`txschannel.relay`; what it grows lives here, one module per concept
+One module per concept: the command line and service
+(:mod:`txschannel.tap`, being split here), the relay
+(:mod:`~txschannel.terminator.relay`), the inspector
+(:mod:`~txschannel.terminator.inspector`) and the ClientHello it describes
+(:mod:`~txschannel.terminator.clienthello`), ``python -m txschannel probe``
+(:mod:`~txschannel.terminator.probe`), and what the terminator grows
 (:mod:`~txschannel.terminator.limits`, ...). Nothing in the library imports
 this package.
 """

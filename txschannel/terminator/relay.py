@@ -70,7 +70,9 @@ except ImportError:  # pragma: no cover (Windows)
 
 __all__ = ["RelayFactory", "Inbound", "Outbound", "no_delay", "reset"]
 
-_log = Logger()
+# (Named, not derived from the module: operators filter on the namespace
+# their logs have always shown, "txschannel.relay".)
+_log = Logger(namespace="txschannel.relay")
 
 #: Bytes an inbound connection may hold while its backend connection is
 #: being made. Reading is paused meanwhile, so only what was already on its

@@ -22,7 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from txschannel.records import HEADER_SIZE, MAX_CLIENT_HELLO, ContentType
+# handshake_message (the record-level reassembly) lives with the framing it
+# reads, so that the library's context need not import this module.
+from txschannel.records import handshake_message
 
 __all__ = [
     "ClientHello",
@@ -775,34 +777,6 @@ def _parse(data: bytes, fields: _Fields, errors: list[str]) -> None:
                 errors.append(f"extension {extension_name(kind)} is malformed: {e}")
     finally:
         fields["extensions"] = tuple(extensions)
-
-
-def handshake_message(
-    buffer: bytes | bytearray | memoryview, ends: Sequence[int], limit: int = MAX_CLIENT_HELLO + 4
-) -> bytes:
-    """The first handshake message in the whole records of *buffer*, reassembled.
-
-    *ends* are the offsets just past each complete record (``frame(buffer).ends``).
-    The fragments of the leading handshake records are joined up to the
-    length the message header declares (at most *limit* bytes): the message
-    as the peer sent it, type and length included. Records of another type
-    end it early; a message not complete yet comes back as far as it goes.
-    """
-    parts: list[bytes] = []
-    have = 0
-    need = limit
-    start = 0
-    for end in ends:
-        if buffer[start] != ContentType.HANDSHAKE or have >= need:
-            break
-        fragment = bytes(buffer[start + HEADER_SIZE : end])
-        if have < 4 <= have + len(fragment):
-            header = (b"".join(parts) + fragment)[:4]
-            need = min(limit, 4 + int.from_bytes(header[1:4], "big"))
-        parts.append(fragment)
-        have += len(fragment)
-        start = end
-    return b"".join(parts)[:need]
 
 
 # -- JA4 ------------------------------------------------------------------------

@@ -29,7 +29,9 @@ from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL
 from twisted.web import http, resource, server
 
-from txschannel.clienthello import (
+from txschannel.peertext import printable
+from txschannel.status import Status
+from txschannel.terminator.clienthello import (
     ClientHello,
     cipher_suite_code,
     cipher_suite_name,
@@ -43,8 +45,6 @@ from txschannel.clienthello import (
     signature_scheme_name,
     version_name,
 )
-from txschannel.peertext import printable
-from txschannel.status import Status
 
 __all__ = [
     "InspectorResource",
