@@ -37,7 +37,7 @@ from zope.interface import implementer
 from tests.certs import encrypted_pem
 from tests.peers import free_port, require, wait_for_port
 from txschannel import Credentials
-from txschannel.tap import (
+from txschannel.terminator.tap import (
     AccessPolicy,
     Options,
     SchannelService,

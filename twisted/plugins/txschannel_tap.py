@@ -1,4 +1,4 @@
-"""Registers ``twist schannel`` (see :mod:`txschannel.tap`).
+"""Registers ``twist schannel`` (see :mod:`txschannel.terminator.tap`).
 
 This folder must not have an ``__init__.py``: Twisted finds plugin modules
 in every ``twisted/plugins`` folder on ``sys.path``.
@@ -8,7 +8,7 @@ from twisted.application.service import ServiceMaker
 
 schannel = ServiceMaker(
     "txschannel",
-    "txschannel.tap",
+    "txschannel.terminator.tap",
     "A TLS terminator and tunnel (stunnel-like), with a built-in TLS inspector",
     "schannel",
 )
