@@ -25,7 +25,7 @@ from tests.peers import free_port
 from tests.test_tap import Twist, assert_one_line, run_twist
 from txschannel.peertext import PeerText
 from txschannel.terminator.access import AccessPolicy, AllowedName, parse_allowed_name
-from txschannel.terminator.tap import Options
+from txschannel.terminator.options import Options
 from txschannel.testing import CertificateAuthority, IssuedCertificate
 
 SPIFFE = "spiffe://trust.example/ns/prod/sa/Admin"

@@ -335,7 +335,7 @@ class PeerTextTests(TestCase):
         from twisted.logger import eventAsJSON, formatEvent
 
         from txschannel.peertext import PeerText, printable
-        from txschannel.terminator.tap import _logfmt
+        from txschannel.terminator.gate import _logfmt
 
         hostile = "a\nb\x00c\x1b[31m\u202ed\\e"
         self.assertEqual(printable(hostile), "a\\x0ab\\x00c\\x1b[31m\\u202ed\\\\e")

@@ -37,13 +37,10 @@ from zope.interface import implementer
 from tests.certs import encrypted_pem
 from tests.peers import free_port, require, wait_for_port
 from txschannel import Credentials
-from txschannel.terminator.tap import (
-    AccessPolicy,
-    Options,
-    SchannelService,
-    _has_option,
-    ensure_self_signed,
-)
+from txschannel.terminator.access import AccessPolicy
+from txschannel.terminator.options import Options, _has_option
+from txschannel.terminator.selfsigned import ensure_self_signed
+from txschannel.terminator.service import SchannelService
 from txschannel.testing import CertificateAuthority
 
 REPO = Path(__file__).resolve().parent.parent

@@ -665,7 +665,7 @@ class WorkersCommandLineTests(TestCase):
 
     def test_drain_timeout_values(self) -> None:
         """0 (in any spelling) is allowed; a negative or non-number is one line."""
-        from txschannel.terminator.tap import Options
+        from txschannel.terminator.options import Options
 
         for given in ("0", "0.00", "2.5"):
             options = Options()

@@ -31,6 +31,7 @@ from twisted.web import http, resource, server
 
 from txschannel.peertext import printable
 from txschannel.status import Status
+from txschannel.terminator.addresses import address_text
 from txschannel.terminator.clienthello import (
     ClientHello,
     cipher_suite_code,
@@ -79,18 +80,6 @@ def _certificate(certificate: x509.Certificate) -> dict[str, Any]:
         "not_after": certificate.not_valid_after_utc.isoformat(),
         "sha256": certificate.fingerprint(hashes.SHA256()).hex(":").upper(),
     }
-
-
-def _address(address: object) -> str:
-    """``host:port``, ``[v6]:port`` or ``unix:path`` for a Twisted address."""
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    name = getattr(address, "name", None)
-    if name is not None:
-        return f"unix:{name.decode() if isinstance(name, bytes) else name}"
-    return str(address)
 
 
 # -- the ClientHello -----------------------------------------------------------------
@@ -286,7 +275,7 @@ def describe(transport: object) -> dict[str, Any]:
     Never raises for a transport without TLS or a failed handshake.
     """
     getPeer = getattr(transport, "getPeer", None)
-    peer = _address(getPeer()) if callable(getPeer) else None
+    peer = address_text(getPeer()) if callable(getPeer) else None
     context = getattr(transport, "securityContext", None)
     result: dict[str, Any] = {"peer": peer, "tls": context is not None}
     if context is None:
