@@ -671,7 +671,7 @@ class WorkersCommandLineTests(TestCase):
             options = Options()
             options.parseOptions(["--drain-timeout", given, "--connect", "tcp:127.0.0.1:1",
                                   "--listen", "tcp:0:interface=127.0.0.1"])
-            self.assertEqual(options["drain-timeout"], float(given))
+            self.assertEqual(options.plan.lifecycle.drain_timeout, float(given))
         self.assert_refused("--drain-timeout", "-1", "must be 0 or more")
         self.assert_refused("--drain-timeout", "soon", "expected a number of seconds")
 

@@ -25,9 +25,7 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Factory, connectionDone
-from twisted.logger import (
-    Logger,
-)
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer, providedBy
 
@@ -37,9 +35,7 @@ from txschannel.protocol import ConnectionTruncated, declare_provides
 from txschannel.status import SecurityError
 from txschannel.terminator.access import AccessPolicy
 from txschannel.terminator.addresses import address_text
-from txschannel.terminator.limits import (
-    ConnectionLimit,
-)
+from txschannel.terminator.limits import ConnectionLimit
 from txschannel.terminator.relay import no_delay, probe_window, reset, send_progress
 
 __all__ = ["ConnectionGate", "GateFactory"]

@@ -14,13 +14,12 @@ import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import (
-    IStreamServerEndpoint,
-)
+from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import (
     FilteringLogObserver,
@@ -35,27 +34,26 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from txschannel.credentials import Credentials
-from txschannel.endpoints import (
-    SchannelClientEndpoint,
-    parse_error_text,
-)
+from txschannel.endpoints import SchannelClientEndpoint, parse_error_text
 from txschannel.haproxy import server_from_string
 from txschannel.peertext import PeerText
 from txschannel.terminator import notify
-from txschannel.terminator.access import AccessPolicy, parse_allowed_name
+from txschannel.terminator.access import AccessPolicy, AllowedName, parse_allowed_name
 from txschannel.terminator.addresses import socket_text
-from txschannel.terminator.limits import (
-    STATUS_IDLE_TIMEOUT,
-    STATUS_MAX_CONNECTIONS,
-)
+from txschannel.terminator.limits import STATUS_IDLE_TIMEOUT, STATUS_MAX_CONNECTIONS
 from txschannel.terminator.routing import Route, Router, normalize_route_name
-from txschannel.terminator.selfsigned import default_state_dir, ensure_self_signed
+from txschannel.terminator.selfsigned import (
+    SelfSignedCertificate,
+    default_state_dir,
+    ensure_self_signed,
+)
 from txschannel.terminator.service import VALIDITY_CHECK_INTERVAL, SchannelService
 from txschannel.terminator.workers import (
     AdoptingReactor,
     RecordingReactor,
     Supervisor,
     Sweep,
+    Worker,
     WorkersError,
     make_metrics_folder,
     open_sockets,
@@ -64,7 +62,16 @@ from txschannel.terminator.workers import (
     worker_count,
 )
 
-__all__ = ["DEFAULT_PORT", "Options", "version_lines"]
+__all__ = [
+    "DEFAULT_PORT",
+    "Backend",
+    "Lifecycle",
+    "Limits",
+    "Listeners",
+    "Options",
+    "Plan",
+    "version_lines",
+]
 
 #: The port ``twist schannel`` listens on when no ``--listen`` is given.
 DEFAULT_PORT = 8443
@@ -86,6 +93,84 @@ def _has_option(description: str, name: str) -> bool:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """The ``--listen`` endpoints, parsed, and what was added to them.
+
+    :ivar endpoints: (description as parsed, endpoint) for each ``--listen``,
+        in order; the description has the self-signed certificate and the
+        inspector's ALPN added where they apply.
+    :ivar self_signed: the default certificate, when an endpoint uses it.
+    :ivar inspector: whether the inspector is served (no ``--connect``, no
+        ``--route``).
+    """
+
+    endpoints: tuple[tuple[str, IStreamServerEndpoint], ...]
+    self_signed: SelfSignedCertificate | None
+    inspector: bool
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where relayed connections go: ``--connect``, ``--route`` and ``--proxy-protocol``.
+
+    :ivar connect: the ``--connect`` description, or None.
+    :ivar endpoint: its parsed client endpoint, or None.
+    :ivar router: the ``--route`` router (with ``--connect`` as its
+        fallback), or None without ``--route``.
+    :ivar proxy_protocol: ``"v1"``, ``"v2"`` or None.
+    """
+
+    connect: str | None
+    endpoint: IStreamClientEndpoint | None
+    router: Router | None
+    proxy_protocol: str | None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """``--max-connections``, ``--idle-timeout`` and ``--connect-timeout``; None when not given."""
+
+    max_connections: int | None
+    idle_timeout: float | None
+    connect_timeout: float | None
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """How the process runs and stops: ``--workers``, ``--reload-interval``,
+    ``--drain-delay`` and ``--drain-timeout``."""
+
+    workers: int
+    reload_interval: float | None
+    drain_delay: float
+    drain_timeout: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``twist schannel``'s command line asks for, checked and parsed:
+    what :func:`~txschannel.terminator.tap.makeService` builds the service from.
+
+    :ivar reactor: the reactor the service runs on.
+    :ivar status: the ``--status`` description and its parsed endpoint, or None.
+    :ivar announce: the lines to log once listening (what is served, and how
+        to reach the self-signed certificate); empty in a ``--workers``
+        worker, whose supervisor said them.
+    :ivar worker: in a ``--workers`` worker, the supervisor's view of it.
+    """
+
+    reactor: Any
+    listeners: Listeners
+    backend: Backend
+    policy: AccessPolicy
+    limits: Limits
+    lifecycle: Lifecycle
+    status: tuple[str, IStreamServerEndpoint] | None
+    announce: tuple[str, ...]
+    worker: Worker | None = None
 
 
 class Options(usage.Options):
@@ -167,6 +252,9 @@ class Options(usage.Options):
         ],
     ]
 
+    #: What the command line asks for, checked and parsed (set by :meth:`postOptions`).
+    plan: Plan
+
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
@@ -241,33 +329,6 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--allow-san {name!r}: {e}") from None
 
-    def _check_proxy_protocol(self) -> None:
-        given = self["proxy-protocol"]
-        if given is None:
-            return
-        version = given.lower()
-        if version not in ("v1", "v2"):
-            raise usage.UsageError(f"--proxy-protocol {given!r}: expected v1 or v2")
-        self["proxy-protocol"] = version
-        backends: list[tuple[str, object]] = []
-        if self["connect-endpoint"] is not None:
-            backends.append((f"--connect {self['connect']!r}", self["connect-endpoint"]))
-        if self["router"] is not None:
-            backends += [
-                (f"--route {route.name}={route.description}", route.endpoint)
-                for route in self["router"].routes
-            ]
-        if not backends:
-            raise usage.UsageError(
-                f"--proxy-protocol {given}: there is no backend to tell (add --connect)"
-            )
-        for option, endpoint in backends:
-            if isinstance(endpoint, SchannelClientEndpoint):
-                raise usage.UsageError(
-                    f"--proxy-protocol {given}: {option} is TLS, and the header would have to "
-                    "come before its handshake, which is not supported; use a plain backend"
-                )
-
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """Parse, or exit with one line naming what is wrong (status 64)."""
         try:
@@ -276,28 +337,28 @@ class Options(usage.Options):
             _usage_exit(str(e))
 
     def postOptions(self) -> None:
-        """Build the endpoints and the default certificate; any problem is a UsageError.
+        """Build the endpoints and the default certificate into :attr:`plan`;
+        any problem is a UsageError.
 
         With ``--workers`` above 1 this process becomes the supervisor: it
         returns from here only in the workers it forks.
         """
         try:
-            self["workers"] = worker_count(str(self["workers"]))
+            workers = worker_count(str(self["workers"]))
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        self["drain-timeout"] = _seconds(
-            "drain-timeout", str(self["drain-timeout"]), zero=True
-        )
-        self["drain-delay"] = _seconds("drain-delay", str(self["drain-delay"]), zero=True)
-        self["worker"] = None
-        if self["workers"] == 1:
+        drain_timeout = _seconds("drain-timeout", str(self["drain-timeout"]), zero=True)
+        drain_delay = _seconds("drain-delay", str(self["drain-delay"]), zero=True)
+        reload_interval = _optional_seconds(self, "reload-interval")
+        lifecycle = Lifecycle(workers, reload_interval, drain_delay, drain_timeout)
+        if workers == 1:
             from twisted.internet import reactor
 
-            self._build(reactor, reactor)
+            self.plan = self._build(reactor, reactor, lifecycle)
         else:
-            self._supervise()
+            self.plan = self._supervise(lifecycle)
 
-    def _supervise(self) -> None:
+    def _supervise(self, lifecycle: Lifecycle) -> Plan:
         """Parse, open the sockets, build the credentials, fork; return in a worker."""
         if "twisted.internet.reactor" in sys.modules:
             raise usage.UsageError(
@@ -305,80 +366,21 @@ class Options(usage.Options):
                 "workers must each install their own; leave --reactor out"
             )
         recording = RecordingReactor()
-        self._build(recording, recording)
-        supervised = list(self["endpoints"])
-        listening = [(f"--listen {d!r}", d, e) for d, e in supervised]
-        if self["status-endpoint"] is not None:
-            listening.append(
-                (f"--status {self['status']!r}", self["status"], self["status-endpoint"])
-            )
-        count = self["workers"]
-        sockets: list[dict[tuple[object, ...], Any]] = [{} for _ in range(count)]
-        # Said once, here, for all the workers: this process opened them.
-        where: list[tuple[str, str, str]] = []
-        for option, description, endpoint in listening:
-            try:
-                requests = record_listening(endpoint, recording)
-                per_worker = open_sockets(requests, count)
-                for slot, opened in zip(sockets, per_worker, strict=True):
-                    slot.update(opened)
-                where.append((
-                    option.split(" ", 1)[0], description,
-                    ", ".join(socket_text(s) for s in per_worker[0].values()),
-                ))
-            except WorkersError as e:
-                raise usage.UsageError(f"{option}: {e}") from None
-            except OSError as e:
-                # As without --workers: a port that cannot be had is status 1,
-                # and --status is named.
-                named = description if option.startswith("--listen") else f"--status {description}"
-                raise SystemExit(
-                    f"twist schannel: cannot listen on {named}: {e.strerror or e}"
-                ) from None
+        plan = self._build(recording, recording, lifecycle)
+        sockets, where = _open_for_workers(plan, recording)
         if "twisted.internet.reactor" in sys.modules:
             raise RuntimeError("the supervisor imported the reactor while parsing (a bug)")
         metrics_folder: str | None = None
         swept = Sweep()
-        if self["status-endpoint"] is not None:
+        if plan.status is not None:
             # Each worker writes its figures there; any worker's /metrics
             # adds them all up (prometheus_client's multiprocess mode).
             swept = sweep_metrics_folders()
             metrics_folder, _ = make_metrics_folder()  # locked until we all exit
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_folder
         log = self._supervisor_log()
-        # (Escaped: any process of this user could have named them.)
-        for folder in swept.removed:
-            log.info(
-                "removed {folder}, left by a supervisor that was killed", folder=PeerText(folder)
-            )
-        for folder, why in swept.skipped:
-            log.warn(
-                "left {folder} alone: {why}, where a supervisor's is a regular file of this "
-                "user",
-                folder=PeerText(folder), why=why,
-            )
-        # Reloads and validity warnings are the supervisor's, with its log.
-        keeper = SchannelService(supervised, Factory(), None, validity_interval=None)
-        keeper.log = log
-        keeper.note_warned()
-
-        def reload(why: str) -> bool:
-            reloaded, changed = keeper.reload(why)
-            return changed > 0 if why == "--reload-interval" else reloaded > 0
-
-        def exited(pid: int) -> None:
-            if metrics_folder is not None:
-                from prometheus_client import multiprocess
-
-                multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
-                    pid, metrics_folder
-                )
-
-        def cleanup() -> None:
-            if metrics_folder is not None:
-                shutil.rmtree(metrics_folder, ignore_errors=True)
-
-        for line in self["announce"]:
+        _log_sweep(log, swept)
+        for line in plan.announce:
             log.info("{line}", line=line)
         for option, description, address in where:
             log.info(
@@ -386,37 +388,38 @@ class Options(usage.Options):
                 else "serving /metrics and /status on {endpoint} at {address}",
                 endpoint=description, address=address,
             )
-        supervisor = Supervisor(
-            count, sockets, log, reload, keeper.check_validity,
-            # (Each worker accepts for --drain-delay before its own drain.)
-            drain_timeout=self["drain-delay"] + self["drain-timeout"],
-            reload_interval=self["reload-interval"],
-            validity_interval=VALIDITY_CHECK_INTERVAL,
-            on_exit=exited, cleanup=cleanup,
-        )
+        supervisor = _supervisor(plan, sockets, log, metrics_folder)
         # Every listening socket is bound (the workers adopt them): ready.
         notify.ready()
         worker = supervisor.run()
         # In a worker, from here on: an ordinary twist schannel process
         # whose endpoints adopt the supervisor's sockets and serve its
         # credentials (the same OpenSSL contexts, ticket keys included).
+        return self._become_worker(worker, plan)
+
+    def _become_worker(self, worker: Worker, supervised: Plan) -> Plan:
+        """The plan of a worker forked by the supervisor that made *supervised*."""
         if os.environ.get("LISTEN_PID") == str(worker.supervisor):
             os.environ["LISTEN_PID"] = str(os.getpid())  # systemd's sockets are ours now
         from twisted.internet import reactor
 
-        self._build(reactor, AdoptingReactor(reactor, worker.sockets))
-        for (_, endpoint), (_, built) in zip(self["endpoints"], supervised, strict=True):
+        plan = self._build(
+            reactor, AdoptingReactor(reactor, worker.sockets), supervised.lifecycle
+        )
+        for (_, endpoint), (_, built) in zip(
+            plan.listeners.endpoints, supervised.listeners.endpoints, strict=True
+        ):
             credentials = getattr(built, "credentials", None)
             if isinstance(credentials, Credentials):
-                endpoint.credentials = credentials
-        self["announce"] = []  # the supervisor said it, once
-        self["worker"] = worker
+                endpoint.credentials = credentials  # type: ignore[attr-defined]
         parent = getattr(self, "parent", None)
         if parent is not None and "fileLogObserverFactory" in parent:
             # twist makes its log observer after parsing, from this factory.
             parent["fileLogObserverFactory"] = _worker_lines(
                 parent["fileLogObserverFactory"], os.getpid()
             )
+        # (The supervisor said the announcements, once.)
+        return replace(plan, announce=(), worker=worker)
 
     def _supervisor_log(self) -> Logger:
         """A logger writing where twist writes, in its format, for the supervisor."""
@@ -432,137 +435,323 @@ class Options(usage.Options):
             observer=FilteringLogObserver(observer, [predicate]),
         )
 
-    def _build(self, reactor: Any, listen_reactor: Any) -> None:
+    def _build(self, reactor: Any, listen_reactor: Any, lifecycle: Lifecycle) -> Plan:
         """Parse every endpoint (listening ones with *listen_reactor*); check the rest."""
-        from twisted.internet.endpoints import clientFromString, serverFromString
-
-        self["reactor"] = reactor
-        for name in ("reload-interval", "idle-timeout", "connect-timeout"):
-            if self[name] is not None:
-                self[name] = _seconds(name, self[name])
-        if self["max-connections"] is not None:
-            self["max-connections"] = _count("max-connections", self["max-connections"])
-        announce: list[str] = []
-        descriptions: list[str] = list(self["listen"])
+        limits = Limits(
+            idle_timeout=_optional_seconds(self, "idle-timeout"),
+            connect_timeout=_optional_seconds(self, "connect-timeout"),
+            max_connections=(
+                None if self["max-connections"] is None
+                else _count("max-connections", self["max-connections"])
+            ),
+        )
         inspector = self["connect"] is None and not self["route"]
-        if not descriptions:
-            # A demo: reachable from this machine only, until --listen says
-            # otherwise.
-            default = f"schannel:tcp:{DEFAULT_PORT}:interface=127.0.0.1"
-            descriptions = [default]
-            self["default-listen"] = default
-        if inspector:
-            # The inspector speaks HTTP/1.x: say so in ALPN, so that clients
-            # offering h2 do not guess.
-            descriptions = [
-                d + ":alpn=http/1.1,http/1.0"
-                if d.startswith("schannel:") and not _has_option(d, "alpn")
-                else d
-                for d in descriptions
-            ]
-        # An endpoint that names a certificate of its own in any way gets
-        # the parser's own error when it is incomplete, never this one.
-        needs_default = [
-            d for d in descriptions
-            if d.startswith("schannel:")
-            and not any(_has_option(d, option) for option in _IDENTITY_OPTIONS)
+        listeners = _listeners(self["listen"], inspector, self["state-dir"], listen_reactor)
+        backend = _backend(self["connect"], self["route"], listeners, reactor)
+        backend = _with_proxy_protocol(backend, self["proxy-protocol"])
+        status = None if self["status"] is None else _status(self["status"], listen_reactor)
+        policy = _policy(self["allow-cn"], self["allow-san"], listeners)
+        return Plan(
+            reactor, listeners, backend, policy, limits, lifecycle, status,
+            announce=_announcements(listeners, backend, self["route"]),
+        )
+
+
+def _optional_seconds(options: Options, name: str) -> float | None:
+    """Option *name* as seconds above 0, or None when it is not given."""
+    given = options[name]
+    return None if given is None else _seconds(name, str(given))
+
+
+def _listeners(
+    given: Sequence[str], inspector: bool, state_dir: str | None, reactor: Any
+) -> Listeners:
+    """Parse the ``--listen`` endpoints (the default one when none is *given*),
+    adding the inspector's ALPN and the self-signed certificate where they apply."""
+    originals = list(given) or [f"schannel:tcp:{DEFAULT_PORT}:interface=127.0.0.1"]
+    descriptions = originals
+    if inspector:
+        # The inspector speaks HTTP/1.x: say so in ALPN, so that clients
+        # offering h2 do not guess.
+        descriptions = [
+            d + ":alpn=http/1.1,http/1.0"
+            if d.startswith("schannel:") and not _has_option(d, "alpn")
+            else d
+            for d in descriptions
         ]
-        self["self-signed"] = None
-        if needs_default:
-            folder = Path(self["state-dir"]) if self["state-dir"] else default_state_dir()
-            try:
-                kept = ensure_self_signed(folder)
-            except ValueError as e:
-                raise usage.UsageError(str(e)) from None
-            self["self-signed"] = kept
-            verb = "created" if kept.created else "using"
-            announce += [
-                f"{verb} the self-signed certificate for localhost, 127.0.0.1 and ::1: "
-                f"{kept.certificate_file}",
-                f"its SHA-256 fingerprint: {kept.fingerprint}",
-            ]
-            suffix = f":certificate={_escape(str(kept.server_file))}"
-            descriptions = [d + suffix if d in needs_default else d for d in descriptions]
-        listen: list[tuple[str, IStreamServerEndpoint]] = []
-        given = self["listen"] or [self["default-listen"]]
-        for original, description in zip(given, descriptions, strict=True):
-            if not description.startswith("schannel:") and any(
-                _has_option(description, option)
-                for option in ("ocspResponse", "ocsp", "ocspAllowPrivate")
-            ):
-                # Said here: the plain parser's "unexpected keyword" would not.
-                raise usage.UsageError(
-                    f"--listen {original!r}: ocspResponse=/ocsp=/ocspAllowPrivate= need a "
-                    "schannel: endpoint"
-                )
-            # (ocspResponse= and ocsp=auto are the schannel: parser's, which
-            # gives the endpoint an OCSP stapler: txschannel.ocsp.)
-            # (haproxy: is txschannel's, which checks the header: see
-            # txschannel.haproxy.)
-            endpoint = _parse(
-                server_from_string, listen_reactor, description, f"--listen {original!r}"
-            )
-            listen.append((description, endpoint))
-        self["endpoints"] = listen
-        self["connect-endpoint"] = None
-        if self["connect"] is not None:
-            self["connect-endpoint"] = _parse(
-                clientFromString, reactor, self["connect"], f"--connect {self['connect']!r}"
-            )
-        self["router"] = None
-        if self["route"]:
-            routes = []
-            for name, description, given in self["route"]:
-                endpoint = _parse(clientFromString, reactor, description, f"--route {given!r}")
-                routes.append(Route(name, description, endpoint))
-            fallback = None
-            if self["connect-endpoint"] is not None:
-                fallback = Route(None, self["connect"], self["connect-endpoint"])
-            elif any(not d.startswith("schannel:") for d, _ in listen):
-                raise usage.UsageError(
-                    "--route without --connect: a plain listener's clients send no server "
-                    "name, so they could never be routed; add --connect for them"
-                )
-            self["router"] = Router(routes, fallback, reactor)
-        self._check_proxy_protocol()
-        self["status-endpoint"] = None
-        if self["status"] is not None:
-            _check_status_description(self["status"])
-            self["status-endpoint"] = _parse(
-                serverFromString, listen_reactor, self["status"], f"--status {self['status']!r}"
-            )
-            _loopback_unless_given(self["status-endpoint"], self["status"])
-        policy = AccessPolicy(tuple(self["allow-cn"]), tuple(self["allow-san"]))
-        if policy.active and not any(_asks_for_client_certificates(e) for _, e in listen):
+    descriptions, kept = _with_self_signed(descriptions, state_dir)
+    endpoints: list[tuple[str, IStreamServerEndpoint]] = []
+    for original, description in zip(originals, descriptions, strict=True):
+        option = f"--listen {original!r}"
+        if not description.startswith("schannel:") and any(
+            _has_option(description, name)
+            for name in ("ocspResponse", "ocsp", "ocspAllowPrivate")
+        ):
+            # Said here: the plain parser's "unexpected keyword" would not.
             raise usage.UsageError(
-                "--allow-cn/--allow-san need a schannel: listen endpoint that asks for client "
-                "certificates: add clientCA=<CA file> (and requireClientCertificate=yes)"
+                f"{option}: ocspResponse=/ocsp=/ocspAllowPrivate= need a schannel: endpoint"
             )
-        self["policy"] = policy
-        if inspector:
-            announce.append("serving the inspector")
-        for name, description, _ in self["route"]:
-            announce.append(f"relaying server name {name} to {description}")
-        if self["connect"] is not None:
-            announce.append(
-                f"relaying {'other server names ' if self['route'] else ''}to {self['connect']}"
+        # (ocspResponse= and ocsp=auto are the schannel: parser's, which
+        # gives the endpoint an OCSP stapler: txschannel.ocsp.)
+        # (haproxy: is txschannel's, which checks the header: see
+        # txschannel.haproxy.)
+        endpoints.append(
+            (description, _parse(server_from_string, reactor, description, option))
+        )
+    return Listeners(tuple(endpoints), kept, inspector)
+
+
+def _status(description: str, reactor: Any) -> tuple[str, IStreamServerEndpoint]:
+    """Parse ``--status``, which listens on loopback unless it names an interface."""
+    _check_status_description(description)
+    endpoint = _parse(_server_from_string, reactor, description, f"--status {description!r}")
+    _loopback_unless_given(endpoint, description)
+    return description, endpoint
+
+
+def _with_self_signed(
+    descriptions: list[str], state_dir: str | None
+) -> tuple[list[str], SelfSignedCertificate | None]:
+    """*descriptions* with the self-signed certificate added to each ``schannel:``
+    one that names no certificate of its own, and that certificate (None when
+    none needs it)."""
+    # An endpoint that names a certificate of its own in any way gets
+    # the parser's own error when it is incomplete, never this one.
+    needs_default = [
+        d for d in descriptions
+        if d.startswith("schannel:")
+        and not any(_has_option(d, option) for option in _IDENTITY_OPTIONS)
+    ]
+    if not needs_default:
+        return descriptions, None
+    folder = Path(state_dir) if state_dir else default_state_dir()
+    try:
+        kept = ensure_self_signed(folder)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+    suffix = f":certificate={_escape(str(kept.server_file))}"
+    return [d + suffix if d in needs_default else d for d in descriptions], kept
+
+
+def _backend(
+    connect: str | None,
+    routes: Sequence[tuple[str, str, str]],
+    listeners: Listeners,
+    reactor: Any,
+) -> Backend:
+    """Parse ``--connect`` and the ``--route`` endpoints into where relayed
+    connections go."""
+    endpoint: IStreamClientEndpoint | None = None
+    if connect is not None:
+        endpoint = _parse(_client_from_string, reactor, connect, f"--connect {connect!r}")
+    router = None
+    if routes:
+        parsed = [
+            Route(name, description,
+                  _parse(_client_from_string, reactor, description, f"--route {given!r}"))
+            for name, description, given in routes
+        ]
+        fallback = None
+        if connect is not None and endpoint is not None:
+            fallback = Route(None, connect, endpoint)
+        elif any(not d.startswith("schannel:") for d, _ in listeners.endpoints):
+            raise usage.UsageError(
+                "--route without --connect: a plain listener's clients send no server "
+                "name, so they could never be routed; add --connect for them"
             )
-        elif self["route"]:
-            announce.append("refusing other server names (unrecognized_name)")
-        if self["self-signed"] is not None and inspector:
-            ports = [
-                match.group(1)
-                for match in (re.match(r"schannel:tcp6?:(?:port=)?(\d+)", d) for d in descriptions)
-                if match
-            ]
-            url = f"https://localhost:{ports[0] if ports else 'PORT'}/"
-            announce.append(
-                f"open {url} (the certificate is self-signed: trust "
-                f"{self['self-signed'].certificate_file}, SHA-256 "
-                f"{self['self-signed'].fingerprint})"
+        router = Router(parsed, fallback, reactor)
+    return Backend(connect, endpoint, router, None)
+
+
+def _with_proxy_protocol(backend: Backend, given: str | None) -> Backend:
+    """*backend* with ``--proxy-protocol`` *given*, checked against its endpoints."""
+    if given is None:
+        return backend
+    version = given.lower()
+    if version not in ("v1", "v2"):
+        raise usage.UsageError(f"--proxy-protocol {given!r}: expected v1 or v2")
+    backends: list[tuple[str, object]] = []
+    if backend.endpoint is not None:
+        backends.append((f"--connect {backend.connect!r}", backend.endpoint))
+    if backend.router is not None:
+        backends += [
+            (f"--route {route.name}={route.description}", route.endpoint)
+            for route in backend.router.routes
+        ]
+    if not backends:
+        raise usage.UsageError(
+            f"--proxy-protocol {given}: there is no backend to tell (add --connect)"
+        )
+    for option, endpoint in backends:
+        if isinstance(endpoint, SchannelClientEndpoint):
+            raise usage.UsageError(
+                f"--proxy-protocol {given}: {option} is TLS, and the header would have to "
+                "come before its handshake, which is not supported; use a plain backend"
             )
-            announce.append(f"try: curl --cacert {self['self-signed'].certificate_file} {url}")
-        self["announce"] = announce
+    return replace(backend, proxy_protocol=version)
+
+
+def _policy(
+    allow_cn: Sequence[str], allow_san: Sequence[AllowedName], listeners: Listeners
+) -> AccessPolicy:
+    """``--allow-cn`` and ``--allow-san``, which need a listener asking for
+    client certificates."""
+    policy = AccessPolicy(tuple(allow_cn), tuple(allow_san))
+    if policy.active and not any(
+        _asks_for_client_certificates(e) for _, e in listeners.endpoints
+    ):
+        raise usage.UsageError(
+            "--allow-cn/--allow-san need a schannel: listen endpoint that asks for client "
+            "certificates: add clientCA=<CA file> (and requireClientCertificate=yes)"
+        )
+    return policy
+
+
+def _announcements(
+    listeners: Listeners, backend: Backend, routes: Sequence[tuple[str, str, str]]
+) -> tuple[str, ...]:
+    """The lines logged once listening: the self-signed certificate, what is
+    served, and how to try it."""
+    announce: list[str] = []
+    kept = listeners.self_signed
+    if kept is not None:
+        verb = "created" if kept.created else "using"
+        announce += [
+            f"{verb} the self-signed certificate for localhost, 127.0.0.1 and ::1: "
+            f"{kept.certificate_file}",
+            f"its SHA-256 fingerprint: {kept.fingerprint}",
+        ]
+    if listeners.inspector:
+        announce.append("serving the inspector")
+    for name, description, _ in routes:
+        announce.append(f"relaying server name {name} to {description}")
+    if backend.connect is not None:
+        announce.append(
+            f"relaying {'other server names ' if routes else ''}to {backend.connect}"
+        )
+    elif routes:
+        announce.append("refusing other server names (unrecognized_name)")
+    if kept is not None and listeners.inspector:
+        ports = [
+            match.group(1)
+            for match in (
+                re.match(r"schannel:tcp6?:(?:port=)?(\d+)", d)
+                for d, _ in listeners.endpoints
+            )
+            if match
+        ]
+        url = f"https://localhost:{ports[0] if ports else 'PORT'}/"
+        announce.append(
+            f"open {url} (the certificate is self-signed: trust "
+            f"{kept.certificate_file}, SHA-256 {kept.fingerprint})"
+        )
+        announce.append(f"try: curl --cacert {kept.certificate_file} {url}")
+    return tuple(announce)
+
+
+def _open_for_workers(
+    plan: Plan, recording: RecordingReactor
+) -> tuple[list[dict[tuple[object, ...], Any]], list[tuple[str, str, str]]]:
+    """Open the sockets of every listening endpoint (``--listen`` and ``--status``)
+    once per worker: the sockets of each worker, and (option, description,
+    address) for the log."""
+    listening = [(f"--listen {d!r}", d, e) for d, e in plan.listeners.endpoints]
+    if plan.status is not None:
+        description, endpoint = plan.status
+        listening.append((f"--status {description!r}", description, endpoint))
+    count = plan.lifecycle.workers
+    sockets: list[dict[tuple[object, ...], Any]] = [{} for _ in range(count)]
+    # Said once, by the supervisor, for all the workers: it opened them.
+    where: list[tuple[str, str, str]] = []
+    for option, description, endpoint in listening:
+        try:
+            requests = record_listening(endpoint, recording)
+            per_worker = open_sockets(requests, count)
+            for slot, opened in zip(sockets, per_worker, strict=True):
+                slot.update(opened)
+            where.append((
+                option.split(" ", 1)[0], description,
+                ", ".join(socket_text(s) for s in per_worker[0].values()),
+            ))
+        except WorkersError as e:
+            raise usage.UsageError(f"{option}: {e}") from None
+        except OSError as e:
+            # As without --workers: a port that cannot be had is status 1,
+            # and --status is named.
+            named = description if option.startswith("--listen") else f"--status {description}"
+            raise SystemExit(
+                f"twist schannel: cannot listen on {named}: {e.strerror or e}"
+            ) from None
+    return sockets, where
+
+
+def _log_sweep(log: Logger, swept: Sweep) -> None:
+    """Say which metrics folders of killed supervisors were removed or left alone."""
+    # (Escaped: any process of this user could have named them.)
+    for folder in swept.removed:
+        log.info(
+            "removed {folder}, left by a supervisor that was killed", folder=PeerText(folder)
+        )
+    for folder, why in swept.skipped:
+        log.warn(
+            "left {folder} alone: {why}, where a supervisor's is a regular file of this "
+            "user",
+            folder=PeerText(folder), why=why,
+        )
+
+
+def _supervisor(
+    plan: Plan,
+    sockets: list[dict[tuple[object, ...], Any]],
+    log: Logger,
+    metrics_folder: str | None,
+) -> Supervisor:
+    """The supervisor of *plan*'s workers, which reloads and warns for them all."""
+    # Reloads and validity warnings are the supervisor's, with its log.
+    keeper = SchannelService(
+        list(plan.listeners.endpoints), Factory(), None, validity_interval=None
+    )
+    keeper.log = log
+    keeper.note_warned()
+
+    def reload(why: str) -> bool:
+        reloaded, changed = keeper.reload(why)
+        return changed > 0 if why == "--reload-interval" else reloaded > 0
+
+    def exited(pid: int) -> None:
+        if metrics_folder is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
+                pid, metrics_folder
+            )
+
+    def cleanup() -> None:
+        if metrics_folder is not None:
+            shutil.rmtree(metrics_folder, ignore_errors=True)
+
+    lifecycle = plan.lifecycle
+    return Supervisor(
+        lifecycle.workers, sockets, log, reload, keeper.check_validity,
+        # (Each worker accepts for --drain-delay before its own drain.)
+        drain_timeout=lifecycle.drain_delay + lifecycle.drain_timeout,
+        reload_interval=lifecycle.reload_interval,
+        validity_interval=VALIDITY_CHECK_INTERVAL,
+        on_exit=exited, cleanup=cleanup,
+    )
+
+
+def _server_from_string(reactor: Any, description: str) -> Any:
+    from twisted.internet.endpoints import serverFromString
+
+    return serverFromString(reactor, description)  # type: ignore[no-untyped-call]
+
+
+def _client_from_string(reactor: Any, description: str) -> Any:
+    from twisted.internet.endpoints import clientFromString
+
+    return clientFromString(reactor, description)  # type: ignore[no-untyped-call]
+
 
 
 def _worker_lines(

@@ -17,24 +17,16 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import (
-    IListeningPort,
-    IProtocolFactory,
-    IStreamServerEndpoint,
-)
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import (
-    Logger,
-)
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txschannel.credentials import Credentials, validity_warnings
 from txschannel.terminator import notify
 from txschannel.terminator.addresses import address_text
 from txschannel.terminator.health import Health
-from txschannel.terminator.limits import (
-    ConnectionLimit,
-)
+from txschannel.terminator.limits import ConnectionLimit
 from txschannel.terminator.selfsigned import fingerprint
 
 __all__ = ["VALIDITY_CHECK_INTERVAL", "SchannelService", "StopSignals"]

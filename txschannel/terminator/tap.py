@@ -22,27 +22,16 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import (
-    IProtocolFactory,
-    IStreamClientEndpoint,
-)
+from twisted.internet.interfaces import IProtocolFactory
 
-from txschannel.endpoints import (
-    SchannelServerEndpoint,
-)
+from txschannel.endpoints import SchannelServerEndpoint
 from txschannel.terminator.gate import GateFactory
 from txschannel.terminator.inspector import InspectorSite
-from txschannel.terminator.limits import (
-    ConnectionLimit,
-)
+from txschannel.terminator.limits import ConnectionLimit
 from txschannel.terminator.options import Options
 from txschannel.terminator.proxyheader import header_v1, header_v2, tls_facts
 from txschannel.terminator.relay import RelayFactory
-from txschannel.terminator.routing import Router
 from txschannel.terminator.service import VALIDITY_CHECK_INTERVAL, SchannelService, StopSignals
-from txschannel.terminator.workers import (
-    Worker,
-)
 
 __all__ = ["Options", "makeService"]
 
@@ -56,63 +45,65 @@ def _proxy_header(version: str) -> Callable[[Any], bytes]:
 
 
 def makeService(options: Options) -> SchannelService:
-    """The ``twist schannel`` service for parsed *options*."""
-    reactor = options["reactor"]
-    connect: IStreamClientEndpoint | None = options["connect-endpoint"]
-    router: Router | None = options["router"]
+    """The ``twist schannel`` service for parsed *options* (their :attr:`Options.plan`)."""
+    plan = options.plan
+    reactor = plan.reactor
+    backend = plan.backend
+    worker = plan.worker
     application: IProtocolFactory
-    if connect is None and router is None:
+    if backend.endpoint is None and backend.router is None:
         application = InspectorSite()
         # The page shows what each client offered: the inspector's TLS
         # listeners keep the ClientHello (a relay's never do).
-        for _, endpoint in options["endpoints"]:
+        for _, endpoint in plan.listeners.endpoints:
             if isinstance(endpoint, SchannelServerEndpoint):
                 endpoint.keep_client_hello = True
     else:
         application = RelayFactory(
-            connect, options["connect"], reactor,
-            connect_timeout=options["connect-timeout"], router=router,
+            backend.endpoint, backend.connect, reactor,
+            connect_timeout=plan.limits.connect_timeout, router=backend.router,
             proxy_header=(
-                _proxy_header(options["proxy-protocol"]) if options["proxy-protocol"] else None
+                _proxy_header(backend.proxy_protocol) if backend.proxy_protocol else None
             ),
         )
-    limit = ConnectionLimit(options["max-connections"])
-    worker: Worker | None = options.get("worker")
+    limit = ConnectionLimit(plan.limits.max_connections)
     metrics = None
-    if options["status-endpoint"] is not None:
+    if plan.status is not None:
         from txschannel.terminator.metrics import Metrics, status_site
 
         metrics = Metrics(
             multiprocess=os.environ.get("PROMETHEUS_MULTIPROC_DIR") if worker else None
         )
     gated = GateFactory(
-        application, options["policy"], reactor,
-        limit=limit, idle_timeout=options["idle-timeout"], metrics=metrics,
+        application, plan.policy, reactor,
+        limit=limit, idle_timeout=plan.limits.idle_timeout, metrics=metrics,
         worker=os.getpid() if worker is not None else None,
     )
+    router = backend.router
     service = SchannelService(
-        options["endpoints"],
+        list(plan.listeners.endpoints),
         gated,
         reactor,
-        reload_interval=options["reload-interval"] if worker is None else None,
-        announce=options["announce"],
+        reload_interval=plan.lifecycle.reload_interval if worker is None else None,
+        announce=list(plan.announce),
         limit=limit,
         prepare=router.install if router is not None else None,
         on_credentials=metrics.note_certificates if metrics is not None else None,
         # Relayed connections may be anything long-lived; the inspector's
         # are idle HTTP keep-alives more often than not.
-        drain_timeout=options["drain-timeout"] if isinstance(application, RelayFactory) else 0,
-        drain_delay=options["drain-delay"],
+        drain_timeout=(
+            plan.lifecycle.drain_timeout if isinstance(application, RelayFactory) else 0
+        ),
+        drain_delay=plan.lifecycle.drain_delay,
         # A worker's supervisor reloads and warns, for all workers at once.
         signals=worker is None,
         validity_interval=VALIDITY_CHECK_INTERVAL if worker is None else None,
         worker=worker is not None,
         replaced=worker.replaced if worker is not None else None,
     )
-    if metrics is not None:
-        service.status = (
-            options["status"], options["status-endpoint"], status_site(metrics, service, reactor)
-        )
+    if metrics is not None and plan.status is not None:
+        description, endpoint = plan.status
+        service.status = (description, endpoint, status_site(metrics, service, reactor))
     if hasattr(reactor, "callWhenRunning"):
         reactor.callWhenRunning(StopSignals(reactor).install)
     return service
