@@ -13,7 +13,8 @@ from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
 from tests.peers import free_port, require, wait_for_port
 from tests.test_probe import run_probe
 from tests.test_tap import Twist, curl, served_fingerprint
-from txschannel.terminator.inspector import _choose, render_html, render_text
+from txschannel.terminator.inspector import render_html, render_text
+from txschannel.terminator.inspector.site import _choose
 from txschannel.terminator.options import DEFAULT_PORT
 from txschannel.terminator.selfsigned import default_state_dir
 from txschannel.testing import CertificateAuthority
