@@ -49,10 +49,10 @@ def main() -> None:
         tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
         start = time.monotonic()
         got, how = 0, "still open at the end of the run"
-        chunk = max(1, args.rate // 10)
+        chunk = max(1024, args.rate // 10)
         while time.monotonic() - start < args.seconds:
             try:
-                data = tls.recv(chunk if args.rate else 1024)
+                data = tls.recv(chunk)
             except (ssl.SSLError, OSError) as e:
                 how = f"cut ({type(e).__name__})"
                 break
@@ -60,7 +60,15 @@ def main() -> None:
                 how = "ended with close_notify"
                 break
             got += len(data)
-            time.sleep(len(data) / args.rate if args.rate else args.seconds)
+            if not args.rate:
+                # A reader that stopped: wait (bounded) for twist to end it.
+                while (time.monotonic() - start < args.seconds
+                       and "connection closed" not in twist.output):
+                    time.sleep(0.2)
+                if "connection closed" in twist.output:
+                    how = "cut (logged by twist)"
+                break
+            time.sleep(len(data) / args.rate)
         elapsed = time.monotonic() - start
         tls.close()
         time.sleep(0.5)
