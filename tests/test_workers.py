@@ -382,6 +382,9 @@ class WorkersTests(TestCase):
         with relayed(setup) as tls:
             twist.send_signal(signal.SIGTERM)
             twist.wait_for(r"waiting up to 60 s for 1 open connection")
+            # The other worker, which has nothing to drain, has stopped too:
+            # until then it may still hold the listening socket open.
+            twist.wait_for(r"worker \d+ stopped")
             with self.assertRaises(OSError):
                 socket.create_connection(("127.0.0.1", setup.port), timeout=5).close()
             tls.sendall(b"still here")
