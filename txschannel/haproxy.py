@@ -98,8 +98,11 @@ __all__ = [
 #: Real headers are a few hundred bytes at most.
 MAX_HEADER = 16384
 #: Seconds a header may take to arrive behind a listener that is not TLS
-#: (a TLS listener's ``handshakeTimeout`` covers its header).
-HEADER_TIMEOUT = 30.0
+#: (a TLS listener's ``handshakeTimeout`` covers its header). A balancer
+#: sends it at once, in its first segment; a connection that holds a
+#: ``--max-connections`` slot without one is not a balancer, and keeps
+#: the balancer's own connections waiting behind it for this long.
+HEADER_TIMEOUT = 5.0
 #: The longest version 1 line, CRLF included, as the specification says.
 MAX_V1_HEADER = 107
 #: The start of every version 1 header.
