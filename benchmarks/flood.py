@@ -40,8 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests import certs  # noqa: E402
-from tests.peers import LISTENER  # noqa: E402
+from tests.support import certs  # noqa: E402
+from tests.support.peers import LISTENER  # noqa: E402
 
 _BACKENDS = {
     "reset": LISTENER + """

@@ -72,7 +72,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests import certs  # noqa: E402
+from tests.support import certs  # noqa: E402
 
 #: The most handshake bytes one TLS record may carry.
 RECORD_MAX = 16384

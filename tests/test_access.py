@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.peers import free_port
+from tests.support.peers import free_port
 from tests.test_tap import Twist, assert_one_line, run_twist
 from txschannel.peertext import PeerText
 from txschannel.terminator.access import AccessPolicy, AllowedName, parse_allowed_name

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.hellos import client_hello, records
+from tests.support.hellos import client_hello, records
 from txschannel import ServerContext, Status
 from txschannel.records import MAX_CLIENT_HELLO, frame
 from txschannel.terminator.clienthello import (

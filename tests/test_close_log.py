@@ -13,7 +13,7 @@ import ssl
 import struct
 import subprocess
 
-from tests.peers import LISTENER, free_port, require
+from tests.support.peers import LISTENER, free_port, require
 from tests.test_edges import Edge
 from tests.test_tap import Twist, curl
 

@@ -21,7 +21,7 @@ from typing import Protocol
 from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.peers import Peer, free_port, require
+from tests.support.peers import Peer, free_port, require
 from tests.test_context import (
     NAME,
     Side,

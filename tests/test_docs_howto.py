@@ -7,7 +7,7 @@ real processes on loopback, and talks to them with real peers: curl,
 ``openssl s_client``, Python's ``http.server`` as a backend. The systemd
 units are read the way systemd reads them and their ``ExecStart`` is run,
 with the socket-activated one started through the page's own launcher. A
-missing tool fails the test (``tests.peers.require``), it is never skipped.
+missing tool fails the test (``tests.support.peers.require``), it is never skipped.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.peers import free_port, require, wait_for_port
+from tests.support.peers import free_port, require, wait_for_port
 from tests.test_notify import Systemd
 from txschannel.testing import CertificateAuthority
 

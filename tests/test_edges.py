@@ -20,8 +20,8 @@ from pathlib import Path
 from OpenSSL import SSL
 from twisted.trial.unittest import TestCase
 
-from tests import hellos
-from tests.peers import LISTENER, Peer, free_port, require, wait_for_port
+from tests.support import hellos
+from tests.support.peers import LISTENER, Peer, free_port, require, wait_for_port
 from tests.test_tap import Twist, curl
 from txschannel.testing import CertificateAuthority
 

@@ -38,8 +38,8 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.certs import encrypted_pem
-from tests.peers import require
+from tests.support.certs import encrypted_pem
+from tests.support.peers import require
 from txschannel import Credentials
 from txschannel.endpoints import (
     CLIENT_OPTIONS,

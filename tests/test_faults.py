@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from tests import certs
+from tests.support import certs
 from txschannel import ClientContext, Credentials, SecurityError, ServerContext, Status
 from txschannel.protocol import ConnectionTruncated, SchannelFactory
 

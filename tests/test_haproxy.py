@@ -24,7 +24,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
 
-from tests.peers import free_port
+from tests.support.peers import free_port
 from tests.test_edges import ECHO, Edge
 from tests.test_proxyheader import RECORD_BYTES, wait_for_record
 from tests.test_tap import Twist

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from OpenSSL import SSL
 from twisted.trial.unittest import FailTest, TestCase
 
-from tests import certs
+from tests.support import certs
 from tests.test_interop_matrix import context_request
 from txschannel import ClientContext, Credentials
 

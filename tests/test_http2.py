@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import FailTest, TestCase
 
-from tests.peers import free_port, require
+from tests.support.peers import free_port, require
 from tests.test_tap import REPO, environment
 from txschannel.testing import CertificateAuthority
 

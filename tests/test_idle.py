@@ -18,7 +18,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.peers import LISTENER, Peer, free_port
+from tests.support.peers import LISTENER, Peer, free_port
 from tests.test_edges import Edge, read_to_end
 from tests.test_tap import Twist
 from txschannel.terminator.relay import probe_window, send_progress

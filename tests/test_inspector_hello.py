@@ -30,8 +30,8 @@ from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.peers import require
-from tests.png import Image, read_png
+from tests.support.peers import require
+from tests.support.png import Image, read_png
 from tests.test_clienthello import JA4_FORMAT, build_hello
 from txschannel import Credentials
 from txschannel.protocol import SchannelFactory

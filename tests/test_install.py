@@ -28,7 +28,7 @@ from pathlib import Path
 import trustme
 from twisted.trial.unittest import FailTest, SynchronousTestCase
 
-from tests.peers import free_port, require, wait_for_port
+from tests.support.peers import free_port, require, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 

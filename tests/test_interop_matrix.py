@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import FailTest, TestCase
 
-from tests import certs
-from tests.peers import free_port, require, wait_for_port
+from tests.support import certs
+from tests.support.peers import free_port, require, wait_for_port
 from txschannel import ClientContext, Credentials, SecurityError, ServerContext, Status
 
 VERSIONS = ("TLSv1.2", "TLSv1.3")

@@ -17,8 +17,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.certs import encrypted_pem
-from tests.peers import free_port
+from tests.support.certs import encrypted_pem
+from tests.support.peers import free_port
 from tests.test_edges import ECHO, Edge
 from tests.test_tap import Twist, assert_one_line, curl, run_twist
 

@@ -34,7 +34,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
 
-from tests.peers import Peer, free_port, require
+from tests.support.peers import Peer, free_port, require
 from tests.test_endpoints import ReplyFactory
 from tests.test_tap import Twist, assert_one_line, run_twist
 from tests.test_workers import wait_listening, workers_started

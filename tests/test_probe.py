@@ -11,8 +11,8 @@ from pathlib import Path
 import trustme
 from twisted.trial.unittest import TestCase
 
-from tests.certs import encrypted_pem
-from tests.peers import Peer, free_port, require, wait_for_port
+from tests.support.certs import encrypted_pem
+from tests.support.peers import Peer, free_port, require, wait_for_port
 from tests.test_tap import Twist
 from txschannel.testing import CertificateAuthority
 

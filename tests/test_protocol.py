@@ -43,7 +43,7 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from tests import hellos
+from tests.support import hellos
 from txschannel import Credentials, SecurityError, Status
 from txschannel.protocol import (
     ConnectionTruncated,

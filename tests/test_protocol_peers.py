@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from tests.peers import free_port, require, wait_for_port
+from tests.support.peers import free_port, require, wait_for_port
 from txschannel import Credentials, SecurityError, Status
 from txschannel.protocol import ConnectionTruncated, SchannelFactory, SchannelProtocol
 

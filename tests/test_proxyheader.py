@@ -18,7 +18,7 @@ from pathlib import Path
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.peers import LISTENER, free_port, start_backend
+from tests.support.peers import LISTENER, free_port, start_backend
 from tests.test_edges import Edge
 from tests.test_tap import Twist, assert_one_line, run_twist
 from txschannel.terminator.proxyheader import V2_SIGNATURE, header_v1, header_v2

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests import hellos
+from tests.support import hellos
 from txschannel import SecurityError, Status
 from txschannel.records import (
     HEADER_SIZE,

@@ -24,7 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import FailTest, TestCase
 
-from tests.peers import LISTENER, Peer, free_port, require, start_backend, wait_for_port
+from tests.support.peers import LISTENER, Peer, free_port, require, start_backend, wait_for_port
 from tests.test_tap import Twist, curl
 from txschannel import ClientContext, Credentials, Status
 from txschannel.terminator.relay import Inbound, RelayFactory

@@ -15,7 +15,7 @@ import subprocess
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.peers import LISTENER, free_port, require
+from tests.support.peers import LISTENER, free_port, require
 from tests.test_edges import Edge
 from tests.test_tap import Twist, assert_one_line, curl, run_twist
 from txschannel.terminator.routing import Route, Router, normalize_route_name

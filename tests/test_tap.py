@@ -34,8 +34,8 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import FailTest, SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from tests.certs import encrypted_pem
-from tests.peers import free_port, require, wait_for_port
+from tests.support.certs import encrypted_pem
+from tests.support.peers import free_port, require, wait_for_port
 from txschannel import Credentials
 from txschannel.terminator.access import AccessPolicy
 from txschannel.terminator.options import Options, _has_option

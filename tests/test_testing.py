@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from tests.peers import require
+from tests.support.peers import require
 from txschannel import ClientContext, Credentials, SecurityError, ServerContext, Status
 from txschannel.testing import CertificateAuthority, ConnectedPair, connected_pair
 

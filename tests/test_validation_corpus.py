@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests import certs
+from tests.support import certs
 from txschannel import (
     ClientContext,
     Credentials,

@@ -36,7 +36,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests import certs
+from tests.support import certs
 from tests.test_validation_corpus import handshake
 from txschannel import (
     Credentials,

@@ -44,7 +44,7 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface.verify import verifyObject
 
-from tests.peers import Peer, free_port, require, wait_for_port
+from tests.support.peers import Peer, free_port, require, wait_for_port
 from txschannel import Credentials, SecurityError, Status
 from txschannel.protocol import HandshakeTimeout
 from txschannel.testing import CertificateAuthority

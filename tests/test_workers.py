@@ -23,7 +23,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import FailTest, TestCase
 
-from tests.peers import LISTENER, free_port, require, start_backend
+from tests.support.peers import LISTENER, free_port, require, start_backend
 from tests.test_tap import REPO, Twist, environment, run_twist, served_fingerprint
 from txschannel.testing import CertificateAuthority
 
