@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.peers import free_port
-from tests.test_tap import Twist, assert_one_line, run_twist
+from tests.support.twist import Twist, assert_one_line, run_twist
 from txschannel.peertext import PeerText
 from txschannel.terminator.access import AccessPolicy, AllowedName, parse_allowed_name
 from txschannel.terminator.options import Options

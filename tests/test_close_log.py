@@ -14,8 +14,8 @@ import struct
 import subprocess
 
 from tests.support.peers import LISTENER, free_port, require
+from tests.support.twist import Twist, curl
 from tests.test_edges import Edge
-from tests.test_tap import Twist, curl
 
 #: Answers a connection's first bytes with a short HTTP response, then
 #: reads until the client ends its side, and only then closes.

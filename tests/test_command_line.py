@@ -18,7 +18,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.trial.unittest import SynchronousTestCase
 
 import txschannel
-from tests.test_tap import REPO, assert_one_line, environment, run_twist
+from tests.support.twist import REPO, assert_one_line, environment, run_twist
 from txschannel.testing import CertificateAuthority
 
 # What Python says when Twisted's parsers fail inside: never for a user.

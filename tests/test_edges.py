@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support import hellos
 from tests.support.peers import LISTENER, Peer, free_port, require, wait_for_port
-from tests.test_tap import Twist, curl
+from tests.support.twist import Twist, curl
 from txschannel.testing import CertificateAuthority
 
 #: Accepts connections one after another; waits for the first bytes from

@@ -16,9 +16,9 @@ import time
 from twisted.trial.unittest import FailTest, SynchronousTestCase
 
 from tests.support.peers import free_port
+from tests.support.twist import Twist, assert_one_line, run_twist, wait_listening, workers_started
+from tests.support.workers import Setup, exchange, start_echo_server
 from tests.test_edges import ECHO, Edge
-from tests.test_tap import Twist, assert_one_line, run_twist
-from tests.test_workers import Setup, exchange, start_echo_server, wait_listening, workers_started
 
 
 def healthz(status: int) -> tuple[int, str]:

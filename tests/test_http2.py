@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import FailTest, TestCase
 
 from tests.support.peers import free_port, require
-from tests.test_tap import REPO, environment
+from tests.support.twist import REPO, environment
 from txschannel.testing import CertificateAuthority
 
 SITE = """

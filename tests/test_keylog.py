@@ -22,7 +22,7 @@ from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.peers import free_port, require, wait_for_port
-from tests.test_tap import Twist, run_twist
+from tests.support.twist import Twist, run_twist
 from txschannel import Credentials, keylog
 from txschannel.testing import CertificateAuthority, connected_pair
 

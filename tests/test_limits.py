@@ -17,8 +17,8 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.peers import free_port
+from tests.support.twist import Twist, assert_one_line, run_twist
 from tests.test_edges import ECHO, RECORDER, Edge, read_to_end
-from tests.test_tap import Twist, assert_one_line, run_twist
 from txschannel.terminator.limits import ConnectionLimit
 
 

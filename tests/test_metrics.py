@@ -19,8 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.certs import encrypted_pem
 from tests.support.peers import free_port
+from tests.support.twist import Twist, assert_one_line, curl, run_twist
 from tests.test_edges import ECHO, Edge
-from tests.test_tap import Twist, assert_one_line, curl, run_twist
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.peers import free_port
-from tests.test_tap import Twist
+from tests.support.twist import Twist
 from txschannel.terminator import notify
 from txschannel.testing import CertificateAuthority
 

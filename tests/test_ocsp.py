@@ -35,9 +35,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
 
 from tests.support.peers import Peer, free_port, require
+from tests.support.twist import Twist, assert_one_line, run_twist, wait_listening, workers_started
 from tests.test_endpoints import ReplyFactory
-from tests.test_tap import Twist, assert_one_line, run_twist
-from tests.test_workers import wait_listening, workers_started
 from txschannel.endpoints import SchannelServerEndpoint
 from txschannel.ocsp import Stapler, refused_address
 from txschannel.testing import CertificateAuthority

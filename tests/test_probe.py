@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support.certs import encrypted_pem
 from tests.support.peers import Peer, free_port, require, wait_for_port
-from tests.test_tap import Twist
+from tests.support.twist import Twist
 from txschannel.testing import CertificateAuthority
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,8 +19,8 @@ from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.peers import LISTENER, free_port, start_backend
+from tests.support.twist import Twist, assert_one_line, run_twist
 from tests.test_edges import Edge
-from tests.test_tap import Twist, assert_one_line, run_twist
 from txschannel.terminator.proxyheader import V2_SIGNATURE, header_v1, header_v2
 
 #: Twisted's haproxy: endpoint parses the header; the protocol behind it

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import FailTest, TestCase
 
 from tests.support.peers import LISTENER, Peer, free_port, require, start_backend, wait_for_port
-from tests.test_tap import Twist, curl
+from tests.support.twist import Twist, curl
 from txschannel import ClientContext, Credentials, Status
 from txschannel.terminator.relay import Inbound, RelayFactory
 from txschannel.testing import CertificateAuthority

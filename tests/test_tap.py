@@ -8,18 +8,14 @@ with a throw-away HOME and state folder, on loopback, and kills it after.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import re
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,131 +27,24 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-from twisted.trial.unittest import FailTest, SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from tests.support.certs import encrypted_pem
 from tests.support.peers import free_port, require, wait_for_port
+from tests.support.twist import (
+    Twist,
+    assert_one_line,
+    curl,
+    run_twist,
+    served_fingerprint,
+)
 from txschannel import Credentials
 from txschannel.terminator.access import AccessPolicy
 from txschannel.terminator.options import Options, _has_option
 from txschannel.terminator.selfsigned import ensure_self_signed
 from txschannel.terminator.service import SchannelService
 from txschannel.testing import CertificateAuthority
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def environment(home: Path) -> dict[str, str]:
-    """The environment of a fresh machine: an empty HOME, the checkout importable."""
-    env = {k: v for k, v in os.environ.items() if k != "XDG_STATE_HOME"}
-    env["HOME"] = str(home)
-    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    return env
-
-
-class Twist:
-    """One ``twist schannel`` process for a test; its log is read as it grows.
-
-    *command* runs another ``twist`` subcommand instead (``web``: any
-    Twisted application reading endpoint strings).
-    """
-
-    def __init__(self, test: TestCase | SynchronousTestCase, *arguments: str,
-                 home: Path | None = None, python_wrapper: str | None = None,
-                 group: bool = False, command: str = "schannel",
-                 env: Mapping[str, str] | None = None) -> None:
-        self.home = home or Path(tempfile.mkdtemp(prefix="txschannel-home-"))
-        self.log_path = self.home / "twist.log"
-        # python_wrapper: a script that prepares the process (say, lowers a
-        # resource limit) and then runs Python with the arguments after it.
-        wrapper = [python_wrapper] if python_wrapper else []
-        self.argv = [sys.executable, *wrapper, "-m", "twisted", "--log-format=text",
-                     command, *arguments]
-        with open(self.log_path, "wb") as log:
-            # group: a process group of its own, so that stop() also kills
-            # the processes it forks (--workers).
-            self.group = group
-            self.process = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                env={**environment(self.home), **(env or {})}, start_new_session=group,
-            )
-        test.addCleanup(self.stop)
-
-    @property
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float = 20.0, start: int = 0) -> re.Match[str]:
-        """The first match of *pattern* in the log after offset *start*."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.compile(pattern).search(self.output, start)
-            if match:
-                return match
-            if self.process.poll() is not None:
-                match = re.compile(pattern).search(self.output, start)
-                if match:
-                    return match
-                raise FailTest(
-                    f"twist exited ({self.process.returncode}) before logging {pattern!r}:\n"
-                    + self.output
-                )
-            time.sleep(0.05)
-        raise FailTest(f"twist did not log {pattern!r} within {timeout}s:\n{self.output}")
-
-    def send_signal(self, number: int) -> None:
-        self.process.send_signal(number)
-
-    def stop(self) -> None:
-        if self.group:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        elif self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=10)
-
-
-def run_twist(*arguments: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``twist schannel`` expecting it to exit by itself (bad command lines)."""
-    home = home or Path(tempfile.mkdtemp(prefix="txschannel-home-"))
-    return subprocess.run(
-        [sys.executable, "-m", "twisted", "--log-format=text", "schannel", *arguments],
-        capture_output=True, text=True, timeout=60, cwd=REPO, env=environment(home),
-    )
-
-
-def served_fingerprint(port: int, server_name: str = "localhost") -> str:
-    """SHA-256 of the certificate a TLS server on loopback presents."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=server_name) as tls:
-            der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return hashlib.sha256(der).digest().hex(":").upper()
-
-
-def curl(*arguments: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [require("curl"), "-sS", "--max-time", str(int(timeout)), *arguments],
-        capture_output=True, timeout=timeout + 10,
-    )
-
-
-def assert_one_line(
-    test: SynchronousTestCase, result: subprocess.CompletedProcess[str], needle: str
-) -> None:
-    """*result* failed with one line on stderr, from twist schannel, holding *needle*."""
-    test.assertNotEqual(result.returncode, 0, result.stderr)
-    test.assertNotIn("Traceback", result.stdout + result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    test.assertEqual(len(lines), 1, result.stderr)
-    test.assertIn(needle, lines[0])
-    test.assertTrue(lines[0].startswith("twist schannel: "), lines[0])
 
 
 class BadCommandLineTests(SynchronousTestCase):

@@ -23,111 +23,18 @@ from pathlib import Path
 
 from twisted.trial.unittest import FailTest, TestCase
 
-from tests.support.peers import LISTENER, free_port, require, start_backend
-from tests.test_tap import REPO, Twist, environment, run_twist, served_fingerprint
-from txschannel.testing import CertificateAuthority
-
-#: Echoes every byte back until the client closes, and writes how each
-#: connection ended (a FIN or a reset) as a line of the file named after
-#: the script, with ".ends".
-ECHO_SERVER = LISTENER + """
-def ended(how):
-    with open(sys.argv[0] + ".ends", "a") as ends:
-        ends.write(how + "\\n")
-
-def serve(connection):
-    with connection:
-        while True:
-            try:
-                data = connection.recv(65536)
-            except ConnectionResetError:
-                return ended("reset")
-            if not data:
-                return ended("fin")
-            connection.sendall(data)
-
-while True:
-    connection, _ = server.accept()
-    threading.Thread(target=serve, args=(connection,), daemon=True).start()
-"""
-
-_STARTED = re.compile(r"worker (\d+) started \((\d+) of (\d+), generation (\d+)\)")
-
-
-class Setup:
-    """A CA, a server certificate for localhost, and a folder for the run."""
-
-    def __init__(self, test: TestCase) -> None:
-        self.folder = Path(test.mktemp()).resolve()
-        self.folder.mkdir()
-        self.ca = CertificateAuthority()
-        self.ca_file = self.folder / "ca.pem"
-        self.ca.write(self.ca_file)
-        self.server_file = self.folder / "server.pem"
-        self.ca.issue("localhost", "127.0.0.1").write(self.server_file)
-        self.port = free_port()
-
-    def listen(self, *options: str) -> str:
-        extra = "".join(f":{option}" for option in options)
-        return (f"schannel:tcp:{self.port}:interface=127.0.0.1:"
-                f"certificate={self.server_file}{extra}")
-
-    def client_context(self, maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.ca_file))
-        if maximum is not None:
-            context.maximum_version = maximum
-        return context
-
-
-def start_echo_server(test: TestCase) -> tuple[int, Path]:
-    """The echo server's port, and the file where it says how connections ended."""
-    script = Path(test.mktemp() + ".py").resolve()
-    return start_backend(test, ECHO_SERVER, script), Path(f"{script}.ends")
-
-
-def workers_started(twist: Twist, count: int, generation: int = 1) -> list[int]:
-    """The pids of generation *generation*'s *count* workers, once all have started."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        pids = [int(m.group(1)) for m in _STARTED.finditer(twist.output)
-                if int(m.group(4)) == generation]
-        if len(pids) >= count:
-            return pids
-        if twist.process.poll() is not None:
-            raise FailTest(f"twist exited ({twist.process.returncode}):\n{twist.output}")
-        time.sleep(0.05)
-    raise FailTest(f"{count} workers of generation {generation} did not start:\n{twist.output}")
-
-
-def wait_listening(twist: Twist, count: int) -> None:
-    """Wait until *count* workers say they accept connections (past any earlier
-    lines; the supervisor alone says where they listen, once)."""
-    deadline = time.monotonic() + 30
-    while twist.output.count("ready: accepting connections worker=") < count:
-        if time.monotonic() > deadline:
-            raise FailTest(f"{count} workers did not listen:\n{twist.output}")
-        time.sleep(0.05)
-
-
-def exchange(setup: Setup, payload: bytes = b"ping",
-             session: ssl.SSLSession | None = None,
-             context: ssl.SSLContext | None = None) -> tuple[int, ssl.SSLSession | None, bool]:
-    """One TLS connection through the relay: (our port, session to resume, reused?)."""
-    context = context or setup.client_context()
-    with socket.create_connection(("127.0.0.1", setup.port), timeout=10) as raw:
-        local_port = raw.getsockname()[1]
-        with context.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
-            tls.sendall(payload)
-            received = b""
-            while len(received) < len(payload):
-                data = tls.recv(65536)
-                if not data:
-                    break
-                received += data
-            if received != payload:
-                raise FailTest(f"echoed {received!r}, sent {payload!r}")
-            # TLS 1.3 tickets arrive after the handshake: reading above took them.
-            return local_port, tls.session, tls.session_reused
+from tests.support.peers import free_port, require
+from tests.support.twist import (
+    REPO,
+    WORKER_STARTED,
+    Twist,
+    environment,
+    run_twist,
+    served_fingerprint,
+    wait_listening,
+    workers_started,
+)
+from tests.support.workers import Setup, exchange, start_echo_server
 
 
 @contextmanager
@@ -300,7 +207,7 @@ class WorkersTests(TestCase):
         while twist.process.poll() is None:
             if time.monotonic() > deadline:
                 raise FailTest(f"the supervisor did not give up:\n{twist.output}")
-            for match in _STARTED.finditer(twist.output):
+            for match in WORKER_STARTED.finditer(twist.output):
                 pid = int(match.group(1))
                 if pid not in killed:
                     killed.add(pid)
