@@ -13,9 +13,9 @@ import ssl
 import struct
 import subprocess
 
+from tests.support.edges import Edge
 from tests.support.peers import LISTENER, free_port, require
 from tests.support.twist import Twist, curl
-from tests.test_edges import Edge
 
 #: Answers a connection's first bytes with a short HTTP response, then
 #: reads until the client ends its side, and only then closes.

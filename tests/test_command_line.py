@@ -149,7 +149,7 @@ class ReadmeTests(SynchronousTestCase):
     """The README explains what its test command prints before ``PASSED``."""
 
     def test_expected_failures_are_explained_with_their_number(self) -> None:
-        from tests.test_twisted_tls_suite import KNOWN_DIFFERENCES
+        from tests.support.twisted_suite import KNOWN_DIFFERENCES
 
         readme = " ".join((REPO / "README.md").read_text().split())
         self.assertIn(

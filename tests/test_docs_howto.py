@@ -31,7 +31,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.peers import free_port, require, wait_for_port
-from tests.test_notify import Systemd
+from tests.support.systemd import Systemd
 from txschannel.testing import CertificateAuthority
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,8 +11,6 @@ import os
 import socket
 import ssl
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,9 +19,9 @@ from OpenSSL import SSL
 from twisted.trial.unittest import TestCase
 
 from tests.support import hellos
-from tests.support.peers import LISTENER, Peer, free_port, require, wait_for_port
+from tests.support.edges import ECHO, RECORDER, Edge, read_to_end
+from tests.support.peers import LISTENER, free_port, require
 from tests.support.twist import Twist, curl
-from txschannel.testing import CertificateAuthority
 
 #: Accepts connections one after another; waits for the first bytes from
 #: the client (so that the relay is surely connected), sends argv[2] bytes,
@@ -41,39 +39,6 @@ while True:
     connection.close()
 """
 
-#: Reads each connection to its end and appends "EOF <bytes>" (a FIN) or
-#: "RESET <bytes>" to the file argv[2].
-RECORDER = LISTENER + """
-while True:
-    connection, _ = server.accept()
-    size, how = 0, "EOF"
-    try:
-        while True:
-            data = connection.recv(65536)
-            if not data:
-                break
-            size += len(data)
-    except ConnectionResetError:
-        how = "RESET"
-    with open(sys.argv[2], "a") as out:
-        out.write(f"{how} {size}\\n")
-    connection.close()
-"""
-
-#: Echoes every connection, each in a thread of its own.
-ECHO = LISTENER + """
-def echo(connection):
-    with connection:
-        try:
-            while data := connection.recv(65536):
-                connection.sendall(data)
-        except OSError:
-            pass
-while True:
-    connection, _ = server.accept()
-    threading.Thread(target=echo, args=(connection,), daemon=True).start()
-"""
-
 
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
@@ -81,81 +46,6 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-class Edge(TestCase):
-    """A folder, a CA-signed server certificate, and helpers to start processes."""
-
-    def setUp(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="txschannel-edges-"))
-        self.ca = CertificateAuthority()
-        self.ca.write(self.folder / "ca.pem")
-        self.ca.issue("localhost", "127.0.0.1").write(self.folder / "server.pem")
-
-    def backend(self, script: str, *arguments: str) -> int:
-        path = self.folder / f"backend{len(list(self.folder.iterdir()))}.py"
-        path.write_text(script)
-        port = free_port()
-        peer = Peer([sys.executable, str(path), str(port), *arguments])
-        self.addCleanup(peer.stop)
-        wait_for_port(port)
-        return port
-
-    def twist(self, backend: int, *extra: str, limit_files: int | None = None) -> tuple[Twist, int]:
-        port = free_port()
-        arguments = (
-            "--listen",
-            f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.folder}/server.pem",
-            "--connect", f"tcp:127.0.0.1:{backend}", *extra,
-        )
-        limits = {} if limit_files is None else {"RLIMIT_NOFILE": limit_files}
-        twist = Twist(self, *arguments, python_wrapper=self.limited(limits))
-        # (No test connection: it would be a log line of its own.)
-        twist.wait_for("listening on")
-        return twist, port
-
-    def limited(self, limits: dict[str, int]) -> str | None:
-        """A wrapper script that sets resource *limits* for the twist process
-        alone, then runs Python with the arguments after it (or None)."""
-        if not limits:
-            return None
-        wrapper = self.folder / "limited.py"
-        wrapper.write_text(
-            "import os, resource, sys\n"
-            + "".join(
-                f"resource.setrlimit(resource.{name}, ({value}, {value}))\n"
-                for name, value in limits.items()
-            )
-            + "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
-        )
-        return str(wrapper)
-
-    def client_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.folder / "ca.pem"))
-        return context
-
-    def tls(self, port: int, timeout: float = 10.0) -> ssl.SSLSocket:
-        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        # suppress_ragged_eofs=False: an end without close_notify is an
-        # error (SSLEOFError), and a clean close_notify reads as b"".
-        return self.client_context().wrap_socket(
-            raw, server_hostname="localhost", suppress_ragged_eofs=False
-        )
-
-
-def read_to_end(tls: ssl.SSLSocket) -> tuple[int, str]:
-    """Read until the stream ends: (bytes read, "close_notify" / "no close_notify" / "reset")."""
-    size = 0
-    try:
-        while True:
-            data = tls.recv(65536)
-            if not data:
-                return size, "close_notify"
-            size += len(data)
-    except ssl.SSLEOFError:
-        return size, "no close_notify"
-    except ConnectionResetError:
-        return size, "reset"
 
 
 class AbortTests(Edge):

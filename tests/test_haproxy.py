@@ -24,10 +24,9 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
 
+from tests.support.edges import ECHO, RECORD_BYTES, Edge, wait_for_record
 from tests.support.peers import free_port
 from tests.support.twist import Twist
-from tests.test_edges import ECHO, Edge
-from tests.test_proxyheader import RECORD_BYTES, wait_for_record
 from txschannel.haproxy import (
     HEADER_TIMEOUT,
     MAX_HEADER,

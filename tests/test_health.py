@@ -15,10 +15,10 @@ import time
 
 from twisted.trial.unittest import FailTest, SynchronousTestCase
 
+from tests.support.edges import ECHO, Edge
 from tests.support.peers import free_port
 from tests.support.twist import Twist, assert_one_line, run_twist, wait_listening, workers_started
 from tests.support.workers import Setup, exchange, start_echo_server
-from tests.test_edges import ECHO, Edge
 
 
 def healthz(status: int) -> tuple[int, str]:

@@ -18,9 +18,9 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.edges import Edge, read_to_end
 from tests.support.peers import LISTENER, Peer, free_port
 from tests.support.twist import Twist
-from tests.test_edges import Edge, read_to_end
 from txschannel.terminator.relay import probe_window, send_progress
 
 #: Answers each connection's first bytes with argv[2] bytes of "x", then closes.

@@ -11,8 +11,8 @@ from pathlib import Path
 from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
 
 from tests.support.peers import free_port, require, wait_for_port
+from tests.support.probe import run_probe
 from tests.support.twist import Twist, curl, served_fingerprint
-from tests.test_probe import run_probe
 from txschannel.terminator.inspector import render_html, render_text
 from txschannel.terminator.inspector.site import _choose
 from txschannel.terminator.options import DEFAULT_PORT

@@ -16,9 +16,9 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.edges import ECHO, RECORDER, Edge, read_to_end
 from tests.support.peers import free_port
 from tests.support.twist import Twist, assert_one_line, run_twist
-from tests.test_edges import ECHO, RECORDER, Edge, read_to_end
 from txschannel.terminator.limits import ConnectionLimit
 
 

@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.certs import encrypted_pem
+from tests.support.edges import ECHO, Edge
 from tests.support.peers import free_port
 from tests.support.twist import Twist, assert_one_line, curl, run_twist
-from tests.test_edges import ECHO, Edge
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

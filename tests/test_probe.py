@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -13,24 +11,11 @@ from twisted.trial.unittest import TestCase
 
 from tests.support.certs import encrypted_pem
 from tests.support.peers import Peer, free_port, require, wait_for_port
+from tests.support.probe import run_probe
 from tests.support.twist import Twist
 from txschannel.testing import CertificateAuthority
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def run_probe(*arguments: str) -> subprocess.CompletedProcess[str]:
-    """Run the probe as a user would, from the repository checkout."""
-    path = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    environment = {**os.environ, "PYTHONPATH": path}
-    return subprocess.run(
-        [sys.executable, "-m", "txschannel", "probe", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-        env=environment,
-    )
 
 
 class ProbeAgainstOpenSSLTests(TestCase):

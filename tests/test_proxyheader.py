@@ -12,15 +12,14 @@ import ipaddress
 import json
 import socket
 import struct
-import time
 from pathlib import Path
 
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.peers import LISTENER, free_port, start_backend
+from tests.support.edges import RECORD_BYTES, Edge, wait_for_record
+from tests.support.peers import free_port, start_backend
 from tests.support.twist import Twist, assert_one_line, run_twist
-from tests.test_edges import Edge
 from txschannel.terminator.proxyheader import V2_SIGNATURE, header_v1, header_v2
 
 #: Twisted's haproxy: endpoint parses the header; the protocol behind it
@@ -42,31 +41,6 @@ class Tell(Protocol):
 endpoint = serverFromString(reactor, "haproxy:tcp:%s:interface=127.0.0.1" % sys.argv[1])
 endpoint.listen(Factory.forProtocol(Tell))
 reactor.run()
-"""
-
-#: Writes the first bytes of each connection (all that arrive within a
-#: moment of the first) to argv[2], hex-encoded, one line per connection.
-RECORD_BYTES = LISTENER + """
-import binascii
-while True:
-    connection, _ = server.accept()
-    with connection:
-        connection.settimeout(2)
-        data = b""
-        try:
-            while len(data) < 4096:
-                chunk = connection.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-                if data.endswith(b"hello"):
-                    break
-        except OSError:
-            pass
-        if data:
-            with open(sys.argv[2], "a") as out:
-                out.write(binascii.hexlify(data).decode() + "\\n")
-        connection.sendall(b"ok")
 """
 
 
@@ -271,17 +245,6 @@ class ProxyProtocolTests(Edge):
         length = struct.unpack("!H", data[14:16])[0]
         self.assertEqual(length, 12)  # the addresses alone
         self.assertEqual(data[16 + 12:], b"hello")
-
-
-def wait_for_record(path: Path, count: int = 1) -> list[str]:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        # (The first line may be a readiness probe's; it sent nothing.)
-        lines = path.read_text().split() if path.exists() else []
-        if len(lines) >= count:
-            return lines
-        time.sleep(0.05)
-    raise AssertionError(f"the backend recorded nothing in {path}")
 
 
 class HeaderBuilderTests(SynchronousTestCase):

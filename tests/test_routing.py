@@ -15,9 +15,9 @@ import subprocess
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.edges import Edge
 from tests.support.peers import LISTENER, free_port, require
 from tests.support.twist import Twist, assert_one_line, curl, run_twist
-from tests.test_edges import Edge
 from txschannel.terminator.routing import Route, Router, normalize_route_name
 
 #: A first label of 243 characters: with ".b.localhost", 255 characters,

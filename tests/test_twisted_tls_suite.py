@@ -11,9 +11,10 @@ Not run: ``NonStreamingProducerTests`` and ``_AggregateSmallWritesTests``,
 which test Twisted's private helpers ``_PullToPush`` and
 ``_AggregateSmallWrites`` directly and never build a TLS transport.
 
-Tests that do not pass are in :data:`KNOWN_DIFFERENCES` with the reason;
-they run as trial ``todo`` (expected failure), so one that starts passing is
-reported as an unexpected success and the list must be updated. Tests that
+Tests that do not pass are in ``KNOWN_DIFFERENCES`` (tests/support/
+twisted_suite.py) with the reason; they run as trial ``todo`` (expected
+failure), so one that starts passing is reported as an unexpected success
+and the list must be updated. Tests that
 do not involve our transport at all are in :data:`NOT_APPLICABLE` and are
 skipped with the reason. docs/testing.rst has the same table.
 
@@ -39,42 +40,9 @@ except ImportError as e:  # pragma: no cover - a broken environment, reported lo
         "(pip install '.[test]', which brings pyhamcrest and hypothesis)"
     ) from e
 
+from tests.support.twisted_suite import KNOWN_DIFFERENCES, NOT_APPLICABLE
 from txschannel.protocol import SchannelFactory, SchannelProtocol
 from txschannel.testing import connected_pair
-
-_PRIVATE = "inspects or replaces a private attribute of Twisted's class: "
-
-#: ``Class.test_name`` -> why txschannel's transport does not pass it.
-KNOWN_DIFFERENCES: dict[str, str] = {
-    "TLSMemoryBIOTests.test_connectionLostOnlyAfterUnderlyingCloses": (
-        _PRIVATE + "it calls _tlsShutdownFinished()"
-    ),
-    "TLSMemoryBIOTests.test_errorWriting": (
-        _PRIVATE + "it replaces _tlsConnection to make send() fail; txschannel's "
-        "OpenSSL connection lives inside the security context"
-    ),
-    "TLSMemoryBIOTests.test_loseConnectionTwice": (
-        _PRIVATE + "it wraps _shutdownTLS() to count calls"
-    ),
-    "TLSMemoryBIOTests.test_loseConnectionAfterConnectionLost": (
-        _PRIVATE + "it wraps _shutdownTLS() to count calls"
-    ),
-    "TLSProducerTests.test_nonStreamingProducer": (
-        _PRIVATE + "it expects Twisted's _PullToPush inside transport.producer._producer"
-    ),
-    "TLSProducerTests.test_streamingProducerBothTransportsDecideToPause": (
-        "it injects a fake OpenSSL Connection with only the methods Twisted's class "
-        "calls; txschannel's security context calls more of the Connection API "
-        "(get_protocol_version_name, ...) and fails on the fake"
-    ),
-}
-
-#: Tests in the substituted classes that never touch the transport.
-NOT_APPLICABLE: dict[str, str] = {
-    "TLSProducerTests.test_interface": (
-        "tests Twisted's private _ProducerMembrane class directly"
-    ),
-}
 
 _T = TypeVar("_T", bound=type)
 
