@@ -11,13 +11,17 @@ fingerprints FoxIO publishes for its definition.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Sequence
 
 from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.hellos import client_hello, records
+from tests.support.hellos import (
+    JA4_FORMAT,
+    build_hello,
+    client_hello,
+    records,
+)
 from txschannel import ServerContext, Status
 from txschannel.records import MAX_CLIENT_HELLO, frame
 from txschannel.terminator.clienthello import (
@@ -36,83 +40,6 @@ from txschannel.terminator.clienthello import (
     version_name,
 )
 from txschannel.testing import CertificateAuthority
-
-JA4_FORMAT = re.compile(
-    r"^[tqd](1[0-3]|s[23]|d[123]|00)[di]\d{4}[0-9a-zA-Z]{2}_[0-9a-f]{12}_[0-9a-f]{12}$"
-)
-
-
-def _u16(values: Sequence[int]) -> bytes:
-    return b"".join(v.to_bytes(2, "big") for v in values)
-
-
-def _vector(body: bytes, size: int = 2) -> bytes:
-    return len(body).to_bytes(size, "big") + body
-
-
-def _extension(kind: int, body: bytes) -> bytes:
-    return kind.to_bytes(2, "big") + _vector(body)
-
-
-def extension_body(
-    kind: int,
-    *,
-    server_name: bytes = b"example.com",
-    alpn: Sequence[bytes] = (b"h2", b"http/1.1"),
-    signature_algorithms: Sequence[int] = (0x0403, 0x0804, 0x0401),
-    versions: Sequence[int] = (0x0304, 0x0303),
-    groups: Sequence[int] = (0x001D, 0x0017),
-    key_shares: Sequence[tuple[int, int]] = ((0x001D, 32),),
-    ticket: bytes = b"",
-) -> bytes:
-    """A well-formed body for extension *kind* (an empty one for kinds we need not fill)."""
-    if kind == 0x0000:
-        return _vector(b"\x00" + _vector(server_name))
-    if kind == 0x0010:
-        return _vector(b"".join(_vector(p, 1) for p in alpn))
-    if kind == 0x000D:
-        return _vector(_u16(signature_algorithms))
-    if kind == 0x002B:
-        return _vector(_u16(versions), 1)
-    if kind == 0x000A:
-        return _vector(_u16(groups))
-    if kind == 0x0033:
-        return _vector(b"".join(g.to_bytes(2, "big") + _vector(bytes(n)) for g, n in key_shares))
-    if kind == 0x002D:
-        return _vector(b"\x01", 1)
-    if kind == 0x000B:
-        return _vector(b"\x00", 1)
-    if kind == 0x001B:
-        return _vector(_u16([2]), 1)
-    if kind == 0xFF01:
-        return b"\x00"
-    if kind == 0x0023:
-        return ticket
-    if kind == 0x0029:
-        identity = _vector(b"ticket") + bytes(4)
-        return _vector(identity) + _vector(_vector(bytes(32), 1))
-    return b""
-
-
-def build_hello(
-    ciphers: Sequence[int],
-    extensions: Sequence[int],
-    *,
-    version: int = 0x0303,
-    session_id: bytes = bytes(32),
-    **bodies: object,
-) -> bytes:
-    """A ClientHello handshake message with these cipher suites and
-    extensions (in this order, bodies from :func:`extension_body`)."""
-    block = b"".join(
-        _extension(kind, extension_body(kind, **bodies))  # type: ignore[arg-type]
-        for kind in extensions
-    )
-    body = (
-        version.to_bytes(2, "big") + bytes(range(32)) + _vector(session_id, 1)
-        + _vector(_u16(ciphers)) + b"\x01\x00" + _vector(block)
-    )
-    return b"\x01" + len(body).to_bytes(3, "big") + body
 
 
 def from_raw(raw_original: str, *, alpn: Sequence[bytes] = (b"h2", b"http/1.1"),

@@ -2,16 +2,15 @@
 
 Every test here runs real OpenSSL on both sides (our client against our
 server); the tests against other TLS stacks are in ``test_context_peers``.
-The helpers at the top are shared with those modules.
+The credentials come from tests.support.contexts, the in-memory handshake
+from tests.support.handshake.
 """
 
 from __future__ import annotations
 
 import datetime
-import functools
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import trustme
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -19,261 +18,33 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.contexts import (
+    NAME,
+    authority,
+    client_credentials,
+    expired_pem,
+    self_signed_pem,
+    server_credentials,
+)
+from tests.support.handshake import (
+    Side,
+    bytewise,
+    connected,
+    failure,
+    handshake,
+    peer_error,
+    random_chunks,
+    whole,
+)
 from txschannel import (
     ClientContext,
     Credentials,
-    SecurityContext,
     SecurityError,
     ServerContext,
     Status,
-    Step,
     _openssl,
 )
 from txschannel.records import frame
-
-# -- shared helpers -----------------------------------------------------------
-
-NAME = "localhost"
-
-
-@dataclass
-class Authority:
-    """A throw-away CA with one server and one client certificate."""
-
-    ca: trustme.CA
-    server: trustme.LeafCert
-    client: trustme.LeafCert
-
-    @property
-    def roots(self) -> bytes:
-        return self.ca.cert_pem.bytes()
-
-    @property
-    def server_pem(self) -> bytes:
-        return self.server.private_key_and_cert_chain_pem.bytes()
-
-    @property
-    def client_pem(self) -> bytes:
-        return self.client.private_key_and_cert_chain_pem.bytes()
-
-
-def authority(key_type: str = "ECDSA") -> Authority:
-    """One CA per key type ("ECDSA" or "RSA") for the whole run, with keys of
-    that type throughout: key generation is the slow part."""
-    return _authority(key_type)
-
-
-@functools.cache
-def _authority(key_type: str) -> Authority:
-    kind = trustme.KeyType[key_type]
-    ca = trustme.CA(key_type=kind)
-    return Authority(
-        ca,
-        ca.issue_cert(NAME, "127.0.0.1", key_type=kind),
-        ca.issue_cert("client@example.com", key_type=kind),
-    )
-
-
-@functools.cache
-def expired_pem() -> bytes:
-    """A server certificate for localhost that expired yesterday."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    leaf = authority().ca.issue_cert(
-        NAME,
-        not_before=now - datetime.timedelta(days=30),
-        not_after=now - datetime.timedelta(days=1),
-    )
-    return leaf.private_key_and_cert_chain_pem.bytes()
-
-
-@functools.cache
-def self_signed_pem() -> bytes:
-    """A self-signed CA certificate for localhost with its key, the kind
-    `twist schannel` makes for itself."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
-
-
-def server_credentials(key_type: str = "ECDSA", **options: object) -> Credentials:
-    return Credentials.server(certificate=authority(key_type).server_pem, **options)  # type: ignore[arg-type]
-
-
-def client_credentials(key_type: str = "ECDSA", **options: object) -> Credentials:
-    options.setdefault("trust_roots", authority(key_type).roots)
-    return Credentials.client(**options)  # type: ignore[arg-type]
-
-
-def whole(data: bytes) -> Iterator[bytes]:
-    """Deliver *data* in one piece."""
-    if data:
-        yield data
-
-
-def bytewise(data: bytes) -> Iterator[bytes]:
-    """Deliver *data* one byte at a time."""
-    for i in range(len(data)):
-        yield data[i : i + 1]
-
-
-def random_chunks(seed: int, largest: int = 700) -> Callable[[bytes], Iterator[bytes]]:
-    """Deliver data in pseudo-random pieces of 1 to *largest* bytes."""
-    rng = random.Random(seed)
-
-    def split(data: bytes) -> Iterator[bytes]:
-        i = 0
-        while i < len(data):
-            n = rng.randint(1, largest)
-            yield data[i : i + n]
-            i += n
-
-    return split
-
-
-@dataclass
-class Side:
-    """One of our contexts with its receive buffer, as a transport would keep it."""
-
-    context: SecurityContext
-    extra: bytes = b""
-    done: bool = False
-    steps: list[Step] = field(default_factory=list)
-
-    def start(self) -> bytes:
-        assert isinstance(self.context, ClientContext)
-        step = self.context.initialize()
-        self.steps.append(step)
-        self.extra = step.extra
-        return step.token
-
-    def feed(self, data: bytes, split: Callable[[bytes], Iterator[bytes]] = whole) -> bytes:
-        """Give *data* to the handshake in pieces; return what to send back."""
-        tokens = []
-        for piece in split(data):
-            if self.done:
-                self.extra += piece
-                continue
-            buffer = self.extra + piece
-            if isinstance(self.context, ClientContext):
-                step = self.context.initialize(buffer)
-            else:
-                assert isinstance(self.context, ServerContext)
-                step = self.context.accept(buffer)
-            self.steps.append(step)
-            tokens.append(step.token)
-            self.extra = step.extra
-            self.done = step.status is Status.OK
-        return b"".join(tokens)
-
-
-@dataclass
-class Pair:
-    """A handshake's outcome: both sides, and bytes still in flight."""
-
-    client: Side
-    server: Side
-    to_server: bytes = b""
-    to_client: bytes = b""
-
-    def client_to_server(self, data: bytes) -> bytes:
-        """Encrypt at the client, decrypt at the server (with what was in flight)."""
-        result = self.server.context.decrypt(self.server.extra + self.to_server +
-                                             self.client.context.encrypt(data))
-        self.server.extra, self.to_server = result.extra, b""
-        self.to_client += result.token
-        return result.data
-
-    def server_to_client(self, data: bytes) -> bytes:
-        result = self.client.context.decrypt(self.client.extra + self.to_client +
-                                             self.server.context.encrypt(data))
-        self.client.extra, self.to_client = result.extra, b""
-        self.to_server += result.token
-        return result.data
-
-
-def handshake(
-    client: ClientContext,
-    server: ServerContext,
-    split: Callable[[bytes], Iterator[bytes]] = whole,
-    rounds: int = 20,
-) -> Pair:
-    """Run the SSPI loop on both sides until both return OK (or raise)."""
-    pair = Pair(Side(client), Side(server))
-    pair.to_server = pair.client.start()
-    for _ in range(rounds):
-        if pair.client.done and pair.server.done:
-            break
-        if pair.to_server and not pair.server.done:
-            data, pair.to_server = pair.to_server, b""
-            pair.to_client += pair.server.feed(data, split)
-        if pair.to_client and not pair.client.done:
-            data, pair.to_client = pair.to_client, b""
-            pair.to_server += pair.client.feed(data, split)
-    else:
-        raise AssertionError(f"no handshake after {rounds} rounds")
-    if not (pair.client.done and pair.server.done):
-        raise AssertionError("the handshake stalled with nothing to send")
-    return pair
-
-
-def connected(key_type: str = "ECDSA", version: str | None = None) -> Pair:
-    """A client and server context that have finished their handshake."""
-    client = ClientContext(client_credentials(key_type, maximum_version=version), NAME)
-    server = ServerContext(server_credentials(key_type, maximum_version=version))
-    return handshake(client, server)
-
-
-def failure(client: ClientContext, server: ServerContext) -> tuple[str, SecurityError, Pair]:
-    """Run a handshake that must fail; which side raised, the error, and the
-    state (with the failing side's alert delivered to the other side)."""
-    pair = Pair(Side(client), Side(server))
-    pair.to_server = pair.client.start()
-    for _ in range(20):
-        try:
-            if pair.to_server:
-                data, pair.to_server = pair.to_server, b""
-                pair.to_client += pair.server.feed(data)
-        except SecurityError as e:
-            return "server", e, pair
-        try:
-            if pair.to_client:
-                data, pair.to_client = pair.to_client, b""
-                pair.to_server += pair.client.feed(data)
-        except SecurityError as e:
-            return "client", e, pair
-        if pair.client.done and pair.server.done:
-            break
-    raise AssertionError("the handshake did not fail")
-
-
-def peer_error(side: Side, token: bytes) -> SecurityError:
-    """What *side* raises on reading the alert *token*."""
-    try:
-        if side.done:
-            side.context.decrypt(side.extra + token)
-        else:
-            side.feed(token)
-    except SecurityError as e:
-        return e
-    raise AssertionError(f"{side.context!r} accepted the alert {token.hex()}")
-
 
 # -- the handshake -----------------------------------------------------------
 

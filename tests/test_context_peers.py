@@ -16,19 +16,24 @@ import socket
 import ssl
 import subprocess
 from collections.abc import Callable
-from typing import Protocol
 
 from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.peers import Peer, free_port, require
-from tests.test_context import (
+from tests.support.contexts import (
     NAME,
-    Side,
     authority,
     client_credentials,
     expired_pem,
     server_credentials,
+)
+from tests.support.handshake import Side, Speaker, converse, fails
+from tests.support.peers import Peer, free_port, require
+from tests.support.pyssl import (
+    PythonSide,
+    load_chain,
+    python_client,
+    python_server,
 )
 from txschannel import ClientContext, Credentials, SecurityError, ServerContext, Status, _openssl
 
@@ -37,167 +42,6 @@ _CERTIFICATE_STATUSES = (
 )
 
 TIMEOUT = 10.0
-
-
-class Speaker(Protocol):
-    done: bool
-
-    def feed(self, data: bytes) -> bytes: ...
-
-
-class PythonSide:
-    """Python's ``ssl`` over memory BIOs, driven like our :class:`Side`."""
-
-    def __init__(self, context: ssl.SSLContext, *, server_side: bool,
-                 hostname: str | None = NAME) -> None:
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=server_side,
-                                    server_hostname=None if server_side else hostname)
-        self.done = False
-        self.closed = False
-
-    def start(self) -> bytes:
-        return self.feed(b"")
-
-    def feed(self, data: bytes) -> bytes:
-        if data:
-            self.incoming.write(data)
-        if not self.done:
-            try:
-                self.obj.do_handshake()
-                self.done = True
-            except ssl.SSLWantReadError:
-                pass
-        return self.outgoing.read()
-
-    def read(self) -> bytes:
-        """Every plaintext byte available now (and remember close_notify)."""
-        chunks = []
-        while True:
-            try:
-                chunk = self.obj.read(1 << 16)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                self.closed = True
-                break
-            if not chunk:
-                # ssl reads a close_notify as b"" (not SSLZeroReturnError).
-                self.closed = True
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def write(self, data: bytes) -> bytes:
-        self.obj.write(data)
-        return self.outgoing.read()
-
-    def alert_reason(self, token: bytes) -> str:
-        """The reason Python's ssl gives for the alert in *token*."""
-        try:
-            self.feed(token)
-            self.read()
-        except ssl.SSLError as e:
-            # ssl names only the reasons in its table; OpenSSL's words otherwise.
-            return str(e.reason or e.args[1])
-        raise AssertionError(f"ssl accepted {token.hex()} without an error")
-
-
-def python_server(version: ssl.TLSVersion | None = None, pem: bytes | None = None,
-                  **options: object) -> PythonSide:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _load_chain(context, pem or authority().server_pem)
-    if version is not None:
-        context.maximum_version = version
-    _apply(context, options)
-    return PythonSide(context, server_side=True)
-
-
-def python_client(version: ssl.TLSVersion | None = None, roots: bytes | None = None,
-                  hostname: str = NAME, **options: object) -> PythonSide:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(cadata=(roots or authority().roots).decode())
-    if version is not None:
-        context.maximum_version = version
-    _apply(context, options)
-    return PythonSide(context, server_side=False, hostname=hostname)
-
-
-def _apply(context: ssl.SSLContext, options: dict[str, object]) -> None:
-    for name, value in options.items():
-        if name == "alpn":
-            context.set_alpn_protocols(value)  # type: ignore[arg-type]
-        elif name == "ciphers":
-            context.set_ciphers(value)  # type: ignore[arg-type]
-        elif name == "minimum_version":
-            context.minimum_version = value  # type: ignore[assignment]
-        elif name == "certificate":
-            _load_chain(context, value)  # type: ignore[arg-type]
-        elif name == "client_ca":
-            context.load_verify_locations(cadata=value.decode())  # type: ignore[attr-defined]
-            context.verify_mode = ssl.CERT_REQUIRED
-        else:
-            raise TypeError(name)
-
-
-_pem_files: dict[bytes, str] = {}
-
-
-def _load_chain(context: ssl.SSLContext, pem: bytes) -> None:
-    # ssl only loads certificates from files.
-    path = _pem_files.get(pem)
-    if path is None:
-        import tempfile
-
-        handle, path = tempfile.mkstemp(suffix=".pem")
-        os.write(handle, pem)
-        os.close(handle)
-        _pem_files[pem] = path
-    context.load_cert_chain(path)
-
-
-def converse(client: Speaker, server: Speaker, first: bytes) -> tuple[bytes, bytes]:
-    """Run both handshakes; return the bytes in flight (to server, to client)."""
-    to_server, to_client = first, b""
-    for _ in range(20):
-        if client.done and server.done:
-            return to_server, to_client
-        if to_server and not server.done:
-            data, to_server = to_server, b""
-            to_client += server.feed(data)
-        if to_client and not client.done:
-            data, to_client = to_client, b""
-            to_server += client.feed(data)
-    raise AssertionError("no handshake after 20 rounds")
-
-
-def fails(client: Speaker, server: Speaker, first: bytes) -> tuple[Speaker, Exception, bytes]:
-    """Run a handshake that must fail: the side that raised, its error, and
-    the bytes (the alert) it leaves for the other side."""
-    to_server, to_client = first, b""
-    for _ in range(20):
-        for speaker, pending in ((server, "s"), (client, "c")):
-            data = to_server if pending == "s" else to_client
-            if not data:
-                continue
-            if pending == "s":
-                to_server = b""
-            else:
-                to_client = b""
-            try:
-                out = speaker.feed(data)
-            except SecurityError as e:
-                return speaker, e, e.token
-            except ssl.SSLError as e:
-                assert isinstance(speaker, PythonSide)
-                return speaker, e, speaker.outgoing.read()
-            if speaker is server:
-                to_client += out
-            else:
-                to_server += out
-        if client.done and server.done:
-            break
-    raise AssertionError("the handshake did not fail")
 
 
 # -- interop -------------------------------------------------------------------
@@ -238,7 +82,7 @@ class PythonServerTests(SynchronousTestCase):
     def test_resumption_against_python_ssl_server(self) -> None:
         for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            _load_chain(context, authority().server_pem)
+            load_chain(context, authority().server_pem)
             context.maximum_version = version
             credentials = client_credentials()
             for attempt in range(2):

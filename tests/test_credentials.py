@@ -17,16 +17,9 @@ from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from tests.test_context import (
-    NAME,
-    authority,
-    client_credentials,
-    failure,
-    handshake,
-    peer_error,
-    server_credentials,
-)
-from tests.test_context_peers import PythonSide, converse, fails
+from tests.support.contexts import NAME, authority, client_credentials, server_credentials
+from tests.support.handshake import converse, fails, failure, handshake, peer_error
+from tests.support.pyssl import PythonSide
 from txschannel import ClientContext, Credentials, SecurityError, ServerContext, Status, _openssl
 from txschannel.credentials import read_passphrase, sni_default, validity_warnings
 from txschannel.testing import CertificateAuthority, IssuedCertificate
@@ -282,7 +275,7 @@ class GroupTests(SynchronousTestCase):
         context.load_verify_locations(cadata=authority().roots.decode())
         context.set_ecdh_curve("secp521r1")
         theirs = PythonSide(context, server_side=False)
-        from tests.test_context import Side
+        from tests.support.handshake import Side
 
         ours = Side(ServerContext(server_credentials()))
         speaker, error, _ = fails(theirs, ours, theirs.start())
@@ -294,7 +287,7 @@ class GroupTests(SynchronousTestCase):
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.load_verify_locations(cadata=authority().roots.decode())
         theirs = PythonSide(context, server_side=False)
-        from tests.test_context import Side
+        from tests.support.handshake import Side
 
         ours = Side(ServerContext(server_credentials()))
         converse(theirs, ours, theirs.start())

@@ -27,63 +27,18 @@ from typing import Any
 
 from twisted.internet import defer, reactor, threads
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ClientFactory, Factory
 from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from tests.support import certs
-from txschannel import ClientContext, Credentials, SecurityError, ServerContext, Status
+from tests.support.faults import Recorder, client_credentials, server_credentials
+from txschannel import ClientContext, SecurityError, ServerContext, Status
 from txschannel.protocol import ConnectionTruncated, SchannelFactory
 
 TIMEOUT = 15.0
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-_root = certs.authority("faults root")
-_server = certs.leaf(_root, ["localhost", "127.0.0.1"])
-
-
-def server_credentials() -> Credentials:
-    return Credentials.server(certificate=_server.chain_pem)
-
-
-def client_credentials() -> Credentials:
-    return Credentials.client(trust_roots=[_root.certificate])
-
-
-@implementer(IHandshakeListener)
-class Recorder(Protocol):
-    """The wrapped (application) protocol: records what the transport tells it."""
-
-    def __init__(self) -> None:
-        self.made = 0
-        self.handshakes = 0
-        self.received = b""
-        self.lost: list[Failure] = []
-        self.gone: defer.Deferred[None] = defer.Deferred()
-        self.on_handshake: Callable[[Recorder], None] | None = None
-        #: Written back for each delivery, so a peer can tell it was delivered.
-        self.reply: bytes | None = None
-
-    def connectionMade(self) -> None:
-        self.made += 1
-
-    def handshakeCompleted(self) -> None:
-        self.handshakes += 1
-        if self.on_handshake is not None:
-            self.on_handshake(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-        if self.reply is not None:
-            self.transport.write(self.reply)  # type: ignore[union-attr]
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-        self.lost.append(reason)
-        if not self.gone.called:
-            self.gone.callback(None)
 
 
 def reset(sock: socket.socket) -> None:
@@ -488,7 +443,7 @@ REACTOR_STOP_SCRIPT = textwrap.dedent(
     from twisted.internet import reactor
     from twisted.internet.protocol import ClientFactory, Factory
     from twisted.python import log
-    from tests.test_faults import Recorder, client_credentials, server_credentials
+    from tests.support.faults import Recorder, client_credentials, server_credentials
     from txschannel.protocol import SchannelFactory
 
     errors = []

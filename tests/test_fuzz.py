@@ -19,13 +19,8 @@ from contextlib import contextmanager
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_context import (
-    NAME,
-    Pair,
-    client_credentials,
-    handshake,
-    server_credentials,
-)
+from tests.support.contexts import NAME, client_credentials, server_credentials
+from tests.support.handshake import Pair, handshake
 from txschannel import ClientContext, SecurityError, ServerContext, Status, Step, Unwrapped
 from txschannel.records import frame
 

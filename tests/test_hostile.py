@@ -33,7 +33,7 @@ from OpenSSL import SSL
 from twisted.trial.unittest import FailTest, TestCase
 
 from tests.support import certs
-from tests.test_interop_matrix import context_request
+from tests.support.fetch import context_request
 from txschannel import ClientContext, Credentials
 
 HANDSHAKE_TIMEOUT = 2

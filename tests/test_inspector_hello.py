@@ -30,9 +30,9 @@ from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.support.hellos import JA4_FORMAT, build_hello
 from tests.support.peers import require
 from tests.support.png import Image, read_png
-from tests.test_clienthello import JA4_FORMAT, build_hello
 from txschannel import Credentials
 from txschannel.protocol import SchannelFactory
 from txschannel.terminator.inspector import (

@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_context import NAME, authority, client_credentials, handshake, server_credentials
+from tests.support.contexts import NAME, authority, client_credentials, server_credentials
+from tests.support.handshake import handshake
 from txschannel import ClientContext, SecurityError, ServerContext, Status, _openssl
 
 
@@ -44,7 +45,7 @@ _WHICH = "from txschannel import _openssl; print(_openssl.FAST)"
 
 # A handshake, data both ways, a close_notify: through the whole context.
 _EXCHANGE = """
-from tests.test_context import connected
+from tests.support.handshake import connected
 pair = connected()
 assert pair.client_to_server(b"ping") == b"ping"
 assert pair.server_to_client(b"pong" * 10000) == b"pong" * 10000

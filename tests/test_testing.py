@@ -17,30 +17,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from tests.support.handshake import handshake
 from tests.support.peers import require
 from txschannel import ClientContext, Credentials, SecurityError, ServerContext, Status
 from txschannel.testing import CertificateAuthority, ConnectedPair, connected_pair
-
-
-def handshake(client: ClientContext, server: ServerContext) -> None:
-    """Drive both contexts to OK in memory, or let the SecurityError out."""
-    step = client.initialize()
-    to_server, to_client = step.token, b""
-    client_done = server_done = False
-    for _ in range(20):
-        if client_done and server_done:
-            return
-        if to_server and not server_done:
-            answer = server.accept(to_server)
-            to_client += answer.token
-            to_server = answer.extra
-            server_done = answer.status is Status.OK
-        if to_client and not client_done:
-            step = client.initialize(to_client)
-            to_server += step.token
-            to_client = step.extra
-            client_done = step.status is Status.OK
-    raise AssertionError("the handshake did not finish in 20 rounds")
 
 
 def alt_names(certificate: x509.Certificate) -> list[str]:

@@ -14,7 +14,6 @@ the client's alert (the design maps received alerts the same way).
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
 from functools import cache
 
 from cryptography import x509
@@ -23,11 +22,10 @@ from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.support import certs
+from tests.support.handshake import Outcome, judged_handshake
 from txschannel import (
-    ClientContext,
     Credentials,
     SecurityError,
-    ServerContext,
     Status,
     TrustStore,
     _openssl,
@@ -37,66 +35,6 @@ from txschannel import (
 VERSIONS = ("TLSv1.2", "TLSv1.3")
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
-
-
-@dataclass
-class Outcome:
-    """How one in-memory handshake ended, on each side."""
-
-    client_error: SecurityError | None
-    server_error: SecurityError | None
-    client: ClientContext
-    server: ServerContext
-
-
-def handshake(
-    client_credentials: Credentials, server_credentials: Credentials, target: str | None
-) -> Outcome:
-    """Run a handshake through memory until both sides finish or fail.
-
-    Every token either side produces (including the alert carried by a
-    SecurityError) is delivered to the other side, so the receiving side's
-    reaction to the alert is observed too.
-    """
-    client = ClientContext(client_credentials, target)
-    server = ServerContext(server_credentials)
-    client_error = server_error = None
-    client_done = server_done = False
-    to_server = client.initialize().token
-    to_client = b""
-    client_buffer = server_buffer = b""
-    for _ in range(20):  # a TLS handshake needs at most a handful of flights
-        if to_server and server_error is None:
-            try:
-                step = server.accept(server_buffer + to_server)
-                server_buffer = step.extra if step.status is not Status.OK else b""
-                server_done = step.status is Status.OK
-                to_client += step.token
-            except SecurityError as e:
-                server_error = e
-                to_client += e.token
-            to_server = b""
-        if server_done and to_client and client_done:
-            break
-        if to_client and client_error is None:
-            try:
-                step = client.initialize(client_buffer + to_client)
-                client_buffer = step.extra if step.status is not Status.OK else b""
-                client_done = step.status is Status.OK
-                to_server += step.token
-            except SecurityError as e:
-                client_error = e
-                to_server += e.token
-            to_client = b""
-        if not to_server and not to_client:
-            break
-    if client_done and server_error is None and to_server:
-        # The server may still judge the client's last flight (client certificates).
-        try:
-            server.accept(server_buffer + to_server)
-        except SecurityError as e:
-            server_error = e
-    return Outcome(client_error, server_error, client, server)
 
 
 @cache
@@ -144,7 +82,7 @@ class ServerCertificateTests(SynchronousTestCase):
 
     def assertAccepted(self, identity: certs.Issued, target: str) -> None:
         for version in VERSIONS:
-            outcome = handshake(
+            outcome = judged_handshake(
                 self.client_credentials(version), server_credentials(identity), target
             )
             self.assertIsNone(outcome.client_error, f"{version}: {outcome.client_error!r}")
@@ -163,7 +101,7 @@ class ServerCertificateTests(SynchronousTestCase):
         """The client fails with *status* and a reason containing *words*,
         and the server, on the client's alert, fails with *server_status*."""
         for version in VERSIONS:
-            outcome = handshake(
+            outcome = judged_handshake(
                 self.client_credentials(version), server_credentials(identity), target
             )
             error = outcome.client_error
@@ -193,7 +131,7 @@ class ServerCertificateTests(SynchronousTestCase):
 
     def test_peer_chain_is_reported_leaf_first(self) -> None:
         identity = certs.leaf(pki()["intermediate"], ["localhost"])
-        outcome = handshake(
+        outcome = judged_handshake(
             self.client_credentials("TLSv1.3"), server_credentials(identity), "localhost"
         )
         attributes = outcome.client.attributes
@@ -236,7 +174,7 @@ class ServerCertificateTests(SynchronousTestCase):
                 trust_roots=[old.certificate], minimum_version=version, maximum_version=version,
                 validation=self.validation,
             )
-            outcome = handshake(credentials, server_credentials(identity), "localhost")
+            outcome = judged_handshake(credentials, server_credentials(identity), "localhost")
             error = outcome.client_error
             self.assertIsNotNone(error, version)
             assert error is not None
@@ -350,7 +288,7 @@ class ServerCertificateTests(SynchronousTestCase):
         credentials = Credentials.client(
             trust_roots=[identity.certificate], validation=self.validation
         )
-        outcome = handshake(credentials, server_credentials(identity), "localhost")
+        outcome = judged_handshake(credentials, server_credentials(identity), "localhost")
         self.assertIsNone(outcome.client_error)
         self.assertTrue(outcome.client.established)
 
@@ -405,7 +343,7 @@ class ServerCertificateTests(SynchronousTestCase):
         )
         for version in VERSIONS:
             credentials = self.client_credentials(version, manual_validation=True)
-            outcome = handshake(credentials, server_credentials(bad), "localhost")
+            outcome = judged_handshake(credentials, server_credentials(bad), "localhost")
             self.assertIsNone(outcome.client_error, version)
             self.assertEqual(outcome.client.attributes.peer_certificate, bad.certificate)
 
@@ -426,7 +364,7 @@ class CryptographyValidationTests(SynchronousTestCase):
         credentials = Credentials.client(
             trust_roots=roots or [pki()["root"].certificate], validation=validation
         )
-        return handshake(credentials, server_credentials(identity), target)
+        return judged_handshake(credentials, server_credentials(identity), target)
 
     def test_wildcard_overlapping_an_excluded_name_is_cert_unknown(self) -> None:
         # CVE-2025-61727: *.example.com covers bar.example.com, which the
@@ -575,7 +513,7 @@ class ClientCertificateTests(SynchronousTestCase):
             require_client_certificate=True,
         )
         options = {} if identity is None else {"certificate": identity.chain_pem}
-        return handshake(client_credentials(version, **options), server, "localhost")
+        return judged_handshake(client_credentials(version, **options), server, "localhost")
 
     def test_valid_client_certificate_is_accepted(self) -> None:
         identity = certs.leaf(pki()["intermediate"], ["client.example.com"], usages=("client",))

@@ -37,7 +37,7 @@ from OpenSSL import crypto
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.support import certs
-from tests.test_validation_corpus import handshake
+from tests.support.handshake import judged_handshake
 from txschannel import (
     Credentials,
     SecurityError,
@@ -369,7 +369,7 @@ def replayable_ids() -> frozenset[str]:
             trust_roots=[certs.authority("nobody").certificate], manual_validation=True
         )
         try:
-            outcome = handshake(client, served(case), name["value"])
+            outcome = judged_handshake(client, served(case), name["value"])
         except ValueError:  # a name the client refuses to use (IDNA)
             continue
         if outcome.client_error is None and outcome.server_error is None:
@@ -396,7 +396,7 @@ def over_tls(case: dict[str, Any], validation: str) -> SecurityError | None:
         minimum_version="TLSv1.3",
         validation=validation,
     )
-    outcome = handshake(client, served(case), case["expected_peer_name"]["value"])
+    outcome = judged_handshake(client, served(case), case["expected_peer_name"]["value"])
     return outcome.client_error
 
 
@@ -448,7 +448,7 @@ def as_client(case: dict[str, Any]) -> SecurityError | None:
         trust_roots=[client_ca().certificate],
         certificate=pem.encode() + case["peer_certificate_key"].encode(),
     )
-    return handshake(client, server, "localhost").server_error
+    return judged_handshake(client, server, "localhost").server_error
 
 
 def cryptography_client_verifier(case: dict[str, Any]) -> bool:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_validation_corpus import handshake
+from tests.support.handshake import judged_handshake
 from txschannel import Credentials, SecurityError, Status, TrustStore, validation
 from txschannel.validation import verify_server_chain
 
@@ -420,7 +420,7 @@ class TargetNameTests(SynchronousTestCase):
 
     def test_a_client_reaches_a_server_named_by_such_an_a_label(self) -> None:
         for target in ("xn--n3h.com", "☃.com"):
-            outcome = handshake(*pair("xn--n3h.com"), target)
+            outcome = judged_handshake(*pair("xn--n3h.com"), target)
             self.assertIsNone(outcome.client_error, target)
             self.assertIsNone(outcome.server_error, target)
 
@@ -558,21 +558,21 @@ class RememberedVerdictTests(SynchronousTestCase):
 
     def test_a_handshake_to_a_server_seen_before_is_answered_from_memory(self) -> None:
         client, server = pair("www.example.com")
-        first = handshake(client, server, "www.example.com")
+        first = judged_handshake(client, server, "www.example.com")
         self.assertIsNone(first.client_error)
         self.forbid_judging()
         # A new full handshake (no session offered: another ClientContext on
         # credentials that forgot it).
         client._sessions.clear()
-        second = handshake(client, server, "www.example.com")
+        second = judged_handshake(client, server, "www.example.com")
         self.assertIsNone(second.client_error)
         self.assertFalse(second.client.attributes.session_reused)
 
     def test_a_handshake_with_another_chain_for_the_same_name_is_judged_again(self) -> None:
         client, server = pair("www.example.com")
-        self.assertIsNone(handshake(client, server, "www.example.com").client_error)
+        self.assertIsNone(judged_handshake(client, server, "www.example.com").client_error)
         _, impostor = pair("www.example.com", root_name="impostor")  # same name
-        outcome = handshake(client, impostor, "www.example.com")
+        outcome = judged_handshake(client, impostor, "www.example.com")
         assert outcome.client_error is not None
         self.assertEqual(outcome.client_error.status, Status.UNTRUSTED_ROOT)
 
@@ -623,9 +623,11 @@ class AddressSpelledAsNameTests(SynchronousTestCase):
     def test_a_handshake_to_the_address_after_its_full_width_spelling_is_refused(self) -> None:
         client, server = pair("127.0.0.1")  # DNS:127.0.0.1, no iPAddress entry
         with self.assertRaises(ValueError) as raised:
-            handshake(client, server, "\uff11\uff12\uff17\uff0e\uff10\uff0e\uff10\uff0e\uff11")
+            judged_handshake(
+                client, server, "\uff11\uff12\uff17\uff0e\uff10\uff0e\uff10\uff0e\uff11"
+            )
         self.assertIn("target_name", str(raised.exception))
-        outcome = handshake(client, server, "127.0.0.1")
+        outcome = judged_handshake(client, server, "127.0.0.1")
         assert outcome.client_error is not None
         self.assertEqual(outcome.client_error.status, Status.WRONG_PRINCIPAL)
 
