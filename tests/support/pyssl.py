@@ -12,7 +12,7 @@ from tests.support.contexts import NAME, authority
 
 
 class PythonSide:
-    """Python's ``ssl`` over memory BIOs, driven like our :class:`Side`."""
+    """Python's ``ssl`` over memory BIOs, driven like :class:`tests.support.handshake.Side`."""
 
     def __init__(self, context: ssl.SSLContext, *, server_side: bool,
                  hostname: str | None = NAME) -> None:
