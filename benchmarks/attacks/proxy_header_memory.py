@@ -46,7 +46,9 @@ def states(sockets: list[socket.socket]) -> dict[str, int]:
 
 
 def main() -> None:
-    from tests.support.hellos import claimed_client_hello  # after _peers put the checkout on the path
+    from tests.support.hellos import (
+        claimed_client_hello,  # after _peers put the checkout on the path
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=12)
