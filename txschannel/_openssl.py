@@ -16,17 +16,32 @@ internals are there and the ``TXSCHANNEL_PUBLIC_API`` environment variable
 is unset, empty or ``0``. This is the only module that imports
 ``OpenSSL._util``; the others take :data:`ffi` and :data:`lib` from here and
 use them only when :data:`FAST` is True.
+
+The traffic of a security context (its records in, its records out) goes
+through :data:`engine`: :class:`FastEngine` or :class:`PublicEngine`,
+chosen with :data:`FAST`, which do the same work under the same names, so
+that the context has one code path and reads no pyOpenSSL internals.
+Callers on a per-record path bind the engine's functions once (they are
+static: no bound method is made per call).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from OpenSSL import SSL, crypto
 
+from txschannel.records import MAX_PLAINTEXT
+
 __all__ = [
     "FAST",
+    "Engine",
+    "FastEngine",
+    "PublicEngine",
+    "ShortWrite",
+    "engine",
     "PUBLIC_API_VARIABLE",
     "default_cert_file",
     "error_string",
@@ -239,3 +254,282 @@ def set_server_purpose(store: crypto.X509Store) -> None:
     purpose (the caller's own verifier has judged it already)."""
     if FAST:
         lib.X509_STORE_set_purpose(store._store, lib.X509_PURPOSE_SSL_SERVER)
+
+
+# -- the engines: a context's records in and out -----------------------------
+
+#: One recv() of the public path: a record's plaintext, with room to spare.
+_RECV_SIZE = MAX_PLAINTEXT + 1024
+#: Buffers that OpenSSL fills at once need no zeroing first.
+_new_buffer: Any = ffi.new_allocator(should_clear_after_alloc=False) if FAST else None
+
+
+class ShortWrite(Exception):
+    """OpenSSL took fewer bytes than it was given, with no error of its own
+    to say why (the context reports it as INTERNAL_ERROR)."""
+
+
+class Engine(Protocol):
+    """What a security context asks of pyOpenSSL for its records, whichever
+    way it is driven. Every function raises :class:`OpenSSL.SSL.Error` as
+    pyOpenSSL raises it, for the context to map to a status."""
+
+    @staticmethod
+    def drain(connection: SSL.Connection, size_hint: int) -> bytes:
+        """Everything OpenSSL has written for the peer, as one bytes object."""
+
+    @staticmethod
+    def write_input(
+        connection: SSL.Connection, data: bytes | bytearray | memoryview, size: int
+    ) -> None:
+        """Give OpenSSL the first *size* bytes of *data* as input.
+
+        :raises ShortWrite: it took fewer.
+        """
+
+    @staticmethod
+    def handshake_records(
+        connection: SSL.Connection,
+        view: memoryview,
+        ends: list[int],
+        drive: Callable[[SSL.Connection], bool],
+    ) -> tuple[int, bool]:
+        """Give OpenSSL the whole handshake records of *view* (ending at
+        *ends*), calling *drive* (one do_handshake) after them:
+        (bytes consumed, whether *drive* said the handshake is done). Records
+        after the one that finished the handshake are not consumed."""
+
+    @staticmethod
+    def encrypt(
+        connection: SSL.Connection, data: bytes | bytearray | memoryview, size: int, size_hint: int
+    ) -> bytes:
+        """Encrypt *data* (*size* bytes, not 0): the records for the peer.
+
+        :raises ShortWrite: OpenSSL wrote nothing and raised nothing.
+        """
+
+    @staticmethod
+    def read_records(
+        connection: SSL.Connection, buffer: memoryview, ends: list[int], limit: int, count: int
+    ) -> tuple[bytes, int | None, int]:
+        """Decrypt the *count* whole records in the first *limit* bytes of
+        *buffer* (ending at *ends*): (plaintext, the bytes after a
+        close_notify that OpenSSL did not read or None, how many reads gave
+        application data)."""
+
+    @staticmethod
+    def read_available(
+        connection: SSL.Connection, count: int, limit: int
+    ) -> tuple[bytes, int | None, int]:
+        """As :meth:`read_records`, for *count* whole records already in
+        OpenSSL's input, whose plaintext is at most *limit* bytes. (The
+        public path counts no unread bytes after a close_notify: 0.)"""
+
+
+def _read_all(read: Callable[[Any, int], bytes], source: Any, size_hint: int) -> bytes:
+    """All the bytes ``read(source, size)`` gives: a read of *size_hint*,
+    then reads twice as large each time until one comes back short. The
+    usual case, everything in the first read, makes one copy and no list."""
+    first = read(source, size_hint)
+    if not first or len(first) < size_hint:
+        return first
+    chunks = [first]
+    size = size_hint * 2
+    while True:
+        chunk = read(source, size)
+        chunks.append(chunk)
+        if len(chunk) < size:
+            break
+        size *= 2
+    return b"".join(chunks)
+
+
+def _bio_read(bio: Any, size: int) -> bytes:
+    """At most *size* bytes from a memory BIO, b"" when it is empty."""
+    buffer = _new_buffer("char[]", size)
+    count = lib.BIO_read(bio, buffer, size)
+    if count <= 0:
+        return b""
+    chunk: bytes = ffi.buffer(buffer, count)[:]
+    return chunk
+
+
+def _read_bio(bio: object, size_hint: int) -> bytes:
+    """All the bytes waiting in a memory BIO (one copy into the result)."""
+    return _read_all(_bio_read, bio, size_hint)
+
+
+class FastEngine:
+    """The engine on pyOpenSSL's internals: bulk data through SSL_write and
+    SSL_read with no Python in between (pyOpenSSL's sendall() and bio_read()
+    cost more Python per 16 KiB record than AES-GCM costs C)."""
+
+    @staticmethod
+    def drain(connection: SSL.Connection, size_hint: int) -> bytes:
+        return _read_bio(connection._from_ssl, size_hint)
+
+    @staticmethod
+    def write_input(
+        connection: SSL.Connection, data: bytes | bytearray | memoryview, size: int
+    ) -> None:
+        if lib.BIO_write(connection._into_ssl, ffi.from_buffer(data), size) != size:
+            raise ShortWrite("BIO_write was short")
+
+    @staticmethod
+    def handshake_records(
+        connection: SSL.Connection,
+        view: memoryview,
+        ends: list[int],
+        drive: Callable[[SSL.Connection], bool],
+    ) -> tuple[int, bool]:
+        # Every whole record at once, one do_handshake per flight: OpenSSL
+        # reads no further than the record it works on (no read-ahead), so
+        # once the handshake is done, what it left in its input BIO is
+        # exactly what followed the last handshake record.
+        complete = ends[-1]
+        connection.bio_write(view[:complete])
+        done = drive(connection)
+        return complete - len(_read_bio(connection._into_ssl, complete)), done
+
+    @staticmethod
+    def encrypt(
+        connection: SSL.Connection, data: bytes | bytearray | memoryview, size: int, size_hint: int
+    ) -> bytes:
+        ssl = connection._ssl
+        source = ffi.from_buffer(data)
+        written = 0
+        while written < size:
+            result = lib.SSL_write(ssl, source + written, size - written)
+            if result <= 0:
+                connection._raise_ssl_error(ssl, result)
+                raise ShortWrite("SSL_write wrote nothing")
+            written += result
+        return _read_bio(connection._from_ssl, size_hint)
+
+    @staticmethod
+    def read_records(
+        connection: SSL.Connection, buffer: memoryview, ends: list[int], limit: int, count: int
+    ) -> tuple[bytes, int | None, int]:
+        # All the records go into OpenSSL's input at once and SSL_read runs
+        # until it wants more; OpenSSL reads no further than the record it
+        # works on (no read-ahead), so after a close_notify what is left in
+        # its input is exactly what followed it.
+        if lib.BIO_write(connection._into_ssl, ffi.from_buffer(buffer), limit) != limit:
+            raise SSL.Error([("txschannel", "", "internal error: BIO_write was short")])
+        return FastEngine.read_available(connection, count, limit)
+
+    @staticmethod
+    def read_available(
+        connection: SSL.Connection, count: int, limit: int
+    ) -> tuple[bytes, int | None, int]:
+        # The plaintext is decrypted straight into one buffer the size of
+        # the ciphertext (plaintext is always shorter).
+        ssl = connection._ssl
+        target = _new_buffer("char[]", limit)
+        produced = reads = 0
+        unread: int | None = None
+        # Each successful SSL_read returns one record's data; when every
+        # record has given data there is nothing left to ask OpenSSL about.
+        while reads < count:
+            result = lib.SSL_read(ssl, target + produced, limit - produced)
+            if result > 0:
+                produced += result
+                reads += 1
+                continue
+            error = lib.SSL_get_error(ssl, result)
+            if error == lib.SSL_ERROR_WANT_READ:
+                break
+            if error == lib.SSL_ERROR_ZERO_RETURN:
+                unread = len(_read_bio(connection._into_ssl, limit))
+                break
+            connection._raise_ssl_error(ssl, result)
+            raise SSL.Error([("txschannel", "", f"SSL_read failed with error {error}")])
+        plaintext: bytes = ffi.buffer(target, produced)[:]
+        return plaintext, unread, reads
+
+
+def _public_bio_read(connection: SSL.Connection, size: int) -> bytes:
+    """At most *size* bytes of the output BIO, b"" when it is empty."""
+    try:
+        return connection.bio_read(size)
+    except SSL.WantReadError:
+        return b""
+
+
+class PublicEngine:
+    """The engine on pyOpenSSL's public API only. It cannot see what is left
+    in OpenSSL's input, so records go in one at a time where that matters
+    (none is given to OpenSSL after the one that finished the handshake or
+    closed the stream)."""
+
+    @staticmethod
+    def drain(connection: SSL.Connection, size_hint: int) -> bytes:
+        return _read_all(_public_bio_read, connection, size_hint)
+
+    @staticmethod
+    def write_input(
+        connection: SSL.Connection, data: bytes | bytearray | memoryview, size: int
+    ) -> None:
+        connection.bio_write(data if size == len(data) else memoryview(data)[:size])
+
+    @staticmethod
+    def handshake_records(
+        connection: SSL.Connection,
+        view: memoryview,
+        ends: list[int],
+        drive: Callable[[SSL.Connection], bool],
+    ) -> tuple[int, bool]:
+        consumed = 0
+        done = False
+        for end in ends:
+            connection.bio_write(view[consumed:end])
+            consumed = end
+            done = drive(connection)
+            if done:
+                break
+        return consumed, done
+
+    @staticmethod
+    def encrypt(
+        connection: SSL.Connection, data: bytes | bytearray | memoryview, size: int, size_hint: int
+    ) -> bytes:
+        connection.sendall(data)
+        return _read_all(_public_bio_read, connection, size_hint)
+
+    @staticmethod
+    def read_records(
+        connection: SSL.Connection, buffer: memoryview, ends: list[int], limit: int, count: int
+    ) -> tuple[bytes, int | None, int]:
+        pieces: list[bytes] = []
+        start = 0
+        for end in ends:
+            connection.bio_write(buffer[start:end])
+            start = end
+            try:
+                # (A record holds at most MAX_PLAINTEXT bytes: one read.)
+                pieces.append(connection.recv(_RECV_SIZE))
+            except SSL.WantReadError:
+                continue  # no application data: a ticket, a KeyUpdate, ...
+            except SSL.ZeroReturnError:
+                return b"".join(pieces), ends[-1] - end, len(pieces)
+        return b"".join(pieces), None, len(pieces)
+
+    @staticmethod
+    def read_available(
+        connection: SSL.Connection, count: int, limit: int
+    ) -> tuple[bytes, int | None, int]:
+        pieces: list[bytes] = []
+        unread: int | None = None
+        while len(pieces) < count:
+            try:
+                pieces.append(connection.recv(_RECV_SIZE))
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                unread = 0
+                break
+        return b"".join(pieces), unread, len(pieces)
+
+
+#: The engine chosen with :data:`FAST`, once.
+engine: Engine = FastEngine() if FAST else PublicEngine()

@@ -21,9 +21,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -68,13 +67,14 @@ __all__ = [
 _PLAINTEXT_UNEXPECTED_MESSAGE = b"\x15\x03\x03\x00\x02\x02\x0a"
 _RECORD_OVERHEAD = 5 + 8 + 16 + 1 + 64  # header, explicit nonce, tag, type, slack
 _RECV_SIZE = MAX_PLAINTEXT + 1024
-#: The fast path (pyOpenSSL's internals) or the public API only: see
-#: txschannel._openssl. The hot loops below test it once per call.
-_FAST = _openssl.FAST
-_ffi = _openssl.ffi
-_lib = _openssl.lib
-#: Buffers that OpenSSL fills at once need no zeroing first.
-_new_buffer: Any = _ffi.new_allocator(should_clear_after_alloc=False) if _FAST else None
+# The engine's functions (pyOpenSSL's internals or its public API only: see
+# txschannel._openssl), bound once: the per-record paths call them directly.
+_drain = _openssl.engine.drain
+_write_input = _openssl.engine.write_input
+_handshake_records = _openssl.engine.handshake_records
+_encrypt = _openssl.engine.encrypt
+_read_records = _openssl.engine.read_records
+_read_available = _openssl.engine.read_available
 
 
 class Step(NamedTuple):
@@ -353,25 +353,8 @@ class SecurityContext:
                     start = end
                 framing = Framing([framing.ends[-1] - start], framing.missing)
                 view = view[start:]
-        if framing.ends and _FAST:
-            # Every whole record at once, one do_handshake per flight: OpenSSL
-            # reads no further than the record it works on (no read-ahead), so
-            # once the handshake is done, what it left in its input BIO is
-            # exactly what followed the last handshake record.
-            complete = framing.complete
-            connection.bio_write(view[:complete])
-            done = self._drive(connection)
-            consumed = complete - len(_read_bio(connection._into_ssl, complete))
-        elif framing.ends:
-            # The public API cannot see what is left in OpenSSL's input, so
-            # the records go in one at a time, and none after the one that
-            # finished the handshake.
-            for end in framing.ends:
-                connection.bio_write(view[consumed:end])
-                consumed = end
-                done = self._drive(connection)
-                if done:
-                    break
+        if framing.ends:
+            consumed, done = _handshake_records(connection, view, framing.ends, self._drive)
         token = self._drain(connection)
         extra = bytes(view[consumed:])
         if done:
@@ -510,11 +493,9 @@ class SecurityContext:
         return SecurityError(status, reason, token)
 
     @staticmethod
-    def _drain(connection: SSL.Connection, size_hint: int = 0) -> bytes:
+    def _drain(connection: SSL.Connection) -> bytes:
         """Everything OpenSSL has written for the peer, as one bytes object."""
-        if _FAST:
-            return _read_bio(connection._from_ssl, max(size_hint, 4096))
-        return _bio_read_all(connection, max(size_hint, 4096))
+        return _drain(connection, 4096)
 
     # -- traffic ----------------------------------------------------------
 
@@ -541,41 +522,16 @@ class SecurityContext:
         size = len(data)
         if not size:
             return b""
-        if not _FAST:
-            return self._encrypt_public(connection, data, size)
-        ssl = connection._ssl
-        # Straight to the binding: pyOpenSSL's sendall() and bio_read() cost
-        # more Python per 16 KiB record than AES-GCM costs C.
-        source = _ffi.from_buffer(data)
-        written = 0
-        while written < size:
-            result = _lib.SSL_write(ssl, source + written, size - written)
-            if result <= 0:
-                try:
-                    connection._raise_ssl_error(ssl, result)
-                except SSL.Error as e:
-                    error = self._fail_openssl(e)
-                else:
-                    error = self._fail(Status.INTERNAL_ERROR, "SSL_write wrote nothing", b"")
-                raise error
-            written += result
-        return _read_bio(
-            connection._from_ssl, size + (size // MAX_PLAINTEXT + 1) * _RECORD_OVERHEAD
-        )
-
-    def _encrypt_public(
-        self, connection: SSL.Connection, data: bytes | bytearray | memoryview, size: int
-    ) -> bytes:
-        """encrypt() through pyOpenSSL's public API."""
+        # Raised outside the except blocks (see _frame).
         error: SecurityError
         try:
-            connection.sendall(data)
+            return _encrypt(
+                connection, data, size, size + (size // MAX_PLAINTEXT + 1) * _RECORD_OVERHEAD
+            )
         except SSL.Error as e:
             error = self._fail_openssl(e)
-        else:
-            return _bio_read_all(
-                connection, size + (size // MAX_PLAINTEXT + 1) * _RECORD_OVERHEAD
-            )
+        except _openssl.ShortWrite as e:
+            error = self._fail(Status.INTERNAL_ERROR, str(e), b"")
         raise error
 
     def decrypt(self, data: bytes | bytearray | memoryview) -> Unwrapped:
@@ -668,12 +624,11 @@ class SecurityContext:
         # Up to a bad header only: OpenSSL must not judge it while reading
         # the whole records before it (see _alert_for_garbage).
         size = len(data) if bad is None else max(bad.offset, 0)
-        if not size:
-            pass
-        elif not _FAST:
-            connection.bio_write(data if size == len(data) else memoryview(data)[:size])
-        elif _lib.BIO_write(connection._into_ssl, _ffi.from_buffer(data), size) != size:
-            raise self._fail(Status.INTERNAL_ERROR, "BIO_write was short", b"")
+        if size:
+            try:
+                _write_input(connection, data, size)
+            except _openssl.ShortWrite as e:
+                raise self._fail(Status.INTERNAL_ERROR, str(e), b"") from None
         if not count and bad is None:
             return b"", b"", False
         plaintext = b""
@@ -718,12 +673,8 @@ class SecurityContext:
         # Raised outside the except block (see _frame).
         error: SecurityError
         try:
-            if not _FAST:
-                if records is not None and ends is not None:
-                    return _recv_records(connection, records, ends)
-                return _recv_available(connection, count)
-            if records is not None:
-                return _read_records(connection, records, limit, count)
+            if records is not None and ends is not None:
+                return _read_records(connection, records, ends, limit, count)
             return _read_available(connection, count, limit)
         except SSL.Error as e:
             error = self._fail_openssl(e)
@@ -1028,141 +979,6 @@ class ServerContext(SecurityContext):
         :raises SecurityError: the handshake failed; send ``error.token``.
         """
         return self._handshake(data)
-
-
-def _read_all(read: Callable[[Any, int], bytes], source: Any, size_hint: int) -> bytes:
-    """All the bytes ``read(source, size)`` gives: a read of *size_hint*,
-    then reads twice as large each time until one comes back short. The
-    usual case, everything in the first read, makes one copy and no list."""
-    first = read(source, size_hint)
-    if not first or len(first) < size_hint:
-        return first
-    chunks = [first]
-    size = size_hint * 2
-    while True:
-        chunk = read(source, size)
-        chunks.append(chunk)
-        if len(chunk) < size:
-            break
-        size *= 2
-    return b"".join(chunks)
-
-
-def _bio_read(bio: Any, size: int) -> bytes:
-    """At most *size* bytes from a memory BIO, b"" when it is empty."""
-    buffer = _new_buffer("char[]", size)
-    count = _lib.BIO_read(bio, buffer, size)
-    if count <= 0:
-        return b""
-    chunk: bytes = _ffi.buffer(buffer, count)[:]
-    return chunk
-
-
-def _read_bio(bio: object, size_hint: int) -> bytes:
-    """All the bytes waiting in a memory BIO (one copy into the result)."""
-    return _read_all(_bio_read, bio, size_hint)
-
-
-def _read_records(
-    connection: SSL.Connection, buffer: memoryview, size: int, count: int
-) -> tuple[bytes, int | None, int]:
-    """Decrypt the *count* whole records in the first *size* bytes of
-    *buffer*: (plaintext, unread bytes after a close_notify or None, how
-    many reads gave application data).
-
-    All the records go into OpenSSL's input at once and SSL_read runs until
-    it wants more; OpenSSL reads no further than the record it works on
-    (no read-ahead), so after a close_notify what is left in its input is
-    exactly what followed it. The plaintext is decrypted straight into one
-    buffer the size of the ciphertext (plaintext is always shorter).
-
-    :raises SSL.Error: as pyOpenSSL raises it, for the context to map.
-    """
-    if _lib.BIO_write(connection._into_ssl, _ffi.from_buffer(buffer), size) != size:
-        raise SSL.Error([("txschannel", "", "internal error: BIO_write was short")])
-    return _read_available(connection, count, size)
-
-
-def _read_available(
-    connection: SSL.Connection, count: int, limit: int
-) -> tuple[bytes, int | None, int]:
-    """SSL_read the *count* whole records waiting in OpenSSL's input, whose
-    plaintext is at most *limit* bytes (see _read_records for the result)."""
-    ssl = connection._ssl
-    target = _new_buffer("char[]", limit)
-    produced = reads = 0
-    unread: int | None = None
-    # Each successful SSL_read returns one record's data; when every record
-    # has given data there is nothing left to ask OpenSSL about.
-    while reads < count:
-        result = _lib.SSL_read(ssl, target + produced, limit - produced)
-        if result > 0:
-            produced += result
-            reads += 1
-            continue
-        error = _lib.SSL_get_error(ssl, result)
-        if error == _lib.SSL_ERROR_WANT_READ:
-            break
-        if error == _lib.SSL_ERROR_ZERO_RETURN:
-            unread = len(_read_bio(connection._into_ssl, limit))
-            break
-        connection._raise_ssl_error(ssl, result)
-        raise SSL.Error([("txschannel", "", f"SSL_read failed with error {error}")])
-    plaintext: bytes = _ffi.buffer(target, produced)[:]
-    return plaintext, unread, reads
-
-
-def _public_bio_read(connection: SSL.Connection, size: int) -> bytes:
-    """At most *size* bytes of the output BIO, b"" when it is empty."""
-    try:
-        return connection.bio_read(size)
-    except SSL.WantReadError:
-        return b""
-
-
-def _bio_read_all(connection: SSL.Connection, size_hint: int) -> bytes:
-    """_read_bio for the output BIO, through pyOpenSSL's public API."""
-    return _read_all(_public_bio_read, connection, size_hint)
-
-
-def _recv_records(
-    connection: SSL.Connection, buffer: memoryview, ends: list[int]
-) -> tuple[bytes, int | None, int]:
-    """_read_records through pyOpenSSL's public API.
-
-    The public API cannot count what OpenSSL left in its input after a
-    close_notify, so the records go in one at a time: after the one that
-    closed, the rest were not given to OpenSSL at all.
-    """
-    pieces: list[bytes] = []
-    start = 0
-    for end in ends:
-        connection.bio_write(buffer[start:end])
-        start = end
-        try:
-            # (A record holds at most MAX_PLAINTEXT bytes: one read.)
-            pieces.append(connection.recv(_RECV_SIZE))
-        except SSL.WantReadError:
-            continue  # no application data: a ticket, a KeyUpdate, ...
-        except SSL.ZeroReturnError:
-            return b"".join(pieces), ends[-1] - end, len(pieces)
-    return b"".join(pieces), None, len(pieces)
-
-
-def _recv_available(connection: SSL.Connection, count: int) -> tuple[bytes, int | None, int]:
-    """_read_available through pyOpenSSL's public API. After a close_notify
-    the bytes left in OpenSSL's input are not counted (0 is returned)."""
-    pieces: list[bytes] = []
-    unread: int | None = None
-    while len(pieces) < count:
-        try:
-            pieces.append(connection.recv(_RECV_SIZE))
-        except SSL.WantReadError:
-            break
-        except SSL.ZeroReturnError:
-            unread = 0
-            break
-    return b"".join(pieces), unread, len(pieces)
 
 
 def _flush_key_update(connection: SSL.Connection) -> None:
