@@ -495,12 +495,12 @@ class ResumptionTests(SynchronousTestCase):
     def test_a_failed_handshake_forgets_the_session(self) -> None:
         credentials = client_credentials(maximum_version="TLSv1.2")
         handshake(ClientContext(credentials, NAME), ServerContext(server_credentials()))
-        self.assertIsNotNone(credentials._session_for(NAME))
+        self.assertIsNotNone(credentials.sessions.get(NAME))
         side, error, pair = failure(ClientContext(credentials, NAME, alpn=("x",)),
                                     ServerContext(server_credentials(alpn=["y"])))
         self.assertEqual(side, "server")
         peer_error(pair.client, error.token)
-        self.assertIsNone(credentials._session_for(NAME))
+        self.assertIsNone(credentials.sessions.get(NAME))
 
 
 # -- failures between two contexts -------------------------------------------

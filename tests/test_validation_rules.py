@@ -563,7 +563,7 @@ class RememberedVerdictTests(SynchronousTestCase):
         self.forbid_judging()
         # A new full handshake (no session offered: another ClientContext on
         # credentials that forgot it).
-        client._sessions.clear()
+        client.sessions.clear()
         second = judged_handshake(client, server, "www.example.com")
         self.assertIsNone(second.client_error)
         self.assertFalse(second.client.attributes.session_reused)

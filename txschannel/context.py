@@ -282,6 +282,24 @@ class SecurityContext:
         """The name the peer's certificate is checked against (client side)."""
         return self._target_name
 
+    @property
+    def openssl_connection(self) -> SSL.Connection | None:
+        """The ``OpenSSL.SSL.Connection`` under the context, for APIs that
+        take one (Twisted's ``ISystemHandle``, ``Certificate.peerFromTransport``);
+        ``None`` after :meth:`delete`. Reading it is fine; driving it
+        (reads, writes, handshakes) goes behind the context's back."""
+        return self._connection
+
+    @property
+    def session_reused(self) -> bool:
+        """Whether the handshake resumed a session: what
+        ``attributes.session_reused`` says, without building the attributes.
+
+        :raises SecurityError: INVALID_HANDLE before the handshake is done,
+            after delete() or after an error.
+        """
+        return self._session_reused(self._established_connection("session_reused"))
+
     def _alive(self) -> SSL.Connection:
         if self._state is _State.DELETED:
             raise SecurityError(Status.INVALID_HANDLE, "the security context was deleted")
@@ -358,7 +376,7 @@ class SecurityContext:
         token = self._drain(connection)
         extra = bytes(view[consumed:])
         if done:
-            if self._credentials._observed:
+            if self._credentials.observes_handshakes:
                 self._check_group(connection)
             self._state = _State.ESTABLISHED
             self._on_established(connection)
@@ -389,7 +407,7 @@ class SecurityContext:
         Only the bad record on is shown to OpenSSL: the whole records before
         it must not be decrypted here, where their plaintext would be lost.
         *held*: how many of the bad header's first bytes OpenSSL has already
-        (``_feed`` gives it every byte as it comes). A header shorter than 5
+        (:meth:`feed` gives it every byte as it comes). A header shorter than 5
         bytes is padded so that OpenSSL judges it now.
         """
         connection = self._alive()
@@ -489,7 +507,7 @@ class SecurityContext:
     def _fail(self, status: Status, reason: str, token: bytes) -> SecurityError:
         self._state = _State.DEAD
         if self._is_client:
-            self._credentials._forget_session(self._target_name)
+            self._credentials.sessions.forget(self._target_name)
         return SecurityError(status, reason, token)
 
     @staticmethod
@@ -595,7 +613,7 @@ class SecurityContext:
             missing = framing.missing
         return Unwrapped(status, plaintext, bytes(view[consumed:]), missing, token)
 
-    def _feed(self, data: bytes) -> tuple[bytes, bytes, bool]:
+    def feed(self, data: bytes) -> tuple[bytes, bytes, bool]:
         """decrypt() for a transport that owns the stream: (plaintext, token, closed).
 
         Every byte goes to OpenSSL as it arrives, a partial record included,
@@ -781,7 +799,7 @@ class SecurityContext:
             return reused
         # The public path: the credentials' info callback saw whether a
         # certificate crossed (a resumed handshake sends none).
-        if self._credentials._observed:
+        if self._credentials.observes_handshakes:
             return not self._verification.full_handshake
         # A Twisted object's context, whose callbacks are its own: a client
         # that offered a session and verified no chain this time resumed.
@@ -900,7 +918,7 @@ class ClientContext(SecurityContext):
             _check_name_in_openssl(connection, name)
         if self._verification.alpn is not None:
             connection.set_alpn_protos(list(self._verification.alpn))
-        session = self._credentials._session_for(name)
+        session = self._credentials.sessions.get(name)
         if session is not None:
             connection.set_session(session)
             self._offered_session = True
@@ -917,12 +935,12 @@ class ClientContext(SecurityContext):
 
     def _on_established(self, connection: SSL.Connection) -> None:
         if connection.get_protocol_version_name() != "TLSv1.3":
-            self._credentials._remember_session(self._target_name, connection.get_session())
+            self._credentials.sessions.remember(self._target_name, connection.get_session())
 
     def _after_handshake_message(self, connection: SSL.Connection) -> None:
         # TLS 1.3 session tickets arrive after the handshake: only now is
         # the session worth keeping for the next context to this target.
-        self._credentials._remember_session(self._target_name, connection.get_session())
+        self._credentials.sessions.remember(self._target_name, connection.get_session())
 
 
 class ServerContext(SecurityContext):

@@ -46,6 +46,7 @@ from txschannel.validation import verify_error_text as verify_error_text
 __all__ = [
     "Credentials",
     "CertificateSource",
+    "SessionCache",
     "KeySource",
     "read_passphrase",
     "sni_default",
@@ -720,22 +721,55 @@ def _set_verify(context: SSL.Context, mode: int) -> None:
         context.set_verify(mode, _verify_public)
 
 
+class SessionCache:
+    """The TLS sessions client credentials keep for resumption: the latest
+    one per target name, the least recently stored dropped past *size*.
+
+    A client context asks for the session to offer (:meth:`get`), hands
+    back the one its handshake (or a later TLS 1.3 ticket) gave
+    (:meth:`remember`), and drops it when the connection fails
+    (:meth:`forget`), so that a failure is not resumed. A target of
+    ``None`` (no name to key on) is never cached.
+    """
+
+    def __init__(self, size: int = _SESSION_CACHE_SIZE) -> None:
+        self._size = size
+        self._sessions: OrderedDict[str, SSL.Session] = OrderedDict()
+
+    def get(self, target: str | None) -> SSL.Session | None:
+        """The session to offer when connecting to *target*, if any."""
+        if target is None:
+            return None
+        return self._sessions.get(target)
+
+    def remember(self, target: str | None, session: SSL.Session | None) -> None:
+        """Keep *session* as the one to offer *target* next."""
+        if target is None or session is None:
+            return
+        self._sessions[target] = session
+        self._sessions.move_to_end(target)
+        while len(self._sessions) > self._size:
+            self._sessions.popitem(last=False)
+
+    def forget(self, target: str | None) -> None:
+        """Offer *target* no session next time."""
+        if target is not None:
+            self._sessions.pop(target, None)
+
+    def clear(self) -> None:
+        """Forget every session."""
+        self._sessions.clear()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
 class Credentials:
     """A TLS configuration, built once and shared by every context made from it.
 
     Use :meth:`client`, :meth:`server` or :meth:`from_twisted`; the
     constructor is not public.
     """
-
-    # The certificates these credentials present, each with its key: the
-    # default first, then one per SNI name (see validity_warnings()).
-    _identities: tuple[Identity, ...] = ()
-    # On the public path (see txschannel._openssl), for credentials whose
-    # SSL.Context txschannel built: the context carries the info callback
-    # that watches each handshake (for session_reused and a certificate
-    # request), and a handshake's group is checked against GROUPS once it is
-    # done (OpenSSL's default list could not be replaced).
-    _observed = False
 
     def __init__(
         self,
@@ -746,20 +780,35 @@ class Credentials:
         manual_validation: bool = False,
         sni: dict[str, SSL.Context] | None = None,
         hostname: str | None = None,
+        identities: tuple[Identity, ...] = (),
+        observes_handshakes: bool = False,
+        validation: str | None = None,
+        trust_store: TrustStore | None = None,
     ) -> None:
         self.is_client = is_client
         self.alpn = alpn
         self.manual_validation = manual_validation
         #: Client credentials: who judges the server's chain, ``"cryptography"``
         #: or ``"openssl"`` (None for server credentials and Twisted's).
-        self.validation: str | None = None
+        self.validation = validation
         #: With ``validation="cryptography"``: the trust roots, read once.
-        self.trust_store: TrustStore | None = None
+        self.trust_store = trust_store
         #: For credentials made from a Twisted client creator: its host name.
         self.hostname = hostname
+        #: True on the public path (see txschannel._openssl) for credentials
+        #: whose SSL.Context txschannel built: the context carries the info
+        #: callback that watches each handshake (for session_reused and a
+        #: certificate request), and a context checks the handshake's group
+        #: against GROUPS once it is done (OpenSSL's default list could not
+        #: be replaced).
+        self.observes_handshakes = observes_handshakes
+        #: The sessions a client context offers to resume (see SessionCache).
+        self.sessions = SessionCache()
         self._context = context
         self._sni = sni or {}
-        self._sessions: OrderedDict[str, SSL.Session] = OrderedDict()
+        # The certificates these credentials present, each with its key: the
+        # default first, then one per SNI name (see validity_warnings()).
+        self._identities = identities
 
     @property
     def openssl_context(self) -> SSL.Context:
@@ -864,14 +913,16 @@ class Credentials:
             _openssl.lib.SSL_CTX_set_cert_cb(
                 context._context, _on_certificate_request, _openssl.ffi.NULL
             )
-        credentials = cls(
-            context, is_client=True, alpn=protocols, manual_validation=manual_validation
+        return cls(
+            context,
+            is_client=True,
+            alpn=protocols,
+            manual_validation=manual_validation,
+            identities=identities,
+            observes_handshakes=not _openssl.FAST,
+            validation=validation,
+            trust_store=trust,
         )
-        credentials._identities = identities
-        credentials._observed = not _openssl.FAST
-        credentials.validation = validation
-        credentials.trust_store = trust
-        return credentials
 
     @classmethod
     def server(
@@ -953,10 +1004,14 @@ class Credentials:
         # the session only when a callback acknowledged it, and without it a
         # resumed TLS 1.2 connection would report no server name.
         context.set_tlsext_servername_callback(_switch_context(named))
-        credentials = cls(context, is_client=False, alpn=protocols, sni=named)
-        credentials._identities = (identity, *hosts.values())
-        credentials._observed = not _openssl.FAST
-        return credentials
+        return cls(
+            context,
+            is_client=False,
+            alpn=protocols,
+            sni=named,
+            identities=(identity, *hosts.values()),
+            observes_handshakes=not _openssl.FAST,
+        )
 
     @classmethod
     def from_twisted(cls, creator: object, *, is_client: bool | None = None) -> Credentials:
@@ -978,25 +1033,6 @@ class Credentials:
             side *is_client* asks for.
         """
         return _from_twisted(cls, creator, is_client)
-
-    # -- sessions ---------------------------------------------------------
-
-    def _session_for(self, target: str | None) -> SSL.Session | None:
-        if target is None:
-            return None
-        return self._sessions.get(target)
-
-    def _remember_session(self, target: str | None, session: SSL.Session | None) -> None:
-        if target is None or session is None:
-            return
-        self._sessions[target] = session
-        self._sessions.move_to_end(target)
-        while len(self._sessions) > _SESSION_CACHE_SIZE:
-            self._sessions.popitem(last=False)
-
-    def _forget_session(self, target: str | None) -> None:
-        if target is not None:
-            self._sessions.pop(target, None)
 
     def __repr__(self) -> str:
         role = "client" if self.is_client else "server"

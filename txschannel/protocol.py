@@ -779,8 +779,9 @@ class SchannelProtocol(ProtocolWrapper):
         similar; prefer :attr:`securityContext`. ``None`` after the context
         was deleted (a failed handshake).
         """
-        connection: SSL.Connection | None = getattr(self.securityContext, "_connection", None)
-        return connection
+        # (No context before makeConnection.)
+        context: SecurityContext | None = getattr(self, "securityContext", None)
+        return None if context is None else context.openssl_connection
 
     # -- receiving --------------------------------------------------------
 
@@ -891,11 +892,11 @@ class SchannelProtocol(ProtocolWrapper):
     def _deliver(self, data: bytes, final: bool = False) -> None:
         """Give *data* to the context; deliver the plaintext of every record it completes.
 
-        The context keeps a partial record itself (see ``_feed``), so nothing
+        The context keeps a partial record itself (see :meth:`SecurityContext.feed`), so nothing
         stays here.
         """
         try:
-            plaintext, token, closed = self.securityContext._feed(data)
+            plaintext, token, closed = self.securityContext.feed(data)
         except SecurityError as e:
             self._security_failed(e, "connection")
             return
@@ -927,7 +928,7 @@ class SchannelProtocol(ProtocolWrapper):
         # ``attributes`` (certificates, sizes) would cost a few percent of a
         # handshake's CPU time for an event most deployments filter out.
         context = self.securityContext
-        connection = cast(SSL.Connection, context._connection)
+        connection = cast(SSL.Connection, context.openssl_connection)
         alpn = connection.get_alpn_proto_negotiated()
         if isinstance(context, ClientContext):
             server_name = context.target_name
@@ -943,7 +944,7 @@ class SchannelProtocol(ProtocolWrapper):
             cipher=connection.get_cipher_name() or "",
             alpn=PeerText(alpn.decode("ascii", "replace")) if alpn else None,
             server_name=None if server_name is None else PeerText(server_name),
-            resumed=context._session_reused(connection),
+            resumed=context.session_reused,
         )
         # Writes held during the handshake go first, ahead of anything the
         # application writes from here on; they are sent only after it has
