@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -246,17 +245,12 @@ class SecurityContext:
             self._verification.alpn = tuple(
                 p.encode("ascii") if isinstance(p, str) else bytes(p) for p in alpn
             )
-        twisted_connection = getattr(credentials, "_twisted_connection", None)
-        if twisted_connection is not None:
-            # Twisted's creators expect a TLS "protocol": they read its
-            # .factory.wrappedFactory for ALPN, find it again as the
-            # connection's app data, and report a name mismatch through its
-            # failVerification().
-            shim = _TwistedShim(self, app_data)
-            self._connection = twisted_connection(shim)
-            if self._connection.get_app_data() is None:
-                # (A credentials subclass may have set its own stand-in.)
-                self._connection.set_app_data(shim)
+        creator = credentials.creator
+        if creator is not None:
+            # Twisted's creators expect a TLS "protocol" (see
+            # txschannel.creators); a name mismatch comes back through
+            # _twisted_refused.
+            self._connection = creator.connection(self._twisted_refused, app_data)
         else:
             self._connection = SSL.Connection(credentials.openssl_context, None)
             self._connection.set_app_data(self._verification)
@@ -456,6 +450,10 @@ class SecurityContext:
 
     def _on_established(self, connection: SSL.Connection) -> None:
         pass
+
+    def _twisted_refused(self, reason: str) -> None:
+        """A Twisted creator's verification refused the peer (see _drive)."""
+        self._twisted_failure = reason
 
     def _check_group(self, connection: SSL.Connection) -> None:
         # The public path cannot give OpenSSL our list of groups (its default
@@ -830,44 +828,6 @@ def _end_point_hash(certificate: x509.Certificate) -> bytes:
     return digest.digest()
 
 
-class _NoFactory:
-    """What a shim without app data offers as ``.factory``: no wrapped
-    factory, so Twisted finds no extra ALPN protocols."""
-
-    wrappedFactory = None
-
-
-class _TwistedShim:
-    """Stands in for Twisted's TLS protocol as app data of a Connection made
-    by a Twisted creator.
-
-    Twisted reports a bad peer name through :meth:`failVerification`, which
-    the context turns into WRONG_PRINCIPAL; every other attribute (notably
-    ``factory``) comes from the caller's *app_data* (the transport's
-    protocol), so that Twisted's ALPN lookups see the real factory.
-    """
-
-    def __init__(self, context: SecurityContext, app_data: object | None) -> None:
-        # Weak: the context holds its connection, whose app data (or
-        # verify callback) holds this shim; a strong reference back would
-        # make every context a reference cycle that only the GC frees.
-        self._context = weakref.ref(context)
-        self._app_data = app_data
-
-    def failVerification(self, reason: object) -> None:
-        context = self._context()
-        if context is not None:
-            value = getattr(reason, "value", reason)
-            context._twisted_failure = f"certificate verification failed: {value}"
-
-    def __getattr__(self, name: str) -> object:
-        if self._app_data is not None:
-            return getattr(self._app_data, name)
-        if name == "factory":
-            return _NoFactory
-        raise AttributeError(name)
-
-
 class ClientContext(SecurityContext):
     """The connecting side (InitializeSecurityContext).
 
@@ -906,7 +866,7 @@ class ClientContext(SecurityContext):
     def _configure(self, connection: SSL.Connection) -> None:
         connection.set_connect_state()
         name = self._target_name
-        from_twisted = getattr(self._credentials, "_creator", None) is not None
+        from_twisted = self._credentials.creator is not None
         if name is not None and not from_twisted:
             if not _is_ip_address(name):
                 connection.set_tlsext_host_name(_a_label(name))

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import types as asymmetric_types
 from OpenSSL import SSL, crypto
 
 from txschannel import _openssl, keylog
+from txschannel.creators import TwistedCreator, adapt
 from txschannel.keylog import KeyLogSetting
 from txschannel.status import Status
 from txschannel.validation import (
@@ -784,6 +785,7 @@ class Credentials:
         observes_handshakes: bool = False,
         validation: str | None = None,
         trust_store: TrustStore | None = None,
+        creator: TwistedCreator | None = None,
     ) -> None:
         self.is_client = is_client
         self.alpn = alpn
@@ -795,6 +797,9 @@ class Credentials:
         self.trust_store = trust_store
         #: For credentials made from a Twisted client creator: its host name.
         self.hostname = hostname
+        #: For credentials made from a Twisted creator: the adapter that
+        #: makes each connection (the creator checks the peer and sets SNI).
+        self.creator = creator
         #: True on the public path (see txschannel._openssl) for credentials
         #: whose SSL.Context txschannel built: the context carries the info
         #: callback that watches each handshake (for session_reused and a
@@ -1032,7 +1037,22 @@ class Credentials:
         :raises TypeError: *creator* is none of those, or cannot serve the
             side *is_client* asks for.
         """
-        return _from_twisted(cls, creator, is_client)
+        if isinstance(creator, Credentials):
+            if is_client is not None and creator.is_client != is_client:
+                role = "client" if creator.is_client else "server"
+                raise TypeError(f"{creator!r} are {role} credentials")
+            return creator
+        adapted = adapt(creator, is_client)
+        if isinstance(adapted, SSL.Context):
+            # The context's own verify settings judge the peer, as in Twisted.
+            return cls(adapted, is_client=bool(is_client), manual_validation=True)
+        return cls(
+            adapted.context,
+            is_client=adapted.is_client,
+            manual_validation=True,
+            hostname=adapted.hostname,
+            creator=adapted,
+        )
 
     def __repr__(self) -> str:
         role = "client" if self.is_client else "server"
@@ -1220,70 +1240,3 @@ def _switch_context(named: dict[str, SSL.Context]) -> Callable[[SSL.Connection],
             connection.set_context(context)
 
     return switch
-
-
-def _from_twisted(
-    cls: type[Credentials], creator: object, is_client: bool | None
-) -> Credentials:
-    from twisted.internet import interfaces
-
-    if isinstance(creator, Credentials):
-        if is_client is not None and creator.is_client != is_client:
-            role = "client" if creator.is_client else "server"
-            raise TypeError(f"{creator!r} are {role} credentials")
-        return creator
-    client = interfaces.IOpenSSLClientConnectionCreator.providedBy(creator)
-    server = interfaces.IOpenSSLServerConnectionCreator.providedBy(creator)
-    if client and server and is_client is None:
-        # CertificateOptions can make both; one with its own certificate
-        # and key is a server's, one without can only be a client's.
-        is_client = getattr(creator, "privateKey", None) is None
-    if client and is_client is not False:
-        return _TwistedClientCredentials(creator)
-    if server and is_client is not True:
-        return _TwistedServerCredentials(creator)
-    get_context = getattr(creator, "getContext", None)
-    if callable(get_context):
-        context = get_context()
-        if not isinstance(context, SSL.Context):
-            raise TypeError(f"{creator!r}.getContext() returned {context!r}, not an SSL.Context")
-        # The context's own verify settings judge the peer, as in Twisted.
-        return cls(context, is_client=bool(is_client), manual_validation=True)
-    if client or server:
-        wanted = "client" if is_client else "server"
-        raise TypeError(f"{creator!r} cannot make {wanted} connections")
-    raise TypeError(
-        f"{creator!r} is not Credentials, an IOpenSSLClientConnectionCreator, "
-        "an IOpenSSLServerConnectionCreator or a context factory"
-    )
-
-
-class _TwistedClientCredentials(Credentials):
-    """Client credentials whose connections come from a Twisted creator."""
-
-    def __init__(self, creator: Any) -> None:
-        self._creator = creator
-        hostname = getattr(creator, "_hostnameASCII", None)
-        context = getattr(creator, "_ctx", None)
-        if not isinstance(context, SSL.Context):
-            context = SSL.Context(SSL.TLS_METHOD)
-        super().__init__(context, is_client=True, manual_validation=True, hostname=hostname)
-
-    def _twisted_connection(self, protocol: object) -> SSL.Connection:
-        connection: SSL.Connection = self._creator.clientConnectionForTLS(protocol)
-        return connection
-
-
-class _TwistedServerCredentials(Credentials):
-    """Server credentials whose connections come from a Twisted creator."""
-
-    def __init__(self, creator: Any) -> None:
-        self._creator = creator
-        context = getattr(creator, "_ctx", None)
-        if not isinstance(context, SSL.Context):
-            context = SSL.Context(SSL.TLS_METHOD)
-        super().__init__(context, is_client=False, manual_validation=True)
-
-    def _twisted_connection(self, protocol: object) -> SSL.Connection:
-        connection: SSL.Connection = self._creator.serverConnectionForTLS(protocol)
-        return connection

@@ -16,7 +16,6 @@ plaintext protocol (STARTTLS).
 from __future__ import annotations
 
 import ctypes
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Union, cast
 
@@ -46,6 +45,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from txschannel.context import ClientContext, SecurityContext, ServerContext
+from txschannel.creators import adapt_for_factory
 from txschannel.credentials import Credentials
 from txschannel.peertext import PeerText
 from txschannel.records import MAX_CLIENT_HELLO_WIRE
@@ -64,14 +64,6 @@ __all__ = [
 ]
 
 _log = Logger(namespace="txschannel.protocol")
-
-try:
-    from twisted.protocols._tls_legacy import LegacyContextFactoryWarning
-except ImportError:  # an older Twisted: warn with a class of our own
-
-    class LegacyContextFactoryWarning(Warning):  # type: ignore[no-redef]
-        """A getContext() object that declares no OpenSSL creator interface."""
-
 
 class _NoClock:
     """The clock of a protocol made without a factory (Twisted's own tests
@@ -361,61 +353,6 @@ def _provide_like(protocol: SchannelProtocol, transport: object) -> None:
 _Wrapper: Any = ProtocolWrapper
 
 
-class _CreatorProtocol:
-    """What a Twisted connection creator sees as "the TLS protocol".
-
-    Twisted's creators read ``protocol.factory.wrappedFactory`` to find the
-    wrapped factory's ALPN protocols (``IProtocolNegotiationFactory``) and
-    call ``protocol.failVerification(reason)`` when the peer's name does not
-    match. The first comes from the :class:`SchannelFactory`; the second is
-    handed to the security context, which turns it into WRONG_PRINCIPAL.
-    """
-
-    def __init__(self, factory: SchannelFactory, shim: Any) -> None:
-        self.factory = factory
-        self._shim = shim
-
-    def failVerification(self, reason: object) -> None:
-        self._shim.failVerification(reason)
-
-    def abortConnection(self) -> None:
-        # Twisted's SNI callback calls this when its lookup raises.
-        self._shim.failVerification("the server-name lookup of the Twisted creator failed")
-
-
-class _TwistedCredentials(Credentials):
-    """Credentials whose ``SSL.Connection`` objects come from a Twisted object.
-
-    Made for one :class:`SchannelFactory` so that the connections can see its
-    wrapped factory (for ALPN). The peer's certificate is judged by the
-    Twisted object's own settings (``manual_validation`` from our side).
-    """
-
-    def __init__(
-        self,
-        make_connection: Callable[[object], SSL.Connection],
-        *,
-        is_client: bool,
-        hostname: str | None,
-        context: SSL.Context,
-        factory: SchannelFactory,
-        creator: object,
-    ) -> None:
-        super().__init__(context, is_client=is_client, manual_validation=True, hostname=hostname)
-        # ClientContext skips setting SNI itself when the credentials have a
-        # creator: Twisted's creator sets it (or chooses not to).
-        self._creator = creator
-        self._make_connection = make_connection
-        self._factory = factory
-
-    def _twisted_connection(self, shim: object) -> SSL.Connection:
-        stand_in = _CreatorProtocol(self._factory, shim)
-        connection = self._make_connection(stand_in)
-        # Twisted's ALPN select callback finds "the protocol" as app data.
-        connection.set_app_data(stand_in)
-        return connection
-
-
 def _credentials_from(
     value: CredentialsOrCreator, is_client: bool, factory: SchannelFactory
 ) -> Credentials:
@@ -425,10 +362,12 @@ def _credentials_from(
     :raises ValueError: client credentials for a server or the reverse.
     """
     role = "client" if is_client else "server"
-    if isinstance(value, _TwistedCredentials):
+    if isinstance(value, Credentials) and value.creator is not None and (
+        value.creator.factory is not None
+    ):
         # Made for another factory: its connections would see that factory's
         # ALPN list. Convert the Twisted object again, for this one.
-        value = value._creator
+        value = value.creator.original
     if isinstance(value, Credentials):
         if value.is_client != is_client:
             other = "client" if value.is_client else "server"
@@ -437,73 +376,14 @@ def _credentials_from(
                 f"not {other} credentials"
             )
         return value
-    if is_client and interfaces.IOpenSSLClientConnectionCreator.providedBy(value):
-        creator: Any = value
-        return _TwistedCredentials(
-            creator.clientConnectionForTLS,
-            is_client=True,
-            hostname=getattr(value, "_hostnameASCII", None),
-            context=_context_of(value),
-            factory=factory,
-            creator=value,
-        )
-    if not is_client and interfaces.IOpenSSLServerConnectionCreator.providedBy(value):
-        creator = value
-        return _TwistedCredentials(
-            creator.serverConnectionForTLS,
-            is_client=False,
-            hostname=None,
-            context=_context_of(value),
-            factory=factory,
-            creator=value,
-        )
-    # Anything else goes as in TLSMemoryBIOFactory (Twisted's
-    # _tls_legacy.oldest): the same warning and TypeErrors, in the same
-    # words, which Twisted's own test_brokenContextFactoryErrors compares.
-    get_context = getattr(value, "getContext", None)
-    if not interfaces.IOpenSSLContextFactory.providedBy(value):
-        side = "Client" if is_client else "Server"
-        warnings.warn(
-            f"{value} does not explicitly provide any OpenSSL connection-creator "
-            f"{side} interface; neither IOpenSSL{side}ConnectionCreator, nor "
-            "IOpenSSLContextFactory.",
-            LegacyContextFactoryWarning,
-            stacklevel=4,
-        )
-    if not callable(get_context):
-        error = TypeError(f"{value} does not even have a `getContext` method")
-        if hasattr(error, "add_note"):  # Python 3.11: the hint, in the traceback
-            error.add_note(
-                f"SchannelFactory takes txschannel Credentials, an "
-                f"IOpenSSL{role.capitalize()}ConnectionCreator such as "
-                "optionsForClientTLS(...) or CertificateOptions, or a context factory"
-            )
-        raise error
-    context = get_context()
-    if not isinstance(context, SSL.Context):
-        raise TypeError(f"{value}'s `getContext` method doesn't return a `Context`")
-
-    def make_connection(protocol: object) -> SSL.Connection:
-        # As Twisted does for these legacy factories: ask again for
-        # every connection, so a factory that rotates its context works.
-        return SSL.Connection(get_context(), None)
-
-    return _TwistedCredentials(
-        make_connection,
+    creator = adapt_for_factory(value, is_client, factory)
+    return Credentials(
+        creator.context,
         is_client=is_client,
-        hostname=None,
-        context=context,
-        factory=factory,
-        creator=value,
+        manual_validation=True,
+        hostname=creator.hostname,
+        creator=creator,
     )
-
-
-def _context_of(creator: object) -> SSL.Context:
-    context = getattr(creator, "_ctx", None) or getattr(creator, "_context", None)
-    if isinstance(context, SSL.Context):
-        return context
-    # The creator makes its own contexts; this one only fills the slot.
-    return SSL.Context(SSL.TLS_METHOD)
 
 
 @implementer(IPushProducer)
@@ -1627,7 +1507,12 @@ class SchannelFactory(WrappingFactory):
 
     def _new_context(self) -> SecurityContext:
         credentials = self._credentials
-        alpn = None if isinstance(credentials, _TwistedCredentials) else self._alpn(credentials)
+        # (A creator adapted for this factory offers its wrapped factory's
+        # ALPN protocols itself.)
+        creator = credentials.creator
+        alpn = None if creator is not None and creator.factory is not None else (
+            self._alpn(credentials)
+        )
         if self.isClient:
             return ClientContext(credentials, self.target_name, alpn=alpn)
         return ServerContext(credentials, alpn=alpn, keep_client_hello=self.keep_client_hello)
