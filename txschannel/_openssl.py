@@ -40,7 +40,11 @@ __all__ = [
     "Engine",
     "FastEngine",
     "PublicEngine",
+    "CertificateRequests",
     "ShortWrite",
+    "VerifyCall",
+    "X509_V_OK",
+    "Verifier",
     "engine",
     "PUBLIC_API_VARIABLE",
     "default_cert_file",
@@ -533,3 +537,168 @@ class PublicEngine:
 
 #: The engine chosen with :data:`FAST`, once.
 engine: Engine = FastEngine() if FAST else PublicEngine()
+
+
+# -- callbacks: verification and certificate requests -----------------------
+
+
+#: The verification error that means none (OpenSSL's X509_V_OK).
+X509_V_OK = 0
+
+
+class VerifyCall:
+    """One call of OpenSSL's verify callback, for one certificate of the
+    peer's chain, as a judge sees it on either path.
+
+    :ivar connection: the connection being verified.
+    :ivar certificate: the certificate at *depth*.
+    :ivar errno: OpenSSL's own X509_V_ERR_* code for it (0: none).
+    :ivar depth: its place in the chain (0: the peer's own).
+    :ivar ok: OpenSSL's own verdict (1: accepted).
+    """
+
+    __slots__ = ("_ssl", "_store", "certificate", "connection", "depth", "errno", "ok")
+
+    def __init__(
+        self,
+        connection: SSL.Connection,
+        certificate: crypto.X509,
+        errno: int,
+        depth: int,
+        ok: int,
+        store: Any = None,
+        ssl: Any = None,
+    ) -> None:
+        self.connection = connection
+        self.certificate = certificate
+        self.errno = errno
+        self.depth = depth
+        self.ok = ok
+        self._store = store
+        self._ssl = ssl
+
+    def set_error(self, errno: int) -> None:
+        """Make *errno* the verification's error, which picks the alert the
+        peer gets. The public path cannot: the alert stays the one for
+        OpenSSL's own error (internal_error where it saw none)."""
+        if self._store is not None:
+            lib.X509_STORE_CTX_set_error(self._store, errno)
+
+    def stop_checking(self) -> bool:
+        """Have OpenSSL refuse nothing more on this connection
+        (SSL_VERIFY_NONE) and end its verification of this chain: True
+        when done (False on the public path, which cannot)."""
+        set_verify = getattr(lib, "SSL_set_verify", None) if self._ssl is not None else None
+        if set_verify is None or not self._ssl:
+            return False
+        set_verify(self._ssl, lib.SSL_VERIFY_NONE, _verify_callback)
+        return True
+
+    def resume_checking(self) -> None:
+        """Undo :meth:`stop_checking`: a refusal ends the handshake again."""
+        if self._ssl is not None:
+            lib.SSL_set_verify(self._ssl, lib.SSL_VERIFY_PEER, _verify_callback)
+
+
+#: What judges a certificate: True accepts it. Exceptions count as refusals.
+Judge = Callable[[VerifyCall], bool]
+_judges: list[Judge] = []
+
+
+def _c_verify(ok: int, store: Any) -> int:
+    """OpenSSL's verify callback, at the C level (the fast path).
+
+    pyOpenSSL's own wrapper hides the X509_STORE_CTX, so a refusal decided
+    in Python would leave its error at X509_V_OK and OpenSSL would send the
+    peer an internal_error alert. Here the judge can set the refusal's code
+    (VerifyCall.set_error), so the peer gets the alert OpenSSL maps it to.
+    """
+    try:
+        ssl = lib.X509_STORE_CTX_get_ex_data(store, lib.SSL_get_ex_data_X509_STORE_CTX_idx())
+        connection = SSL.Connection._reverse_mapping.get(ssl)
+        if connection is None:
+            return ok
+        pointer = lib.X509_STORE_CTX_get_current_cert(store)
+        lib.X509_up_ref(pointer)
+        certificate = crypto.X509._from_raw_x509_ptr(pointer)
+        call = VerifyCall(
+            connection,
+            certificate,
+            lib.X509_STORE_CTX_get_error(store),
+            lib.X509_STORE_CTX_get_error_depth(store),
+            ok,
+            store,
+            ssl,
+        )
+        return 1 if _judges[0](call) else 0
+    except Exception:  # pragma: no cover - never let an exception into OpenSSL
+        return 0
+
+
+class Verifier:
+    """A judge of peers' chains installed on contexts: on the fast path
+    through one C callback (SSL_CTX_set_verify), on the public path through
+    ``Context.set_verify``. One per process (cffi callbacks are a scarce
+    resource, and the C callback calls the judge made first)."""
+
+    def __init__(self, judge: Judge) -> None:
+        self._judge = judge
+        if not _judges:
+            _judges.append(judge)
+
+    def install(self, context: SSL.Context, mode: int) -> None:
+        """Have *context* judge its peers' chains, with SSL_VERIFY_* *mode*."""
+        if FAST:
+            lib.SSL_CTX_set_verify(context._context, mode, _verify_callback)
+        else:
+            context.set_verify(mode, self._public)
+
+    def _public(
+        self, connection: SSL.Connection, certificate: crypto.X509, errno: int, depth: int, ok: int
+    ) -> bool:
+        try:
+            return self._judge(VerifyCall(connection, certificate, errno, depth, ok))
+        except Exception:  # pragma: no cover - pyOpenSSL would re-raise it as is
+            return False
+
+
+class CertificateRequests:
+    """Tells *on_request* of a server's request for a client certificate
+    (OpenSSL's cert_cb). Only the fast path can: :meth:`install` returns
+    False on the public path, where an info callback must watch the
+    handshake's states instead."""
+
+    def __init__(self, on_request: Callable[[SSL.Connection], None]) -> None:
+        self._on_request = on_request
+
+    def install(self, context: SSL.Context) -> bool:
+        """Watch *context*'s connections; False: the public path cannot."""
+        if not FAST:
+            return False
+        global _certificate_request_handler
+        if _certificate_request_handler is None:
+            _certificate_request_handler = self._on_request
+        lib.SSL_CTX_set_cert_cb(context._context, _certificate_request_callback, ffi.NULL)
+        return True
+
+
+_certificate_request_handler: Callable[[SSL.Connection], None] | None = None
+
+
+def _c_certificate_requested(ssl: Any, arg: Any) -> int:
+    try:
+        connection = SSL.Connection._reverse_mapping.get(ssl)
+        if connection is not None and _certificate_request_handler is not None:
+            _certificate_request_handler(connection)
+    except Exception:  # pragma: no cover - never let an exception into OpenSSL
+        pass
+    return 1
+
+
+if FAST:
+    # One C callback each for every context (cffi callbacks are a scarce
+    # resource).
+    _verify_callback: Any = ffi.callback("int (*)(int, X509_STORE_CTX *)", _c_verify)
+    _certificate_request_callback: Any = ffi.callback(
+        "int (*)(SSL *, void *)", _c_certificate_requested
+    )

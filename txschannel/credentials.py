@@ -572,21 +572,16 @@ def _ca_as_end_entity(certificate: x509.Certificate) -> str | None:
     )
 
 
-def _certificate_requested(ssl: Any, arg: Any) -> int:
-    """OpenSSL's cert_cb on a client: the server asked for a certificate.
+def _certificate_requested(connection: SSL.Connection) -> None:
+    """A server asked this client for a certificate (the fast path's cert_cb).
 
     Recorded so that a TLS 1.2 server's handshake_failure alert after it
     (TLS 1.2 has no certificate_required alert) can be reported as
     NO_CREDENTIALS rather than as a cipher mismatch.
     """
-    try:
-        connection = SSL.Connection._reverse_mapping.get(ssl)
-        verification = connection.get_app_data() if connection is not None else None
-        if isinstance(verification, Verification):
-            verification.certificate_requested = True
-    except Exception:  # pragma: no cover - never let an exception into OpenSSL
-        pass
-    return 1
+    verification = connection.get_app_data()
+    if isinstance(verification, Verification):
+        verification.certificate_requested = True
 
 
 def _judge(
@@ -603,44 +598,32 @@ def _judge(
     return verification.judge(certificate, errno, depth, ok)
 
 
-def _verify(ok: int, store: Any) -> int:
-    """OpenSSL's verify callback, at the C level (the fast path).
+def _verify(call: _openssl.VerifyCall) -> bool:
+    """OpenSSL's verify callback, on either path (see txschannel._openssl).
 
-    pyOpenSSL's own wrapper hides the X509_STORE_CTX, so a refusal decided
-    in Python would leave its error at X509_V_OK and OpenSSL would send the
-    peer an internal_error alert. Here the refusal's code is set, so the
-    peer gets the alert OpenSSL maps it to (bad_certificate, ...).
+    A refusal sets its own X509_V_ERR_* code where the path allows, so that
+    the peer gets the alert OpenSSL maps it to (bad_certificate, ...)
+    rather than internal_error.
     """
-    lib = _openssl.lib
-    try:
-        ssl = lib.X509_STORE_CTX_get_ex_data(store, lib.SSL_get_ex_data_X509_STORE_CTX_idx())
-        connection = SSL.Connection._reverse_mapping.get(ssl)
-        verification = connection.get_app_data() if connection is not None else None
-        if connection is None or not isinstance(verification, Verification):
-            return ok
-        pointer = lib.X509_STORE_CTX_get_current_cert(store)
-        lib.X509_up_ref(pointer)
-        certificate = crypto.X509._from_raw_x509_ptr(pointer)
-        errno = lib.X509_STORE_CTX_get_error(store)
-        depth = lib.X509_STORE_CTX_get_error_depth(store)
-        if _judge(connection, certificate, errno, depth, ok):
-            lib.X509_STORE_CTX_set_error(store, lib.X509_V_OK)
-            if not ok and _stop_openssl(lib, ssl, verification):
-                return 0
-            return 1
-        if verification.reject_code and (ok or verification.verdict is not None):
-            lib.X509_STORE_CTX_set_error(store, verification.reject_code)
-        if verification.stopped:
-            # A chain after an accepted one, on a connection left at
-            # SSL_VERIFY_NONE: the refusal must end the handshake again.
-            lib.SSL_set_verify(ssl, lib.SSL_VERIFY_PEER, _verify_callback)
-            verification.stopped = False
-        return 0
-    except Exception:  # pragma: no cover - never let an exception into OpenSSL
-        return 0
+    verification = call.connection.get_app_data()
+    if not isinstance(verification, Verification):
+        return bool(call.ok)
+    if _judge(call.connection, call.certificate, call.errno, call.depth, call.ok):
+        call.set_error(_openssl.X509_V_OK)
+        if not call.ok and _stop_openssl(call, verification):
+            return False
+        return True
+    if verification.reject_code and (call.ok or verification.verdict is not None):
+        call.set_error(verification.reject_code)
+    if verification.stopped:
+        # A chain after an accepted one, on a connection left at
+        # SSL_VERIFY_NONE: the refusal must end the handshake again.
+        call.resume_checking()
+        verification.stopped = False
+    return False
 
 
-def _stop_openssl(lib: Any, ssl: Any, verification: Verification) -> bool:
+def _stop_openssl(call: _openssl.VerifyCall, verification: Verification) -> bool:
     """Stop OpenSSL's own verification of a chain already accepted whole.
 
     With ``validation="cryptography"`` OpenSSL's verdict is set aside, but
@@ -657,27 +640,10 @@ def _stop_openssl(lib: Any, ssl: Any, verification: Verification) -> bool:
     """
     if not isinstance(verification.verdict, list) or verification.manual:
         return False
-    set_verify = getattr(lib, "SSL_set_verify", None)
-    if set_verify is None or not ssl:
+    if not call.stop_checking():
         return False
-    set_verify(ssl, lib.SSL_VERIFY_NONE, _verify_callback)
     verification.stopped = True
     return True
-
-
-def _verify_public(
-    connection: SSL.Connection, certificate: crypto.X509, errno: int, depth: int, ok: int
-) -> bool:
-    """The verify callback through ``Context.set_verify`` (the public path).
-
-    The same verdict as :func:`_verify`; but pyOpenSSL gives no way to set
-    the refusal's own X509_V_ERR_* code, so the alert the peer gets is the
-    one for OpenSSL's own error (internal_error where it saw none).
-    """
-    try:
-        return _judge(connection, certificate, errno, depth, ok)
-    except Exception:  # pragma: no cover - pyOpenSSL would re-raise it as is
-        return False
 
 
 # OpenSSL's names for the handshake states that only a full handshake goes
@@ -705,21 +671,13 @@ def _observe(connection: SSL.Connection, where: int, ret: int) -> None:
         verification.full_handshake = True
 
 
-if _openssl.FAST:
-    # One C callback each for every context (cffi callbacks are a scarce
-    # resource).
-    _on_certificate_request = _openssl.ffi.callback(
-        "int (*)(SSL *, void *)", _certificate_requested
-    )
-    _verify_callback = _openssl.ffi.callback("int (*)(int, X509_STORE_CTX *)", _verify)
+_verifier = _openssl.Verifier(_verify)
+_certificate_requests = _openssl.CertificateRequests(_certificate_requested)
 
 
 def _set_verify(context: SSL.Context, mode: int) -> None:
     """Judge peers with :class:`Verification` (the connection's app data)."""
-    if _openssl.FAST:
-        _openssl.lib.SSL_CTX_set_verify(context._context, mode, _verify_callback)
-    else:
-        context.set_verify(mode, _verify_public)
+    _verifier.install(context, mode)
 
 
 class SessionCache:
@@ -914,10 +872,8 @@ class Credentials:
             context.set_alpn_protos(list(protocols))
         _set_verify(context, SSL.VERIFY_PEER)
         keylog.install(context, key_log_file)
-        if _openssl.FAST:
-            _openssl.lib.SSL_CTX_set_cert_cb(
-                context._context, _on_certificate_request, _openssl.ffi.NULL
-            )
+        # (On the public path the info callback of _observe sees the request.)
+        _certificate_requests.install(context)
         return cls(
             context,
             is_client=True,
