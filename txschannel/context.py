@@ -654,7 +654,15 @@ class SecurityContext:
             # The records ending here hold at most these bytes and one record
             # begun earlier; their plaintext is shorter still.
             limit = min(count * MAX_PLAINTEXT, size + HEADER_SIZE + MAX_RECORD_PAYLOAD)
-            plaintext, unread, reads = self._read(connection, count, limit)
+            # (The engine directly, not through _read: one Python call less
+            # per piece of the stream.)
+            error: SecurityError | None = None
+            try:
+                plaintext, unread, reads = _read_available(connection, count, limit)
+            except SSL.Error as e:
+                error = self._fail_openssl(e)
+            if error is not None:
+                raise error
         if unread is not None:
             self._closed_by_peer = True
             if reads + 1 < count:
