@@ -135,7 +135,7 @@ def per_record(
         server.decrypt(client.encrypt(data))
     ours = (time.process_time() - start) / records * 1e6
     client, server = contexts(ca, pem, version)
-    sender, receiver = client._connection, server._connection
+    sender, receiver = client.openssl_connection, server.openssl_connection
     assert sender is not None and receiver is not None
     wire, clear = ffi.new("char[]", 20000), ffi.new("char[]", 20000)
     start = time.process_time()
