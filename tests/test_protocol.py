@@ -1051,7 +1051,9 @@ class LimitTests(SynchronousTestCase):
         pair.client.transport.write(wire)
         pair.pump.flush(advanceClock=False)
         self.assertEqual(app.lost, [])
-        self.assertEqual(pair.server._received, wire)
+        waiting = pair.server._handshake_buffer
+        assert waiting is not None
+        self.assertEqual(waiting.data, wire)
         self.assertEqual(pair.server.handshakeLadder, [])
         self.assertEqual(pair.server.factory.handshake_memory_held, len(wire))
 

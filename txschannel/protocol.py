@@ -280,6 +280,52 @@ class _HandshakeBudget:
         self._summary = self._trim_call = None
 
 
+class _HandshakeBuffer:
+    """The peer's bytes that wait for its handshake to complete, and their charge.
+
+    Its own object, not attributes of :class:`SchannelProtocol`, because it
+    has its own limits and its own reason to change: until the handshake
+    completes, a peer can make the server hold bytes the context cannot use
+    yet (the rest of a record, of a ClientHello). Two limits bound them:
+    ``max_pre_handshake_buffer`` for one connection (the protocol checks
+    it) and the listener's :class:`_HandshakeBudget` for all of them (this
+    object keeps the charge and gives it back). It is created with the
+    handshake's first step and dropped when the handshake ends, however it
+    ends, so an established connection carries none of it.
+
+    @ivar data: the bytes not given to the context yet (a partial record).
+    @ivar needed: ``len(data)`` at which the context can make progress
+        again; calling it with less would only hand back the same partial
+        record.
+    @ivar charged: what this handshake is charged against the budget: the
+        largest buffer it has needed.
+    @ivar budget: the listener's budget, or None if it has none.
+    """
+
+    __slots__ = ("data", "needed", "charged", "budget")
+
+    def __init__(self, budget: _HandshakeBudget | None) -> None:
+        self.data = b""
+        self.needed = 0
+        self.charged = 0
+        self.budget = budget
+
+    def charge(self, size: int) -> bool:
+        """Charge the budget up to *size* bytes in all; False if it refuses."""
+        budget = self.budget
+        if budget is None or budget.take(size - self.charged):
+            self.charged = size
+            return True
+        return False
+
+    def release(self) -> None:
+        """The handshake is over, one way or another: give its charge back."""
+        charged, self.charged = self.charged, 0
+        self.data = b""
+        if charged and self.budget is not None:
+            self.budget.give_back(charged)
+
+
 def _failure(error: BaseException) -> Failure:
     """A Failure for *error*, without a traceback.
 
@@ -574,17 +620,14 @@ class SchannelProtocol(ProtocolWrapper):
 
     bytesReceived = 0
     bytesSent = 0
-    #: Bytes not given to the context yet: during the handshake, a partial
-    #: record; after it, what arrived while the wrapped protocol had paused
-    #: us. (Once established, the context keeps partial records itself.)
+    #: Bytes that arrived while the wrapped protocol had paused us (or
+    #: were left after the handshake's last record). (Once established, the
+    #: context keeps partial records itself.)
     _received = b""
-    #: During the handshake, len(_received) at which the context can make
-    #: progress again; calling it with less would only hand back the same
-    #: partial record.
-    _needed = 0
-    #: What this handshake is charged against the server's budget (see
-    #: _HandshakeBudget): the largest buffer it has needed.
-    _charged = 0
+    #: During the handshake: the bytes waiting for it and their charge
+    #: against the server's budget (created on demand, dropped when the
+    #: handshake ends).
+    _handshake_buffer: _HandshakeBuffer | None = None
     _established = False
     #: Plaintext written before the handshake completed (created on demand).
     _pending: list[bytes] | None = None
@@ -678,35 +721,40 @@ class SchannelProtocol(ProtocolWrapper):
                 # The usual case: straight to the context, no buffering here.
                 self._deliver(data)
             return
-        buffer = self._received + data if self._received else data
-        if len(buffer) > self._charged and not self._charge(len(buffer)):
+        waiting = self._start_handshake_buffer()
+        buffer = waiting.data + data if waiting.data else data
+        if len(buffer) > waiting.charged and not self._charge(waiting, len(buffer)):
             return
         limit = self.factory.max_pre_handshake_buffer
         # Past the limit, the context gets a look before the verdict: it may
         # take the whole records off the buffer (a ClientHello cut into
         # small records, for one, is larger on the wire than the limit).
-        if len(buffer) >= self._needed or len(buffer) > limit:
-            self._received = b""
+        if len(buffer) >= waiting.needed or len(buffer) > limit:
+            waiting.data = b""
             remaining = self._handshake_step(buffer)
             if remaining is None:
                 return
             buffer = remaining
-        self._received = buffer
         if not self._established:
+            waiting.data = buffer
             if len(buffer) > limit:
                 self._handshake_overflow(len(buffer), limit)
             return
+        self._received = buffer
         self._unwrap()
 
-    def _charge(self, size: int) -> bool:
+    def _start_handshake_buffer(self) -> _HandshakeBuffer:
+        """The handshake's buffer, created with its first step."""
+        waiting = self._handshake_buffer
+        if waiting is None:
+            waiting = self._handshake_buffer = _HandshakeBuffer(self.factory._budget)
+        return waiting
+
+    def _charge(self, waiting: _HandshakeBuffer, size: int) -> bool:
         """Charge the server's handshake budget up to *size* bytes; False if refused."""
-        budget = self.factory._budget
-        if budget is None:
-            self._charged = size
+        if waiting.charge(size):
             return True
-        if budget.take(size - self._charged):
-            self._charged = size
-            return True
+        budget = cast(_HandshakeBudget, waiting.budget)
         budget.refusal(self._peer_name())
         self._fail(
             _failure(
@@ -719,12 +767,11 @@ class SchannelProtocol(ProtocolWrapper):
         )
         return False
 
-    def _uncharge(self) -> None:
-        """The handshake is over, one way or another: give its charge back."""
-        charged, self._charged = self._charged, 0
-        budget = self.factory._budget if self.factory is not None else None
-        if charged and budget is not None:
-            budget.give_back(charged)
+    def _end_handshake_buffer(self) -> None:
+        """The handshake is over, one way or another: drop its buffer and charge."""
+        waiting, self._handshake_buffer = self._handshake_buffer, None
+        if waiting is not None:
+            waiting.release()
 
     def _handshake_step(self, data: bytes) -> bytes | None:
         """One ``initialize``/``accept`` call; the bytes left, or None on failure."""
@@ -744,10 +791,10 @@ class SchannelProtocol(ProtocolWrapper):
             self.handshakeLadder.append((call, step.status.name, consumed, len(step.token)))
         if step.token:
             self.transport.write(step.token)
-        self._needed = len(step.extra) + step.missing
         if step.status is Status.OK:
-            self._needed = 0
             self._handshake_done()
+        else:
+            self._start_handshake_buffer().needed = len(step.extra) + step.missing
         return step.extra
 
     def _unwrap(self, final: bool = False) -> None:
@@ -799,8 +846,7 @@ class SchannelProtocol(ProtocolWrapper):
         self._established = True
         self._update_write_state()
         self._cancel("_handshake_timer")
-        if self._charged:
-            self._uncharge()
+        self._end_handshake_buffer()
         # Debug, not info: a completed handshake is the normal case, and a
         # written info line costs about as much as 5% of the handshake itself
         # (applications log their own connections; failures are warnings).
@@ -916,8 +962,7 @@ class SchannelProtocol(ProtocolWrapper):
         self._pending = None
         self._outgoing.drop()
         self._cancel("_handshake_timer")
-        if self._charged:
-            self._uncharge()
+        self._end_handshake_buffer()
         self._fail_waiters(reason)
         self.securityContext.delete()
         if abort:
@@ -1221,8 +1266,7 @@ class SchannelProtocol(ProtocolWrapper):
         self._outgoing.drop()
         for timer in ("_handshake_timer", "_close_timer"):
             self._cancel(timer)
-        if self._charged:
-            self._uncharge()
+        self._end_handshake_buffer()
         if self._established:
             # Whole records that arrived while the wrapped protocol had paused
             # us are still the peer's data (and may end with its close_notify).
