@@ -497,6 +497,54 @@ class _ProducerGate:
             self._producer.stopProducing()
 
 
+class _CloseSequence:
+    """Where the TLS close stands: our close_notify, the peer's, and the wait between.
+
+    Its own object, not flags of :class:`SchannelProtocol`, because closing
+    has its own states and its own reason to change: a full close sends
+    close_notify and waits a bounded time for the peer's (Twisted #7926), a
+    half-close sends ours and keeps reading, and the peer may close first.
+    Most connections read and write for a long time before any of that, so
+    they all share :data:`_NOT_CLOSING` (never written to) and a connection
+    gets its own with the first step of its close.
+
+    @ivar sent: our close_notify was sent.
+    @ivar received: the peer's close_notify arrived; nothing after it is
+        part of its stream.
+    @ivar write_shutdown_wanted: ``loseWriteConnection()`` was called before
+        the handshake completed; our close_notify goes when it does.
+    @ivar timer: the bounded wait (for the peer's close_notify, then for the
+        transport to close), or None when nothing is waited for.
+    """
+
+    __slots__ = ("sent", "received", "write_shutdown_wanted", "timer")
+
+    def __init__(self) -> None:
+        self.sent = False
+        self.received = False
+        self.write_shutdown_wanted = False
+        self.timer: IDelayedCall | None = None
+
+    def wait(self, clock: IReactorTime, timeout: float, then: Callable[[], object]) -> None:
+        """Call *then* after *timeout* seconds, unless a wait is running already."""
+        if self.timer is None:
+            self.timer = clock.callLater(timeout, self._expired, then)
+
+    def _expired(self, then: Callable[[], object]) -> None:
+        self.timer = None
+        then()
+
+    def cancel(self) -> None:
+        """Stop waiting (the close finished, or the connection is gone)."""
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+
+#: The close sequence of every connection that has not begun to close.
+_NOT_CLOSING = _CloseSequence()
+
+
 class _Coalescer:
     """The plaintext written this reactor turn, not yet encrypted.
 
@@ -632,7 +680,6 @@ class SchannelProtocol(ProtocolWrapper):
     #: Plaintext written before the handshake completed (created on demand).
     _pending: list[bytes] | None = None
     _handshake_timer: IDelayedCall | None = None
-    _close_timer: IDelayedCall | None = None
     _producer: _ProducerGate | None = None
     #: The wrapped protocol called pauseProducing().
     _read_paused = False
@@ -640,11 +687,9 @@ class SchannelProtocol(ProtocolWrapper):
     _reason: Failure | None = None
     #: The context raised (or a limit was hit): no more TLS on this connection.
     _failed = False
-    _sent_close_notify = False
-    #: The peer's close_notify arrived.
-    _peer_closed = False
-    #: loseWriteConnection() was called before the handshake completed.
-    _write_shutdown_wanted = False
+    #: How far the TLS close has come (shared until it begins; see
+    #: _close_sequence()).
+    _closing: _CloseSequence = _NOT_CLOSING
     _aborted = False
     #: connectionLost() has run.
     _lost = False
@@ -710,7 +755,7 @@ class SchannelProtocol(ProtocolWrapper):
 
     def dataReceived(self, data: bytes) -> None:
         """Bytes from the transport: through the handshake, then decrypted and delivered."""
-        if self._failed or self._aborted or self._lost or self._peer_closed:
+        if self._failed or self._aborted or self._lost or self._closing.received:
             # (After the peer's close_notify nothing more is its stream.)
             return
         if self._established:
@@ -809,7 +854,7 @@ class SchannelProtocol(ProtocolWrapper):
             or (self._read_paused and not final)
             or self._failed
             or self._aborted
-            or self._peer_closed
+            or self._closing.received
             or (self._lost and not final)
         ):
             return
@@ -838,7 +883,7 @@ class SchannelProtocol(ProtocolWrapper):
             if not final:
                 self._close_notify_received()
             else:
-                self._peer_closed = True
+                self._close_sequence().received = True
 
     # -- the handshake's outcomes -----------------------------------------
 
@@ -893,7 +938,7 @@ class SchannelProtocol(ProtocolWrapper):
         self._flush()
         if self._producer is not None:
             self._producer.resume("handshake")
-        if self._write_shutdown_wanted:
+        if self._closing.write_shutdown_wanted:
             self._shutdown_write()
         elif self.disconnecting and self._producer is None:
             self._shutdown()
@@ -1011,8 +1056,8 @@ class SchannelProtocol(ProtocolWrapper):
         if isinstance(data, str):
             raise TypeError("SchannelProtocol.write() takes bytes, not str")
         if (
-            self._sent_close_notify
-            or self._write_shutdown_wanted
+            self._closing.sent
+            or self._closing.write_shutdown_wanted
             or self._failed
             or self._aborted
             or self._lost
@@ -1060,7 +1105,7 @@ class SchannelProtocol(ProtocolWrapper):
 
         :raises RuntimeError: a producer is already registered.
         """
-        if self._failed or self._lost or self._sent_close_notify:
+        if self._failed or self._lost or self._closing.sent:
             producer.stopProducing()
             return
         if self._producer is not None:
@@ -1135,12 +1180,12 @@ class SchannelProtocol(ProtocolWrapper):
         The wrapped protocol keeps receiving until the peer's close_notify,
         which reaches an ``IHalfCloseableProtocol`` as ``readConnectionLost``.
         """
-        if self._sent_close_notify or self._write_shutdown_wanted or not self.connected:
+        if self._closing.sent or self._closing.write_shutdown_wanted or not self.connected:
             return
         if self._failed or self._aborted or self._lost:
             return
         if not self._established:
-            self._write_shutdown_wanted = True
+            self._close_sequence().write_shutdown_wanted = True
             self._update_write_state()
             return
         self._shutdown_write()
@@ -1157,13 +1202,13 @@ class SchannelProtocol(ProtocolWrapper):
         self._abort_transport()
 
     def _shutdown_write(self) -> None:
-        self._write_shutdown_wanted = False
+        self._close_sequence().write_shutdown_wanted = False
         self._update_write_state()
         self._send_close_notify()
         wrapped = self.wrappedProtocol
         if wrapped is not None and IHalfCloseableProtocol.providedBy(wrapped):
             wrapped.writeConnectionLost()
-        if self._peer_closed and not self._lost:
+        if self._closing.received and not self._lost:
             self.transport.loseConnection()
 
     def _shutdown(self) -> None:
@@ -1171,7 +1216,7 @@ class SchannelProtocol(ProtocolWrapper):
         self._send_close_notify()
         if self._failed or self._lost:
             return
-        if self._peer_closed:
+        if self._closing.received:
             self.transport.loseConnection()
             return
         if self.factory.close_timeout is None:
@@ -1182,16 +1227,23 @@ class SchannelProtocol(ProtocolWrapper):
     def _start_close_timer(self) -> None:
         """Bound the wait for the peer from now (if not bounded already)."""
         timeout = self.factory.close_timeout
-        if timeout is not None and self._close_timer is None:
-            self._close_timer = self.factory._clock.callLater(timeout, self._close_timed_out)
+        if timeout is not None:
+            self._close_sequence().wait(self.factory._clock, timeout, self._close_timed_out)
+
+    def _close_sequence(self) -> _CloseSequence:
+        """This connection's own close sequence, created with the first step of its close."""
+        closing = self._closing
+        if closing is _NOT_CLOSING:
+            closing = self._closing = _CloseSequence()
+        return closing
 
     def _send_close_notify(self) -> None:
-        if self._sent_close_notify or self._failed or self._lost:
+        if self._closing.sent or self._failed or self._lost:
             return
         self._flush()
         if self._failed:
             return
-        self._sent_close_notify = True
+        self._close_sequence().sent = True
         self._update_write_state()
         token = self.securityContext.shutdown()
         if token:
@@ -1204,13 +1256,12 @@ class SchannelProtocol(ProtocolWrapper):
         that does not finish within another ``close_timeout``, the peer is
         not reading and the transport is aborted.
         """
-        self._close_timer = None
         self.transport.loseConnection()
         timeout = self.factory.close_timeout or 0.0
-        self._close_timer = self.factory._clock.callLater(timeout, self._abort_transport)
+        self._close_sequence().wait(self.factory._clock, timeout, self._abort_transport)
 
     def _close_notify_received(self) -> None:
-        self._peer_closed = True
+        self._close_sequence().received = True
         wrapped = self.wrappedProtocol
         if (
             not self.disconnecting
@@ -1220,11 +1271,11 @@ class SchannelProtocol(ProtocolWrapper):
             # The peer's direction is done; ours stays open until the
             # wrapped protocol closes it (or already has, by half-closing).
             wrapped.readConnectionLost()
-            if self._sent_close_notify and not self._lost:
+            if self._closing.sent and not self._lost:
                 self.transport.loseConnection()
             return
-        if self._sent_close_notify:
-            self._cancel("_close_timer")
+        if self._closing.sent:
+            self._closing.cancel()
             self.transport.loseConnection()
             return
         self.disconnecting = True
@@ -1240,7 +1291,7 @@ class SchannelProtocol(ProtocolWrapper):
         and our own side may still be writing. Otherwise the stream was cut
         short; the transport is closed and the loss reported as truncation.
         """
-        if self._peer_closed and not self._sent_close_notify and not self.disconnecting:
+        if self._closing.received and not self._closing.sent and not self.disconnecting:
             return
         self.transport.loseConnection()
 
@@ -1248,7 +1299,7 @@ class SchannelProtocol(ProtocolWrapper):
         """The transport's write side closed; nothing to do (we never half-close TCP)."""
 
     def _abort_transport(self) -> None:
-        self._cancel("_close_timer")
+        self._closing.cancel()
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
             abort()
@@ -1264,8 +1315,8 @@ class SchannelProtocol(ProtocolWrapper):
         self._lost = True
         self._update_write_state()
         self._outgoing.drop()
-        for timer in ("_handshake_timer", "_close_timer"):
-            self._cancel(timer)
+        self._cancel("_handshake_timer")
+        self._closing.cancel()
         self._end_handshake_buffer()
         if self._established:
             # Whole records that arrived while the wrapped protocol had paused
@@ -1299,7 +1350,7 @@ class SchannelProtocol(ProtocolWrapper):
     def _reported(self, reason: Failure) -> Failure:
         if self._reason is not None:
             return self._reason
-        if self._aborted or self._peer_closed or self.disconnecting:
+        if self._aborted or self._closing.received or self.disconnecting:
             return reason
         # The stream ended, cleanly or not at the TCP level, without the
         # peer's close_notify: what we received may be cut short.
@@ -1349,8 +1400,8 @@ class SchannelProtocol(ProtocolWrapper):
 
     def _update_write_state(self) -> None:
         self._outgoing.open = self._established and not (
-            self._sent_close_notify
-            or self._write_shutdown_wanted
+            self._closing.sent
+            or self._closing.write_shutdown_wanted
             or self._failed
             or self._aborted
             or self._lost
