@@ -730,6 +730,26 @@ class CloseTests(SynchronousTestCase):
         (reason,) = pair.client_app.lost  # type: ignore[attr-defined]
         self.assertTrue(reason.check(ConnectionDone), reason)
 
+    def test_an_open_connection_holds_no_handshake_or_close_state(self) -> None:
+        """The handshake's buffer is dropped when it completes and the close
+        sequence is made when closing begins, so an idle connection carries
+        neither; the shared not-closing state is never written to."""
+        pair = Pair()
+        pair.flush()
+        for side in (pair.client, pair.server):
+            self.assertIsNone(side._handshake_buffer)
+            self.assertNotIn("_closing", vars(side))
+        pair.server.loseConnection()
+        pair.flush()
+        for side in (pair.client, pair.server):
+            self.assertTrue(side._closing.sent and side._closing.received)
+            self.assertIsNone(side._closing.timer)
+        shared = type(pair.server)._closing
+        self.assertEqual(
+            (shared.sent, shared.received, shared.write_shutdown_wanted, shared.timer),
+            (False, False, False, None),
+        )
+
 
 @implementer(IPushProducer)
 class RecordingPush:
