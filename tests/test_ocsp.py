@@ -14,10 +14,8 @@ import re
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
 
 from tests.support.endpoints import ReplyFactory
-from tests.support.ocsp import NOW, PKI
+from tests.support.ocsp import NOW, PKI, Responder
 from tests.support.peers import Peer, free_port, require
 from tests.support.twist import Twist, assert_one_line, run_twist, wait_listening, workers_started
 from txschannel.endpoints import SchannelServerEndpoint
@@ -67,77 +65,6 @@ def staple(port: int, ca: Path, server_name: str = "localhost",
         if f"Cert Status: {state}" in output:
             return state
     return "no status:\n" + output
-
-
-class Responder:
-    """An HTTP OCSP responder on loopback answering every POST with :attr:`body`.
-
-    It counts the connections made to it, those still open and the
-    requests. With :attr:`dribble` it sends its headers (a 60000-byte
-    body announced) and then one byte every 0.1 s until the client goes.
-    """
-
-    def __init__(self, test: SynchronousTestCase) -> None:
-        self.body = b""
-        self.dribble = False
-        self.connections = 0
-        self.open = 0
-        self.requests = 0
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
-
-            def setup(self) -> None:
-                with outer._lock:
-                    outer.connections += 1
-                    outer.open += 1
-                super().setup()
-
-            def finish(self) -> None:
-                try:
-                    super().finish()
-                except OSError:
-                    pass
-                finally:
-                    with outer._lock:
-                        outer.open -= 1
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length", "0")))
-                with outer._lock:
-                    outer.requests += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/ocsp-response")
-                if not outer.dribble:
-                    self.send_header("Content-Length", str(len(outer.body)))
-                    self.end_headers()
-                    self.wfile.write(outer.body)
-                    return
-                self.send_header("Content-Length", "60000")
-                self.end_headers()
-                while not outer._stopping.wait(0.1):
-                    try:
-                        self.wfile.write(b"0")
-                        self.wfile.flush()
-                    except OSError:
-                        return  # the client went
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        test.addCleanup(self.stop)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class LogLines:
@@ -493,7 +420,8 @@ class ForgedResponseTests(TestCase):
 
     def setUp(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="txschannel-ocsp-"))
-        self.responder = Responder(self)
+        self.responder = Responder()
+        self.addCleanup(self.responder.stop)
         self.pki = PKI(self.folder, self.responder.port)
         self.log = LogLines(self)
 
@@ -604,7 +532,8 @@ class ResponderAddressTests(TestCase):
 
     def setUp(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="txschannel-ocsp-"))
-        self.responder = Responder(self)
+        self.responder = Responder()
+        self.addCleanup(self.responder.stop)
 
     def test_a_loopback_responder_is_refused_and_never_reached(self) -> None:
         pki = PKI(self.folder, self.responder.port)
@@ -714,7 +643,8 @@ class DeadlineTests(TestCase):
 
         self.patch(txschannel.ocsp, "FETCH_TIMEOUT", 1.0)
         folder = Path(tempfile.mkdtemp(prefix="txschannel-ocsp-"))
-        responder = Responder(self)
+        responder = Responder()
+        self.addCleanup(responder.stop)
         responder.dribble = True
         pki = PKI(folder, responder.port)
         log = LogLines(self)

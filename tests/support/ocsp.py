@@ -1,10 +1,13 @@
 """A CA, server certificates naming an OCSP responder on loopback, the
-responder's index, and OCSP responses about them.
+responder's index, OCSP responses about them, and a responder that answers
+them (or dribbles).
 """
 
 from __future__ import annotations
 
 import datetime
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +162,74 @@ class PKI:
         """A response naming the CA as its responder, signed with another key."""
         impostor, key = self.impostor()
         return self.response(responder=impostor, key=key, by_name=True)
+
+
+class Responder:
+    """An HTTP OCSP responder on loopback answering every POST with :attr:`body`.
+
+    It counts the connections made to it, those still open and the
+    requests. With :attr:`dribble` it sends its headers (a 60000-byte
+    body announced) and then one byte every 0.1 s until the client goes.
+    Call :meth:`stop` when done.
+    """
+
+    def __init__(self) -> None:
+        self.body = b""
+        self.dribble = False
+        self.connections = 0
+        self.open = 0
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def setup(self) -> None:
+                with outer._lock:
+                    outer.connections += 1
+                    outer.open += 1
+                super().setup()
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                except OSError:
+                    pass
+                finally:
+                    with outer._lock:
+                        outer.open -= 1
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                with outer._lock:
+                    outer.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/ocsp-response")
+                if not outer.dribble:
+                    self.send_header("Content-Length", str(len(outer.body)))
+                    self.end_headers()
+                    self.wfile.write(outer.body)
+                    return
+                self.send_header("Content-Length", "60000")
+                self.end_headers()
+                while not outer._stopping.wait(0.1):
+                    try:
+                        self.wfile.write(b"0")
+                        self.wfile.flush()
+                    except OSError:
+                        return  # the client went
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
