@@ -101,15 +101,7 @@ class HealthzTests(Edge):
         # open would take them all, if the status listener accepted them all.
         twist, port = self.twist(backend, "--status", f"tcp:{status}", limit_files=128)
         twist.wait_for("serving /metrics and /status on")
-        checkers: list[socket.socket] = []
-        for number in range(300):
-            checker = socket.socket()
-            self.addCleanup(checker.close)
-            checker.setblocking(False)
-            checker.connect_ex(("127.0.0.1", status))
-            checkers.append(checker)
-            if number % 40 == 39:
-                time.sleep(0.1)  # smaller batches than the listen backlog (50)
+        checkers = self.open_idle(status, 300)
         time.sleep(0.5)
         for checker in checkers:
             # A keep-alive check each, never read: the answers pile up.
@@ -118,11 +110,7 @@ class HealthzTests(Edge):
             except OSError:
                 pass
         time.sleep(1.0)
-        for number in range(3):
-            with self.tls(port) as client:
-                client.sendall(bytes([number]))
-                self.assertEqual(client.recv(1), bytes([number]), twist.output)
-        self.assertNotIn("out of file descriptors", twist.output)
+        self.assert_relays(twist, port)
         # The first checker was answered: the flood was served, in turn.
         checkers[0].setblocking(True)
         checkers[0].settimeout(30)

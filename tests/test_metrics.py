@@ -230,21 +230,9 @@ class StatusListenerTests(Edge):
         # them all, if it accepted them all.
         twist, port = self.twist(backend, "--status", f"tcp:{status}", limit_files=128)
         twist.wait_for("serving /metrics and /status on")
-        idle: list[socket.socket] = []
-        for number in range(300):
-            flood = socket.socket()
-            self.addCleanup(flood.close)
-            flood.setblocking(False)
-            flood.connect_ex(("127.0.0.1", status))
-            idle.append(flood)
-            if number % 40 == 39:
-                time.sleep(0.1)  # smaller batches than the listen backlog (50)
+        idle = self.open_idle(status, 300)
         time.sleep(1.0)
-        for number in range(3):
-            with self.tls(port) as client:
-                client.sendall(bytes([number]))
-                self.assertEqual(client.recv(1), bytes([number]), twist.output)
-        self.assertNotIn("out of file descriptors", twist.output)
+        self.assert_relays(twist, port)
         # The first idle client was accepted at once: it is aborted when it
         # has sent no request within the status listener's 5 s.
         idle[0].setblocking(True)

@@ -114,6 +114,32 @@ class Edge(TestCase):
             raw, server_hostname="localhost", suppress_ragged_eofs=False
         )
 
+    def open_idle(self, port: int, count: int) -> list[socket.socket]:
+        """*count* connections to *port* that send nothing, closed at cleanup.
+
+        Opened in batches smaller than the listen backlog (50), so that the
+        kernel queue does not refuse them before the server gets to them.
+        """
+        sockets: list[socket.socket] = []
+        for number in range(count):
+            idle = socket.socket()
+            self.addCleanup(idle.close)
+            idle.setblocking(False)
+            idle.connect_ex(("127.0.0.1", port))
+            sockets.append(idle)
+            if number % 40 == 39:
+                time.sleep(0.1)
+        return sockets
+
+    def assert_relays(self, twist: Twist, port: int) -> None:
+        """Three TLS clients of *port* each get their byte echoed, and the
+        process never ran out of descriptors."""
+        for number in range(3):
+            with self.tls(port) as client:
+                client.sendall(bytes([number]))
+                self.assertEqual(client.recv(1), bytes([number]), twist.output)
+        self.assertNotIn("out of file descriptors", twist.output)
+
 
 def read_to_end(tls: ssl.SSLSocket) -> tuple[int, str]:
     """Read until the stream ends: (bytes read, "close_notify" / "no close_notify" / "reset")."""
