@@ -330,51 +330,77 @@ def run(
     err = err if err is not None else sys.stderr
     try:
         host, port = parse_address(arguments.address)
+        alpn = tuple(p for item in arguments.alpn for p in item.split(",") if p)
+        credentials = _client_credentials(arguments, alpn)
     except ValueError as e:
         print(f"probe: {e}", file=err)
         return EXIT_USAGE
-    alpn = tuple(p for item in arguments.alpn for p in item.split(",") if p)
     server_name = arguments.servername or host
+    client = ""
+    if arguments.certificate is not None:
+        client = f", client certificate {arguments.certificate}"
+    print(f"probe {host}:{port}, server name {server_name!r}, trust roots {arguments.cacert}"
+          f"{client}", file=out)
+    result = _reach(host, port, credentials, server_name, alpn, arguments.timeout, err)
+    if result is None:
+        return EXIT_UNREACHABLE
+    return _report(result, out, err)
+
+
+def _client_credentials(arguments: argparse.Namespace, alpn: tuple[str, ...]) -> Credentials:
+    """The client credentials the command line asks for.
+
+    :raises ValueError: a key or passphrase file without ``--certificate``,
+        or a file that cannot be used (the message names it).
+    """
     for option in ("private_key", "passphrase_file"):
         if getattr(arguments, option) is not None and arguments.certificate is None:
-            print(f"probe: --{option.replace('_', '-')} needs --certificate FILE", file=err)
-            return EXIT_USAGE
+            raise ValueError(f"--{option.replace('_', '-')} needs --certificate FILE")
     try:
         passphrase = (
             None if arguments.passphrase_file is None
             else read_passphrase(arguments.passphrase_file)
         )
-        credentials = Credentials.client(
+        return Credentials.client(
             trust_roots=arguments.cacert,
             alpn=alpn,
             certificate=arguments.certificate,
             private_key=arguments.private_key,
             passphrase=passphrase,
         )
-    except (ValueError, TypeError) as e:
+    except TypeError as e:
         # The message names the file (trust roots, certificate, key, passphrase).
-        print(f"probe: {e}", file=err)
-        return EXIT_USAGE
-    client = ""
-    if arguments.certificate is not None:
-        client = f", client certificate {arguments.certificate}"
-    print(f"probe {host}:{port}, server name {server_name!r}, trust roots {arguments.cacert}"
-          f"{client}", file=out)
+        raise ValueError(str(e)) from None
+
+
+def _reach(
+    host: str,
+    port: int,
+    credentials: Credentials,
+    server_name: str,
+    alpn: tuple[str, ...],
+    timeout: float,
+    err: TextIO,
+) -> Probe | None:
+    """Connect and run the probe; ``None``, with the one-line reason on
+    *err*, when the server could not be reached or went silent."""
     try:
-        with socket.create_connection((host, port), timeout=arguments.timeout) as sock:
-            result = run_probe(
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            return run_probe(
                 sock, credentials, server_name, alpn=alpn or None,
-                answer_wait=min(ANSWER_WAIT, arguments.timeout),
+                answer_wait=min(ANSWER_WAIT, timeout),
             )
     except EOFError as e:
         print(f"error: {host}:{port}: {e}", file=err)
-        return EXIT_UNREACHABLE
     except TimeoutError:
-        print(f"error: {host}:{port}: no answer within {arguments.timeout:g} s", file=err)
-        return EXIT_UNREACHABLE
+        print(f"error: {host}:{port}: no answer within {timeout:g} s", file=err)
     except OSError as e:
         print(f"error: cannot reach {host}:{port}: {e.strerror or e}", file=err)
-        return EXIT_UNREACHABLE
+    return None
+
+
+def _report(result: Probe, out: TextIO, err: TextIO) -> int:
+    """Print the ladder, what was negotiated and any error; the exit status."""
     _print_ladder(result.ladder, out)
     if result.attributes is not None:
         _print_attributes(result.attributes, result.answer, out)

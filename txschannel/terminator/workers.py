@@ -536,6 +536,8 @@ class Supervisor:
     _began: float = 0.0
     _stopping_since: float | None = None
     _exit_status: int = 0
+    _next_reload: float | None = None  # when --reload-interval next reloads
+    _next_check: float | None = None  # when the validity check next runs
 
     def run(self) -> Worker:
         """Start the workers, then supervise until they have all stopped.
@@ -556,52 +558,90 @@ class Supervisor:
             if worker is not None:
                 return worker
         now = time.monotonic()
-        next_reload = now + self.reload_interval if self.reload_interval else None
-        next_check = now + self.validity_interval if self.validity_interval else None
+        self._next_reload = now + self.reload_interval if self.reload_interval else None
+        self._next_check = now + self.validity_interval if self.validity_interval else None
         while True:
-            now = time.monotonic()
-            deadlines = [d for d in (next_reload, next_check) if d is not None]
-            deadlines += self._waiting.values()
-            if self._stopping_since is not None:
-                deadlines.append(self._stopping_since + self.drain_timeout + 10.0)
-            timeout = max(0.0, min(deadlines) - now) if deadlines else 3600.0
-            received = signal.sigtimedwait(_SIGNALS, timeout)
-            number = received.si_signo if received is not None else None
-            if number == signal.SIGCHLD:
-                worker = self._reap()
+            worker = self._supervise_once()
+            if worker is not None:
+                return worker
+
+    def _supervise_once(self) -> Worker | None:
+        """Wait for a signal or the next deadline and do what is due; the
+        worker if this process has become one (forked)."""
+        received = signal.sigtimedwait(_SIGNALS, self._timeout(time.monotonic()))
+        worker = self._on_signal(received.si_signo if received is not None else None)
+        if worker is not None:
+            return worker
+        now = time.monotonic()
+        worker = self._on_timers(now)
+        if worker is not None:
+            return worker
+        worker = self._start_waiting(now)
+        if worker is not None:
+            return worker
+        if self._stopping_since is not None:
+            self._watch_drain(now, self._stopping_since)
+        return None
+
+    def _timeout(self, now: float) -> float:
+        """Seconds until the nearest deadline (timers, paused restarts, the
+        drain's end), or an hour when nothing is due."""
+        deadlines = [d for d in (self._next_reload, self._next_check) if d is not None]
+        deadlines += self._waiting.values()
+        if self._stopping_since is not None:
+            deadlines.append(self._kill_after(self._stopping_since))
+        return max(0.0, min(deadlines) - now) if deadlines else 3600.0
+
+    def _kill_after(self, stopping_since: float) -> float:
+        """When workers still running after a stop begun at *stopping_since*
+        are killed (their own drain limit, and some time to exit)."""
+        return stopping_since + self.drain_timeout + 10.0
+
+    def _on_signal(self, number: int | None) -> Worker | None:
+        """Act on one signal taken (``None``: the wait timed out)."""
+        if number == signal.SIGCHLD:
+            return self._reap()
+        if number in (signal.SIGTERM, signal.SIGINT):
+            self._stop(signal.Signals(number).name)
+        elif number == signal.SIGHUP and self._stopping_since is None:
+            if self.reload("SIGHUP"):
+                return self._new_generation("SIGHUP")
+        return None
+
+    def _on_timers(self, now: float) -> Worker | None:
+        """Run the ``--reload-interval`` reload and the daily validity check
+        when they are due."""
+        if self._next_reload is not None and now >= self._next_reload:
+            self._next_reload = now + (self.reload_interval or 0)
+            if self._stopping_since is None and self.reload("--reload-interval"):
+                worker = self._new_generation("--reload-interval")
                 if worker is not None:
                     return worker
-            elif number in (signal.SIGTERM, signal.SIGINT):
-                self._stop(signal.Signals(number).name)
-            elif number == signal.SIGHUP and self._stopping_since is None:
-                if self.reload("SIGHUP"):
-                    worker = self._new_generation("SIGHUP")
-                    if worker is not None:
-                        return worker
-            now = time.monotonic()
-            if next_reload is not None and now >= next_reload:
-                next_reload = now + (self.reload_interval or 0)
-                if self._stopping_since is None and self.reload("--reload-interval"):
-                    worker = self._new_generation("--reload-interval")
-                    if worker is not None:
-                        return worker
-            if next_check is not None and now >= next_check:
-                next_check = now + (self.validity_interval or 0)
-                self.check_validity()
-            for slot, due in list(self._waiting.items()):
-                if now >= due and self._stopping_since is None:
-                    del self._waiting[slot]
-                    worker = self._start(slot)
-                    if worker is not None:
-                        return worker
-            if self._stopping_since is not None:
-                if not self._running:
-                    self._exit(0)
-                if now >= self._stopping_since + self.drain_timeout + 10.0:
-                    for pid in self._running:
-                        self.log.error("worker {pid} did not stop: killing it", pid=pid)
-                        _signal(pid, signal.SIGKILL)
-                    self._stopping_since = now  # another round to reap them
+        if self._next_check is not None and now >= self._next_check:
+            self._next_check = now + (self.validity_interval or 0)
+            self.check_validity()
+        return None
+
+    def _start_waiting(self, now: float) -> Worker | None:
+        """Start the replacements whose pause after quick exits has ended."""
+        for slot, due in list(self._waiting.items()):
+            if now >= due and self._stopping_since is None:
+                del self._waiting[slot]
+                worker = self._start(slot)
+                if worker is not None:
+                    return worker
+        return None
+
+    def _watch_drain(self, now: float, stopping_since: float) -> None:
+        """While stopping: exit once every worker has gone; kill those still
+        running past the drain's limit."""
+        if not self._running:
+            self._exit(0)
+        if now >= self._kill_after(stopping_since):
+            for pid in self._running:
+                self.log.error("worker {pid} did not stop: killing it", pid=pid)
+                _signal(pid, signal.SIGKILL)
+            self._stopping_since = now  # another round to reap them
 
     def _start(self, slot: int) -> Worker | None:
         sys.stdout.flush()
