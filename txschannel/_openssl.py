@@ -37,6 +37,8 @@ from txschannel.records import MAX_PLAINTEXT
 
 __all__ = [
     "FAST",
+    "OBSERVES_HANDSHAKES",
+    "observe_handshakes",
     "Engine",
     "FastEngine",
     "PublicEngine",
@@ -145,6 +147,19 @@ FAST: bool = _found is not None
 ffi: Any = _found[0] if _found is not None else None
 lib: Any = _found[1] if _found is not None else None
 del _found
+#: True on the public path: pyOpenSSL has no call for whether the session
+#: was resumed or a certificate requested, so OpenSSL's info callback must
+#: watch the handshake's states (see :func:`observe_handshakes`).
+OBSERVES_HANDSHAKES: bool = not FAST
+
+
+def observe_handshakes(
+    context: SSL.Context, callback: Callable[[SSL.Connection, int, int], None]
+) -> None:
+    """Give *context* the info callback *callback* where the engine needs it
+    (:data:`OBSERVES_HANDSHAKES`); on the fast path, nothing."""
+    if OBSERVES_HANDSHAKES:
+        context.set_info_callback(callback)
 
 
 def session_reused(connection: SSL.Connection) -> bool | None:

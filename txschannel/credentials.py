@@ -880,7 +880,7 @@ class Credentials:
             alpn=protocols,
             manual_validation=manual_validation,
             identities=identities,
-            observes_handshakes=not _openssl.FAST,
+            observes_handshakes=_openssl.OBSERVES_HANDSHAKES,
             validation=validation,
             trust_store=trust,
         )
@@ -971,7 +971,7 @@ class Credentials:
             alpn=protocols,
             sni=named,
             identities=(identity, *hosts.values()),
-            observes_handshakes=not _openssl.FAST,
+            observes_handshakes=_openssl.OBSERVES_HANDSHAKES,
         )
 
     @classmethod
@@ -1047,8 +1047,7 @@ def _new_context(minimum_version: str, maximum_version: str | None) -> SSL.Conte
     context.set_tls13_ciphersuites(_TLS13_SUITES)
     _set_groups(context)
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
-    if not _openssl.FAST:
-        context.set_info_callback(_observe)
+    _openssl.observe_handshakes(context, _observe)
     return context
 
 

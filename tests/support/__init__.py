@@ -42,4 +42,8 @@ Certificates and bytes
     images.
   - :mod:`~tests.support.twisted_suite`: which of Twisted's own TLS tests
     txschannel's transport does not pass, and why.
+
+Source
+  - :mod:`~tests.support.privates`: where a txschannel module reads another
+    module's (or a library's) private names, read from the source.
 """
