@@ -409,6 +409,27 @@ class BadStaplingTests(SynchronousTestCase):
             self.assertNotIn("ParseError", message)
 
 
+@inlineCallbacks
+def fetch_and_staple(log: LogLines, pki: PKI, options: str) -> Any:
+    """Listen on loopback with *pki*'s certificate and *options* (``ocsp=auto``
+    ...) until the first fetch is logged, then ask ``openssl s_client
+    -status`` what is stapled: (the fetch's log line, the staple's status)."""
+    endpoint = serverFromString(
+        reactor, f"schannel:tcp:0:interface=127.0.0.1:certificate={pki.server_file}:{options}",
+    )
+    assert isinstance(endpoint, SchannelServerEndpoint)
+    factory = ReplyFactory()
+    port = yield endpoint.listen(factory)
+    try:
+        line = yield log.wait_for(r"OCSP \(start\): fetch")
+        said = yield deferToThread(staple, port.getHost().port, pki.ca_file)
+        for protocol in factory.protocols:
+            yield protocol.lost
+    finally:
+        yield port.stopListening()
+    return line, said
+
+
 class ForgedResponseTests(TestCase):
     """``ocsp=auto`` staples what its responder answers only once it verifies.
 
@@ -425,25 +446,10 @@ class ForgedResponseTests(TestCase):
         self.pki = PKI(self.folder, self.responder.port)
         self.log = LogLines(self)
 
-    @inlineCallbacks
     def fetch(self, body: bytes, option: str = "ocspAllowPrivate=yes") -> Any:
         """Serve with ocsp=auto while the responder answers *body*: (log line, staple)."""
         self.responder.body = body
-        endpoint = serverFromString(
-            reactor, f"schannel:tcp:0:interface=127.0.0.1:certificate={self.pki.server_file}:"
-            f"ocsp=auto:{option}",
-        )
-        assert isinstance(endpoint, SchannelServerEndpoint)
-        factory = ReplyFactory()
-        port = yield endpoint.listen(factory)
-        try:
-            line = yield self.log.wait_for(r"OCSP \(start\): fetch")
-            said = yield deferToThread(staple, port.getHost().port, self.pki.ca_file)
-            for protocol in factory.protocols:
-                yield protocol.lost
-        finally:
-            yield port.stopListening()
-        return line, said
+        return fetch_and_staple(self.log, self.pki, f"ocsp=auto:{option}")
 
     @inlineCallbacks
     def refused(self, body: bytes, reason: str) -> Any:
@@ -562,41 +568,26 @@ class ResponderAddressTests(TestCase):
         self.assertIn("0.0.0.0, an unspecified address (ocspAllowPrivate=yes", line)
         self.assertEqual(self.responder.connections, 0)
 
-    @inlineCallbacks
-    def test_a_name_that_resolves_to_loopback_is_refused_and_never_reached(self) -> Any:
+    def fetch_from_localhost(self, options: str) -> Any:
+        """:func:`fetch_and_staple` with a responder named ``localhost``."""
         pki = PKI(self.folder, self.responder.port,
                   url=f"http://localhost:{self.responder.port}/")
         self.responder.body = pki.response()
-        log = LogLines(self)
-        endpoint = serverFromString(
-            reactor, f"schannel:tcp:0:interface=127.0.0.1:certificate={pki.server_file}:"
-            "ocsp=auto",
-        )
-        port = yield endpoint.listen(ReplyFactory())
-        self.addCleanup(port.stopListening)
-        line = yield log.wait_for(r"OCSP \(start\): fetch")
-        self.assertEqual(self.responder.connections, 0)
+        return fetch_and_staple(LogLines(self), pki, options)
+
+    @inlineCallbacks
+    def test_a_name_that_resolves_to_loopback_is_refused_and_never_reached(self) -> Any:
+        line, said = yield self.fetch_from_localhost("ocsp=auto")
         self.assertRegex(line, r"failed: refused the responder of the certificate in '.*': "
                          r"localhost resolves to (127\.0\.0\.1|::1), a loopback address")
-        said = yield deferToThread(staple, port.getHost().port, pki.ca_file)
         self.assertEqual(said, "none")
+        # (The count only grows: none after the staple means none before.)
         self.assertEqual(self.responder.connections, 0)
 
     @inlineCallbacks
     def test_ocsp_allow_private_lets_it_fetch_from_a_name_on_loopback(self) -> Any:
-        pki = PKI(self.folder, self.responder.port,
-                  url=f"http://localhost:{self.responder.port}/")
-        self.responder.body = pki.response()
-        log = LogLines(self)
-        endpoint = serverFromString(
-            reactor, f"schannel:tcp:0:interface=127.0.0.1:certificate={pki.server_file}:"
-            "ocsp=auto:ocspAllowPrivate=yes",
-        )
-        port = yield endpoint.listen(ReplyFactory())
-        self.addCleanup(port.stopListening)
-        line = yield log.wait_for(r"OCSP \(start\): fetch")
+        line, said = yield self.fetch_from_localhost("ocsp=auto:ocspAllowPrivate=yes")
         self.assertIn("fetched from http://localhost:", line)
-        said = yield deferToThread(staple, port.getHost().port, pki.ca_file)
         self.assertEqual(said, "good")
 
     def test_the_addresses_refused(self) -> None:

@@ -1,6 +1,6 @@
 """The in-memory handshake: a client and a server context fed each other's
 tokens until both are done (:func:`handshake`), or until one fails
-(:func:`failure`), with the pieces the data is delivered in chosen
+(:func:`failure`, which runs :func:`fails`), with the pieces the data is delivered in chosen
 (:func:`whole`, :func:`bytewise`, :func:`random_chunks`).
 
 :func:`converse` and :func:`fails` run the same loop between any two
@@ -158,26 +158,13 @@ def connected(key_type: str = "ECDSA", version: str | None = None) -> Pair:
 
 
 def failure(client: ClientContext, server: ServerContext) -> tuple[str, SecurityError, Pair]:
-    """Run a handshake that must fail; which side raised, the error, and the
-    state (with the failing side's alert delivered to the other side)."""
+    """Run a handshake that must fail (:func:`fails`): which side raised,
+    the error, and both sides, for :func:`peer_error` to give the other
+    side the alert."""
     pair = Pair(Side(client), Side(server))
-    pair.to_server = pair.client.start()
-    for _ in range(20):
-        try:
-            if pair.to_server:
-                data, pair.to_server = pair.to_server, b""
-                pair.to_client += pair.server.feed(data)
-        except SecurityError as e:
-            return "server", e, pair
-        try:
-            if pair.to_client:
-                data, pair.to_client = pair.to_client, b""
-                pair.to_server += pair.client.feed(data)
-        except SecurityError as e:
-            return "client", e, pair
-        if pair.client.done and pair.server.done:
-            break
-    raise AssertionError("the handshake did not fail")
+    raised, error, _ = fails(pair.client, pair.server, pair.client.start())
+    assert isinstance(error, SecurityError)
+    return ("server" if raised is pair.server else "client"), error, pair
 
 
 def peer_error(side: Side, token: bytes) -> SecurityError:
@@ -220,32 +207,44 @@ def converse(
     raise AssertionError(f"no handshake after {rounds} rounds")
 
 
+class _Failed(Exception):
+    """A speaker raised: which, its error, and the alert it leaves."""
+
+    def __init__(self, speaker: Speaker, error: Exception, alert: bytes) -> None:
+        super().__init__(speaker, error, alert)
+        self.speaker, self.error, self.alert = speaker, error, alert
+
+
+def _feed_or_fail(speaker: Speaker, data: bytes) -> bytes:
+    """What *speaker* answers *data*.
+
+    :raises _Failed: it raised a SecurityError (or ssl.SSLError).
+    """
+    try:
+        return speaker.feed(data)
+    except SecurityError as e:
+        raise _Failed(speaker, e, e.token) from e
+    except ssl.SSLError as e:
+        assert isinstance(speaker, PythonSide)
+        raise _Failed(speaker, e, speaker.outgoing.read()) from e
+
+
 def fails(client: Speaker, server: Speaker, first: bytes) -> tuple[Speaker, Exception, bytes]:
     """Run a handshake that must fail: the side that raised, its error, and
     the bytes (the alert) it leaves for the other side."""
     to_server, to_client = first, b""
-    for _ in range(20):
-        for speaker, pending in ((server, "s"), (client, "c")):
-            data = to_server if pending == "s" else to_client
-            if not data:
-                continue
-            if pending == "s":
-                to_server = b""
-            else:
-                to_client = b""
-            try:
-                out = speaker.feed(data)
-            except SecurityError as e:
-                return speaker, e, e.token
-            except ssl.SSLError as e:
-                assert isinstance(speaker, PythonSide)
-                return speaker, e, speaker.outgoing.read()
-            if speaker is server:
-                to_client += out
-            else:
-                to_server += out
-        if client.done and server.done:
-            break
+    try:
+        for _ in range(20):
+            if to_server:
+                data, to_server = to_server, b""
+                to_client += _feed_or_fail(server, data)
+            if to_client:
+                data, to_client = to_client, b""
+                to_server += _feed_or_fail(client, data)
+            if client.done and server.done:
+                break
+    except _Failed as failed:
+        return failed.speaker, failed.error, failed.alert
     raise AssertionError("the handshake did not fail")
 
 
