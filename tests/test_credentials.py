@@ -18,7 +18,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from tests.support.contexts import NAME, authority, client_credentials, server_credentials
-from tests.support.handshake import converse, fails, failure, handshake, peer_error
+from tests.support.handshake import (
+    OpenSSLClient,
+    Side,
+    converse,
+    fails,
+    failure,
+    handshake,
+    peer_error,
+)
 from tests.support.pyssl import PythonSide
 from txschannel import ClientContext, Credentials, SecurityError, ServerContext, Status, _openssl
 from txschannel.credentials import read_passphrase, sni_default, validity_warnings
@@ -160,6 +168,27 @@ class BadInputTests(SynchronousTestCase):
         message = self.error(certificate=authority().server_pem, sni=missing)
         self.assertIn(repr(missing), message)
 
+    def test_an_sni_folder_file_named_with_an_empty_label(self) -> None:
+        # example.com..pem would serve the name "example.com."; no client
+        # may ask for it (a name ends in one dot at most), so the file is a
+        # mistake to name, not to skip in silence.
+        pem = authority().ca.issue_cert("example.com", key_type=trustme.KeyType.ECDSA)
+        for name in ("example.com..pem", "example..com.pem", ".example.com.pem"):
+            folder = os.path.join(self.folder, f"sni-{name}")
+            os.makedirs(folder)
+            pem.private_key_and_cert_chain_pem.write_to_path(os.path.join(folder, name))
+            message = self.error(certificate=authority().server_pem, sni=folder)
+            self.assertIn(f"sni folder {folder!r}: {name!r}", message)
+            self.assertIn("empty label", message)
+            self.assertNotIn("\n", message)
+
+    def test_an_sni_name_with_two_trailing_dots(self) -> None:
+        pem = authority().ca.issue_cert("example.com", key_type=trustme.KeyType.ECDSA)
+        message = self.error(certificate=authority().server_pem,
+                             sni={"example.com..": pem.private_key_and_cert_chain_pem.bytes()})
+        self.assertIn("sni name 'example.com..'", message)
+        self.assertIn("empty label", message)
+
     def test_a_key_without_a_certificate_on_a_client(self) -> None:
         self.assertIn("without a certificate", self.error(
             trust_roots=authority().roots, private_key=authority().server_pem))
@@ -213,6 +242,23 @@ class SourceTests(SynchronousTestCase):
         names = leaves[1].extensions.get_extension_for_class(x509.SubjectAlternativeName)
         self.assertEqual(names.value.get_values_for_type(x509.DNSName), ["other.example"])
         self.assertEqual(client_credentials().identities, ())
+
+    def test_sni_serves_a_name_with_an_empty_label_the_default(self) -> None:
+        # "example.com.." is not example.com written absolutely (one dot),
+        # so it gets the default certificate, as routing treats it.
+        other = authority().ca.issue_cert("example.com", key_type=trustme.KeyType.ECDSA)
+        server = server_credentials(
+            sni={"example.com": other.private_key_and_cert_chain_pem.bytes()})
+        for offered, expected in ((b"example.com", "example.com"),
+                                  (b"Example.COM.", "example.com"),
+                                  (b"example.com..", NAME), (b"example..com", NAME)):
+            client = OpenSSLClient(offered)
+            converse(client, Side(ServerContext(server)), client.start())
+            peer = client.connection.get_peer_certificate()
+            assert peer is not None
+            names = peer.to_cryptography().extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value
+            self.assertEqual(names.get_values_for_type(x509.DNSName)[0], expected, offered)
 
     def test_sni_folder_of_hostname_files(self) -> None:
         folder = self.mktemp()
@@ -275,7 +321,6 @@ class GroupTests(SynchronousTestCase):
         context.load_verify_locations(cadata=authority().roots.decode())
         context.set_ecdh_curve("secp521r1")
         theirs = PythonSide(context, server_side=False)
-        from tests.support.handshake import Side
 
         ours = Side(ServerContext(server_credentials()))
         speaker, error, _ = fails(theirs, ours, theirs.start())
@@ -287,7 +332,6 @@ class GroupTests(SynchronousTestCase):
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.load_verify_locations(cadata=authority().roots.decode())
         theirs = PythonSide(context, server_side=False)
-        from tests.support.handshake import Side
 
         ours = Side(ServerContext(server_credentials()))
         converse(theirs, ours, theirs.start())

@@ -497,6 +497,16 @@ class NamedCertificateTests(TestCase):
         assert_one_line(self, result, f"sni folder '{self.folder}/sni' holds no DEFAULT.pem")
         self.assertEqual(result.returncode, 64)
 
+    def test_an_sni_folder_file_with_an_empty_label_is_one_line_naming_it(self) -> None:
+        (self.folder / "sni").mkdir()
+        self.ca.issue("localhost").write(self.folder / "sni" / "DEFAULT.pem")
+        self.ca.issue("example.com").write(self.folder / "sni" / "example.com..pem")
+        result = run_twist("--listen", f"schannel:tcp:{self.port}:sni={self.folder}/sni",
+                           "--state-dir", str(self.folder / "state"))
+        assert_one_line(self, result, f"sni folder '{self.folder}/sni': 'example.com..pem' "
+                        "names no host ('example.com.' has an empty label")
+        self.assertEqual(result.returncode, 64)
+
     def test_a_private_key_without_certificate_is_the_parsers_error(self) -> None:
         key = self.folder / "key.pem"
         key.write_bytes(self.ca.issue("localhost").private_key_pem)

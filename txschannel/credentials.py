@@ -1139,14 +1139,41 @@ def _sni_sources(
     if sni is None:
         return {}
     if isinstance(sni, dict):
-        return {name.lower().rstrip("."): source for name, source in sni.items()}
+        named: dict[str, CertificateSource] = {}
+        for name, source in sni.items():
+            key = _server_name_key(name)
+            if "" in key.split("."):
+                raise ValueError(
+                    f"sni name {name!r} has an empty label (a leading dot, two dots in a "
+                    "row, or two at the end)"
+                )
+            named[key] = source
+        return named
     folder = Path(sni)
     if not folder.is_dir():
         raise ValueError(f"sni folder {str(folder)!r} does not exist or is not a folder")
     found: dict[str, CertificateSource] = dict(sni_files(folder))
     if not found:
         raise ValueError(f"sni folder {str(folder)!r} holds no <hostname>.pem files")
+    for name, path in found.items():
+        # The file name is the host name as written, never absolute:
+        # example.com..pem would stand for "example.com.", which no client
+        # reaches (the callback drops one trailing dot), so say so.
+        if "" in name.split("."):
+            raise ValueError(
+                f"sni folder {str(folder)!r}: {Path(str(path)).name!r} names no host "
+                f"({name!r} has an empty label: a leading dot, two dots in a row, or a "
+                "dot at the end)"
+            )
     return found
+
+
+def _server_name_key(name: str) -> str:
+    """Lower case, and without the one trailing dot of an absolute name
+    (``example.com.``); a second dot stays, so ``example.com..`` is not
+    example.com."""
+    name = name.lower()
+    return name[:-1] if name.endswith(".") else name
 
 
 def sni_files(folder: str | os.PathLike[str]) -> dict[str, str]:
@@ -1190,7 +1217,7 @@ def _switch_context(named: dict[str, SSL.Context]) -> Callable[[SSL.Connection],
         name = connection.get_servername()
         if name is None:
             return
-        context = named.get(name.decode("ascii", "replace").lower().rstrip("."))
+        context = named.get(_server_name_key(name.decode("ascii", "replace")))
         if context is not None:
             connection.set_context(context)
 

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from OpenSSL import SSL
+
 from tests.support.contexts import NAME, client_credentials, server_credentials
 from tests.support.pyssl import PythonSide
 from txschannel import (
@@ -183,6 +185,38 @@ class Speaker(Protocol):
     done: bool
 
     def feed(self, data: bytes) -> bytes: ...
+
+
+class OpenSSLClient:
+    """pyOpenSSL's own ``Connection`` (no txschannel) as a client
+    :class:`Speaker`: it sends any server name, even one such as
+    ``example.com..`` that Python's ``ssl`` will not encode, and checks no
+    certificate (the test reads the one it was sent)."""
+
+    def __init__(self, server_name: bytes) -> None:
+        self.connection = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+        self.connection.set_tlsext_host_name(server_name)
+        self.connection.set_connect_state()
+        self.done = False
+
+    def start(self) -> bytes:
+        return self.feed(b"")
+
+    def feed(self, data: bytes) -> bytes:
+        if data:
+            self.connection.bio_write(data)
+        if not self.done:
+            try:
+                self.connection.do_handshake()
+                self.done = True
+            except SSL.WantReadError:
+                pass
+        out = []
+        while True:
+            try:
+                out.append(self.connection.bio_read(65536))
+            except SSL.WantReadError:
+                return b"".join(out)
 
 
 def converse(
