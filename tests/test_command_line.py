@@ -132,6 +132,19 @@ class HelpTests(SynchronousTestCase):
         self.assertIn("default: schannel:tcp:8443 on 127.0.0.1", text)
 
 
+    def test_twist_schannel_help_gives_the_status_listeners_real_bounds(self) -> None:
+        # The status listener aborts a connection that has not sent a whole
+        # request within 5 s (limits.STATUS_REQUEST_TIMEOUT), which always
+        # comes before its 10 s idle timeout: the help once gave only that.
+        result = run_twist("--help")
+        text = " ".join(result.stdout.split())
+        self.assertIn("at most 64 connections, each aborted when it has not sent a whole "
+                      "request within 5 s of its accept or of its previous answer", text)
+        self.assertNotIn("s idle", text)
+        self.assertIn("--idle-timeout", text)
+        self.assertIn("not the --status listener's", text)
+
+
 class ContinuousIntegrationTests(SynchronousTestCase):
     """``.ci/run`` logs the README's test command as a reader would type it."""
 

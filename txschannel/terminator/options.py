@@ -40,7 +40,7 @@ from txschannel.peertext import PeerText
 from txschannel.terminator import notify
 from txschannel.terminator.access import AccessPolicy, AllowedName, parse_allowed_name
 from txschannel.terminator.addresses import socket_text
-from txschannel.terminator.limits import STATUS_IDLE_TIMEOUT, STATUS_MAX_CONNECTIONS
+from txschannel.terminator.limits import STATUS_MAX_CONNECTIONS, STATUS_REQUEST_TIMEOUT
 from txschannel.terminator.routing import Route, Router, normalize_route_name
 from txschannel.terminator.selfsigned import (
     SelfSignedCertificate,
@@ -209,8 +209,9 @@ class Options(usage.Options):
             "Serve /metrics (Prometheus), /status (JSON) and /healthz (200 ok, or 503 when "
             "draining or at --max-connections) on this server endpoint, e.g. "
             f"tcp:9090 (on loopback unless interface= is given; at most "
-            f"{STATUS_MAX_CONNECTIONS} connections, each aborted after "
-            f"{STATUS_IDLE_TIMEOUT:g} s idle).",
+            f"{STATUS_MAX_CONNECTIONS} connections, each aborted when it has not sent a whole "
+            f"request within {STATUS_REQUEST_TIMEOUT:g} s of its accept or of its previous "
+            "answer).",
         ],
         [
             "proxy-protocol", None, None,
@@ -225,7 +226,8 @@ class Options(usage.Options):
         ],
         [
             "idle-timeout", None, None,
-            "Abort a connection (both sides) after SECONDS without a byte either way.",
+            "Abort a --listen connection (and its backend's) after SECONDS without a byte "
+            "either way (not the --status listener's: see --status).",
         ],
         [
             "connect-timeout", None, None,
