@@ -303,40 +303,44 @@ def judged_handshake(
     """
     client = ClientContext(client_credentials, target)
     server = ServerContext(server_credentials)
-    client_error = server_error = None
-    client_done = server_done = False
+    judged_client, judged_server = _Judged(client.initialize), _Judged(server.accept)
     to_server = client.initialize().token
     to_client = b""
-    client_buffer = server_buffer = b""
     for _ in range(20):  # a TLS handshake needs at most a handful of flights
-        if to_server and server_error is None:
-            try:
-                step = server.accept(server_buffer + to_server)
-                server_buffer = step.extra if step.status is not Status.OK else b""
-                server_done = step.status is Status.OK
-                to_client += step.token
-            except SecurityError as e:
-                server_error = e
-                to_client += e.token
+        if to_server and judged_server.error is None:
+            to_client += judged_server.take(to_server)
             to_server = b""
-        if server_done and to_client and client_done:
+        if judged_server.done and to_client and judged_client.done:
             break
-        if to_client and client_error is None:
-            try:
-                step = client.initialize(client_buffer + to_client)
-                client_buffer = step.extra if step.status is not Status.OK else b""
-                client_done = step.status is Status.OK
-                to_server += step.token
-            except SecurityError as e:
-                client_error = e
-                to_server += e.token
+        if to_client and judged_client.error is None:
+            to_server += judged_client.take(to_client)
             to_client = b""
         if not to_server and not to_client:
             break
-    if client_done and server_error is None and to_server:
+    if judged_client.done and judged_server.error is None and to_server:
         # The server may still judge the client's last flight (client certificates).
+        judged_server.take(to_server)
+    return Outcome(judged_client.error, judged_server.error, client, server)
+
+
+@dataclass
+class _Judged:
+    """One side of :func:`judged_handshake`: its buffer, and how it ended."""
+
+    step: Callable[[bytes], Step]
+    buffer: bytes = b""
+    done: bool = False
+    error: SecurityError | None = None
+
+    def take(self, data: bytes) -> bytes:
+        """Give *data* (after what is buffered) to the side; what it sends
+        back, the alert of a SecurityError included."""
         try:
-            server.accept(server_buffer + to_server)
+            step = self.step(self.buffer + data)
         except SecurityError as e:
-            server_error = e
-    return Outcome(client_error, server_error, client, server)
+            self.error = e
+            return e.token
+        self.buffer = step.extra if step.status is not Status.OK else b""
+        self.done = step.status is Status.OK
+        return step.token
+
