@@ -731,13 +731,17 @@ class CloseTests(SynchronousTestCase):
         self.assertTrue(reason.check(ConnectionDone), reason)
 
     def test_an_open_connection_holds_no_handshake_or_close_state(self) -> None:
-        """The handshake's buffer is dropped when it completes and the close
-        sequence is made when closing begins, so an idle connection carries
-        neither; the shared not-closing state is never written to."""
+        """The handshake's state (its buffer, timer, held writes and waiters)
+        is dropped when it completes and the close sequence is made when
+        closing begins, so an idle connection carries neither; the shared
+        not-closing state is never written to."""
         pair = Pair()
+        self.assertIsNotNone(pair.server._handshake)
+        pair.client.write(b"held")
+        pair.client.whenHandshakeDone()
         pair.flush()
         for side in (pair.client, pair.server):
-            self.assertIsNone(side._handshake_buffer)
+            self.assertIsNone(side._handshake)
             self.assertNotIn("_closing", vars(side))
         pair.server.loseConnection()
         pair.flush()
@@ -746,8 +750,8 @@ class CloseTests(SynchronousTestCase):
             self.assertIsNone(side._closing.timer)
         shared = type(pair.server)._closing
         self.assertEqual(
-            (shared.sent, shared.received, shared.write_shutdown_wanted, shared.timer),
-            (False, False, False, None),
+            (shared.protocol, shared.sent, shared.received, shared.write_shutdown_wanted),
+            (None, False, False, False),
         )
 
 
@@ -1071,7 +1075,7 @@ class LimitTests(SynchronousTestCase):
         pair.client.transport.write(wire)
         pair.pump.flush(advanceClock=False)
         self.assertEqual(app.lost, [])
-        waiting = pair.server._handshake_buffer
+        waiting = pair.server._handshake
         assert waiting is not None
         self.assertEqual(waiting.data, wire)
         self.assertEqual(pair.server.handshakeLadder, [])
@@ -1585,6 +1589,32 @@ class ReferenceTests(SynchronousTestCase):
         freed = weakref.ref(protocol), weakref.ref(protocol.securityContext)
         del protocol, reason, app, factory, transport
         self.assertEqual([ref() for ref in freed], [None, None])
+
+    def test_connection_closed_with_close_notify_leaves_no_reference_cycle(self) -> None:
+        """The close sequence that a closing connection holds refers back to
+        it; the reference is dropped when the connection is over."""
+        clock = Clock()
+        client_factory = SchannelFactory(
+            client_credentials(), True, ClientFactory.forProtocol(App), clock,
+            target_name="localhost",
+        )
+        server_factory = SchannelFactory(
+            server_credentials(), False, ServerFactory.forProtocol(App), clock
+        )
+        client, server = client_factory.buildProtocol(None), server_factory.buildProtocol(None)
+        assert client is not None and server is not None
+        to_server, to_client = StringTransport(), StringTransport()
+        client.makeConnection(to_server)
+        server.makeConnection(to_client)
+        self.shuttle(client, server, to_server, to_client)
+        server.loseConnection()
+        self.shuttle(client, server, to_server, to_client)
+        for protocol in (client, server):
+            self.assertTrue(protocol._closing.sent and protocol._closing.received)
+            protocol.connectionLost(Failure(ConnectionDone()))
+        freed = [weakref.ref(p) for p in (client, server)]
+        del client, server, protocol, client_factory, server_factory
+        self.assertEqual([ref() for ref in freed], [None] * 2)
 
     def test_closed_connection_with_a_producer_leaves_no_reference_cycle(self) -> None:
         clock = Clock()

@@ -280,50 +280,235 @@ class _HandshakeBudget:
         self._summary = self._trim_call = None
 
 
-class _HandshakeBuffer:
-    """The peer's bytes that wait for its handshake to complete, and their charge.
+class _Handshake:
+    """Everything a connection needs only until its handshake settles.
 
-    Its own object, not attributes of :class:`SchannelProtocol`, because it
-    has its own limits and its own reason to change: until the handshake
+    Its own object, not attributes of :class:`SchannelProtocol`, because the
+    handshake has its own state, limits and reason to change. Until it
     completes, a peer can make the server hold bytes the context cannot use
-    yet (the rest of a record, of a ClientHello). Two limits bound them:
-    ``max_pre_handshake_buffer`` for one connection (the protocol checks
-    it) and the listener's :class:`_HandshakeBudget` for all of them (this
-    object keeps the charge and gives it back). It is created with the
-    handshake's first step and dropped when the handshake ends, however it
-    ends, so an established connection carries none of it.
+    yet (the rest of a record, of a ClientHello): two limits bound them,
+    ``max_pre_handshake_buffer`` for one connection and the listener's
+    :class:`_HandshakeBudget` for all of them (this object keeps the charge
+    and gives it back). It also holds the timer that bounds the handshake,
+    the plaintext written before the keys exist and the
+    ``whenHandshakeDone()`` waiters. The protocol makes it with itself and
+    drops it (``_handshake`` becomes None) once the handshake completes or
+    can no longer complete, so an established connection carries none of it.
 
-    @ivar data: the bytes not given to the context yet (a partial record).
+    @ivar data: the peer's bytes not given to the context yet (a partial record).
     @ivar needed: ``len(data)`` at which the context can make progress
         again; calling it with less would only hand back the same partial
         record.
     @ivar charged: what this handshake is charged against the budget: the
         largest buffer it has needed.
-    @ivar budget: the listener's budget, or None if it has none.
+    @ivar pending: plaintext written before the handshake completed.
+    @ivar waiters: ``whenHandshakeDone()`` Deferreds still waiting.
+    @ivar timer: the bound on the handshake's duration (servers), or None.
     """
 
-    __slots__ = ("data", "needed", "charged", "budget")
+    __slots__ = ("protocol", "data", "needed", "charged", "pending", "waiters", "timer")
 
-    def __init__(self, budget: _HandshakeBudget | None) -> None:
+    def __init__(self, protocol: SchannelProtocol) -> None:
+        self.protocol = protocol
         self.data = b""
         self.needed = 0
         self.charged = 0
-        self.budget = budget
+        self.pending: list[bytes] | None = None
+        self.waiters: list[Deferred[SchannelProtocol]] | None = None
+        self.timer: IDelayedCall | None = None
 
-    def charge(self, size: int) -> bool:
-        """Charge the budget up to *size* bytes in all; False if it refuses."""
-        budget = self.budget
+    def start(self) -> None:
+        """The connection is made: bound the handshake (server) or begin it (client)."""
+        factory = self.protocol.factory
+        if factory.isClient:
+            self.step(b"")
+        elif factory.handshake_timeout is not None:
+            self.timer = factory._clock.callLater(factory.handshake_timeout, self._timed_out)
+
+    def receive(self, data: bytes) -> bytes | None:
+        """The peer's *data*; once the handshake completes, the bytes after it, else None."""
+        protocol = self.protocol
+        buffer = self.data + data if self.data else data
+        if len(buffer) > self.charged and not self._charge(len(buffer)):
+            return None
+        limit = protocol.factory.max_pre_handshake_buffer
+        # Past the limit, the context gets a look before the verdict: it may
+        # take the whole records off the buffer (a ClientHello cut into
+        # small records, for one, is larger on the wire than the limit).
+        if len(buffer) >= self.needed or len(buffer) > limit:
+            self.data = b""
+            remaining = self.step(buffer)
+            if remaining is None or protocol._established:
+                return remaining
+            buffer = remaining
+        self.data = buffer
+        if len(buffer) > limit:
+            self._fail_at_limit(len(buffer), limit)
+        return None
+
+    def _charge(self, size: int) -> bool:
+        """Charge the server's handshake budget up to *size* bytes in all; False if refused."""
+        protocol = self.protocol
+        budget = protocol.factory._budget
         if budget is None or budget.take(size - self.charged):
             self.charged = size
             return True
+        budget.refusal(_peer_name(protocol.transport))
+        error = HandshakeMemoryExceeded(
+            f"the server's unfinished TLS handshakes hold its whole budget of "
+            f"{budget.limit} bytes (handshake_memory)"
+        )
+        protocol._fail(_failure(error), abort=True)
         return False
 
-    def release(self) -> None:
-        """The handshake is over, one way or another: give its charge back."""
+    def step(self, data: bytes) -> bytes | None:
+        """One ``initialize``/``accept`` call; the bytes left, or None on failure."""
+        protocol = self.protocol
+        call = "initialize" if protocol.factory.isClient else "accept"
+        context = protocol.securityContext
+        try:
+            if isinstance(context, ClientContext):
+                step = context.initialize(data)
+            else:
+                step = cast(ServerContext, context).accept(data)
+        except SecurityError as e:
+            protocol.handshakeLadder.append((call, e.status.name, len(data), len(e.token)))
+            protocol._security_failed(
+                e, "handshake", protocol=None, cipher=None, alpn=None, server_name=None
+            )
+            return None
+        consumed = len(data) - len(step.extra)
+        if consumed or step.token or step.status is not Status.INCOMPLETE_MESSAGE:
+            protocol.handshakeLadder.append((call, step.status.name, consumed, len(step.token)))
+        if step.token:
+            protocol.transport.write(step.token)
+        if step.status is Status.OK:
+            self._done()
+        else:
+            self.needed = len(step.extra) + step.missing
+        return step.extra
+
+    def _done(self) -> None:
+        protocol = self.protocol
+        protocol._established = True
+        protocol._update_write_state()
+        waiters = self._end()
+        self._log_done()
+        # Writes held during the handshake go first, ahead of anything the
+        # application writes from here on; they are sent only after it has
+        # heard of the handshake, so that it can still abortConnection() if
+        # it does not like the peer (and they never leave).
+        # (Queued without the size checks of add(): those would flush them
+        # now, before handshakeCompleted().)
+        if self.pending:
+            protocol._outgoing.hold(self.pending)
+            self.pending = None
+        for waiter in waiters:
+            waiter.callback(protocol)
+        wrapped = protocol.wrappedProtocol
+        if wrapped is not None and IHandshakeListener.providedBy(wrapped):
+            wrapped.handshakeCompleted()
+        if protocol._failed or protocol._lost or protocol._aborted:
+            return
+        protocol._flush()
+        if protocol._producer is not None:
+            protocol._producer.resume("handshake")
+        if protocol._closing.write_shutdown_wanted:
+            protocol._closing.shutdown_write()
+        elif protocol.disconnecting and protocol._producer is None:
+            protocol._close_sequence().shutdown()
+
+    def _log_done(self) -> None:
+        # Debug, not info: a completed handshake is the normal case, and a
+        # written info line costs about as much as 5% of the handshake itself
+        # (applications log their own connections; failures are warnings).
+        # The fields are read straight from the connection: the full
+        # ``attributes`` (certificates, sizes) would cost a few percent of a
+        # handshake's CPU time for an event most deployments filter out.
+        context = self.protocol.securityContext
+        connection = cast(SSL.Connection, context.openssl_connection)
+        alpn = connection.get_alpn_proto_negotiated()
+        if isinstance(context, ClientContext):
+            server_name = context.target_name
+        else:
+            raw = connection.get_servername()
+            server_name = raw.decode("ascii", "replace") if raw else None
+        _log.debug(
+            "TLS handshake with {peer} done: {protocol} {cipher}, ALPN {alpn}, "
+            "server name {server_name}",
+            peer=_peer_name(self.protocol.transport),
+            status="OK",
+            protocol=connection.get_protocol_version_name(),
+            cipher=connection.get_cipher_name() or "",
+            alpn=PeerText(alpn.decode("ascii", "replace")) if alpn else None,
+            server_name=None if server_name is None else PeerText(server_name),
+            resumed=context.session_reused,
+        )
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        protocol = self.protocol
+        timeout = protocol.factory.handshake_timeout
+        _log.warn(
+            "TLS handshake with {peer} did not complete within {timeout} s: dropped",
+            peer=_peer_name(protocol.transport),
+            status="TIMEOUT",
+            timeout=timeout,
+        )
+        protocol._fail(_failure(_timeout_error(timeout)), abort=True)
+
+    def _fail_at_limit(self, size: int, limit: int) -> None:
+        protocol = self.protocol
+        _log.error(
+            "{peer} had {size} bytes waiting before the TLS handshake completed "
+            "(limit {limit}): dropped",
+            peer=_peer_name(protocol.transport),
+            status="BUFFER_EXCEEDED",
+            size=size,
+            limit=limit,
+        )
+        error = HandshakeBufferExceeded(
+            f"the peer had {size} bytes waiting before the TLS handshake "
+            f"completed; the limit is {limit}"
+        )
+        protocol._fail(_failure(error), abort=True)
+
+    def hold(self, data: bytes) -> None:
+        """Keep plaintext written before the keys exist, and pause the producer meanwhile."""
+        if self.pending is None:
+            self.pending = []
+        self.pending.append(data)
+        if self.protocol._producer is not None:
+            self.protocol._producer.pause("handshake")
+
+    def wait(self) -> Deferred[SchannelProtocol]:
+        """A Deferred for ``whenHandshakeDone()``, fired when the handshake settles."""
+        waiter: Deferred[SchannelProtocol] = Deferred()
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.append(waiter)
+        return waiter
+
+    def fail(self, reason: Failure) -> None:
+        """The handshake can no longer complete: drop it and fail its waiters."""
+        self.pending = None
+        for waiter in self._end():
+            waiter.errback(reason)
+
+    def _end(self) -> list[Deferred[SchannelProtocol]]:
+        """Drop this from the protocol, stop the timer, give the charge back;
+        the waiters are returned, for the caller to fire."""
+        self.protocol._handshake = None
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         charged, self.charged = self.charged, 0
         self.data = b""
-        if charged and self.budget is not None:
-            self.budget.give_back(charged)
+        budget = self.protocol.factory._budget
+        if charged and budget is not None:
+            budget.give_back(charged)
+        waiters, self.waiters = self.waiters, None
+        return waiters or []
 
 
 def _failure(error: BaseException) -> Failure:
@@ -505,8 +690,9 @@ class _CloseSequence:
     close_notify and waits a bounded time for the peer's (Twisted #7926), a
     half-close sends ours and keeps reading, and the peer may close first.
     Most connections read and write for a long time before any of that, so
-    they all share :data:`_NOT_CLOSING` (never written to) and a connection
-    gets its own with the first step of its close.
+    they all share :data:`_NOT_CLOSING` (never written to, and it takes no
+    step) and a connection gets its own with the first step of its close
+    (see ``SchannelProtocol._close_sequence()``).
 
     @ivar sent: our close_notify was sent.
     @ivar received: the peer's close_notify arrived; nothing after it is
@@ -517,18 +703,101 @@ class _CloseSequence:
         transport to close), or None when nothing is waited for.
     """
 
-    __slots__ = ("sent", "received", "write_shutdown_wanted", "timer")
+    __slots__ = ("protocol", "sent", "received", "write_shutdown_wanted", "timer")
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: SchannelProtocol) -> None:
+        self.protocol = protocol
         self.sent = False
         self.received = False
         self.write_shutdown_wanted = False
         self.timer: IDelayedCall | None = None
 
-    def wait(self, clock: IReactorTime, timeout: float, then: Callable[[], object]) -> None:
+    def shutdown(self) -> None:
+        """Full close after the handshake: close_notify, then wait (bounded) for the peer's."""
+        protocol = self.protocol
+        self.send_close_notify()
+        if protocol._failed or protocol._lost:
+            return
+        if self.received or protocol.factory.close_timeout is None:
+            protocol.transport.loseConnection()
+        else:
+            self.start_timer()
+
+    def shutdown_write(self) -> None:
+        """Half-close: our close_notify, and the wrapped protocol hears its side is closed."""
+        protocol = self.protocol
+        self.write_shutdown_wanted = False
+        protocol._update_write_state()
+        self.send_close_notify()
+        wrapped = protocol.wrappedProtocol
+        if wrapped is not None and IHalfCloseableProtocol.providedBy(wrapped):
+            wrapped.writeConnectionLost()
+        if self.received and not protocol._lost:
+            protocol.transport.loseConnection()
+
+    def send_close_notify(self) -> None:
+        """Flush what was written, then send our close_notify (once)."""
+        protocol = self.protocol
+        if self.sent or protocol._failed or protocol._lost:
+            return
+        protocol._flush()
+        if protocol._failed:
+            return
+        self.sent = True
+        protocol._update_write_state()
+        token = protocol.securityContext.shutdown()
+        if token:
+            protocol.transport.write(token)
+
+    def peer_closed(self) -> None:
+        """The peer's close_notify arrived: end its direction, then (unless the
+        wrapped protocol half-closes) ours."""
+        protocol = self.protocol
+        self.received = True
+        wrapped = protocol.wrappedProtocol
+        if (
+            not protocol.disconnecting
+            and wrapped is not None
+            and IHalfCloseableProtocol.providedBy(wrapped)
+        ):
+            # The peer's direction is done; ours stays open until the
+            # wrapped protocol closes it (or already has, by half-closing).
+            wrapped.readConnectionLost()
+            if self.sent and not protocol._lost:
+                protocol.transport.loseConnection()
+            return
+        if self.sent:
+            self.cancel()
+            protocol.transport.loseConnection()
+            return
+        protocol.disconnecting = True
+        protocol._update_write_state()
+        self.send_close_notify()
+        if not protocol._lost:
+            protocol.transport.loseConnection()
+
+    def start_timer(self) -> None:
+        """Bound the wait for the peer from now (if not bounded already)."""
+        timeout = self.protocol.factory.close_timeout
+        if timeout is not None:
+            self.wait(timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        """The peer never answered our close_notify (Twisted #7926).
+
+        Close the transport normally (it still flushes what we sent); if even
+        that does not finish within another ``close_timeout``, the peer is
+        not reading and the transport is aborted.
+        """
+        protocol = self.protocol
+        protocol.transport.loseConnection()
+        if not protocol._lost:
+            self.wait(protocol.factory.close_timeout or 0.0, protocol._abort_transport)
+
+    def wait(self, timeout: float, then: Callable[[], object]) -> None:
         """Call *then* after *timeout* seconds, unless a wait is running already."""
         if self.timer is None:
-            self.timer = clock.callLater(timeout, self._expired, then)
+            self.timer = self.protocol.factory._clock.callLater(timeout, self._expired, then)
 
     def _expired(self, then: Callable[[], object]) -> None:
         self.timer = None
@@ -541,8 +810,9 @@ class _CloseSequence:
             timer.cancel()
 
 
-#: The close sequence of every connection that has not begun to close.
-_NOT_CLOSING = _CloseSequence()
+#: The close sequence of every connection that has not begun to close; it
+#: has no protocol because no step is ever taken on it.
+_NOT_CLOSING = _CloseSequence(cast("SchannelProtocol", None))
 
 
 class _Coalescer:
@@ -645,6 +915,9 @@ class SchannelProtocol(ProtocolWrapper):
     :class:`ConnectionTruncated`; a failed handshake as a ``Failure``
     wrapping the :class:`SecurityError`, after the alert was sent.
 
+    The handshake's state lives in a held :class:`_Handshake` and the
+    close's in a :class:`_CloseSequence`; what is left here moves bytes.
+
     :ivar securityContext: the :class:`SecurityContext` (for ``attributes``
         and ``channel_binding``).
     :ivar handshakeLadder: one ``(call, status name, bytes in, bytes out)``
@@ -672,14 +945,9 @@ class SchannelProtocol(ProtocolWrapper):
     #: were left after the handshake's last record). (Once established, the
     #: context keeps partial records itself.)
     _received = b""
-    #: During the handshake: the bytes waiting for it and their charge
-    #: against the server's budget (created on demand, dropped when the
-    #: handshake ends).
-    _handshake_buffer: _HandshakeBuffer | None = None
+    #: The handshake while it runs; None once it completed or cannot.
+    _handshake: _Handshake | None = None
     _established = False
-    #: Plaintext written before the handshake completed (created on demand).
-    _pending: list[bytes] | None = None
-    _handshake_timer: IDelayedCall | None = None
     _producer: _ProducerGate | None = None
     #: The wrapped protocol called pauseProducing().
     _read_paused = False
@@ -687,16 +955,11 @@ class SchannelProtocol(ProtocolWrapper):
     _reason: Failure | None = None
     #: The context raised (or a limit was hit): no more TLS on this connection.
     _failed = False
-    #: How far the TLS close has come (shared until it begins; see
-    #: _close_sequence()).
+    #: How far the TLS close has come (shared until it begins).
     _closing: _CloseSequence = _NOT_CLOSING
     _aborted = False
     #: connectionLost() has run.
     _lost = False
-    #: whenHandshakeDone() Deferreds still waiting (created on demand).
-    _handshake_waiters: list[Deferred[SchannelProtocol]] | None = None
-    #: The handshake completed or can no longer complete.
-    _handshake_settled = False
 
     def __init__(
         self,
@@ -707,6 +970,7 @@ class SchannelProtocol(ProtocolWrapper):
         _Wrapper.__init__(self, factory, wrappedProtocol)
         self._connectWrapped = _connectWrapped
         self.handshakeLadder: list[tuple[str, str, int, int]] = []
+        self._handshake = _Handshake(self)
         # Plaintext written this reactor turn, not yet encrypted; its
         # write() is ours, bound once for speed (see _Coalescer).
         self._outgoing = _Coalescer(self, factory._clock if factory is not None else _NO_CLOCK)
@@ -727,18 +991,13 @@ class SchannelProtocol(ProtocolWrapper):
             # just done and declare every interface of the transport again,
             # ITLSTransport included (see _passed_on).
             self.wrappedProtocol.makeConnection(self)
-        if self._lost or self._aborted or self._failed:
+        handshake = self._handshake
+        if handshake is None or self._lost or self._aborted or self._failed:
             return
-        if self.disconnecting and not self._pending:
+        if self.disconnecting and not handshake.pending:
             # connectionMade() closed the connection already: no handshake.
             return
-        timeout = self.factory.handshake_timeout
-        if not self.factory.isClient and timeout is not None:
-            self._handshake_timer = self.factory._clock.callLater(
-                timeout, self._handshake_timed_out
-            )
-        if self.factory.isClient:
-            self._handshake_step(b"")
+        handshake.start()
 
     def getHandle(self) -> SSL.Connection | None:
         """The ``OpenSSL.SSL.Connection`` under the context (``ISystemHandle``).
@@ -766,81 +1025,12 @@ class SchannelProtocol(ProtocolWrapper):
                 # The usual case: straight to the context, no buffering here.
                 self._deliver(data)
             return
-        waiting = self._start_handshake_buffer()
-        buffer = waiting.data + data if waiting.data else data
-        if len(buffer) > waiting.charged and not self._charge(waiting, len(buffer)):
-            return
-        limit = self.factory.max_pre_handshake_buffer
-        # Past the limit, the context gets a look before the verdict: it may
-        # take the whole records off the buffer (a ClientHello cut into
-        # small records, for one, is larger on the wire than the limit).
-        if len(buffer) >= waiting.needed or len(buffer) > limit:
-            waiting.data = b""
-            remaining = self._handshake_step(buffer)
-            if remaining is None:
-                return
-            buffer = remaining
-        if not self._established:
-            waiting.data = buffer
-            if len(buffer) > limit:
-                self._handshake_overflow(len(buffer), limit)
-            return
-        self._received = buffer
-        self._unwrap()
-
-    def _start_handshake_buffer(self) -> _HandshakeBuffer:
-        """The handshake's buffer, created with its first step."""
-        waiting = self._handshake_buffer
-        if waiting is None:
-            waiting = self._handshake_buffer = _HandshakeBuffer(self.factory._budget)
-        return waiting
-
-    def _charge(self, waiting: _HandshakeBuffer, size: int) -> bool:
-        """Charge the server's handshake budget up to *size* bytes; False if refused."""
-        if waiting.charge(size):
-            return True
-        budget = cast(_HandshakeBudget, waiting.budget)
-        budget.refusal(self._peer_name())
-        self._fail(
-            _failure(
-                HandshakeMemoryExceeded(
-                    f"the server's unfinished TLS handshakes hold its whole budget of "
-                    f"{budget.limit} bytes (handshake_memory)"
-                )
-            ),
-            abort=True,
-        )
-        return False
-
-    def _end_handshake_buffer(self) -> None:
-        """The handshake is over, one way or another: drop its buffer and charge."""
-        waiting, self._handshake_buffer = self._handshake_buffer, None
-        if waiting is not None:
-            waiting.release()
-
-    def _handshake_step(self, data: bytes) -> bytes | None:
-        """One ``initialize``/``accept`` call; the bytes left, or None on failure."""
-        call = "initialize" if self.factory.isClient else "accept"
-        context = self.securityContext
-        try:
-            if isinstance(context, ClientContext):
-                step = context.initialize(data)
-            else:
-                step = cast(ServerContext, context).accept(data)
-        except SecurityError as e:
-            self.handshakeLadder.append((call, e.status.name, len(data), len(e.token)))
-            self._handshake_failed(e)
-            return None
-        consumed = len(data) - len(step.extra)
-        if consumed or step.token or step.status is not Status.INCOMPLETE_MESSAGE:
-            self.handshakeLadder.append((call, step.status.name, consumed, len(step.token)))
-        if step.token:
-            self.transport.write(step.token)
-        if step.status is Status.OK:
-            self._handshake_done()
-        else:
-            self._start_handshake_buffer().needed = len(step.extra) + step.missing
-        return step.extra
+        handshake = self._handshake
+        if handshake is not None:
+            remaining = handshake.receive(data)
+            if remaining:
+                self._received = remaining
+                self._unwrap()
 
     def _unwrap(self, final: bool = False) -> None:
         """Decrypt and deliver the bytes held back while the wrapped protocol
@@ -881,72 +1071,11 @@ class SchannelProtocol(ProtocolWrapper):
             # Whatever follows the peer's close_notify is not part of the stream.
             self._received = b""
             if not final:
-                self._close_notify_received()
+                self._close_sequence().peer_closed()
             else:
                 self._close_sequence().received = True
 
-    # -- the handshake's outcomes -----------------------------------------
-
-    def _handshake_done(self) -> None:
-        self._established = True
-        self._update_write_state()
-        self._cancel("_handshake_timer")
-        self._end_handshake_buffer()
-        # Debug, not info: a completed handshake is the normal case, and a
-        # written info line costs about as much as 5% of the handshake itself
-        # (applications log their own connections; failures are warnings).
-        # The fields are read straight from the connection: the full
-        # ``attributes`` (certificates, sizes) would cost a few percent of a
-        # handshake's CPU time for an event most deployments filter out.
-        context = self.securityContext
-        connection = cast(SSL.Connection, context.openssl_connection)
-        alpn = connection.get_alpn_proto_negotiated()
-        if isinstance(context, ClientContext):
-            server_name = context.target_name
-        else:
-            raw = connection.get_servername()
-            server_name = raw.decode("ascii", "replace") if raw else None
-        _log.debug(
-            "TLS handshake with {peer} done: {protocol} {cipher}, ALPN {alpn}, "
-            "server name {server_name}",
-            peer=self._peer_name(),
-            status="OK",
-            protocol=connection.get_protocol_version_name(),
-            cipher=connection.get_cipher_name() or "",
-            alpn=PeerText(alpn.decode("ascii", "replace")) if alpn else None,
-            server_name=None if server_name is None else PeerText(server_name),
-            resumed=context.session_reused,
-        )
-        # Writes held during the handshake go first, ahead of anything the
-        # application writes from here on; they are sent only after it has
-        # heard of the handshake, so that it can still abortConnection() if
-        # it does not like the peer (and they never leave).
-        # (Queued without the size checks of add(): those would flush them
-        # now, before handshakeCompleted().)
-        pending, self._pending = self._pending, None
-        if pending:
-            self._outgoing.hold(pending)
-        self._handshake_settled = True
-        waiters, self._handshake_waiters = self._handshake_waiters, None
-        for waiter in waiters or ():
-            waiter.callback(self)
-        wrapped = self.wrappedProtocol
-        if wrapped is not None and IHandshakeListener.providedBy(wrapped):
-            wrapped.handshakeCompleted()
-        if self._failed or self._lost or self._aborted:
-            return
-        self._flush()
-        if self._producer is not None:
-            self._producer.resume("handshake")
-        if self._closing.write_shutdown_wanted:
-            self._shutdown_write()
-        elif self.disconnecting and self._producer is None:
-            self._shutdown()
-
-    def _handshake_failed(self, error: SecurityError) -> None:
-        self._security_failed(
-            error, "handshake", protocol=None, cipher=None, alpn=None, server_name=None
-        )
+    # -- failures -----------------------------------------------------------
 
     def _security_failed(self, error: SecurityError, stage: str, **fields: object) -> None:
         if error.token:
@@ -955,7 +1084,7 @@ class SchannelProtocol(ProtocolWrapper):
         _log.warn(
             "TLS {stage} with {peer} failed: {status}: {reason}",
             stage=stage,
-            peer=self._peer_name(),
+            peer=_peer_name(self.transport),
             status=error.status.name,
             # The reason may quote the peer (its certificate's names, its
             # server name): written escaped, never as extra log lines.
@@ -964,39 +1093,6 @@ class SchannelProtocol(ProtocolWrapper):
         )
         self._fail(_failure(error))
 
-    def _handshake_timed_out(self) -> None:
-        self._handshake_timer = None
-        timeout = self.factory.handshake_timeout
-        _log.warn(
-            "TLS handshake with {peer} did not complete within {timeout} s: dropped",
-            peer=self._peer_name(),
-            status="TIMEOUT",
-            timeout=timeout,
-        )
-        self._fail(
-            _failure(_timeout_error(timeout)),
-            abort=True,
-        )
-
-    def _handshake_overflow(self, size: int, limit: int) -> None:
-        _log.error(
-            "{peer} had {size} bytes waiting before the TLS handshake completed "
-            "(limit {limit}): dropped",
-            peer=self._peer_name(),
-            status="BUFFER_EXCEEDED",
-            size=size,
-            limit=limit,
-        )
-        self._fail(
-            _failure(
-                HandshakeBufferExceeded(
-                    f"the peer had {size} bytes waiting before the TLS handshake "
-                    f"completed; the limit is {limit}"
-                )
-            ),
-            abort=True,
-        )
-
     def _fail(self, reason: Failure, abort: bool = False) -> None:
         """Stop all TLS processing, remember why, and close the transport."""
         if self._reason is None:
@@ -1004,22 +1100,14 @@ class SchannelProtocol(ProtocolWrapper):
         self._failed = True
         self._update_write_state()
         self._received = b""
-        self._pending = None
         self._outgoing.drop()
-        self._cancel("_handshake_timer")
-        self._end_handshake_buffer()
-        self._fail_waiters(reason)
+        if self._handshake is not None:
+            self._handshake.fail(reason)
         self.securityContext.delete()
         if abort:
             self._abort_transport()
         else:
             self.transport.loseConnection()
-
-    def _fail_waiters(self, reason: Failure) -> None:
-        self._handshake_settled = True
-        waiters, self._handshake_waiters = self._handshake_waiters, None
-        for waiter in waiters or ():
-            waiter.errback(reason)
 
     def whenHandshakeDone(self) -> Deferred[SchannelProtocol]:
         """A Deferred that fires with this protocol once the handshake is OK.
@@ -1029,13 +1117,9 @@ class SchannelProtocol(ProtocolWrapper):
         """
         if self._established:
             return _succeed(self)
-        if self._handshake_settled:
+        if self._handshake is None:
             return _fail(self._reason or _failure(ConnectionDone("the connection is closed")))
-        waiter: Deferred[SchannelProtocol] = Deferred()
-        if self._handshake_waiters is None:
-            self._handshake_waiters = []
-        self._handshake_waiters.append(waiter)
-        return waiter
+        return self._handshake.wait()
 
     # -- sending ----------------------------------------------------------
 
@@ -1067,14 +1151,10 @@ class SchannelProtocol(ProtocolWrapper):
             return
         # A bytearray or memoryview may change after write() returns: copy.
         data = bytes(data)
-        if not self._established:
-            if self._pending is None:
-                self._pending = []
-            self._pending.append(data)
-            if self._producer is not None:
-                self._producer.pause("handshake")
-            return
-        self._outgoing.add(data)
+        if self._established:
+            self._outgoing.add(data)
+        elif self._handshake is not None:
+            self._handshake.hold(data)
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         """Write the concatenation of *iovec* (see :meth:`write`)."""
@@ -1114,7 +1194,7 @@ class SchannelProtocol(ProtocolWrapper):
                 "is still registered"
             )
         gate = _ProducerGate(producer, streaming)
-        if self._pending:
+        if self._handshake is not None and self._handshake.pending:
             gate.pause("handshake")
         self._producer = gate
         self.transport.registerProducer(gate, streaming)
@@ -1128,7 +1208,7 @@ class SchannelProtocol(ProtocolWrapper):
         gate.stopped = True
         self.transport.unregisterProducer()
         if self.disconnecting and self._established and not self._failed:
-            self._shutdown()
+            self._close_sequence().shutdown()
 
     def pauseProducing(self) -> None:
         """The wrapped protocol cannot take more data: stop reading the transport."""
@@ -1166,13 +1246,12 @@ class SchannelProtocol(ProtocolWrapper):
         if self._failed or self._aborted:
             return
         if not self._established:
-            if not self._pending:
-                self.transport.loseConnection()
+            if self._handshake is not None and self._handshake.pending:
+                self._close_sequence().start_timer()
             else:
-                self._start_close_timer()
-            return
-        if self._producer is None:
-            self._shutdown()
+                self.transport.loseConnection()
+        elif self._producer is None:
+            self._close_sequence().shutdown()
 
     def loseWriteConnection(self) -> None:
         """Half-close: send close_notify after pending data, keep reading.
@@ -1184,11 +1263,11 @@ class SchannelProtocol(ProtocolWrapper):
             return
         if self._failed or self._aborted or self._lost:
             return
-        if not self._established:
-            self._close_sequence().write_shutdown_wanted = True
-            self._update_write_state()
+        if self._established:
+            self._close_sequence().shutdown_write()
             return
-        self._shutdown_write()
+        self._close_sequence().write_shutdown_wanted = True
+        self._update_write_state()
 
     def abortConnection(self) -> None:
         """Close the transport at once: no close_notify, nothing more delivered."""
@@ -1198,91 +1277,16 @@ class SchannelProtocol(ProtocolWrapper):
         self.disconnecting = True
         self._update_write_state()
         self._outgoing.drop()
-        self._pending = None
+        if self._handshake is not None:
+            self._handshake.pending = None
         self._abort_transport()
-
-    def _shutdown_write(self) -> None:
-        self._close_sequence().write_shutdown_wanted = False
-        self._update_write_state()
-        self._send_close_notify()
-        wrapped = self.wrappedProtocol
-        if wrapped is not None and IHalfCloseableProtocol.providedBy(wrapped):
-            wrapped.writeConnectionLost()
-        if self._closing.received and not self._lost:
-            self.transport.loseConnection()
-
-    def _shutdown(self) -> None:
-        """Full close after the handshake: close_notify, then wait (bounded)."""
-        self._send_close_notify()
-        if self._failed or self._lost:
-            return
-        if self._closing.received:
-            self.transport.loseConnection()
-            return
-        if self.factory.close_timeout is None:
-            self.transport.loseConnection()
-        else:
-            self._start_close_timer()
-
-    def _start_close_timer(self) -> None:
-        """Bound the wait for the peer from now (if not bounded already)."""
-        timeout = self.factory.close_timeout
-        if timeout is not None:
-            self._close_sequence().wait(self.factory._clock, timeout, self._close_timed_out)
 
     def _close_sequence(self) -> _CloseSequence:
         """This connection's own close sequence, created with the first step of its close."""
         closing = self._closing
         if closing is _NOT_CLOSING:
-            closing = self._closing = _CloseSequence()
+            closing = self._closing = _CloseSequence(self)
         return closing
-
-    def _send_close_notify(self) -> None:
-        if self._closing.sent or self._failed or self._lost:
-            return
-        self._flush()
-        if self._failed:
-            return
-        self._close_sequence().sent = True
-        self._update_write_state()
-        token = self.securityContext.shutdown()
-        if token:
-            self.transport.write(token)
-
-    def _close_timed_out(self) -> None:
-        """The peer never answered our close_notify (Twisted #7926).
-
-        Close the transport normally (it still flushes what we sent); if even
-        that does not finish within another ``close_timeout``, the peer is
-        not reading and the transport is aborted.
-        """
-        self.transport.loseConnection()
-        timeout = self.factory.close_timeout or 0.0
-        self._close_sequence().wait(self.factory._clock, timeout, self._abort_transport)
-
-    def _close_notify_received(self) -> None:
-        self._close_sequence().received = True
-        wrapped = self.wrappedProtocol
-        if (
-            not self.disconnecting
-            and wrapped is not None
-            and IHalfCloseableProtocol.providedBy(wrapped)
-        ):
-            # The peer's direction is done; ours stays open until the
-            # wrapped protocol closes it (or already has, by half-closing).
-            wrapped.readConnectionLost()
-            if self._closing.sent and not self._lost:
-                self.transport.loseConnection()
-            return
-        if self._closing.sent:
-            self._closing.cancel()
-            self.transport.loseConnection()
-            return
-        self.disconnecting = True
-        self._update_write_state()
-        self._send_close_notify()
-        if not self._lost:
-            self.transport.loseConnection()
 
     def readConnectionLost(self) -> None:
         """The transport's peer half-closed (TCP FIN), with or without close_notify.
@@ -1315,16 +1319,14 @@ class SchannelProtocol(ProtocolWrapper):
         self._lost = True
         self._update_write_state()
         self._outgoing.drop()
-        self._cancel("_handshake_timer")
         self._closing.cancel()
-        self._end_handshake_buffer()
         if self._established:
             # Whole records that arrived while the wrapped protocol had paused
             # us are still the peer's data (and may end with its close_notify).
             self._unwrap(final=True)
-        reported = self._reported(reason)
-        if not self._handshake_settled:
-            self._fail_waiters(reported)
+        reported = self._reason if self._reason is not None else _reported(reason, self)
+        if self._handshake is not None:
+            self._handshake.fail(reported)
         self.connected = False
         if self._producer is not None and not self._producer.stopped:
             self._producer.stopProducing()
@@ -1344,34 +1346,10 @@ class SchannelProtocol(ProtocolWrapper):
         self._producer = None
         self._outgoing.drop()
         self._outgoing._protocol = None
+        if self._closing is not _NOT_CLOSING:
+            self._closing.protocol = cast(SchannelProtocol, None)
         self.__dict__.pop("write", None)
         self.securityContext.delete()
-
-    def _reported(self, reason: Failure) -> Failure:
-        if self._reason is not None:
-            return self._reason
-        if self._aborted or self._closing.received or self.disconnecting:
-            return reason
-        # The stream ended, cleanly or not at the TCP level, without the
-        # peer's close_notify: what we received may be cut short.
-        # isinstance, not reason.check(): check() compares qualified class
-        # names, built anew for every class asked about, once per connection.
-        value = reason.value
-        if not isinstance(value, (ConnectionDone, ConnectionLost)) or isinstance(
-            value, ConnectionTruncated
-        ):
-            return reason
-        how = "closed" if isinstance(value, ConnectionDone) else f"was lost ({value})"
-        if not self._established:
-            message = f"the connection {how} before the TLS handshake completed"
-        else:
-            message = (
-                f"the connection {how} without the peer's close_notify: "
-                "its data may be incomplete"
-            )
-        truncated = ConnectionTruncated(message)
-        truncated.closed = isinstance(value, ConnectionDone)
-        return _failure(truncated)
 
     # -- ISSLTransport, INegotiated ---------------------------------------
 
@@ -1396,8 +1374,6 @@ class SchannelProtocol(ProtocolWrapper):
         alpn = context.attributes.alpn
         return alpn.encode("ascii") if alpn else None
 
-    # -- helpers ----------------------------------------------------------
-
     def _update_write_state(self) -> None:
         self._outgoing.open = self._established and not (
             self._closing.sent
@@ -1408,23 +1384,44 @@ class SchannelProtocol(ProtocolWrapper):
             or self.disconnecting
         )
 
-    def _cancel(self, name: str) -> None:
-        call: IDelayedCall | None = getattr(self, name)
-        if call is not None:
-            setattr(self, name, None)
-            if call.active():
-                call.cancel()
 
-    def _peer_name(self) -> str:
-        """The peer as a log reads best: ``host:port`` for IP, else what the transport says."""
-        try:
-            address = self.transport.getPeer()
-        except Exception:
-            return "(unknown peer)"
-        host, port = getattr(address, "host", None), getattr(address, "port", None)
-        if isinstance(host, str) and isinstance(port, int):
-            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return str(address)
+def _reported(reason: Failure, protocol: SchannelProtocol) -> Failure:
+    """What to tell *protocol*'s application about the transport's *reason*:
+    a :class:`ConnectionTruncated` if the stream ended without close_notify."""
+    if protocol._aborted or protocol._closing.received or protocol.disconnecting:
+        return reason
+    # The stream ended, cleanly or not at the TCP level, without the
+    # peer's close_notify: what we received may be cut short.
+    # isinstance, not reason.check(): check() compares qualified class
+    # names, built anew for every class asked about, once per connection.
+    value = reason.value
+    if not isinstance(value, (ConnectionDone, ConnectionLost)) or isinstance(
+        value, ConnectionTruncated
+    ):
+        return reason
+    how = "closed" if isinstance(value, ConnectionDone) else f"was lost ({value})"
+    if not protocol._established:
+        message = f"the connection {how} before the TLS handshake completed"
+    else:
+        message = (
+            f"the connection {how} without the peer's close_notify: "
+            "its data may be incomplete"
+        )
+    truncated = ConnectionTruncated(message)
+    truncated.closed = isinstance(value, ConnectionDone)
+    return _failure(truncated)
+
+
+def _peer_name(transport: Any) -> str:
+    """The peer as a log reads best: ``host:port`` for IP, else what the transport says."""
+    try:
+        address = transport.getPeer()
+    except Exception:
+        return "(unknown peer)"
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if isinstance(host, str) and isinstance(port, int):
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address)
 
 
 def _succeed(value: SchannelProtocol) -> Deferred[SchannelProtocol]:
