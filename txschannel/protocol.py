@@ -325,12 +325,12 @@ class _Handshake:
         elif factory.handshake_timeout is not None:
             self.timer = factory._clock.callLater(factory.handshake_timeout, self._timed_out)
 
-    def receive(self, data: bytes) -> bytes | None:
-        """The peer's *data*; once the handshake completes, the bytes after it, else None."""
+    def receive(self, data: bytes) -> None:
+        """The peer's *data*; once the handshake completes, what follows it is delivered."""
         protocol = self.protocol
         buffer = self.data + data if self.data else data
         if len(buffer) > self.charged and not self._charge(len(buffer)):
-            return None
+            return
         limit = protocol.factory.max_pre_handshake_buffer
         # Past the limit, the context gets a look before the verdict: it may
         # take the whole records off the buffer (a ClientHello cut into
@@ -338,13 +338,16 @@ class _Handshake:
         if len(buffer) >= self.needed or len(buffer) > limit:
             self.data = b""
             remaining = self.step(buffer)
-            if remaining is None or protocol._established:
-                return remaining
+            if remaining is None:
+                return
+            if protocol._established:
+                protocol._received = remaining
+                protocol._unwrap()
+                return
             buffer = remaining
         self.data = buffer
         if len(buffer) > limit:
             self._fail_at_limit(len(buffer), limit)
-        return None
 
     def _charge(self, size: int) -> bool:
         """Charge the server's handshake budget up to *size* bytes in all; False if refused."""
@@ -712,6 +715,26 @@ class _CloseSequence:
         self.write_shutdown_wanted = False
         self.timer: IDelayedCall | None = None
 
+    def begin(self) -> None:
+        """``loseConnection()``: close_notify after the handshake (once a producer
+        is gone), else close at once, unless writes wait for the handshake."""
+        protocol = self.protocol
+        if protocol._established:
+            if protocol._producer is None:
+                self.shutdown()
+        elif protocol._handshake is not None and protocol._handshake.pending:
+            self.start_timer()
+        else:
+            protocol.transport.loseConnection()
+
+    def half_close(self) -> None:
+        """``loseWriteConnection()``: our close_notify now, or once the handshake completes."""
+        if self.protocol._established:
+            self.shutdown_write()
+        else:
+            self.write_shutdown_wanted = True
+            self.protocol._update_write_state()
+
     def shutdown(self) -> None:
         """Full close after the handshake: close_notify, then wait (bounded) for the peer's."""
         protocol = self.protocol
@@ -822,7 +845,9 @@ class _Coalescer:
     because its ``write`` is the hot path of a stream of small writes:
     ``ProtocolWrapper`` defines ``__getattr__``, which makes every attribute
     access on the protocol take CPython's slow path. The protocol's
-    ``write`` attribute is this object's bound ``write``.
+    ``write`` attribute is this object's bound ``write``; a write the fast
+    path does not take is checked here too, then held for the handshake or
+    dropped after a close.
     """
 
     __slots__ = ("chunks", "size", "call", "open", "_clock", "_protocol")
@@ -832,7 +857,8 @@ class _Coalescer:
         self.size = 0
         self.call: IDelayedCall | None = None
         #: True while a write may go straight here: established, and
-        #: nothing closing or closed (see SchannelProtocol._update_write_state).
+        #: nothing closing or closed (see SchannelProtocol._update_write_state);
+        #: otherwise _write_slowly() decides.
         self.open = False
         self._clock = clock
         #: None once the connection is over (see SchannelProtocol._release).
@@ -849,7 +875,28 @@ class _Coalescer:
                 self.call = self._clock.callLater(0, self.flush)
             return
         if self._protocol is not None:
-            self._protocol._write_slowly(data)
+            self._write_slowly(self._protocol, data)
+
+    def _write_slowly(self, protocol: SchannelProtocol, data: bytes) -> None:
+        """write() when the fast path does not apply: check, hold, or drop."""
+        if isinstance(data, str):
+            raise TypeError("SchannelProtocol.write() takes bytes, not str")
+        if (
+            protocol._closing.sent
+            or protocol._closing.write_shutdown_wanted
+            or protocol._failed
+            or protocol._aborted
+            or protocol._lost
+            or (protocol.disconnecting and protocol._producer is None)
+            or not data
+        ):
+            return
+        # A bytearray or memoryview may change after write() returns: copy.
+        data = bytes(data)
+        if protocol._established:
+            self.add(data)
+        elif protocol._handshake is not None:
+            protocol._handshake.hold(data)
 
     def add(self, data: bytes) -> None:
         """Gather *data* whatever the state (the protocol checked it)."""
@@ -897,26 +944,19 @@ class SchannelProtocol(ProtocolWrapper):
     ``ISSLTransport`` (plus ``INegotiated`` for ALPN and whatever the real
     transport provides); to the real transport it is the protocol.
 
-    Bytes from the transport go into one receive buffer. Until the
-    handshake returns OK the buffer is handed to ``initialize``/``accept``;
-    every non-empty token is written to the transport and ``extra`` stays in
-    the buffer, with newly received bytes appended after it. Once
-    established the buffer goes to ``decrypt``, and the plaintext to the
-    wrapped protocol. Writes are gathered for one reactor turn (up to 64,000
-    bytes) and encrypted together, so many small writes become few records.
+    Until the handshake completes, the peer's bytes go to a held
+    :class:`_Handshake`; after, straight to the context, and the plaintext
+    to the wrapped protocol. Writes are gathered for one reactor turn (see
+    :class:`_Coalescer`), so many small writes become few records.
 
-    Closing: :meth:`loseConnection` flushes pending data, sends close_notify
-    and closes the transport when the peer answers, or after
-    ``close_timeout`` seconds if it does not. :meth:`loseWriteConnection`
-    sends close_notify and keeps reading (TLS half-close). The peer's
+    Closing is TLS's: close_notify and a bounded wait for the peer's
+    (:meth:`loseConnection`), or a half-close (:meth:`loseWriteConnection`);
+    a held :class:`_CloseSequence` keeps where it stands. The peer's
     close_notify reaches an ``IHalfCloseableProtocol`` as
     ``readConnectionLost``; other protocols get a clean ``connectionLost``.
     An end of stream without close_notify is reported as
     :class:`ConnectionTruncated`; a failed handshake as a ``Failure``
     wrapping the :class:`SecurityError`, after the alert was sent.
-
-    The handshake's state lives in a held :class:`_Handshake` and the
-    close's in a :class:`_CloseSequence`; what is left here moves bytes.
 
     :ivar securityContext: the :class:`SecurityContext` (for ``attributes``
         and ``channel_binding``).
@@ -1025,12 +1065,8 @@ class SchannelProtocol(ProtocolWrapper):
                 # The usual case: straight to the context, no buffering here.
                 self._deliver(data)
             return
-        handshake = self._handshake
-        if handshake is not None:
-            remaining = handshake.receive(data)
-            if remaining:
-                self._received = remaining
-                self._unwrap()
+        if self._handshake is not None:
+            self._handshake.receive(data)
 
     def _unwrap(self, final: bool = False) -> None:
         """Decrypt and deliver the bytes held back while the wrapped protocol
@@ -1135,27 +1171,6 @@ class SchannelProtocol(ProtocolWrapper):
         """
         self._outgoing.write(data)
 
-    def _write_slowly(self, data: bytes) -> None:
-        """write() when the fast path does not apply: check, hold, or drop."""
-        if isinstance(data, str):
-            raise TypeError("SchannelProtocol.write() takes bytes, not str")
-        if (
-            self._closing.sent
-            or self._closing.write_shutdown_wanted
-            or self._failed
-            or self._aborted
-            or self._lost
-            or (self.disconnecting and self._producer is None)
-            or not data
-        ):
-            return
-        # A bytearray or memoryview may change after write() returns: copy.
-        data = bytes(data)
-        if self._established:
-            self._outgoing.add(data)
-        elif self._handshake is not None:
-            self._handshake.hold(data)
-
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         """Write the concatenation of *iovec* (see :meth:`write`)."""
         self.write(b"".join(iovec))
@@ -1243,15 +1258,8 @@ class SchannelProtocol(ProtocolWrapper):
             return
         self.disconnecting = True
         self._update_write_state()
-        if self._failed or self._aborted:
-            return
-        if not self._established:
-            if self._handshake is not None and self._handshake.pending:
-                self._close_sequence().start_timer()
-            else:
-                self.transport.loseConnection()
-        elif self._producer is None:
-            self._close_sequence().shutdown()
+        if not (self._failed or self._aborted):
+            self._close_sequence().begin()
 
     def loseWriteConnection(self) -> None:
         """Half-close: send close_notify after pending data, keep reading.
@@ -1259,15 +1267,11 @@ class SchannelProtocol(ProtocolWrapper):
         The wrapped protocol keeps receiving until the peer's close_notify,
         which reaches an ``IHalfCloseableProtocol`` as ``readConnectionLost``.
         """
-        if self._closing.sent or self._closing.write_shutdown_wanted or not self.connected:
+        closing = self._closing
+        if closing.sent or closing.write_shutdown_wanted or not self.connected:
             return
-        if self._failed or self._aborted or self._lost:
-            return
-        if self._established:
-            self._close_sequence().shutdown_write()
-            return
-        self._close_sequence().write_shutdown_wanted = True
-        self._update_write_state()
+        if not (self._failed or self._aborted or self._lost):
+            self._close_sequence().half_close()
 
     def abortConnection(self) -> None:
         """Close the transport at once: no close_notify, nothing more delivered."""
