@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -183,6 +184,41 @@ _REASONS: tuple[tuple[str, Status], ...] = (
 )
 
 
+def _diagnosis(
+    error: SSL.Error, verification: Verification, connection: SSL.Connection
+) -> tuple[Status, str]:
+    """The status and reason of OpenSSL's *error* on *connection*: what
+    our verification found, else the most specific status its reasons map to."""
+    reason = _openssl_reason(error)
+    failure = verification.failure
+    if failure is not None:
+        status, detail = failure
+        reason = f"{detail} ({reason})"
+    else:
+        status = _status_for(reason)
+        if "certificate verify failed" in reason.lower():
+            # Judged by someone else's callback (a Twisted creator's, or
+            # OpenSSL's default): OpenSSL still knows why.
+            errno = _openssl.verify_result(connection)
+            if errno:
+                status = verify_error_status(errno)
+                reason = f"{verify_error_text(errno)} ({reason})"
+    if (
+        status is Status.ALGORITHM_MISMATCH
+        and verification.certificate_requested
+        and "handshake failure" in reason.lower()
+        and connection.get_certificate() is None
+    ):
+        # TLS 1.2 has no certificate_required alert: servers refuse a
+        # client without a certificate with handshake_failure.
+        status = Status.NO_CREDENTIALS
+        reason = (
+            "the server asked for a client certificate and these credentials "
+            f"have none ({reason})"
+        )
+    return status, reason
+
+
 def _openssl_reason(error: SSL.Error) -> str:
     parts = []
     for item in error.args[0] if error.args and isinstance(error.args[0], list) else []:
@@ -213,9 +249,6 @@ class SecurityContext:
     _awaiting_hello = False
     #: A client that asked to resume a session.
     _offered_session = False
-    #: A server asked to keep the ClientHello, and the hello once kept.
-    _keep_client_hello = False
-    _client_hello: bytes | None = None
 
     def __init__(
         self,
@@ -343,28 +376,12 @@ class SecurityContext:
         if first_call and not framing.ends:
             done = self._drive(connection)
         if framing.ends and self._awaiting_hello:
-            # OpenSSL allocates the length a ClientHello claims as soon as
-            # it reads the message header: a peer that sends the start of a
-            # large hello and stalls would cost that much, not what it sent.
-            # So the records of the hello are handed back (as extra) until
-            # the whole of it is here, up to the largest hello OpenSSL takes.
-            missing = first_message_missing(view, framing)
-            if missing and len(view) <= MAX_CLIENT_HELLO_WIRE:
+            # (Only a server waits for a ClientHello.)
+            view, framing, missing = cast("ServerContext", self)._take_hello(
+                connection, view, framing
+            )
+            if missing:
                 return Step(Status.INCOMPLETE_MESSAGE, b"", bytes(view), missing)
-            self._awaiting_hello = False
-            if self._keep_client_hello:
-                self._client_hello = handshake_message(view, framing.ends)
-            if len(framing.ends) > 1:
-                # A hello in many records goes in one record at a time, so
-                # that OpenSSL's input buffer grows to one record, not to
-                # the whole hello (a memory BIO keeps its largest size).
-                start = 0
-                for end in framing.ends[:-1]:
-                    connection.bio_write(view[start:end])
-                    self._drive(connection)
-                    start = end
-                framing = Framing([framing.ends[-1] - start], framing.missing)
-                view = view[start:]
         if framing.ends:
             consumed, done = _handshake_records(connection, view, framing.ends, self._drive)
         token = self._drain(connection)
@@ -471,36 +488,12 @@ class SecurityContext:
     # -- errors -----------------------------------------------------------
 
     def _fail_openssl(self, error: SSL.Error) -> SecurityError:
-        reason = _openssl_reason(error)
-        failure = self._verification.failure
-        if failure is not None:
-            status, detail = failure
-            reason = f"{detail} ({reason})"
-        else:
-            status = _status_for(reason)
-            if "certificate verify failed" in reason.lower():
-                # Judged by someone else's callback (a Twisted creator's, or
-                # OpenSSL's default): OpenSSL still knows why.
-                errno = _openssl.verify_result(self._alive())
-                if errno:
-                    status = verify_error_status(errno)
-                    reason = f"{verify_error_text(errno)} ({reason})"
-        if (
-            status is Status.ALGORITHM_MISMATCH
-            and self._verification.certificate_requested
-            and "handshake failure" in reason.lower()
-            and self._alive().get_certificate() is None
-        ):
-            # TLS 1.2 has no certificate_required alert: servers refuse a
-            # client without a certificate with handshake_failure.
-            status = Status.NO_CREDENTIALS
-            reason = (
-                "the server asked for a client certificate and these credentials "
-                f"have none ({reason})"
-            )
+        connection = self._alive()
         if self._twisted_failure is not None:
             status, reason = Status.WRONG_PRINCIPAL, self._twisted_failure
-        return self._fail(status, reason, self._drain(self._alive()))
+        else:
+            status, reason = _diagnosis(error, self._verification, connection)
+        return self._fail(status, reason, self._drain(connection))
 
     def _fail(self, status: Status, reason: str, token: bytes) -> SecurityError:
         self._state = _State.DEAD
@@ -738,29 +731,12 @@ class SecurityContext:
             after delete().
         """
         connection = self._established_connection("attributes")
-        protocol = connection.get_protocol_version_name()
-        cipher = connection.get_cipher_name() or ""
-        alpn = connection.get_alpn_proto_negotiated()
-        chain = connection.get_peer_cert_chain(as_cryptography=True) or []
-        peer = connection.get_peer_certificate(as_cryptography=True)
         if self._is_client:
             server_name = self._target_name
         else:
             raw = connection.get_servername()
             server_name = raw.decode("ascii", "replace") if raw else None
-        group = connection.get_group_name()
-        return Attributes(
-            protocol=protocol,
-            cipher=cipher,
-            cipher_bits=connection.get_cipher_bits() or 0,
-            alpn=alpn.decode("ascii", "replace") if alpn else None,
-            server_name=server_name,
-            peer_certificate=peer,
-            peer_chain=tuple(chain),
-            session_reused=self._session_reused(connection),
-            stream_sizes=_stream_sizes(protocol, cipher),
-            group=group,
-        )
+        return _attributes(connection, server_name, self._session_reused(connection))
 
     def channel_binding(self, kind: str) -> bytes:
         """Channel-binding data (RFC 5929, RFC 9266) for *kind*.
@@ -771,31 +747,8 @@ class SecurityContext:
         :raises SecurityError: INVALID_HANDLE before the handshake is done.
         """
         connection = self._established_connection("channel_binding")
-        if kind == "tls-exporter":
-            return connection.export_keying_material(b"EXPORTER-Channel-Binding", 32)
-        if kind == "tls-server-end-point":
-            if self._is_client:
-                certificate = connection.get_peer_certificate(as_cryptography=True)
-            else:
-                own = connection.get_certificate()
-                certificate = own.to_cryptography() if own is not None else None
-            if certificate is None:
-                raise ValueError("tls-server-end-point: no server certificate")
-            return _end_point_hash(certificate)
-        if kind == "tls-unique":
-            if connection.get_protocol_version_name() == "TLSv1.3":
-                raise ValueError("tls-unique is not defined for TLS 1.3 (RFC 9266); "
-                                 "use tls-exporter")
-            # The first Finished message of the handshake: the client's in a
-            # full handshake, the server's in a resumed one.
-            ours_first = self._is_client != self._session_reused(connection)
-            finished = connection.get_finished() if ours_first else connection.get_peer_finished()
-            if finished is None:
-                raise ValueError("tls-unique: no Finished message yet")
-            return finished
-        raise ValueError(
-            f"unknown channel binding {kind!r}: use tls-exporter, tls-server-end-point "
-            "or tls-unique"
+        return _channel_binding(
+            connection, kind, self._is_client, lambda: self._session_reused(connection)
         )
 
     def _session_reused(self, connection: SSL.Connection) -> bool:
@@ -817,6 +770,63 @@ class SecurityContext:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._state.value} target={self._target_name!r}>"
+
+
+def _attributes(
+    connection: SSL.Connection, server_name: str | None, reused: bool
+) -> Attributes:
+    """:attr:`SecurityContext.attributes` of an established *connection*."""
+    protocol = connection.get_protocol_version_name()
+    cipher = connection.get_cipher_name() or ""
+    alpn = connection.get_alpn_proto_negotiated()
+    chain = connection.get_peer_cert_chain(as_cryptography=True) or []
+    return Attributes(
+        protocol=protocol,
+        cipher=cipher,
+        cipher_bits=connection.get_cipher_bits() or 0,
+        alpn=alpn.decode("ascii", "replace") if alpn else None,
+        server_name=server_name,
+        peer_certificate=connection.get_peer_certificate(as_cryptography=True),
+        peer_chain=tuple(chain),
+        session_reused=reused,
+        stream_sizes=_stream_sizes(protocol, cipher),
+        group=connection.get_group_name(),
+    )
+
+
+def _channel_binding(
+    connection: SSL.Connection, kind: str, is_client: bool, reused: Callable[[], bool]
+) -> bytes:
+    """:meth:`SecurityContext.channel_binding` of an established *connection*.
+
+    :raises ValueError: unknown *kind*, or one the protocol does not allow.
+    """
+    if kind == "tls-exporter":
+        return connection.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+    if kind == "tls-server-end-point":
+        if is_client:
+            certificate = connection.get_peer_certificate(as_cryptography=True)
+        else:
+            own = connection.get_certificate()
+            certificate = own.to_cryptography() if own is not None else None
+        if certificate is None:
+            raise ValueError("tls-server-end-point: no server certificate")
+        return _end_point_hash(certificate)
+    if kind == "tls-unique":
+        if connection.get_protocol_version_name() == "TLSv1.3":
+            raise ValueError("tls-unique is not defined for TLS 1.3 (RFC 9266); "
+                             "use tls-exporter")
+        # The first Finished message of the handshake: the client's in a
+        # full handshake, the server's in a resumed one.
+        ours_first = is_client != reused()
+        finished = connection.get_finished() if ours_first else connection.get_peer_finished()
+        if finished is None:
+            raise ValueError("tls-unique: no Finished message yet")
+        return finished
+    raise ValueError(
+        f"unknown channel binding {kind!r}: use tls-exporter, tls-server-end-point "
+        "or tls-unique"
+    )
 
 
 def _stream_sizes(protocol: str, cipher: str) -> StreamSizes:
@@ -925,6 +935,9 @@ class ServerContext(SecurityContext):
 
     _is_client = False
     _awaiting_hello = True
+    #: Asked to keep the ClientHello, and the hello once kept.
+    _keep_client_hello = False
+    _client_hello: bytes | None = None
 
     def __init__(
         self,
@@ -958,6 +971,38 @@ class ServerContext(SecurityContext):
 
     def _configure(self, connection: SSL.Connection) -> None:
         connection.set_accept_state()
+
+    def _take_hello(
+        self, connection: SSL.Connection, view: memoryview, framing: Framing
+    ) -> tuple[memoryview, Framing, int]:
+        """The records of the ClientHello, while the handshake waits for it:
+        the bytes and framing left for the handshake loop once the hello is
+        whole (0 missing), or *view* unchanged with the bytes still missing.
+
+        OpenSSL allocates the length a ClientHello claims as soon as it
+        reads the message header: a peer that sends the start of a large
+        hello and stalls would cost that much, not what it sent. So the
+        records of the hello are handed back (as extra) until the whole of
+        it is here, up to the largest hello OpenSSL takes.
+        """
+        missing = first_message_missing(view, framing)
+        if missing and len(view) <= MAX_CLIENT_HELLO_WIRE:
+            return view, framing, missing
+        self._awaiting_hello = False
+        if self._keep_client_hello:
+            self._client_hello = handshake_message(view, framing.ends)
+        if len(framing.ends) > 1:
+            # A hello in many records goes in one record at a time, so
+            # that OpenSSL's input buffer grows to one record, not to
+            # the whole hello (a memory BIO keeps its largest size).
+            start = 0
+            for end in framing.ends[:-1]:
+                connection.bio_write(view[start:end])
+                self._drive(connection)
+                start = end
+            framing = Framing([framing.ends[-1] - start], framing.missing)
+            view = view[start:]
+        return view, framing, 0
 
     def accept(self, data: bytes | bytearray | memoryview) -> Step:
         """One AcceptSecurityContext call, with ``step.extra`` + new bytes.
