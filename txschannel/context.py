@@ -219,6 +219,35 @@ def _diagnosis(
     return status, reason
 
 
+def _alert_for_garbage(
+    connection: SSL.Connection, garbage: memoryview, held: int, established: bool
+) -> bytes:
+    """Let OpenSSL judge bytes that are not TLS, so that its alert (if any,
+    and encrypted if keys exist) is what the peer gets.
+
+    Only the bad record on is shown to OpenSSL: the whole records before
+    it must not be decrypted here, where their plaintext would be lost.
+    *held*: how many of the bad header's first bytes OpenSSL has already
+    (:meth:`SecurityContext.feed` gives it every byte as it comes). A header
+    shorter than 5 bytes is padded so that OpenSSL judges it now.
+    """
+    data = bytes(garbage)
+    if held + len(data) < HEADER_SIZE:
+        data += bytes(HEADER_SIZE - held - len(data))
+    try:
+        connection.bio_write(data)
+        if established:
+            connection.recv(_RECV_SIZE)
+        else:
+            connection.do_handshake()
+    except SSL.Error:
+        pass
+    token = _drain(connection, 4096)
+    if not token and not established:
+        token = _PLAINTEXT_UNEXPECTED_MESSAGE
+    return token
+
+
 def _openssl_reason(error: SSL.Error) -> str:
     parts = []
     for item in error.args[0] if error.args and isinstance(error.args[0], list) else []:
@@ -412,31 +441,10 @@ class SecurityContext:
         raise error
 
     def _alert_for_garbage(self, garbage: memoryview, held: int = 0) -> bytes:
-        """Let OpenSSL judge bytes that are not TLS, so that its alert (if any,
-        and encrypted if keys exist) is what the peer gets.
-
-        Only the bad record on is shown to OpenSSL: the whole records before
-        it must not be decrypted here, where their plaintext would be lost.
-        *held*: how many of the bad header's first bytes OpenSSL has already
-        (:meth:`feed` gives it every byte as it comes). A header shorter than 5
-        bytes is padded so that OpenSSL judges it now.
-        """
-        connection = self._alive()
-        data = bytes(garbage)
-        if held + len(data) < HEADER_SIZE:
-            data += bytes(HEADER_SIZE - held - len(data))
-        try:
-            connection.bio_write(data)
-            if self._state is _State.ESTABLISHED:
-                connection.recv(_RECV_SIZE)
-            else:
-                connection.do_handshake()
-        except SSL.Error:
-            pass
-        token = self._drain(connection)
-        if not token and self._state is not _State.ESTABLISHED:
-            token = _PLAINTEXT_UNEXPECTED_MESSAGE
-        return token
+        """The alert for bytes that are not TLS (see :func:`_alert_for_garbage`)."""
+        return _alert_for_garbage(
+            self._alive(), garbage, held, self._state is _State.ESTABLISHED
+        )
 
     def _drive(self, connection: SSL.Connection) -> bool:
         # Errors are raised after the except blocks (see _frame).
