@@ -750,8 +750,14 @@ class CloseTests(SynchronousTestCase):
             self.assertIsNone(side._closing.timer)
         shared = type(pair.server)._closing
         self.assertEqual(
-            (shared.protocol, shared.sent, shared.received, shared.write_shutdown_wanted),
-            (None, False, False, False),
+            (
+                shared.protocol,
+                shared.sent,
+                shared.received,
+                shared.write_shutdown_wanted,
+                shared.timer,
+            ),
+            (None, False, False, False, None),
         )
 
 
