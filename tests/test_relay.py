@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import shutil
 import socket
 import sys
@@ -401,3 +402,60 @@ class JoinFailureTests(TestCase):
         self.assertEqual(len(backends), 1)
         yield backends[0].lost.addTimeout(10, reactor)
         self.assertEqual(relays[0].close_reason, "relay error: ValueError: no header\nFAKE")
+
+
+class SendAtOnceTests(TestCase):
+    """A relayed write leaves for the socket at once, not in the reactor's next turn."""
+
+    @inlineCallbacks
+    def test_a_relayed_write_is_in_the_peer_socket_when_write_returns(self):  # type: ignore[no-untyped-def]
+        # Plain Python sockets at both ends, so that nothing but the relay
+        # runs in the reactor; the test reads them without turning it.
+        backend = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(backend.close)
+        relays: list[Inbound] = []
+        relay_factory = RelayFactory(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", backend.getsockname()[1], timeout=10)
+        )
+        build = relay_factory.buildProtocol
+
+        def counting(addr):  # type: ignore[no-untyped-def]
+            relays.append(build(addr))
+            return relays[-1]
+
+        relay_factory.buildProtocol = counting  # type: ignore[method-assign]
+        relay_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            relay_factory
+        )
+        self.addCleanup(relay_port.stopListening)
+        client = socket.create_connection(("127.0.0.1", relay_port.getHost().port), timeout=10)
+        self.addCleanup(client.close)
+        deadline = time.monotonic() + 10
+        while not (relays and relays[0].partner is not None) and time.monotonic() < deadline:
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertIsNotNone(relays and relays[0].partner, "the relay never joined")
+        served, _ = backend.accept()
+        self.addCleanup(served.close)
+        inbound = relays[0]
+        outbound = inbound.partner
+        assert outbound is not None
+
+        def arrives(sock: socket.socket, data: bytes) -> bytes:
+            # Blocks the reactor: bytes left for its next turn never come,
+            # and the bounded wait ends with nothing read.
+            received = b""
+            while len(received) < len(data) and select.select([sock], [], [], 5)[0]:
+                received += sock.recv(65536)
+            return received
+
+        # Toward the backend (a request), then toward the client (an answer
+        # as large as a chunk of a download).
+        inbound.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
+        self.assertEqual(arrives(served, b"GET / HTTP/1.0\r\n\r\n"), b"GET / HTTP/1.0\r\n\r\n")
+        chunk = os.urandom(65536)
+        outbound.dataReceived(chunk)
+        self.assertEqual(arrives(client, chunk), chunk)
+        # Nothing was queued: no turn of the reactor is owed a write.
+        for transport in (outbound.transport, inbound.transport):
+            self.assertEqual(transport.dataBuffer, b"")  # type: ignore[union-attr]
+            self.assertEqual(transport._tempDataBuffer, [])  # type: ignore[union-attr]

@@ -36,7 +36,13 @@ from txschannel.status import SecurityError
 from txschannel.terminator.access import AccessPolicy
 from txschannel.terminator.addresses import address_text
 from txschannel.terminator.limits import ConnectionLimit
-from txschannel.terminator.relay import no_delay, probe_window, reset, send_progress
+from txschannel.terminator.relay import (
+    no_delay,
+    probe_window,
+    reset,
+    send_at_once,
+    send_progress,
+)
 
 __all__ = ["ConnectionGate", "GateFactory"]
 
@@ -188,6 +194,7 @@ class ConnectionGate:
         if metrics is not None:
             metrics.connections_open.inc()
         no_delay(transport)
+        send_at_once(transport)
         context = getattr(transport, "securityContext", None)
         # Whether a handshake outcome is still to be counted.
         self._handshaking = context is not None and not getattr(context, "established", False)
