@@ -446,6 +446,46 @@ class OurServerTests(ServerTestsMixin, TestCase):
         self.assertEqual(pauses, [])
 
     @defer.inlineCallbacks
+    def test_a_write_leaves_for_the_socket_in_write_itself(self) -> Any:
+        """With nothing queued before it, a 64 KiB write is in the socket when
+        write() returns: Twisted's TCP transport alone would queue its records
+        for the reactor's next turn (two epoll_ctl calls and a turn more per
+        chunk of a transfer)."""
+        queued: list[int] = []
+
+        class Chunk(Protocol):
+            def __init__(self, outcome: Outcome) -> None:
+                self.outcome = outcome
+
+            def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
+                self.transport.write(b"x" * 65536)
+                tcp = self.transport.transport  # type: ignore[attr-defined]
+                queued.append(len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen)
+                self.transport.loseConnection()
+
+            def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+                self.outcome.reason = reason
+                self.outcome.lost.callback(None)
+
+        port, app = self.serve(Chunk)
+
+        def client() -> bytes:
+            context = ssl.create_default_context(cafile=self.files.ca_pem)
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+                with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(b"go\n")
+                    received = b""
+                    while chunk := tls.recv(65536):
+                        received += chunk
+                    return received
+
+        received = yield within(deferToThread(client), "the Python client")
+        yield within(app.outcome.lost, "our server's connectionLost")
+        self.assertEqual(received, b"x" * 65536)
+        self.assertEqual(queued, [0])
+
+    @defer.inlineCallbacks
     def test_openssl_client_over_ipv6_loopback(self) -> Any:
         port, app = self.serve(interface="::1")
         peer = spawn(

@@ -44,6 +44,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from txschannel._sendnow import send_at_once
 from txschannel.context import ClientContext, SecurityContext, ServerContext
 from txschannel.creators import adapt_for_factory
 from txschannel.credentials import Credentials
@@ -1024,6 +1025,7 @@ class SchannelProtocol(ProtocolWrapper):
         _provide_like(self, transport)
         if getattr(transport, "bufferSize", None) == _TWISTED_BUFFER_SIZE:
             transport.bufferSize = _TWISTED_BUFFER_SIZE + _FRAMING_ROOM  # type: ignore[attr-defined]
+        send_at_once(transport)
         cast(Any, Protocol).makeConnection(self, transport)
         cast(Any, self.factory).registerProtocol(self)
         if self._connectWrapped:

@@ -34,7 +34,6 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -50,6 +49,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txschannel import _sendnow
 from txschannel.peertext import PeerText
 from txschannel.protocol import ConnectionTruncated
 
@@ -102,69 +102,15 @@ def no_delay(transport: object) -> None:
         pass
 
 
-def _write_now(transport: Any, data: bytes) -> None:
-    # The write() of a TCP transport that send_at_once() switched: with
-    # nothing queued before it, the bytes go to the socket now; only what
-    # the kernel does not take is queued, by Twisted's own write().
-    if (
-        type(data) is bytes
-        and data
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
-        and transport.connected
-        and not transport._writeDisconnected
-        and not transport.TLS
-        # A paused producer, or a pull producer, is resumed by doWrite()
-        # once the queue drains: such writes take the queue, or it would
-        # never be asked for more.
-        and (
-            transport.producer is None
-            or (transport.streamingProducer and not transport.producerPaused)
-        )
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            # EAGAIN, or an error that the queued write's doWrite() meets
-            # again and reports as the connection's loss, as ever.
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport._write_later(data)
-
-
-#: Twisted's TCP transport classes, and their send-at-once subclasses.
-_SENDS_AT_ONCE: dict[type, type] = {
-    cls: type(cls.__name__, (cls,), {
-        "__module__": cls.__module__,
-        "__qualname__": cls.__qualname__,
-        "write": _write_now,
-        "_write_later": cls.write,
-    })
-    for cls in (tcp.Server, tcp.Client)
-}
-
-
 def send_at_once(transport: object) -> None:
-    """Have the TCP transport under *transport* send each write at once
-    when nothing is queued before it, instead of in the reactor's next turn.
-
-    Twisted's TCP transport queues every write and asks epoll to wake it
-    when the socket is writable: for a relay, whose socket almost always
-    is, that is two ``epoll_ctl`` calls and one reactor turn more per
-    write (per 64 KiB chunk of a download; four times per short TLS
-    connection: the handshake's flight, the session tickets, the request,
-    the response). Afterwards the transport is the same in everything but
-    the moment its bytes leave: what the kernel does not take is queued as
-    before, so flow control and closing behave as they did. Transports of
-    other kinds (Unix sockets, other reactors' TCP) are left alone.
+    """Have the TCP transport under *transport* (through TLS and gate layers)
+    send each write at once when nothing is queued before it, instead of in
+    the reactor's next turn (see :mod:`txschannel._sendnow`): for a relay,
+    whose sockets are almost always writable, two ``epoll_ctl`` calls and
+    a reactor turn less per 64 KiB chunk and per short exchange. Transports
+    of other kinds are left alone.
     """
-    bottom = _bottom(transport)[0]
-    switched = _SENDS_AT_ONCE.get(type(bottom))
-    if switched is not None:
-        # The class, not the instance: a connection carries nothing more.
-        bottom.__class__ = switched
+    _sendnow.send_at_once(_bottom(transport)[0])
 
 
 def _unregister(transport: ITransport | None) -> None:

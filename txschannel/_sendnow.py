@@ -1,0 +1,84 @@
+"""TCP transports that send a write at once when nothing is queued before it.
+
+Twisted's TCP transport (``twisted.internet.tcp.Server`` and ``Client``)
+queues every write and asks the reactor to wake it when the socket is
+writable, which on a socket that almost always is (loopback, a fast
+network) costs two ``epoll_ctl`` calls and one more reactor turn per
+write: per 64 KiB chunk of a bulk transfer, and per flight of a short TLS
+connection. :func:`send_at_once` switches such a transport to a subclass
+whose ``write`` tries ``send()`` first when its queue is empty, and queues
+only what the kernel does not take, through Twisted's own ``write``. In
+everything else (flow control, pausing its producer, closing, errors) the
+transport stays Twisted's.
+
+Private: txschannel's TLS transport applies it to the TCP transport under
+it, and ``twist schannel`` to its plain connections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import tcp
+
+__all__ = ["send_at_once"]
+
+
+def _write_now(transport: Any, data: bytes) -> None:
+    """The ``write`` of a switched transport."""
+    if (
+        type(data) is bytes
+        and data
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and transport.connected
+        and not transport._writeDisconnected
+        and not transport.TLS
+        # A paused producer, or a pull producer, is asked for more by
+        # doWrite() once the queue drains: their writes take the queue,
+        # or they would never be asked again.
+        and (
+            transport.producer is None
+            or (transport.streamingProducer and not transport.producerPaused)
+        )
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # EAGAIN; or an error, which the queued write's doWrite() meets
+            # again and reports as the connection's loss, as it always has.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport._write_later(data)
+
+
+#: Twisted's TCP transport classes, and their send-at-once subclasses.
+_SWITCHED: dict[type, type] = {
+    cls: type(
+        cls.__name__,
+        (cls,),
+        {
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__,
+            "write": _write_now,
+            "_write_later": cls.write,
+        },
+    )
+    for cls in (tcp.Server, tcp.Client)
+}
+
+
+def send_at_once(transport: object) -> None:
+    """Switch *transport*, a Twisted TCP transport, to sending each write at
+    once when nothing is queued before it (see the module's docstring).
+
+    Transports of any other class (Unix sockets, another reactor's TCP, a
+    test's transport, one already switched) are left alone. Never raises.
+    """
+    switched = _SWITCHED.get(type(transport))
+    if switched is not None:
+        # The class, not an instance attribute: a connection holds nothing more.
+        transport.__class__ = switched
