@@ -32,6 +32,10 @@ _LIBRARY_PRIVATES = {
     ("txschannel/terminator/options.py", "inner._interface"),
     # Twisted's FileDescriptor counts part of its write buffer only there.
     ("txschannel/terminator/relay.py", "bottom._tempDataLen"),
+    # Whether a TCP transport has anything queued, or has shut its writing
+    # half, before a write is sent at once: FileDescriptor says so only there.
+    ("txschannel/_sendnow.py", "transport._tempDataBuffer"),
+    ("txschannel/_sendnow.py", "transport._writeDisconnected"),
 }
 
 

@@ -24,51 +24,54 @@ from twisted.internet import tcp
 __all__ = ["send_at_once"]
 
 
-def _write_now(transport: Any, data: bytes) -> None:
-    """The ``write`` of a switched transport."""
-    if (
-        type(data) is bytes
-        and data
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
-        and transport.connected
-        and not transport._writeDisconnected
-        and not transport.TLS
-        # A paused producer, or a pull producer, is asked for more by
-        # doWrite() once the queue drains: their writes take the queue,
-        # or they would never be asked again.
-        and (
-            transport.producer is None
-            or (transport.streamingProducer and not transport.producerPaused)
-        )
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            # EAGAIN; or an error, which the queued write's doWrite() meets
-            # again and reports as the connection's loss, as it always has.
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport._write_later(data)
+def _sends_at_once(cls: type) -> type:
+    """A subclass of *cls* (a Twisted TCP transport class) whose ``write``
+    sends at once when nothing is queued, and otherwise is *cls*'s own."""
+    queue = cls.write  # type: ignore[attr-defined]
 
+    def write(transport: Any, data: bytes) -> None:
+        if (
+            type(data) is bytes
+            and data
+            and not transport.dataBuffer
+            and not transport._tempDataBuffer
+            and transport.connected
+            and not transport._writeDisconnected
+            and not transport.TLS
+            # A paused producer, or a pull producer, is asked for more by
+            # doWrite() once the queue drains: their writes take the queue,
+            # or they would never be asked again.
+            and (
+                transport.producer is None
+                or (transport.streamingProducer and not transport.producerPaused)
+            )
+        ):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                # EAGAIN; or an error, which the queued write's doWrite()
+                # meets again and reports as the connection's loss, as it
+                # always has.
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        queue(transport, data)
 
-#: Twisted's TCP transport classes, and their send-at-once subclasses.
-_SWITCHED: dict[type, type] = {
-    cls: type(
+    return type(
         cls.__name__,
         (cls,),
         {
             "__module__": cls.__module__,
             "__qualname__": cls.__qualname__,
             "__doc__": cls.__doc__,
-            "write": _write_now,
-            "_write_later": cls.write,
+            "write": write,
         },
     )
-    for cls in (tcp.Server, tcp.Client)
-}
+
+
+#: Twisted's TCP transport classes, and their send-at-once subclasses.
+_SWITCHED: dict[type, type] = {cls: _sends_at_once(cls) for cls in (tcp.Server, tcp.Client)}
 
 
 def send_at_once(transport: object) -> None:
