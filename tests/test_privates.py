@@ -36,6 +36,8 @@ _LIBRARY_PRIVATES = {
     # half, before a write is sent at once: FileDescriptor says so only there.
     ("txschannel/_sendnow.py", "transport._tempDataBuffer"),
     ("txschannel/_sendnow.py", "transport._writeDisconnected"),
+    # Whether abortConnection() was called: tcp.Connection says so only there.
+    ("txschannel/_sendnow.py", "transport._aborting"),
 }
 
 

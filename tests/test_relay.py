@@ -28,7 +28,7 @@ from twisted.trial.unittest import FailTest, TestCase
 from tests.support.peers import LISTENER, Peer, free_port, require, start_backend, wait_for_port
 from tests.support.twist import Twist, curl
 from txschannel import ClientContext, Credentials, Status
-from txschannel.terminator.relay import Inbound, RelayFactory
+from txschannel.terminator.relay import Inbound, RelayFactory, send_at_once
 from txschannel.testing import CertificateAuthority
 
 #: Reads until end of stream, then answers "<length> <sha256>\n" and closes:
@@ -459,3 +459,37 @@ class SendAtOnceTests(TestCase):
         for transport in (outbound.transport, inbound.transport):
             self.assertEqual(transport.dataBuffer, b"")  # type: ignore[union-attr]
             self.assertEqual(transport._tempDataBuffer, [])  # type: ignore[union-attr]
+
+    @inlineCallbacks
+    def test_a_write_after_an_abort_is_dropped(self):  # type: ignore[no-untyped-def]
+        """As with Twisted's own queue: bytes written between abortConnection()
+        and the connection's end never reach the peer."""
+        backend = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(backend.close)
+        outbound: list[Protocol] = []
+
+        class Backend(Protocol):
+            def connectionMade(self) -> None:
+                outbound.append(self)
+
+        yield TCP4ClientEndpoint(
+            reactor, "127.0.0.1", backend.getsockname()[1], timeout=10
+        ).connect(Factory.forProtocol(Backend))
+        served, _ = backend.accept()
+        self.addCleanup(served.close)
+        transport = outbound[0].transport
+        send_at_once(transport)
+        transport.write(b"early")  # type: ignore[union-attr]
+        transport.abortConnection()  # type: ignore[union-attr]
+        transport.write(b"late")  # type: ignore[union-attr]
+        yield deferLater(reactor, 0.05, lambda: None)  # connectionLost runs
+        received = b""
+        while select.select([served], [], [], 5)[0]:
+            try:
+                chunk = served.recv(65536)
+            except ConnectionResetError:  # Twisted's abort ends in a reset
+                break
+            if not chunk:
+                break
+            received += chunk
+        self.assertNotIn(b"late", received)

@@ -37,6 +37,10 @@ def _sends_at_once(cls: type) -> type:
             and not transport._tempDataBuffer
             and transport.connected
             and not transport._writeDisconnected
+            # After abortConnection() the transport stays connected until
+            # its connectionLost() a turn later; what is queued meanwhile
+            # is dropped, and must not be sent here either.
+            and not transport._aborting
             and not transport.TLS
             # A paused producer, or a pull producer, is asked for more by
             # doWrite() once the queue drains: their writes take the queue,
