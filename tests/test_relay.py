@@ -493,3 +493,38 @@ class SendAtOnceTests(TestCase):
                 break
             received += chunk
         self.assertNotIn(b"late", received)
+
+
+class SendAtOnceGuardTests(TestCase):
+    """The switch reads Twisted internals; a Twisted without one of them keeps
+    its own write instead of failing every write."""
+
+    @inlineCallbacks
+    def test_a_transport_lacking_a_name_the_switch_reads_is_left_alone(self):  # type: ignore[no-untyped-def]
+        from txschannel import _sendnow
+
+        self.patch(_sendnow, "_READS", _sendnow._READS + ("_not_in_any_twisted",))
+        self.patch(_sendnow, "_checked", False)
+        self.patch(_sendnow, "_SWITCHED", dict(_sendnow._SWITCHED))
+        accepted: Deferred[Protocol] = Deferred()
+
+        class Accepting(Factory):
+            def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+                protocol = Protocol()
+                reactor.callLater(0, accepted.callback, protocol)
+                return protocol
+
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Accepting())
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
+        self.addCleanup(client.close)
+        protocol = yield accepted
+        transport = protocol.transport
+        self.addCleanup(transport.loseConnection)  # type: ignore[union-attr]
+        original = type(transport)
+        send_at_once(transport)
+        self.assertIs(type(transport), original)
+        self.assertEqual(_sendnow._SWITCHED, {})
+        # Writes still reach the peer, through Twisted's own queue.
+        transport.write(b"queued")  # type: ignore[union-attr]
+        self.assertEqual(transport._tempDataBuffer, [b"queued"])  # type: ignore[union-attr]

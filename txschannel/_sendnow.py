@@ -74,8 +74,26 @@ def _sends_at_once(cls: type) -> type:
     )
 
 
+#: The attributes of Twisted's transport that the switched ``write`` reads.
+#: A Twisted that renames one would break every write, so the switch is
+#: made only on a transport that has them all (checked on the first one).
+_READS = (
+    "dataBuffer",
+    "_tempDataBuffer",
+    "connected",
+    "_writeDisconnected",
+    "_aborting",
+    "TLS",
+    "producer",
+    "streamingProducer",
+    "producerPaused",
+    "socket",
+)
+
 #: Twisted's TCP transport classes, and their send-at-once subclasses.
 _SWITCHED: dict[type, type] = {cls: _sends_at_once(cls) for cls in (tcp.Server, tcp.Client)}
+#: Whether this Twisted's transports were found to carry every name of _READS.
+_checked = False
 
 
 def send_at_once(transport: object) -> None:
@@ -83,9 +101,18 @@ def send_at_once(transport: object) -> None:
     once when nothing is queued before it (see the module's docstring).
 
     Transports of any other class (Unix sockets, another reactor's TCP, a
-    test's transport, one already switched) are left alone. Never raises.
+    test's transport, one already switched) are left alone, and so is every
+    transport when this Twisted's lacks a name the switched ``write`` reads
+    (:data:`_READS`). Never raises.
     """
+    global _checked
     switched = _SWITCHED.get(type(transport))
+    if switched is not None and not _checked:
+        if not all(hasattr(transport, name) for name in _READS):
+            # Another Twisted than the ones tested: keep its own write.
+            _SWITCHED.clear()
+            return
+        _checked = True
     if switched is not None:
         # The class, not an instance attribute: a connection holds nothing more.
         transport.__class__ = switched
