@@ -52,7 +52,10 @@ rows are named measurements:
   from ``openssl s_time -new`` (transport.py);
 - ``floor-tls-cpu`` / ``floor-tls-mbs``: ``twist schannel`` with TLS in
   front of floor.py's backend: server CPU ms per connection (``s_time
-  -new`` with one small request each) and MB/s of one ``curl`` download.
+  -new`` with one small request each) and MB/s of one ``curl`` download;
+- ``floor-idle-kb``: the same ``twist schannel`` (a fresh one): KB of its
+  VmRSS per idle relayed TLS connection, over 2,000 connections
+  (idle_memory.py, floor.py's "KB/idle conn").
 
 Each run measures every row once for both sides, the sides taking turns
 (base first in even runs, head first in odd ones), so that a slow spell on
@@ -115,7 +118,11 @@ ROWS: dict[str, Measurement] = {
     "floor-tls-cpu": Measurement("ms/conn", False, "twist schannel (TLS): server CPU per "
                                  "connection"),
     "floor-tls-mbs": Measurement("MB/s", True, "twist schannel (TLS): one curl download"),
+    "floor-idle-kb": Measurement("KB/conn", False, "twist schannel (TLS): VmRSS per idle "
+                                 "relayed connection"),
 }
+#: Connections for floor-idle-kb.
+IDLE_CONNECTIONS = 2000
 DEFAULT_ROWS = ("endpoint-bulk", "endpoint-bulk-ssl", "transport-bulk", "handshake-cpu")
 
 
@@ -159,7 +166,7 @@ def measure(rows: list[str], megabytes: int, seconds: float, size_mib: int
         if "handshake-cpu" in rows:
             results["handshake-cpu"] = transport.handshakes(
                 ["schannel"], files, "-new", "-tls1_3", max(1, round(seconds)))["schannel"][0]
-    for row in ("floor-tls-cpu", "floor-tls-mbs"):
+    for row in ("floor-tls-cpu", "floor-tls-mbs", "floor-idle-kb"):
         if row in rows:
             results[row] = measure_floor(row, seconds, size_mib)
     return {row: value for row, value in results.items() if row in rows}
@@ -171,13 +178,18 @@ def cpu_per_gigabyte(seconds: float, megabytes: int) -> float:
 
 
 def measure_floor(row: str, seconds: float, size_mib: int) -> float:
-    """floor.py's ``twist schannel (TLS)`` row: CPU ms per connection or MB/s."""
+    """floor.py's ``twist schannel (TLS)`` row: CPU ms per connection, MB/s
+    or KB per idle connection."""
     import shutil
 
     import floor
+    import idle_memory
     import relay
 
     size = size_mib * 1024 * 1024
+    if row == "floor-idle-kb":
+        # Before the server starts: it inherits the limit.
+        idle_memory.raise_fd_limit(2 * (IDLE_CONNECTIONS + 100))
     folder, backend, backend_port = relay.start_backend("txschannel-compare-floor-", size)
     try:
         port = relay.free_port()
@@ -190,6 +202,9 @@ def measure_floor(row: str, seconds: float, size_mib: int) -> float:
                 count = floor.tls_connections(port, folder / "ca.pem", max(1, round(seconds)))
                 spent = relay.group_cpu_seconds(terminator.process.pid) - before
                 return spent * 1000 / count
+            if row == "floor-idle-kb":
+                return idle_memory.idle_kb(terminator.process.pid, port, folder / "ca.pem",
+                                           IDLE_CONNECTIONS)
             return relay.throughput(port, folder / "ca.pem", size)
         finally:
             terminator.stop()

@@ -39,13 +39,21 @@ Two figures per row:
   this figure. Plain rows are driven by a Python client, TLS rows by
   ``openssl s_time -new`` (a full handshake each, as in ``relay.py``);
 - MB/s: one ``curl`` download of a large body (``http://`` or ``https://``),
-  body bytes / curl's total time (MB = 10^6 bytes).
+  body bytes / curl's total time (MB = 10^6 bytes);
+- KB per idle connection (``--idle N``, default 2,000; 0 leaves it out):
+  idle_memory.py's measurement, once per row on a fresh server before the
+  rounds: 100 connections (TLS ones with the handshake done) held idle,
+  the server's VmRSS read, N more opened, VmRSS read again; KB (10^3
+  bytes) = the difference / N. The soft RLIMIT_NOFILE is raised to the
+  hard limit first (the servers inherit it): each connection takes two
+  descriptors in the server.
 
 The rows take turns within each round; the best figure of the rounds is
 kept (the lowest CPU, the highest MB/s). Run from the repository root::
 
     python benchmarks/floor.py               # 3 rounds, about two minutes
     python benchmarks/floor.py --rounds 5 --size-mib 512
+    python benchmarks/floor.py --rounds 0 --idle 5000   # idle memory only
 """
 
 from __future__ import annotations
@@ -61,6 +69,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from idle_memory import idle_kb, raise_fd_limit  # noqa: E402
 
 # The terminator processes, the backend and the helpers are relay.py's.
 from relay import (  # noqa: E402
@@ -133,6 +143,7 @@ class Row:
         self.tls = tls
         self.cpu: float | None = None
         self.speed: float | None = None
+        self.idle: float | None = None
 
 
 def main() -> None:
@@ -142,7 +153,11 @@ def main() -> None:
                         help="plain connections per row and round")
     parser.add_argument("--seconds", type=int, default=4, help="s_time run length (TLS rows)")
     parser.add_argument("--size-mib", type=int, default=256, help="download size")
+    parser.add_argument("--idle", type=int, default=2000,
+                        help="idle connections for KB/idle conn (0: not measured)")
     arguments = parser.parse_args()
+    if arguments.idle:
+        raise_fd_limit(2 * (arguments.idle + 100))
     for tool in ("curl", "openssl"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is needed on the PATH")
@@ -199,7 +214,20 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     try:
-        for row in rows:
+        for row in rows if arguments.idle else ():
+            # A fresh server each: the rounds' downloads would leave memory
+            # in its allocator that the new connections could reuse.
+            row.terminator.start()
+            try:
+                assert row.terminator.process is not None
+                row.idle = idle_kb(row.terminator.process.pid, row.terminator.port,
+                                   folder / "ca.pem" if row.tls else None, arguments.idle)
+            except (OSError, RuntimeError) as e:
+                print(f"idle memory: {row.terminator.name}: {e}", file=sys.stderr)
+            finally:
+                row.terminator.stop()
+        print("idle memory done", file=sys.stderr)
+        for row in rows if arguments.rounds else ():
             row.terminator.start()
         for round_number in range(arguments.rounds):
             for row in rows:
@@ -231,13 +259,15 @@ def main() -> None:
     floor = rows[0]
     print(f"\nA relay's floor, loopback, {os.cpu_count()} CPUs, body {arguments.size_mib} MiB, "
           f"best of {arguments.rounds} round(s); load average {load_before:.2f} before, "
-          f"{os.getloadavg()[0]:.2f} after. Ratios are against twist portforward.")
+          f"{os.getloadavg()[0]:.2f} after. Ratios are against twist portforward; "
+          f"KB/idle conn over {arguments.idle} connections.")
     width = max(len(row.terminator.name) for row in rows) + 2
-    print(f"{'server':<{width}}{'CPU ms/conn':>13}{'ratio':>8}{'MB/s':>8}{'ratio':>8}")
+    print(f"{'server':<{width}}{'CPU ms/conn':>13}{'ratio':>8}{'MB/s':>8}{'ratio':>8}"
+          f"{'KB/idle conn':>14}")
     for row in rows:
         print(f"{row.terminator.name:<{width}}{_cell(row.cpu, 2):>13}"
               f"{_ratio(row.cpu, floor.cpu):>8}{_cell(row.speed, 0):>8}"
-              f"{_ratio(row.speed, floor.speed):>8}")
+              f"{_ratio(row.speed, floor.speed):>8}{_cell(row.idle, 1):>14}")
     print(f"\n(logs and configuration in {folder})")
 
 
