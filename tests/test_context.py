@@ -16,6 +16,7 @@ import trustme
 from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from OpenSSL import SSL
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.support.contexts import (
@@ -412,6 +413,15 @@ class IdleMemoryTests(SynchronousTestCase):
                 pair.client.extra + pair.to_client + server.encrypt(b"pong")).data, b"pong")
             self.assertEqual(server.decrypt(pair.to_server + client.encrypt(b"ping")).data,
                              b"ping")
+
+    def test_a_pair_holding_bytes_is_kept(self) -> None:
+        # Bytes in either BIO would be lost with it: the swap is refused.
+        connection = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+        connection.set_connect_state()
+        connection.bio_write(b"\x16\x03\x03")
+        before = (connection._into_ssl, connection._from_ssl)
+        _openssl.engine.fresh_buffers(connection)
+        self.assertEqual((connection._into_ssl, connection._from_ssl), before)
 
 
 # -- closing -----------------------------------------------------------------

@@ -71,6 +71,7 @@ PUBLIC_API_VARIABLE = "TXSCHANNEL_PUBLIC_API"
 # pyOpenSSL that binds less) and the public path is taken for everything.
 _FUNCTIONS = (
     "BIO_free",
+    "BIO_get_mem_data",
     "BIO_new",
     "BIO_read",
     "BIO_s_mem",
@@ -403,6 +404,13 @@ class FastEngine:
 
     @staticmethod
     def fresh_buffers(connection: SSL.Connection) -> None:
+        # Only an empty pair is replaced: bytes left in either (which the
+        # handshake loop never leaves) would be lost with it.
+        if (
+            lib.BIO_get_mem_data(connection._into_ssl, ffi.NULL) != 0
+            or lib.BIO_get_mem_data(connection._from_ssl, ffi.NULL) != 0
+        ):
+            return
         into = lib.BIO_new(lib.BIO_s_mem())
         out = lib.BIO_new(lib.BIO_s_mem())
         if into == ffi.NULL or out == ffi.NULL:
