@@ -144,6 +144,11 @@ class ConnectionGate:
     the connection closes.
     """
 
+    #: The application starts only after makeConnection() turned Nagle off
+    #: and switched the TCP under us to sending at once (see relay.no_delay
+    #: and relay.send_at_once): the relay need not do it again.
+    tcp_tuned = True
+
     def __init__(self, factory: GateFactory, address: IAddress) -> None:
         self.factory = factory
         self.address = address

@@ -377,8 +377,11 @@ class Inbound(_Side):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        no_delay(self.transport)
-        send_at_once(self.transport)
+        if not getattr(self.transport, "tcp_tuned", False):
+            # (Under a gate both are done already: a setsockopt and a walk
+            # down the layers less per connection.)
+            no_delay(self.transport)
+            send_at_once(self.transport)
         # Read nothing more until the outgoing side exists to take it.
         pause = getattr(self.transport, "pauseProducing", None)
         if callable(pause):
