@@ -56,6 +56,9 @@ _log = Logger(namespace="txschannel")
 
 
 _NEEDS_QUOTES = re.compile(r'[\s"=]').search
+#: Printable ASCII but for space, '"', '=' and backslash: text made only of
+#: these is its own logfmt value (nothing to escape, nothing to quote).
+_PLAIN = re.compile(r"[!#-<>-\[\]-~]+").fullmatch
 
 
 def _data_may_be_lost(reason: Failure) -> bool:
@@ -76,8 +79,12 @@ def _logfmt(value: object) -> str:
     # that one connection is always one line.
     if value is None or value == "":
         return "-"
-    if type(value) is int:  # byte counts: nothing to escape
+    if type(value) is int or type(value) is float:  # counts, durations: nothing to escape
         return str(value)
+    if type(value) is str and _PLAIN(value):
+        # The usual address, protocol, cipher and name: one regex call
+        # instead of printable() and the quoting check (a line per connection).
+        return value
     text = printable(value if isinstance(value, str) else str(value))
     if _NEEDS_QUOTES(text):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -380,7 +387,7 @@ class ConnectionGate:
             "duration": round(self.factory.clock.seconds() - self._started, 3),
             "reason": why,
         }
-        line = " ".join(f"{name}={_logfmt(value)}" for name, value in fields.items())
+        line = " ".join([f"{name}={_logfmt(value)}" for name, value in fields.items()])
         if self.factory.worker is not None:
             # (Not in the line: a worker's log observer ends every line with
             # it, see _worker_lines.)
