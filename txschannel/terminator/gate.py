@@ -31,7 +31,7 @@ from zope.interface import implementer, providedBy
 
 from txschannel.context import Attributes
 from txschannel.peertext import PeerText, printable
-from txschannel.protocol import ConnectionTruncated, declare_provides
+from txschannel.protocol import ConnectionTruncated, SchannelProtocol, declare_provides
 from txschannel.status import SecurityError
 from txschannel.terminator.access import AccessPolicy
 from txschannel.terminator.addresses import address_text
@@ -206,7 +206,10 @@ class ConnectionGate:
         if metrics is not None:
             metrics.connections_open.inc()
         no_delay(transport)
-        send_at_once(transport)
+        if type(transport) is not SchannelProtocol:
+            # (Ours switched the TCP under it in its own makeConnection: the
+            # walk down the layers to find it again is saved.)
+            send_at_once(transport)
         context = getattr(transport, "securityContext", None)
         # Whether a handshake outcome is still to be counted.
         self._handshaking = context is not None and not getattr(context, "established", False)
