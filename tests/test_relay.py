@@ -495,6 +495,93 @@ class SendAtOnceTests(TestCase):
         self.assertNotIn(b"late", received)
 
 
+class DirectConnectTests(TestCase):
+    """A ``tcp:`` backend is dialled with ``connectTCP`` straight (no endpoint
+    wrapper per connection), and cancelling the attempt still stops it."""
+
+    def relay(self, backend_port: int) -> tuple[RelayFactory, list[Inbound]]:
+        relays: list[Inbound] = []
+        relay_factory = RelayFactory(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", backend_port, timeout=10)
+        )
+        build = relay_factory.buildProtocol
+
+        def counting(addr):  # type: ignore[no-untyped-def]
+            relays.append(build(addr))
+            return relays[-1]
+
+        relay_factory.buildProtocol = counting  # type: ignore[method-assign]
+        return relay_factory, relays
+
+    @inlineCallbacks
+    def wait(self, condition, what: str):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertTrue(condition(), what)
+
+    @inlineCallbacks
+    def test_the_backend_protocol_is_the_relays_own(self):  # type: ignore[no-untyped-def]
+        backend = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(backend.close)
+        relay_factory, relays = self.relay(backend.getsockname()[1])
+        relay_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            relay_factory
+        )
+        self.addCleanup(relay_port.stopListening)
+        client = socket.create_connection(("127.0.0.1", relay_port.getHost().port), timeout=10)
+        self.addCleanup(client.close)
+        yield self.wait(lambda: relays and relays[0].partner is not None, "never joined")
+        served, _ = backend.accept()
+        self.addCleanup(served.close)
+        outbound = relays[0].partner
+        assert outbound is not None and outbound.transport is not None
+        # Through TCP4ClientEndpoint it would be Twisted's _WrappingProtocol.
+        self.assertIs(outbound.transport.protocol, outbound)  # type: ignore[attr-defined]
+        client.sendall(b"ping")
+        served.setblocking(False)
+        got: list[bytes] = []
+
+        def read() -> bool:
+            if select.select([served], [], [], 0)[0]:
+                got.append(served.recv(4))
+            return b"".join(got) == b"ping"
+
+        yield self.wait(read, "the client's bytes never reached the backend")
+
+    @inlineCallbacks
+    def test_a_client_ended_while_the_backend_connects_stops_the_attempt(self):  # type: ignore[no-untyped-def]
+        # A listening socket that never accepts, its queue filled: the
+        # kernel drops further SYNs, so connecting hangs (see test_limits).
+        server = socket.socket()
+        self.addCleanup(server.close)
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        for _ in range(3):
+            filler = socket.socket()
+            self.addCleanup(filler.close)
+            filler.setblocking(False)
+            filler.connect_ex(server.getsockname())
+        relay_factory, relays = self.relay(server.getsockname()[1])
+        relay_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            relay_factory
+        )
+        self.addCleanup(relay_port.stopListening)
+        client = socket.create_connection(("127.0.0.1", relay_port.getHost().port), timeout=10)
+        yield self.wait(lambda: relays and relays[0]._connecting is not None, "never dialled")
+        connector = relays[0]._connecting._connector  # type: ignore[union-attr]
+        self.assertEqual(connector.state, "connecting")
+        self.addCleanup(client.close)
+        # (A paused transport does not see its peer's close: ended from our
+        # side instead, as the gate's limits do.)
+        relays[0].transport.abortConnection()  # type: ignore[union-attr]
+        yield self.wait(lambda: relays[0].lost, "the client's end was not seen")
+        self.assertEqual(connector.state, "disconnected")
+        self.assertIsNone(relays[0]._connecting)
+        self.assertIsNone(relays[0].partner)
+        self.assertIn("client", relays[0].close_reason or "")
+
+
 class SendAtOnceGuardTests(TestCase):
     """The switch reads Twisted internals; a Twisted without one of them keeps
     its own write instead of failing every write."""
