@@ -34,9 +34,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
@@ -46,7 +44,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     ITransport,
 )
-from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -359,7 +357,7 @@ class Inbound(_Side):
         self._pending_size = 0
         #: The backend cannot be had: nothing more is kept for it.
         self._given_up = False
-        self._connecting: Deferred[IProtocol] | _Dialling | None = None
+        self._connecting: Deferred[IProtocol] | None = None
         #: How log lines name the backend this connection is relayed to.
         self.backend_name = factory.name
         #: Gives up on the backend connection after ``connect_timeout``.
@@ -409,13 +407,8 @@ class Inbound(_Side):
         timeout = self.factory.connect_timeout
         if timeout is not None:
             self._connect_timer = self.factory._clock.callLater(timeout, self._connect_timed_out)
-        target = _tcp_target(endpoint)
-        if target is not None:
-            dialling = self._connecting = _Dialling(self)
-            dialling.dial(*target)
-            return
-        connecting = self._connecting = endpoint.connect(_OutboundFactory(self))
-        connecting.addCallbacks(self._joined, self._unreachable)
+        self._connecting = endpoint.connect(_OutboundFactory(self))
+        self._connecting.addCallbacks(self._joined, self._unreachable)
 
     def _connect_timed_out(self) -> None:
         self._connect_timer = None
@@ -542,16 +535,12 @@ class Inbound(_Side):
 class Outbound(_Side):
     """The side this relay connected to (the ``--connect`` endpoint)."""
 
-    def __init__(self, inbound: Inbound, joins: bool = False) -> None:
+    def __init__(self, inbound: Inbound) -> None:
         self.inbound = inbound
-        #: Made by _Dialling: no endpoint Deferred tells the inbound side.
-        self._joins = joins
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
         send_at_once(self.transport)
-        if self._joins:
-            self.inbound._joined(self)
 
     def readConnectionLost(self) -> None:
         self.inbound._finished("backend")
@@ -615,81 +604,6 @@ class _OutboundFactory(Factory):
         protocol = Outbound(self.inbound)
         protocol.factory = self
         return protocol
-
-
-def _tcp_target(endpoint: IStreamClientEndpoint) -> tuple[Any, str, int, float, Any] | None:
-    """The reactor, host, port, timeout and bind address that *endpoint* would pass
-    to ``connectTCP``, when it is a plain ``tcp:`` (or ``tcp6:`` to an IPv6
-    literal) client endpoint; None for any other endpoint.
-
-    ``TCP4ClientEndpoint.connect`` does nothing but wrap the factory (a
-    wrapping protocol declared with ``directlyProvides``, a Deferred with a
-    canceller) and call ``connectTCP``: a per-connection cost of some 40
-    Python calls that :class:`_Dialling` avoids with the same outcome. A
-    ``tcp6:`` host name is resolved by the endpoint first, so only its
-    literal addresses qualify; a ``tcp:`` host name is resolved by
-    ``connectTCP`` itself either way. Exact types only: a subclass may
-    connect differently.
-    """
-    kind = type(endpoint)
-    if kind is not TCP4ClientEndpoint and kind is not TCP6ClientEndpoint:
-        return None
-    fields = vars(endpoint)
-    try:
-        target = (fields["_reactor"], fields["_host"], fields["_port"],
-                  fields["_timeout"], fields["_bindAddress"])
-    except KeyError:  # a Twisted that renamed them: the endpoint connects
-        return None
-    if kind is TCP6ClientEndpoint and not isIPv6Address(target[1]):
-        return None
-    return target
-
-
-class _Dialling(ClientFactory):
-    """A backend connection made with ``connectTCP`` straight, for :func:`_tcp_target`.
-
-    It stands where the endpoint's Deferred would: :meth:`cancel` stops the
-    attempt, a failure goes to ``Inbound._unreachable`` and the connected
-    :class:`Outbound` calls ``Inbound._joined`` itself, as the Deferred's
-    callbacks would have.
-    """
-
-    # One per relayed connection: Twisted's start/stop lines would double the log.
-    noisy = False
-
-    def __init__(self, inbound: Inbound) -> None:
-        self.inbound = inbound
-        #: Connected or failed: nothing left to cancel or report.
-        self._over = False
-        self._connector: Any = None
-
-    def dial(self, reactor: Any, host: str, port: int, timeout: float,
-             bind_address: Any) -> None:
-        """Start connecting (what the endpoint's ``connect`` would do)."""
-        try:
-            self._connector = reactor.connectTCP(
-                host, port, self, timeout=timeout, bindAddress=bind_address
-            )
-        except Exception:
-            # As the endpoint's connect() would: its Deferred fails at once.
-            self._over = True
-            self.inbound._unreachable(Failure())  # type: ignore[no-untyped-call]
-
-    def buildProtocol(self, addr: IAddress | None) -> Outbound:
-        self._over = True
-        protocol = Outbound(self.inbound, joins=True)
-        protocol.factory = self
-        return protocol
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if not self._over:
-            self._over = True
-            self.inbound._unreachable(reason)
-
-    def cancel(self) -> None:
-        """Stop connecting: the failure reaches ``_unreachable`` (which sees why)."""
-        if not self._over and self._connector is not None:
-            self._connector.stopConnecting()
 
 
 class RelayFactory(Factory):
