@@ -16,8 +16,7 @@ import trustme
 from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from OpenSSL import SSL
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.contexts import (
     NAME,
@@ -375,53 +374,6 @@ class ExtraTests(SynchronousTestCase):
         result = pair.server.context.decrypt(b"")
         self.assertEqual((result.status, result.data, result.missing),
                          (Status.INCOMPLETE_MESSAGE, b"", 5))
-
-
-# -- what an idle connection keeps ------------------------------------------------
-
-
-def _bios(context: ClientContext | ServerContext) -> tuple[int, int]:
-    """The addresses of the memory BIOs OpenSSL reads from and writes to."""
-    connection = context._connection
-    assert connection is not None
-    return (int(_openssl.ffi.cast("uintptr_t", connection._into_ssl)),
-            int(_openssl.ffi.cast("uintptr_t", connection._from_ssl)))
-
-
-class IdleMemoryTests(SynchronousTestCase):
-    """An established connection does not keep the buffers of its handshake."""
-
-    def setUp(self) -> None:
-        if not _openssl.FAST:
-            raise SkipTest("the public API cannot replace a connection's BIOs")
-
-    def test_the_handshake_bios_are_replaced(self) -> None:
-        # A memory BIO keeps the largest size it held: the pair that carried
-        # the handshake's flights must not be the pair an idle connection
-        # keeps. (Both are allocated before the old pair is freed, so equal
-        # addresses mean the same BIOs.)
-        for version in ("TLSv1.2", "TLSv1.3"):
-            client = ClientContext(client_credentials(maximum_version=version), NAME)
-            server = ServerContext(server_credentials(maximum_version=version))
-            before = {"client": _bios(client), "server": _bios(server)}
-            pair = handshake(client, server)
-            for side, context in (("client", client), ("server", server)):
-                after = _bios(context)
-                self.assertEqual(len(set(before[side] + after)), 4, (version, side))
-            # The new pair carries what follows: tickets, data both ways.
-            self.assertEqual(pair.client.context.decrypt(
-                pair.client.extra + pair.to_client + server.encrypt(b"pong")).data, b"pong")
-            self.assertEqual(server.decrypt(pair.to_server + client.encrypt(b"ping")).data,
-                             b"ping")
-
-    def test_a_pair_holding_bytes_is_kept(self) -> None:
-        # Bytes in either BIO would be lost with it: the swap is refused.
-        connection = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
-        connection.set_connect_state()
-        connection.bio_write(b"\x16\x03\x03")
-        before = (connection._into_ssl, connection._from_ssl)
-        _openssl.engine.fresh_buffers(connection)
-        self.assertEqual((connection._into_ssl, connection._from_ssl), before)
 
 
 # -- closing -----------------------------------------------------------------

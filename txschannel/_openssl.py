@@ -70,11 +70,7 @@ PUBLIC_API_VARIABLE = "TXSCHANNEL_PUBLIC_API"
 # Everything the fast path calls in the binding: one missing name (a
 # pyOpenSSL that binds less) and the public path is taken for everything.
 _FUNCTIONS = (
-    "BIO_free",
-    "BIO_get_mem_data",
-    "BIO_new",
     "BIO_read",
-    "BIO_s_mem",
     "BIO_write",
     "ERR_clear_error",
     "SSL_CTX_set1_curves_list",
@@ -86,7 +82,6 @@ _FUNCTIONS = (
     "SSL_get_verify_result",
     "SSL_read",
     "SSL_session_reused",
-    "SSL_set_bio",
     "SSL_write",
     "X509_STORE_CTX_get_current_cert",
     "X509_STORE_CTX_get_error",
@@ -349,16 +344,6 @@ class Engine(Protocol):
         OpenSSL's input, whose plaintext is at most *limit* bytes. (The
         public path counts no unread bytes after a close_notify: 0.)"""
 
-    @staticmethod
-    def fresh_buffers(connection: SSL.Connection) -> None:
-        """Give OpenSSL new, empty memory BIOs for its input and output, the
-        old ones (empty: the caller has read everything from both) freed.
-
-        A memory BIO keeps the largest size it ever held, so the BIOs that
-        carried the handshake would hold its flights for as long as the
-        connection lives. The public path cannot replace them: it does
-        nothing."""
-
 
 def _read_all(read: Callable[[Any, int], bytes], source: Any, size_hint: int) -> bytes:
     """All the bytes ``read(source, size)`` gives: a read of *size_hint*,
@@ -401,30 +386,6 @@ class FastEngine:
     @staticmethod
     def drain(connection: SSL.Connection, size_hint: int) -> bytes:
         return _read_bio(connection._from_ssl, size_hint)
-
-    @staticmethod
-    def fresh_buffers(connection: SSL.Connection) -> None:
-        # Only an empty pair is replaced: bytes left in either (which the
-        # handshake loop never leaves) would be lost with it.
-        if (
-            lib.BIO_get_mem_data(connection._into_ssl, ffi.NULL) != 0
-            or lib.BIO_get_mem_data(connection._from_ssl, ffi.NULL) != 0
-        ):
-            return
-        into = lib.BIO_new(lib.BIO_s_mem())
-        out = lib.BIO_new(lib.BIO_s_mem())
-        if into == ffi.NULL or out == ffi.NULL:
-            # Out of memory: keep the old ones, which work.
-            for bio in (into, out):
-                if bio != ffi.NULL:
-                    lib.BIO_free(bio)
-            return
-        # SSL_set_bio frees the old pair (the SSL owns them, as it owns
-        # these) and points the record layers at the new ones. pyOpenSSL
-        # keeps its own pointers to the pair for bio_read/bio_write.
-        lib.SSL_set_bio(connection._ssl, into, out)
-        connection._into_ssl = into
-        connection._from_ssl = out
 
     @staticmethod
     def write_input(
@@ -533,10 +494,6 @@ class PublicEngine:
     @staticmethod
     def drain(connection: SSL.Connection, size_hint: int) -> bytes:
         return _read_all(_public_bio_read, connection, size_hint)
-
-    @staticmethod
-    def fresh_buffers(connection: SSL.Connection) -> None:
-        pass
 
     @staticmethod
     def write_input(

@@ -75,7 +75,6 @@ _handshake_records = _openssl.engine.handshake_records
 _encrypt = _openssl.engine.encrypt
 _read_records = _openssl.engine.read_records
 _read_available = _openssl.engine.read_available
-_fresh_buffers = _openssl.engine.fresh_buffers
 
 
 class Step(NamedTuple):
@@ -421,11 +420,6 @@ class SecurityContext:
                 self._check_group(connection)
             self._state = _State.ESTABLISHED
             self._on_established(connection)
-            # Both BIOs are empty now (the token and the extra bytes were
-            # read out of them); the pair that carried the handshake would
-            # keep the size of its largest flight for the connection's life
-            # (about 3.5 KB of an idle connection's memory).
-            _fresh_buffers(connection)
             return Step(Status.OK, token, extra, 0)
         if extra:
             # A partial record: the caller must come back with more of it.
