@@ -1566,6 +1566,26 @@ class ReferenceTests(SynchronousTestCase):
         gc.disable()
         self.addCleanup(gc.enable)
 
+    def pair(self, clock: Clock) -> tuple[
+        SchannelProtocol, SchannelProtocol, StringTransport, StringTransport
+    ]:
+        """A client and a server connection on *clock*, each made with the
+        transport the other's bytes are read from: (client, server, to the
+        server, to the client)."""
+        client_factory = SchannelFactory(
+            client_credentials(), True, ClientFactory.forProtocol(App), clock,
+            target_name="localhost",
+        )
+        server_factory = SchannelFactory(
+            server_credentials(), False, ServerFactory.forProtocol(App), clock
+        )
+        client, server = client_factory.buildProtocol(None), server_factory.buildProtocol(None)
+        assert client is not None and server is not None
+        to_server, to_client = StringTransport(), StringTransport()
+        client.makeConnection(to_server)
+        server.makeConnection(to_client)
+        return client, server, to_server, to_client
+
     def shuttle(self, client: SchannelProtocol, server: SchannelProtocol,
                 to_server: StringTransport, to_client: StringTransport) -> None:
         for _ in range(10):
@@ -1599,19 +1619,7 @@ class ReferenceTests(SynchronousTestCase):
     def test_connection_closed_with_close_notify_leaves_no_reference_cycle(self) -> None:
         """The close sequence that a closing connection holds refers back to
         it; the reference is dropped when the connection is over."""
-        clock = Clock()
-        client_factory = SchannelFactory(
-            client_credentials(), True, ClientFactory.forProtocol(App), clock,
-            target_name="localhost",
-        )
-        server_factory = SchannelFactory(
-            server_credentials(), False, ServerFactory.forProtocol(App), clock
-        )
-        client, server = client_factory.buildProtocol(None), server_factory.buildProtocol(None)
-        assert client is not None and server is not None
-        to_server, to_client = StringTransport(), StringTransport()
-        client.makeConnection(to_server)
-        server.makeConnection(to_client)
+        client, server, to_server, to_client = self.pair(Clock())
         self.shuttle(client, server, to_server, to_client)
         server.loseConnection()
         self.shuttle(client, server, to_server, to_client)
@@ -1619,24 +1627,13 @@ class ReferenceTests(SynchronousTestCase):
             self.assertTrue(protocol._closing.sent and protocol._closing.received)
             protocol.connectionLost(Failure(ConnectionDone()))
         freed = [weakref.ref(p) for p in (client, server)]
-        del client, server, protocol, client_factory, server_factory
+        del client, server, protocol
         self.assertEqual([ref() for ref in freed], [None] * 2)
 
     def test_closed_connection_with_a_producer_leaves_no_reference_cycle(self) -> None:
         clock = Clock()
-        client_factory = SchannelFactory(
-            client_credentials(), True, ClientFactory.forProtocol(App), clock,
-            target_name="localhost",
-        )
-        server_factory = SchannelFactory(
-            server_credentials(), False, ServerFactory.forProtocol(App), clock
-        )
-        client, server = client_factory.buildProtocol(None), server_factory.buildProtocol(None)
-        assert client is not None and server is not None
+        client, server, to_server, to_client = self.pair(clock)
         client_app = client.wrappedProtocol
-        to_server, to_client = StringTransport(), StringTransport()
-        client.makeConnection(to_server)
-        server.makeConnection(to_client)
         producer = RecordingPush()
         server.registerProducer(producer, True)
         producer.transport = server  # type: ignore[attr-defined]  # as real producers do
@@ -1652,5 +1649,5 @@ class ReferenceTests(SynchronousTestCase):
         ]
         # A real transport drops its producer when the connection is lost.
         to_client.producer = None
-        del client, server, protocol, producer, client_app, client_factory, server_factory
+        del client, server, protocol, producer, client_app
         self.assertEqual([ref() for ref in freed], [None] * 4)

@@ -86,6 +86,19 @@ def tls_half_close_exchange(port: int, trust: str, payload: bytes) -> bytes:
             buffer = unwrapped.extra + data
 
 
+def _recording(relay_factory: RelayFactory) -> list[Inbound]:
+    """The relays *relay_factory* builds, in the order it builds them."""
+    relays: list[Inbound] = []
+    build = relay_factory.buildProtocol
+
+    def recording(addr):  # type: ignore[no-untyped-def]
+        relays.append(build(addr))
+        return relays[-1]
+
+    relay_factory.buildProtocol = recording  # type: ignore[method-assign]
+    return relays
+
+
 class TerminationTests(TestCase):
     """curl (TLS) -> twist schannel -> a plaintext backend."""
 
@@ -271,18 +284,10 @@ class FlowControlTests(TestCase):
             Factory.forProtocol(backend)
         )
         self.addCleanup(backend_port.stopListening)
-        relays: list[Inbound] = []
         relay_factory = RelayFactory(
             TCP4ClientEndpoint(reactor, "127.0.0.1", backend_port.getHost().port, timeout=10)
         )
-        build = relay_factory.buildProtocol
-
-        def counting(addr):  # type: ignore[no-untyped-def]
-            protocol = build(addr)
-            relays.append(protocol)
-            return protocol
-
-        relay_factory.buildProtocol = counting  # type: ignore[method-assign]
+        relays = _recording(relay_factory)
         relay_port = yield listen.listen(relay_factory)
         self.addCleanup(relay_port.stopListening)
 
@@ -375,18 +380,11 @@ class JoinFailureTests(TestCase):
         def broken(transport: object) -> bytes:
             raise ValueError("no header\nFAKE")
 
-        relays: list[Inbound] = []
         relay_factory = RelayFactory(
             TCP4ClientEndpoint(reactor, "127.0.0.1", backend_port.getHost().port, timeout=10),
             proxy_header=broken,
         )
-        build = relay_factory.buildProtocol
-
-        def counting(addr):  # type: ignore[no-untyped-def]
-            relays.append(build(addr))
-            return relays[-1]
-
-        relay_factory.buildProtocol = counting  # type: ignore[method-assign]
+        relays = _recording(relay_factory)
         relay_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             relay_factory
         )
@@ -413,17 +411,10 @@ class SendAtOnceTests(TestCase):
         # runs in the reactor; the test reads them without turning it.
         backend = socket.create_server(("127.0.0.1", 0))
         self.addCleanup(backend.close)
-        relays: list[Inbound] = []
         relay_factory = RelayFactory(
             TCP4ClientEndpoint(reactor, "127.0.0.1", backend.getsockname()[1], timeout=10)
         )
-        build = relay_factory.buildProtocol
-
-        def counting(addr):  # type: ignore[no-untyped-def]
-            relays.append(build(addr))
-            return relays[-1]
-
-        relay_factory.buildProtocol = counting  # type: ignore[method-assign]
+        relays = _recording(relay_factory)
         relay_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             relay_factory
         )
