@@ -35,7 +35,15 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol, ServerFa
 from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import (
+    FilteringLogObserver,
+    LimitedHistoryLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    LogPublisher,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.protocols._tls_legacy import LegacyContextFactoryWarning
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -45,6 +53,7 @@ from zope.interface import implementer
 
 from tests.support import hellos
 from txschannel import Credentials, SecurityError, Status
+from txschannel import protocol as protocol_module
 from txschannel.protocol import (
     ConnectionTruncated,
     HandshakeBufferExceeded,
@@ -391,6 +400,76 @@ class HandshakeTests(SynchronousTestCase):
         self.assertIs(tls.wrappedProtocol.transport, tls)
         self.assertEqual(factory.protocols, {tls: 1})
         tls.abortConnection()
+
+
+class DebugEventTests(SynchronousTestCase):
+    """The debug event of a completed handshake: the same fields whoever
+    observes it, and not built when every observer's filter drops it."""
+
+    def observe_through(self, *observers: Any) -> LogPublisher:
+        """Make *observers* (behind a publisher) all that txschannel.protocol logs to."""
+        publisher = LogPublisher(*observers)
+        self.patch(protocol_module._log, "observer", publisher)
+        return publisher
+
+    def test_event_through_a_debug_level_filter_has_every_field(self) -> None:
+        events: list[dict[str, Any]] = []
+        self.observe_through(
+            FilteringLogObserver(events.append, [LogLevelFilterPredicate(LogLevel.debug)])
+        )
+        pair = Pair(client=client_credentials(alpn=["h2"]), server=server_credentials(alpn=["h2"]))
+        pair.flush()
+        done = [e for e in events if e.get("status") == "OK"]
+        self.assertEqual(len(done), 2)
+        for event in done:
+            self.assertEqual(event["log_level"], LogLevel.debug)
+            self.assertEqual(event["log_namespace"], "txschannel.protocol")
+            self.assertEqual(event["protocol"], "TLSv1.3")
+            self.assertEqual(event["alpn"], "h2")
+            self.assertEqual(event["server_name"], "localhost")
+            self.assertIs(event["resumed"], False)
+            self.assertEqual(
+                formatEvent(event),
+                f"TLS handshake with {event['peer']} done: TLSv1.3 {event['cipher']}, "
+                "ALPN h2, server name localhost",
+            )
+
+    def test_filtered_out_until_a_level_or_an_observer_wants_it(self) -> None:
+        kept: list[dict[str, Any]] = []
+        predicate = LogLevelFilterPredicate(LogLevel.info)
+        publisher = self.observe_through(FilteringLogObserver(kept.append, [predicate]))
+        self.assertFalse(protocol_module._debug_observed())
+        Pair().flush()
+        self.assertEqual(kept, [])
+        # A level changed while the process runs counts from the next handshake.
+        predicate.setLogLevelForNamespace("txschannel", LogLevel.debug)
+        self.assertTrue(protocol_module._debug_observed())
+        Pair().flush()
+        self.assertEqual(len([e for e in kept if e.get("status") == "OK"]), 2)
+        predicate.setLogLevelForNamespace("txschannel", LogLevel.info)
+        del kept[:]
+        # So does an observer added later, filtering or not.
+        later: list[dict[str, Any]] = []
+        publisher.addObserver(later.append)
+        Pair().flush()
+        self.assertEqual(kept, [])
+        self.assertEqual(len([e for e in later if e.get("status") == "OK"]), 2)
+
+    def test_observers_not_known_to_drop_debug_count_as_observing(self) -> None:
+        observed = protocol_module._debug_observed
+        info = LogLevelFilterPredicate(LogLevel.info)
+        self.assertFalse(observed(LogPublisher()))
+        self.assertFalse(observed(LogPublisher(FilteringLogObserver(print, [info]))))
+        self.assertTrue(observed(LogPublisher(print)))
+        # Twisted's buffer before logging begins keeps every event.
+        self.assertTrue(observed(LogPublisher(LimitedHistoryLogObserver())))
+        # A predicate that may look at other fields, or a negative observer.
+        self.assertTrue(observed(FilteringLogObserver(print, [info, lambda e: None])))
+        self.assertTrue(observed(FilteringLogObserver(print, [info], negativeObserver=print)))
+        # A filter that lets debug through observes what its observer does.
+        debug = LogLevelFilterPredicate(LogLevel.debug)
+        self.assertFalse(observed(FilteringLogObserver(LogPublisher(), [debug])))
+        self.assertTrue(observed(FilteringLogObserver(print, [debug])))
 
 
 class StreamTests(SynchronousTestCase):
