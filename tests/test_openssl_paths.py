@@ -79,6 +79,12 @@ class SwitchTests(SynchronousTestCase):
         self.assertEqual(_run(_WHICH, "0"), available)
         self.assertEqual(_run(_WHICH, None), available)
 
+    def test_the_internals_are_found_in_the_pyopenssl_tested_with(self) -> None:
+        # Every check of _internals() must pass on the pyOpenSSL installed
+        # here, or the whole suite would quietly run the public path only.
+        self.assertIsNotNone(_openssl._internals())
+        self.assertEqual(_run(_WHICH, None), "True")
+
     def test_the_public_path_works_from_a_subprocess(self) -> None:
         self.assertEqual(_run(_EXCHANGE, "1"), "TLSv1.3")
 

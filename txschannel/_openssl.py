@@ -112,6 +112,25 @@ def public_api_requested(environ: Any = None) -> bool:
     return value.strip() not in ("", "0")
 
 
+#: The attributes of a pyOpenSSL context that hold the helpers of its Python
+#: callbacks; each helper keeps the exceptions its callback raised in
+#: ``_problems``, which pyOpenSSL raises from the next call on the connection.
+_CALLBACK_HELPERS = ("_verify_helper", "_alpn_select_helper", "_ocsp_helper")
+
+
+def _callback_problems_readable(context: SSL.Context, connection: SSL.Connection) -> bool:
+    """Whether FastEngine.handshake can see, as pyOpenSSL does, that a
+    callback raised (see :func:`_callbacks_raised`). *connection* was made
+    from *context*; the probe has a context of its own."""
+    if getattr(connection, "_context", None) is not context:
+        return False
+    if not all(hasattr(context, name) for name in _CALLBACK_HELPERS):
+        return False
+    probe = SSL.Context(SSL.TLS_METHOD)
+    probe.set_alpn_select_callback(lambda connection, offered: b"")
+    return isinstance(getattr(probe._alpn_select_helper, "_problems", None), list)
+
+
 def _internals() -> tuple[Any, Any] | None:
     """pyOpenSSL's binding, if it has everything the fast path uses."""
     try:
@@ -131,6 +150,7 @@ def _internals() -> tuple[Any, Any] | None:
             )
             and callable(getattr(connection, "_raise_ssl_error", None))
             and getattr(context, "_context", None) is not None
+            and _callback_problems_readable(context, connection)
             and hasattr(SSL.Connection, "_reverse_mapping")
             and callable(getattr(crypto.X509, "_from_raw_x509_ptr", None))
             and hasattr(crypto.X509Store(), "_store")
@@ -307,6 +327,12 @@ class Engine(Protocol):
         """
 
     @staticmethod
+    def handshake(connection: SSL.Connection) -> bool:
+        """One SSL_do_handshake: True once the handshake is done, False when
+        OpenSSL wants more of the peer's bytes; anything else is raised as
+        pyOpenSSL's ``do_handshake()`` raises it."""
+
+    @staticmethod
     def handshake_records(
         connection: SSL.Connection,
         view: memoryview,
@@ -378,6 +404,16 @@ def _read_bio(bio: object, size_hint: int) -> bytes:
     return _read_all(_bio_read, bio, size_hint)
 
 
+def _callbacks_raised(context: SSL.Context) -> bool:
+    """Whether a Python callback of *context* (pyOpenSSL's helpers) raised
+    an exception that pyOpenSSL has not raised yet."""
+    for name in _CALLBACK_HELPERS:
+        helper = getattr(context, name)
+        if helper is not None and helper._problems:
+            return True
+    return False
+
+
 class FastEngine:
     """The engine on pyOpenSSL's internals: bulk data through SSL_write and
     SSL_read with no Python in between (pyOpenSSL's sendall() and bio_read()
@@ -395,6 +431,24 @@ class FastEngine:
             raise ShortWrite("BIO_write was short")
 
     @staticmethod
+    def handshake(connection: SSL.Connection) -> bool:
+        # pyOpenSSL's do_handshake() raises WantReadError for every flight
+        # that is not the last; an exception made, raised and caught costs
+        # more than the rest of this, once or twice per handshake.
+        ssl = connection._ssl
+        result = lib.SSL_do_handshake(ssl)
+        if (
+            result <= 0
+            and lib.SSL_get_error(ssl, result) == lib.SSL_ERROR_WANT_READ
+            and not _callbacks_raised(connection._context)
+        ):
+            return False
+        # Done, or an error: pyOpenSSL says which (and raises what a
+        # callback raised first, as its do_handshake() does).
+        connection._raise_ssl_error(ssl, result)
+        return True
+
+    @staticmethod
     def handshake_records(
         connection: SSL.Connection,
         view: memoryview,
@@ -406,9 +460,14 @@ class FastEngine:
         # once the handshake is done, what it left in its input BIO is
         # exactly what followed the last handshake record.
         complete = ends[-1]
-        connection.bio_write(view[:complete])
+        bio = connection._into_ssl
+        if lib.BIO_write(bio, ffi.from_buffer(view), complete) != complete:
+            raise SSL.Error([("txschannel", "", "internal error: BIO_write was short")])
         done = drive(connection)
-        return complete - len(_read_bio(connection._into_ssl, complete)), done
+        # What is left is at most what went in: one read takes it all out
+        # (only its size is needed).
+        left = lib.BIO_read(bio, _new_buffer("char[]", complete), complete)
+        return complete - max(left, 0), done
 
     @staticmethod
     def encrypt(
@@ -500,6 +559,14 @@ class PublicEngine:
         connection: SSL.Connection, data: bytes | bytearray | memoryview, size: int
     ) -> None:
         connection.bio_write(data if size == len(data) else memoryview(data)[:size])
+
+    @staticmethod
+    def handshake(connection: SSL.Connection) -> bool:
+        try:
+            connection.do_handshake()
+        except SSL.WantReadError:
+            return False
+        return True
 
     @staticmethod
     def handshake_records(

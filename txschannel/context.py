@@ -72,6 +72,7 @@ _RECV_SIZE = MAX_PLAINTEXT + 1024
 _drain = _openssl.engine.drain
 _write_input = _openssl.engine.write_input
 _handshake_records = _openssl.engine.handshake_records
+_do_handshake = _openssl.engine.handshake
 _encrypt = _openssl.engine.encrypt
 _read_records = _openssl.engine.read_records
 _read_available = _openssl.engine.read_available
@@ -450,7 +451,8 @@ class SecurityContext:
         # Errors are raised after the except blocks (see _frame).
         error: SecurityError | None
         try:
-            connection.do_handshake()
+            if not _do_handshake(connection):
+                return False
         except SSL.WantReadError:
             return False
         except SSL.ZeroReturnError:
