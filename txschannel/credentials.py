@@ -1213,6 +1213,12 @@ def sni_default(folder: str | os.PathLike[str]) -> str | None:
 
 
 def _switch_context(named: dict[str, SSL.Context]) -> Callable[[SSL.Connection], None]:
+    if not named:
+        # No SNI names: the callback is there only to acknowledge the
+        # extension (see Credentials.server), which returning does; reading
+        # the name would cost four Python calls per handshake for nothing.
+        return _acknowledge_server_name
+
     def switch(connection: SSL.Connection) -> None:
         name = connection.get_servername()
         if name is None:
@@ -1222,3 +1228,8 @@ def _switch_context(named: dict[str, SSL.Context]) -> Callable[[SSL.Connection],
             connection.set_context(context)
 
     return switch
+
+
+def _acknowledge_server_name(connection: SSL.Connection) -> None:
+    """The server-name callback of credentials without SNI names: pyOpenSSL
+    acknowledges the extension when it returns."""
