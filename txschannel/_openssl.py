@@ -120,7 +120,7 @@ _CALLBACK_HELPERS = ("_verify_helper", "_alpn_select_helper", "_ocsp_helper")
 
 def _callback_problems_readable(context: SSL.Context, connection: SSL.Connection) -> bool:
     """Whether FastEngine.handshake can see, as pyOpenSSL does, that a
-    callback raised (see :func:`_callbacks_raised`). *connection* was made
+    Python callback raised. *connection* was made
     from *context*; the probe has a context of its own."""
     if getattr(connection, "_context", None) is not context:
         return False
@@ -400,18 +400,19 @@ def _bio_read(bio: Any, size: int) -> bytes:
 
 
 def _read_bio(bio: object, size_hint: int) -> bytes:
-    """All the bytes waiting in a memory BIO (one copy into the result)."""
-    return _read_all(_bio_read, bio, size_hint)
+    """All the bytes waiting in a memory BIO (one copy into the result).
 
-
-def _callbacks_raised(context: SSL.Context) -> bool:
-    """Whether a Python callback of *context* (pyOpenSSL's helpers) raised
-    an exception that pyOpenSSL has not raised yet."""
-    for name in _CALLBACK_HELPERS:
-        helper = getattr(context, name)
-        if helper is not None and helper._problems:
-            return True
-    return False
+    The first read inline: it is usually the only one, and this runs for
+    every flight of a handshake.
+    """
+    buffer = _new_buffer("char[]", size_hint)
+    count = lib.BIO_read(bio, buffer, size_hint)
+    if count <= 0:
+        return b""
+    first: bytes = ffi.buffer(buffer, count)[:]
+    if count < size_hint:
+        return first
+    return first + _read_all(_bio_read, bio, size_hint * 2)
 
 
 class FastEngine:
@@ -437,12 +438,17 @@ class FastEngine:
         # more than the rest of this, once or twice per handshake.
         ssl = connection._ssl
         result = lib.SSL_do_handshake(ssl)
-        if (
-            result <= 0
-            and lib.SSL_get_error(ssl, result) == lib.SSL_ERROR_WANT_READ
-            and not _callbacks_raised(connection._context)
-        ):
-            return False
+        if result <= 0 and lib.SSL_get_error(ssl, result) == lib.SSL_ERROR_WANT_READ:
+            # Unless a Python callback raised an exception that pyOpenSSL
+            # has yet to raise (its helpers keep them).
+            context = connection._context
+            for helper in (
+                context._verify_helper, context._alpn_select_helper, context._ocsp_helper
+            ):
+                if helper is not None and helper._problems:
+                    break
+            else:
+                return False
         # Done, or an error: pyOpenSSL says which (and raises what a
         # callback raised first, as its do_handshake() does).
         connection._raise_ssl_error(ssl, result)

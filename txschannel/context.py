@@ -22,7 +22,7 @@ import enum
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -407,14 +407,13 @@ class SecurityContext:
             done = self._drive(connection)
         if framing.ends and self._awaiting_hello:
             # (Only a server waits for a ClientHello.)
-            view, framing, missing = cast("ServerContext", self)._take_hello(
-                connection, view, framing
-            )
+            server: ServerContext = self  # type: ignore[assignment]
+            view, framing, missing = server._take_hello(connection, view, framing)
             if missing:
                 return Step(Status.INCOMPLETE_MESSAGE, b"", bytes(view), missing)
         if framing.ends:
             consumed, done = _handshake_records(connection, view, framing.ends, self._drive)
-        token = self._drain(connection)
+        token = _drain(connection, 4096)
         extra = bytes(view[consumed:])
         if done:
             if self._credentials.observes_handshakes:

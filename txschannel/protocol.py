@@ -432,16 +432,24 @@ class _Handshake:
             if isinstance(context, ClientContext):
                 step = context.initialize(data)
             else:
-                step = cast(ServerContext, context).accept(data)
+                # (A ServerContext; annotated, not cast(): no call at run time.)
+                server: Any = context
+                step = server.accept(data)
         except SecurityError as e:
-            protocol.handshakeLadder.append((call, e.status.name, len(data), len(e.token)))
+            protocol.handshakeLadder.append(
+                # (``_name_``, the member's name as enum documents it: ``.name`` is a
+                # property, two Python calls per handshake step.)
+                (call, e.status._name_, len(data), len(e.token))
+            )
             protocol._security_failed(
                 e, "handshake", protocol=None, cipher=None, alpn=None, server_name=None
             )
             return None
         consumed = len(data) - len(step.extra)
         if consumed or step.token or step.status is not Status.INCOMPLETE_MESSAGE:
-            protocol.handshakeLadder.append((call, step.status.name, consumed, len(step.token)))
+            protocol.handshakeLadder.append(
+                (call, step.status._name_, consumed, len(step.token))
+            )
         if step.token:
             protocol.transport.write(step.token)
         if step.status is Status.OK:
@@ -632,7 +640,8 @@ def declare_provides(target: object, provided: Any) -> None:
     key = (type(target), provided)
     declaration = _DECLARATIONS.get(key)
     if declaration is not None:
-        cast(Any, target).__provides__ = declaration
+        holder: Any = target  # (not cast(): this runs once per connection)
+        holder.__provides__ = declaration
         return
     directlyProvides(target, provided)
     if len(_DECLARATIONS) < 256:  # per-instance declarations must not pile up
@@ -647,6 +656,8 @@ def _provide_like(protocol: SchannelProtocol, transport: object) -> None:
 #: ProtocolWrapper's methods carry no type hints; calling them through this
 #: name keeps ``mypy --strict`` quiet without an ignore at every call.
 _Wrapper: Any = ProtocolWrapper
+#: The same for Protocol (not ``cast()``, a function call on every connection).
+_Protocol: Any = Protocol
 
 
 def _credentials_from(
@@ -1087,8 +1098,9 @@ class SchannelProtocol(ProtocolWrapper):
         if getattr(transport, "bufferSize", None) == _TWISTED_BUFFER_SIZE:
             transport.bufferSize = _TWISTED_BUFFER_SIZE + _FRAMING_ROOM  # type: ignore[attr-defined]
         send_at_once(transport)
-        cast(Any, Protocol).makeConnection(self, transport)
-        cast(Any, self.factory).registerProtocol(self)
+        _Protocol.makeConnection(self, transport)
+        factory: Any = self.factory
+        factory.registerProtocol(self)
         if self._connectWrapped:
             # Not ProtocolWrapper.makeConnection, which would repeat what was
             # just done and declare every interface of the transport again,
