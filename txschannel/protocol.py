@@ -180,6 +180,11 @@ DEFAULT_HANDSHAKE_MEMORY = 64 * 1024 * 1024
 #: refusals must not become a flood of lines.
 _REFUSAL_LOG_INTERVAL = 10.0
 
+#: Read at every handshake step: as globals, not through EnumType.__getattr__
+#: (see txschannel.context).
+_OK = Status.OK
+_INCOMPLETE_MESSAGE = Status.INCOMPLETE_MESSAGE
+
 #: The ALPN list of a connection whose application speaks none of the
 #: configured protocols (see SchannelFactory._alpn).
 _NO_PROTOCOL_SPOKEN = (b"",)
@@ -446,13 +451,13 @@ class _Handshake:
             )
             return None
         consumed = len(data) - len(step.extra)
-        if consumed or step.token or step.status is not Status.INCOMPLETE_MESSAGE:
+        if consumed or step.token or step.status is not _INCOMPLETE_MESSAGE:
             protocol.handshakeLadder.append(
                 (call, step.status._name_, consumed, len(step.token))
             )
         if step.token:
             protocol.transport.write(step.token)
-        if step.status is Status.OK:
+        if step.status is _OK:
             self._done()
         else:
             self.needed = len(step.extra) + step.missing
