@@ -148,3 +148,39 @@ class RouteRefusalLogTests(Edge):
         twist.wait_for(r"refused server name 'three\.localhost\\+\"\\+n")
         self.assertNotIn("\nforged=1", twist.output)
         self.assertEqual(twist.output.count("connection closed"), 3, twist.output)
+
+
+class HandshakeDebugLineTests(Edge):
+    """The completed handshake's debug line: written with --log-level=debug,
+    as it always was, and not even built at twist's default level."""
+
+    def start(self, backend: int, *twist_options: str) -> tuple[Twist, int]:
+        port = free_port()
+        twist = Twist(
+            self, "--listen",
+            f"schannel:tcp:{port}:interface=127.0.0.1:certificate={self.folder}/server.pem",
+            "--connect", f"tcp:127.0.0.1:{backend}", twist_options=twist_options,
+        )
+        twist.wait_for("listening on")
+        return twist, port
+
+    def handshake(self, port: int) -> None:
+        context = ssl.create_default_context(cafile=str(self.folder / "ca.pem"))
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                tls.recv(65536)
+
+    def test_debug_level_writes_the_handshake_line(self) -> None:
+        twist, port = self.start(self.backend(ANSWER_THEN_WAIT), "--log-level=debug")
+        self.handshake(port)
+        twist.wait_for(
+            r"TLS handshake with 127\.0\.0\.1:\d+ done: TLSv1\.3 \S+, ALPN None, "
+            r"server name localhost"
+        )
+
+    def test_default_level_writes_none(self) -> None:
+        twist, port = self.start(self.backend(ANSWER_THEN_WAIT))
+        self.handshake(port)
+        twist.wait_for("connection closed")
+        self.assertNotIn("TLS handshake with", twist.output)

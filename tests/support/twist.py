@@ -47,14 +47,16 @@ class Twist:
     def __init__(self, test: TestCase | SynchronousTestCase, *arguments: str,
                  home: Path | None = None, python_wrapper: str | None = None,
                  group: bool = False, command: str = "schannel",
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None,
+                 twist_options: tuple[str, ...] = ()) -> None:
         self.home = home or Path(tempfile.mkdtemp(prefix="txschannel-home-"))
         self.log_path = self.home / "twist.log"
         # python_wrapper: a script that prepares the process (say, lowers a
         # resource limit) and then runs Python with the arguments after it.
         wrapper = [python_wrapper] if python_wrapper else []
+        # twist_options: twist's own, before the subcommand (--log-level=debug).
         self.argv = [sys.executable, *wrapper, "-m", "twisted", "--log-format=text",
-                     command, *arguments]
+                     *twist_options, command, *arguments]
         with open(self.log_path, "wb") as log:
             # group: a process group of its own, so that stop() also kills
             # the processes it forks (--workers).
