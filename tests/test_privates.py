@@ -38,6 +38,19 @@ _LIBRARY_PRIVATES = {
     ("txschannel/_sendnow.py", "transport._writeDisconnected"),
     # Whether abortConnection() was called: tcp.Connection says so only there.
     ("txschannel/_sendnow.py", "transport._aborting"),
+    # Whether any log observer would keep the completed handshake's debug
+    # event (it is not built otherwise): Twisted's publisher and filter keep
+    # their observers and predicates only there. Any shape not recognised
+    # counts as observing, so a change in Twisted costs speed, not events.
+    ("txschannel/protocol.py", "observer._observers"),
+    ("txschannel/protocol.py", "observer._observer"),
+    ("txschannel/protocol.py", "observer._shouldLogEvent"),
+    ("txschannel/protocol.py", "observer._negativeObserver"),
+    ("txschannel/protocol.py", "from twisted.logger._observer import bitbucketLogObserver"),
+    # An enum member's name: ``_name_`` is a documented "_sunder_" attribute
+    # of enum members, without the property lookup ``.name`` costs on 3.11.
+    ("txschannel/protocol.py", "step.status._name_"),
+    ("txschannel/protocol.py", "e.status._name_"),
 }
 
 
