@@ -45,6 +45,14 @@ rows are named measurements:
 - ``endpoint-bulk-ssl``: the same with Twisted's ``ssl:``/``tls:``
   endpoints. It does not depend on txschannel: a control that shows how
   much the machine's load moved between runs;
+- ``endpoint-small``: the same shape with 100-byte writes, ``--small-megabytes``
+  MB (300 by default) in all: transport.py's ``until paused 100B`` row,
+  client clock. ``endpoint-small-cpu`` is its client plus server CPU per
+  GB, ``endpoint-small-pauses`` and ``endpoint-small-reads`` its counts per
+  MB, as for the 64 KiB rows; ``endpoint-small-ssl`` is its control on
+  Twisted's ``ssl:``/``tls:``, whose own counts are
+  ``endpoint-small-ssl-pauses`` and ``endpoint-small-ssl-reads`` (the
+  harness's side of the shape, which neither build changes);
 - ``transport-bulk`` / ``transport-small``: ``SchannelFactory`` on both
   sides, 64 KiB / 100 B writes for a few seconds, server-timed MB/s
   (transport.py's ``bulk`` rows);
@@ -112,6 +120,20 @@ ROWS: dict[str, Measurement] = {
                                   "in the server's application"),
     "endpoint-bulk-ssl": Measurement("MB/s", True, "the same on Twisted's ssl:/tls: "
                                      "(a control: txschannel is not used)"),
+    "endpoint-small": Measurement("MB/s", True, "schannel: endpoint strings, 100 B writes "
+                                  "until paused, client clock"),
+    "endpoint-small-cpu": Measurement("ms/GB", False, "the same transfer: client plus "
+                                      "server CPU per GB"),
+    "endpoint-small-pauses": Measurement("per MB", False, "the same transfer: times the "
+                                         "client was paused (flow control)"),
+    "endpoint-small-reads": Measurement("per MB", False, "the same transfer: dataReceived "
+                                        "calls in the server's application"),
+    "endpoint-small-ssl": Measurement("MB/s", True, "the same on Twisted's ssl:/tls: "
+                                      "(a control: txschannel is not used)"),
+    "endpoint-small-ssl-pauses": Measurement("per MB", False, "the control's pauses "
+                                             "(a count; txschannel is not used)"),
+    "endpoint-small-ssl-reads": Measurement("per MB", False, "the control's dataReceived "
+                                            "calls (a count; txschannel is not used)"),
     "transport-bulk": Measurement("MB/s", True, "SchannelFactory, 64 KiB writes, server clock"),
     "transport-small": Measurement("MB/s", True, "SchannelFactory, 100 B writes, server clock"),
     "handshake-cpu": Measurement("us/hs", False, "server CPU per full TLS 1.3 handshake"),
@@ -131,12 +153,12 @@ DEFAULT_ROWS = ("endpoint-bulk", "endpoint-bulk-ssl", "transport-bulk", "handsha
 # ---------------------------------------------------------------------------
 
 
-def measure(rows: list[str], megabytes: int, seconds: float, size_mib: int
-            ) -> dict[str, float]:
+def measure(rows: list[str], megabytes: int, seconds: float, size_mib: int,
+            small_megabytes: int = 300) -> dict[str, float]:
     """Take the measurements *rows* once, with the txschannel on the path.
 
     Rows that come from the same transfer (endpoint-bulk and
-    endpoint-bulk-cpu) share one.
+    endpoint-bulk-cpu; endpoint-small and its counts) share one.
     """
     # Imported here: transport.py and relay.py put TXSCHANNEL_TREE first on
     # sys.path as they load, before anything imports txschannel.
@@ -146,7 +168,8 @@ def measure(rows: list[str], megabytes: int, seconds: float, size_mib: int
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="txschannel-compare-") as folder:
         files = transport.make_certificates(folder, "ecdsa")
-        if any(row.startswith("endpoint-") and row != "endpoint-bulk-ssl" for row in rows):
+        if any(row.startswith("endpoint-") and not row.startswith("endpoint-small")
+               and row != "endpoint-bulk-ssl" for row in rows):
             figures = transport.until_paused("schannel", files, 65536, megabytes * 10**6)
             results["endpoint-bulk"] = figures[0]
             results["endpoint-bulk-cpu"] = cpu_per_gigabyte(figures[1] + figures[3], megabytes)
@@ -157,6 +180,18 @@ def measure(rows: list[str], megabytes: int, seconds: float, size_mib: int
         if "endpoint-bulk-ssl" in rows:
             results["endpoint-bulk-ssl"] = transport.until_paused(
                 "twisted", files, 65536, megabytes * 10**6)[0]
+        if any(row.startswith("endpoint-small") and "-ssl" not in row for row in rows):
+            figures = transport.until_paused("schannel", files, 100, small_megabytes * 10**6)
+            results["endpoint-small"] = figures[0]
+            results["endpoint-small-cpu"] = cpu_per_gigabyte(figures[1] + figures[3],
+                                                             small_megabytes)
+            results["endpoint-small-pauses"] = figures[4] / small_megabytes
+            results["endpoint-small-reads"] = figures[5] / small_megabytes
+        if any(row.startswith("endpoint-small-ssl") for row in rows):
+            figures = transport.until_paused("twisted", files, 100, small_megabytes * 10**6)
+            results["endpoint-small-ssl"] = figures[0]
+            results["endpoint-small-ssl-pauses"] = figures[4] / small_megabytes
+            results["endpoint-small-ssl-reads"] = figures[5] / small_megabytes
         if "transport-bulk" in rows:
             results["transport-bulk"] = transport.bulk("schannel", files, 65536, 4 << 30,
                                                        seconds)
@@ -218,7 +253,7 @@ def child_main(arguments: argparse.Namespace) -> None:
     import txschannel
 
     values = measure(arguments.measure.split(","), arguments.megabytes, arguments.seconds,
-                     arguments.size_mib)
+                     arguments.size_mib, arguments.small_megabytes)
     # On a line of its own: the measurements print progress without a newline.
     print("\n" + json.dumps({"file": txschannel.__file__, "values": values}), flush=True)
 
@@ -253,7 +288,8 @@ class Side:
                        "PYTHONPATH": str(self.tree)}
         command = [sys.executable, str(Path(__file__).resolve()), "--measure", ",".join(rows),
                    "--megabytes", str(arguments.megabytes), "--seconds", str(arguments.seconds),
-                   "--size-mib", str(arguments.size_mib)]
+                   "--size-mib", str(arguments.size_mib),
+                   "--small-megabytes", str(arguments.small_megabytes)]
         machine_before, ours_before, started = busy_seconds(), children_seconds(), time.monotonic()
         # Not inside either checkout, so that neither is on the path as the
         # current folder.
@@ -329,7 +365,7 @@ def report(rows: list[str], base: Side, head: Side, runs: int, quiet: float) -> 
           f"(--quiet); others' CPUs per run:")
     print("  base " + " ".join(f"{value:.2f}" for value in base.others))
     print("  head " + " ".join(f"{value:.2f}" for value in head.others))
-    print(f"{'row':<20}{'unit':>8}{'base':>10}{'head':>10}{'head/base':>11}{'paired':>8}"
+    print(f"{'row':<26}{'unit':>8}{'base':>10}{'head':>10}{'head/base':>11}{'paired':>8}"
           f"{'better':>8}{'head won':>10}{'quiet':>10}{'base min-max':>20}{'head min-max':>20}")
     for row in rows:
         measurement = ROWS[row]
@@ -347,7 +383,7 @@ def report(rows: list[str], base: Side, head: Side, runs: int, quiet: float) -> 
                         if calm else "-")
         paired = f"{statistics.median(h / b for h, b in pairs):.3f}" if pairs else "-"
         won = sum(1 for h, b in pairs if (h > b if measurement.higher_is_better else h < b))
-        print(f"{row:<20}{measurement.unit:>8}"
+        print(f"{row:<26}{measurement.unit:>8}"
               f"{_cell(base_median):>10}{_cell(head_median):>10}{ratio:>11}{paired:>8}"
               f"{'higher' if measurement.higher_is_better else 'lower':>8}"
               f"{f'{won}/{len(pairs)}':>10}{quiet_paired:>10}"
@@ -369,6 +405,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs per side (default 5)")
     parser.add_argument("--megabytes", type=int, default=1000,
                         help="MB the endpoint-bulk rows write (default 1000)")
+    parser.add_argument("--small-megabytes", type=int, default=300,
+                        help="MB the endpoint-small rows write, 100 bytes at a time "
+                        "(default 300, as transport.py's --paused-mb)")
     parser.add_argument("--seconds", type=float, default=3.0,
                         help="length of the timed bulk, s_time and floor runs (default 3)")
     parser.add_argument("--size-mib", type=int, default=256,
@@ -387,7 +426,7 @@ def main() -> None:
         return
     if arguments.list:
         for name, measurement in ROWS.items():
-            print(f"{name:<20}{measurement.unit:>8}  {measurement.help}")
+            print(f"{name:<26}{measurement.unit:>8}  {measurement.help}")
         return
     if not arguments.base:
         parser.error("--base REV is needed")
