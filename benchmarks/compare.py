@@ -48,7 +48,8 @@ rows are named measurements:
 - ``endpoint-small``: the same shape with 100-byte writes, ``--small-megabytes``
   MB (300 by default) in all: transport.py's ``until paused 100B`` row,
   client clock. ``endpoint-small-cpu`` is its client plus server CPU per
-  GB, ``endpoint-small-pauses`` and ``endpoint-small-reads`` its counts per
+  GB (``endpoint-small-client-cpu`` and ``endpoint-small-server-cpu`` its
+  parts), ``endpoint-small-pauses`` and ``endpoint-small-reads`` its counts per
   MB, as for the 64 KiB rows; ``endpoint-small-ssl`` is its control on
   Twisted's ``ssl:``/``tls:``, whose own counts are
   ``endpoint-small-ssl-pauses`` and ``endpoint-small-ssl-reads`` (the
@@ -124,6 +125,10 @@ ROWS: dict[str, Measurement] = {
                                   "until paused, client clock"),
     "endpoint-small-cpu": Measurement("ms/GB", False, "the same transfer: client plus "
                                       "server CPU per GB"),
+    "endpoint-small-client-cpu": Measurement("ms/GB", False, "the same transfer: the "
+                                             "client's CPU per GB"),
+    "endpoint-small-server-cpu": Measurement("ms/GB", False, "the same transfer: the "
+                                             "server's CPU per GB"),
     "endpoint-small-pauses": Measurement("per MB", False, "the same transfer: times the "
                                          "client was paused (flow control)"),
     "endpoint-small-reads": Measurement("per MB", False, "the same transfer: dataReceived "
@@ -185,6 +190,8 @@ def measure(rows: list[str], megabytes: int, seconds: float, size_mib: int,
             results["endpoint-small"] = figures[0]
             results["endpoint-small-cpu"] = cpu_per_gigabyte(figures[1] + figures[3],
                                                              small_megabytes)
+            results["endpoint-small-client-cpu"] = cpu_per_gigabyte(figures[1], small_megabytes)
+            results["endpoint-small-server-cpu"] = cpu_per_gigabyte(figures[3], small_megabytes)
             results["endpoint-small-pauses"] = figures[4] / small_megabytes
             results["endpoint-small-reads"] = figures[5] / small_megabytes
         if any(row.startswith("endpoint-small-ssl") for row in rows):
@@ -372,22 +379,28 @@ def report(rows: list[str], base: Side, head: Side, runs: int, quiet: float) -> 
         ours, theirs = head.values.get(row, []), base.values.get(row, [])
         base_median = statistics.median(theirs) if theirs else None
         head_median = statistics.median(ours) if ours else None
-        ratio = f"{head_median / base_median:.3f}" if base_median and head_median else "-"
+        ratio = _ratio(head_median / base_median) if base_median and head_median else "-"
         pairs = [(h[row], b[row]) for h, b in zip(head.by_run, base.by_run, strict=True)
                  if row in h and row in b and b[row]]
         calm = [(h[row], b[row])
                 for h, b, ho, bo in zip(head.by_run, base.by_run, head.others, base.others,
                                         strict=True)
                 if row in h and row in b and b[row] and max(ho, bo) <= quiet]
-        quiet_paired = (f"{statistics.median(h / b for h, b in calm):.3f}/{len(calm)}"
+        quiet_paired = (f"{_ratio(statistics.median(h / b for h, b in calm))}/{len(calm)}"
                         if calm else "-")
-        paired = f"{statistics.median(h / b for h, b in pairs):.3f}" if pairs else "-"
+        paired = _ratio(statistics.median(h / b for h, b in pairs)) if pairs else "-"
         won = sum(1 for h, b in pairs if (h > b if measurement.higher_is_better else h < b))
         print(f"{row:<26}{measurement.unit:>8}"
               f"{_cell(base_median):>10}{_cell(head_median):>10}{ratio:>11}{paired:>8}"
               f"{'higher' if measurement.higher_is_better else 'lower':>8}"
               f"{f'{won}/{len(pairs)}':>10}{quiet_paired:>10}"
               f"{spread(theirs):>20}{spread(ours):>20}")
+
+
+def _ratio(value: float) -> str:
+    """A ratio in its column: three decimals, fewer when a count went from
+    (almost) nothing to something and the ratio is large."""
+    return f"{value:.3f}" if value < 100 else f"{value:.0f}"
 
 
 def _cell(value: float | None) -> str:
