@@ -21,7 +21,7 @@ import trustme
 from cryptography import x509
 from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, ProcessProtocol, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
@@ -444,6 +444,81 @@ class OurServerTests(ServerTestsMixin, TestCase):
         yield within(app.outcome.lost, "our server's connectionLost")
         self.assertEqual(received, b"ready\n" + b"x" * 65536)
         self.assertEqual(pauses, [])
+
+    @defer.inlineCallbacks
+    def test_a_producer_writing_until_paused_gives_the_reactor_turns(self) -> Any:
+        """A push producer that writes 100-byte blocks until it is paused is
+        paused within each reactor turn even when the peer reads everything
+        at once: the TCP transport sends what the kernel takes and queues
+        nothing, so it never pauses the producer itself, and without a pause
+        the loop would keep the reactor (other connections, timers) until
+        it ran out of data."""
+        block = b"x" * 100
+        total = 8_000_000
+        # How much the producer had written when the reactor next ran.
+        at_first_turn: list[int] = []
+
+        @implementer(IPushProducer, IHandshakeListener)
+        class Loop(Protocol):
+            sent = 0
+            paused = False
+            started = False
+
+            def __init__(self, outcome: Outcome) -> None:
+                self.outcome = outcome
+
+            def connectionMade(self) -> None:
+                assert self.transport is not None
+                self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+
+            def handshakeCompleted(self) -> None:
+                self.produce()
+
+            def produce(self) -> None:
+                if not self.started:
+                    self.started = True
+                    reactor.callLater(0, lambda: at_first_turn.append(self.sent))  # type: ignore[attr-defined]
+                write = self.transport.write  # type: ignore[union-attr]
+                while not self.paused and self.sent < total:
+                    write(block)
+                    self.sent += len(block)
+                if self.sent >= total:
+                    self.transport.unregisterProducer()  # type: ignore[union-attr]
+                    self.transport.loseConnection()  # type: ignore[union-attr]
+
+            def pauseProducing(self) -> None:
+                self.paused = True
+
+            def resumeProducing(self) -> None:
+                self.paused = False
+                if self.sent < total:
+                    reactor.callLater(0, self.produce)  # type: ignore[attr-defined]
+
+            def stopProducing(self) -> None:
+                self.paused = True
+
+            def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+                self.outcome.reason = reason
+                self.outcome.lost.callback(None)
+
+        port, app = self.serve(Loop)
+        # openssl reads as fast as the socket delivers; what it prints is
+        # thrown away in its own process, not collected in this reactor.
+        openssl = require("openssl")
+        spawn(
+            self,
+            [
+                "sh", "-c", f'exec "{openssl}" s_client -connect 127.0.0.1:{port} '
+                f"-servername localhost -CAfile {self.files.ca_pem} -quiet >/dev/null",
+            ],
+        )
+        yield within(app.outcome.lost, "our server's connectionLost")
+        self.assertEqual(len(at_first_turn), 1, "the producer never started")
+        # Twisted's TCP transport, when it queued every write, paused such a
+        # producer once it held 64 KiB, which two gathered flushes of 64,000
+        # bytes exceed: the reactor ran again after 128,000 bytes. 1 MB
+        # leaves room; the loop without pauses ran to 8 MB.
+        self.assertLessEqual(at_first_turn[0], 1_000_000)
 
     @defer.inlineCallbacks
     def test_a_write_leaves_for_the_socket_in_write_itself(self) -> Any:
