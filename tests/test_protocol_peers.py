@@ -445,7 +445,6 @@ class OurServerTests(ServerTestsMixin, TestCase):
         self.assertEqual(received, b"ready\n" + b"x" * 65536)
         self.assertEqual(pauses, [])
 
-    @defer.inlineCallbacks
     def test_a_producer_writing_until_paused_gives_the_reactor_turns(self) -> Any:
         """A push producer that writes 100-byte blocks until it is paused is
         paused within each reactor turn even when the peer reads everything
@@ -453,7 +452,23 @@ class OurServerTests(ServerTestsMixin, TestCase):
         nothing, so it never pauses the producer itself, and without a pause
         the loop would keep the reactor (other connections, timers) until
         it ran out of data."""
-        block = b"x" * 100
+        return self.until_paused(100)
+
+    def test_a_producer_writing_large_blocks_until_paused_gives_the_reactor_turns(
+        self,
+    ) -> Any:
+        """The same with 64 KiB blocks, each large enough to be encrypted
+        and sent in its own write(): the TCP transport's budget of bytes
+        sent at once (txschannel._sendnow) makes it queue, and so pause the
+        producer, before the loop has written a megabyte."""
+        return self.until_paused(65536)
+
+    @defer.inlineCallbacks
+    def until_paused(self, size: int) -> Any:
+        """A producer writing *size*-byte blocks until paused, 8 MB in all,
+        to an ``openssl s_client`` that reads as fast as it can: the reactor
+        must run again before the first megabyte is out."""
+        block = b"x" * size
         total = 8_000_000
         # How much the producer had written when the reactor next ran.
         at_first_turn: list[int] = []

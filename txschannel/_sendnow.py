@@ -11,6 +11,17 @@ only what the kernel does not take, through Twisted's own ``write``. In
 everything else (flow control, pausing its producer, closing, errors) the
 transport stays Twisted's.
 
+Twisted's queue also paced a producer that writes until it is paused: the
+queue filled, the producer was paused, and the reactor ran (other
+connections, timers) before it was resumed. Sent at once to a peer that
+keeps up, nothing is ever queued and such a loop would keep the reactor
+until its data ran out. So a transport sends at most
+:data:`AT_ONCE_BUDGET` bytes at once between two of the reactor's calls to
+its ``doWrite()``; past that its writes take the queue, which pauses the
+producer as Twisted's always did, and the next ``doWrite()`` (a later
+reactor turn) starts a new budget. A relay, which writes once per turn,
+takes the queue once per :data:`AT_ONCE_BUDGET` bytes.
+
 Private: txschannel's TLS transport applies it to the TCP transport under
 it, and ``twist schannel`` to its plain connections.
 """
@@ -21,18 +32,26 @@ from typing import Any
 
 from twisted.internet import tcp
 
-__all__ = ["send_at_once"]
+__all__ = ["AT_ONCE_BUDGET", "send_at_once"]
+
+#: Bytes a switched transport sends at once between two reactor calls to
+#: its doWrite(): with Twisted's 64 KiB pause threshold on top, a producer
+#: writing until paused gives the reactor back every 576 KiB at most.
+AT_ONCE_BUDGET = 512 * 1024
 
 
 def _sends_at_once(cls: type) -> type:
     """A subclass of *cls* (a Twisted TCP transport class) whose ``write``
     sends at once when nothing is queued, and otherwise is *cls*'s own."""
     queue = cls.write  # type: ignore[attr-defined]
+    write_queued = cls.doWrite  # type: ignore[attr-defined]
 
     def write(transport: Any, data: bytes) -> None:
+        spent = transport.sent_at_once
         if (
             type(data) is bytes
             and data
+            and spent < AT_ONCE_BUDGET
             and not transport.dataBuffer
             and not transport._tempDataBuffer
             and transport.connected
@@ -57,10 +76,17 @@ def _sends_at_once(cls: type) -> type:
                 # meets again and reports as the connection's loss, as it
                 # always has.
                 sent = 0
+            transport.sent_at_once = spent + sent
             if sent == len(data):
                 return
             data = data[sent:]
         queue(transport, data)
+
+    def doWrite(transport: Any) -> Any:
+        # The reactor found the socket writable in a turn of its own: a new
+        # budget (see the module's docstring).
+        transport.sent_at_once = 0
+        return write_queued(transport)
 
     return type(
         cls.__name__,
@@ -70,6 +96,9 @@ def _sends_at_once(cls: type) -> type:
             "__qualname__": cls.__qualname__,
             "__doc__": cls.__doc__,
             "write": write,
+            "doWrite": doWrite,
+            #: Bytes sent at once since the reactor last called doWrite().
+            "sent_at_once": 0,
         },
     )
 
