@@ -452,22 +452,22 @@ class OurServerTests(ServerTestsMixin, TestCase):
         nothing, so it never pauses the producer itself, and without a pause
         the loop would keep the reactor (other connections, timers) until
         it ran out of data."""
-        return self.until_paused(100)
+        return self.until_paused(100, 1_000_000)
 
     def test_a_producer_writing_large_blocks_until_paused_gives_the_reactor_turns(
         self,
     ) -> Any:
         """The same with 64 KiB blocks, each large enough to be encrypted
         and sent in its own write(): the TCP transport's budget of bytes
-        sent at once (txschannel._sendnow) makes it queue, and so pause the
-        producer, before the loop has written a megabyte."""
-        return self.until_paused(65536)
+        sent at once (1 MiB, txschannel._sendnow) makes it queue, and so
+        pause the producer, before the loop has written 2 MB."""
+        return self.until_paused(65536, 2_000_000)
 
     @defer.inlineCallbacks
-    def until_paused(self, size: int) -> Any:
+    def until_paused(self, size: int, bound: int) -> Any:
         """A producer writing *size*-byte blocks until paused, 8 MB in all,
         to an ``openssl s_client`` that reads as fast as it can: the reactor
-        must run again before the first megabyte is out."""
+        must run again before *bound* bytes are out."""
         block = b"x" * size
         total = 8_000_000
         # How much the producer had written when the reactor next ran.
@@ -530,10 +530,11 @@ class OurServerTests(ServerTestsMixin, TestCase):
         yield within(app.outcome.lost, "our server's connectionLost")
         self.assertEqual(len(at_first_turn), 1, "the producer never started")
         # Twisted's TCP transport, when it queued every write, paused such a
-        # producer once it held 64 KiB, which two gathered flushes of 64,000
-        # bytes exceed: the reactor ran again after 128,000 bytes. 1 MB
-        # leaves room; the loop without pauses ran to 8 MB.
-        self.assertLessEqual(at_first_turn[0], 1_000_000)
+        # producer once it held 64 KiB. Small writes: two gathered flushes
+        # of 64,000 bytes pause it, the reactor runs after 128,000 bytes.
+        # Large ones: 1 MiB sent at once, then 64 KiB queued. The bounds
+        # leave room; without either rule the loop ran 5.5 to 8 MB.
+        self.assertLessEqual(at_first_turn[0], bound)
 
     @defer.inlineCallbacks
     def test_a_write_leaves_for_the_socket_in_write_itself(self) -> Any:
