@@ -488,17 +488,7 @@ class FastEngine:
                 connection._raise_ssl_error(ssl, result)
                 raise ShortWrite("SSL_write wrote nothing")
             written += result
-        # The first read inline (it is usually the only one): this runs once
-        # per write, where every Python call shows in small writes.
-        bio = connection._from_ssl
-        buffer = _new_buffer("char[]", size_hint)
-        count = lib.BIO_read(bio, buffer, size_hint)
-        if count <= 0:
-            return b""
-        first: bytes = ffi.buffer(buffer, count)[:]
-        if count < size_hint:
-            return first
-        return first + _read_bio(bio, size_hint * 2)
+        return _read_bio(connection._from_ssl, size_hint)
 
     @staticmethod
     def read_records(
