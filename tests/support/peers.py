@@ -7,6 +7,7 @@ promise is that it talked to real peers. `.ci/run` installs them.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -42,12 +43,55 @@ def require(tool: str) -> str:
     return path
 
 
+#: The lowest port free_port() hands out: below the kernel's ephemeral range
+#: there is room for several thousand, and nothing the system runs listens
+#: there on a test machine.
+_LOWEST_PORT = 10000
+#: The next port free_port() tries; each process starts at a random place,
+#: so that two trial workers (-j) walk different parts of the range.
+_next_port: int | None = None
+
+
+def _unassigned_ports() -> range:
+    """Ports the kernel never hands out itself (for bind() to port 0 or an
+    outgoing connection): those below its ephemeral range."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(_LOWEST_PORT, low)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on loopback that is free right now."""
+    """A TCP port on loopback that is free right now.
+
+    Taken below the kernel's ephemeral range: a port the kernel gave out
+    for port 0 is one it may give again, to another test process listening
+    on port 0 before this one's server starts (seen under ``trial -j2``:
+    an example connected to another worker's silent server). A port found
+    free is not handed out twice by one process.
+    """
+    global _next_port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    ports = _unassigned_ports()
+    if len(ports) < 1000:  # an unusual ephemeral range: let the kernel choose
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            return int(s.getsockname()[1])
+    if _next_port is None:
+        _next_port = random.choice(ports)
+    for _ in range(len(ports)):
+        port = _next_port
+        _next_port = ports.start + (port + 1 - ports.start) % len(ports)
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                # No SO_REUSEADDR: a port with connections in TIME_WAIT is
+                # passed over too.
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port on {host} between {ports.start} and {ports.stop - 1}")
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
