@@ -890,6 +890,24 @@ class ProducerTests(SynchronousTestCase):
         self.assertEqual(producer.events, ["pause", "resume"])
         self.assertEqual(pair.server_app.received, b"held")  # type: ignore[attr-defined]
 
+    def test_a_pause_for_the_turn_leaves_no_timer_once_the_connection_is_gone(
+        self,
+    ) -> None:
+        # Two 64,000-byte flushes in one turn pause the producer until the
+        # next turn; a connection aborted in that turn must not leave the
+        # resuming call behind (a trial test would find the reactor unclean).
+        pair = Pair()
+        pair.flush()
+        producer = RecordingPush()
+        pair.client.registerProducer(producer, True)
+        for _ in range(1300):
+            pair.client.write(b"z" * 100)
+        self.assertEqual(producer.events, ["pause"])
+        pair.client.abortConnection()
+        pair.pump.flush(advanceClock=False)
+        self.assertEqual(len(pair.client_app.lost), 1)  # type: ignore[attr-defined]
+        self.assertEqual(pair.clock.getDelayedCalls(), [])
+
     def test_transport_and_handshake_pauses_both_hold_the_producer(self) -> None:
         pair = Pair()
         producer = RecordingPush()

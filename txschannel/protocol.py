@@ -1071,6 +1071,11 @@ class _Coalescer:
     def drop(self) -> None:
         self.open = False
         self.take()
+        # Nothing is left to resume: the connection is over.
+        if self.resume is not None:
+            if self.resume.active():
+                self.resume.cancel()
+            self.resume = None
 
 
 @implementer(ISSLTransport, INegotiated, ISystemHandle, IHalfCloseableProtocol)
