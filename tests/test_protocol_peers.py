@@ -74,12 +74,23 @@ class Files:
 # -- our server's application ---------------------------------------------
 
 
-@implementer(IHandshakeListener)
-class Greeter(Protocol):
-    """Answers the first line with what was negotiated, then closes politely."""
+class Reporter(Protocol):
+    """An application protocol that tells its :class:`Outcome` how its connection ended."""
 
     def __init__(self, outcome: Outcome) -> None:
         self.outcome = outcome
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self.outcome.reason = reason
+        self.outcome.lost.callback(None)
+
+
+@implementer(IHandshakeListener)
+class Greeter(Reporter):
+    """Answers the first line with what was negotiated, then closes politely."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome)
         self.received = b""
 
     def handshakeCompleted(self) -> None:
@@ -103,16 +114,12 @@ class Greeter(Protocol):
         transport.write(b"pong " + line + b" " + attributes.protocol.encode() + b"\n")
         transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-        self.outcome.reason = reason
-        self.outcome.lost.callback(None)
 
-
-class HTTPResponder(Protocol):
+class HTTPResponder(Reporter):
     """A one-request HTTP/1.1 server: says which ALPN protocol was agreed."""
 
     def __init__(self, outcome: Outcome) -> None:
-        self.outcome = outcome
+        super().__init__(outcome)
         self.received = b""
 
     def dataReceived(self, data: bytes) -> None:
@@ -128,10 +135,6 @@ class HTTPResponder(Protocol):
             % (len(body), body)
         )
         transport.loseConnection()
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-        self.outcome.reason = reason
-        self.outcome.lost.callback(None)
 
 
 class Outcome:
@@ -351,17 +354,10 @@ class OurServerTests(ServerTestsMixin, TestCase):
         """Data written just before loseConnection arrives, then close_notify."""
         size = 4 * 1024 * 1024
 
-        class Bulk(Protocol):
-            def __init__(self, outcome: Outcome) -> None:
-                self.outcome = outcome
-
+        class Bulk(Reporter):
             def dataReceived(self, data: bytes) -> None:
                 self.transport.write(b"x" * size)  # type: ignore[union-attr]
                 self.transport.loseConnection()  # type: ignore[union-attr]
-
-            def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-                self.outcome.reason = reason
-                self.outcome.lost.callback(None)
 
         port, app = self.serve(Bulk)
 
@@ -396,10 +392,7 @@ class OurServerTests(ServerTestsMixin, TestCase):
         pauses: list[str] = []
 
         @implementer(IHandshakeListener)
-        class Chunk(Protocol):
-            def __init__(self, outcome: Outcome) -> None:
-                self.outcome = outcome
-
+        class Chunk(Reporter):
             def handshakeCompleted(self) -> None:
                 # Sent with the session tickets: once the client has it, the
                 # TCP buffer is empty again, as between two chunks of a relay.
@@ -421,10 +414,6 @@ class OurServerTests(ServerTestsMixin, TestCase):
 
             def stopProducing(self) -> None:
                 pauses.append("stop")
-
-            def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-                self.outcome.reason = reason
-                self.outcome.lost.callback(None)
 
         port, app = self.serve(Chunk)
 
@@ -474,13 +463,10 @@ class OurServerTests(ServerTestsMixin, TestCase):
         at_first_turn: list[int] = []
 
         @implementer(IPushProducer, IHandshakeListener)
-        class Loop(Protocol):
+        class Loop(Reporter):
             sent = 0
             paused = False
             started = False
-
-            def __init__(self, outcome: Outcome) -> None:
-                self.outcome = outcome
 
             def connectionMade(self) -> None:
                 assert self.transport is not None
@@ -512,10 +498,6 @@ class OurServerTests(ServerTestsMixin, TestCase):
             def stopProducing(self) -> None:
                 self.paused = True
 
-            def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-                self.outcome.reason = reason
-                self.outcome.lost.callback(None)
-
         port, app = self.serve(Loop)
         # openssl reads as fast as the socket delivers; what it prints is
         # thrown away in its own process, not collected in this reactor.
@@ -544,20 +526,13 @@ class OurServerTests(ServerTestsMixin, TestCase):
         chunk of a transfer)."""
         queued: list[int] = []
 
-        class Chunk(Protocol):
-            def __init__(self, outcome: Outcome) -> None:
-                self.outcome = outcome
-
+        class Chunk(Reporter):
             def dataReceived(self, data: bytes) -> None:
                 assert self.transport is not None
                 self.transport.write(b"x" * 65536)
                 tcp = self.transport.transport  # type: ignore[attr-defined]
                 queued.append(len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen)
                 self.transport.loseConnection()
-
-            def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-                self.outcome.reason = reason
-                self.outcome.lost.callback(None)
 
         port, app = self.serve(Chunk)
 
