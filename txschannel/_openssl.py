@@ -442,9 +442,8 @@ class FastEngine:
             # Unless a Python callback raised an exception that pyOpenSSL
             # has yet to raise (its helpers keep them).
             context = connection._context
-            for helper in (
-                context._verify_helper, context._alpn_select_helper, context._ocsp_helper
-            ):
+            for name in _CALLBACK_HELPERS:
+                helper = getattr(context, name)
                 if helper is not None and helper._problems:
                     break
             else:
