@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import fcntl
 import os
 import shutil
 import subprocess
@@ -1055,9 +1056,17 @@ class DocumentationTests(SynchronousTestCase):
 
 
 # What systemd does for a socket-activated service: the socket as fd 3, and
-# LISTEN_PID (the service's own pid: "exec" keeps the shell's for Python),
-# LISTEN_FDS and LISTEN_FDNAMES describing it.
-_HAND_OVER = 'exec 3<&"$FD"; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=https exec "$@"'
+# LISTEN_PID (the service's own pid: exec keeps this one's), LISTEN_FDS and
+# LISTEN_FDNAMES describing it. In Python rather than sh: dash's "3<&$FD"
+# takes only one-digit descriptors, and trial may hold more than nine.
+_HAND_OVER = """
+import os, sys
+socket = int(os.environ.pop("FD"))
+if socket != 3:
+    os.dup2(socket, 3)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="https")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
 
 _SYSTEMD_SERVICE = """
 import sys
@@ -1093,18 +1102,24 @@ class SystemdTests(TestCase):
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         port = listener.getsockname()[1]
+        # Handed over from a two-digit descriptor, as from a test runner
+        # holding many: the hand-over must not depend on the number.
+        handed = fcntl.fcntl(listener.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
         repo = str(Path(__file__).resolve().parent.parent)
         description = f"schannel:systemd:domain=INET:index=0:certificate={q(pki().server)}"
-        service = subprocess.Popen(
-            [
-                "sh", "-c", _HAND_OVER, "sh",
-                sys.executable, "-c", _SYSTEMD_SERVICE, repo, description,
-            ],
-            env={**os.environ, "FD": str(listener.fileno())},
-            pass_fds=[listener.fileno()],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        try:
+            service = subprocess.Popen(
+                [
+                    sys.executable, "-c", _HAND_OVER,
+                    sys.executable, "-c", _SYSTEMD_SERVICE, repo, description,
+                ],
+                env={**os.environ, "FD": str(handed)},
+                pass_fds=[handed],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        finally:
+            os.close(handed)
 
         # Only the service holds the socket now: if it died, connecting fails
         # at once instead of waiting in the backlog.
