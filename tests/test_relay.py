@@ -25,27 +25,12 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import FailTest, TestCase
 
-from tests.support.peers import LISTENER, Peer, free_port, require, start_backend, wait_for_port
+from tests.support.edges import DIGEST_SERVER
+from tests.support.peers import Peer, free_port, require, start_backend, wait_for_port
 from tests.support.twist import Twist, curl
 from txschannel import ClientContext, Credentials, Status
 from txschannel.terminator.relay import Inbound, RelayFactory, send_at_once
 from txschannel.testing import CertificateAuthority
-
-#: Reads until end of stream, then answers "<length> <sha256>\n" and closes:
-#: it only answers if the half-close reached it.
-DIGEST_SERVER = LISTENER + """
-while True:
-    connection, _ = server.accept()
-    with connection:
-        digest, size = hashlib.sha256(), 0
-        while True:
-            data = connection.recv(65536)
-            if not data:
-                break
-            digest.update(data)
-            size += len(data)
-        connection.sendall(f"{size} {digest.hexdigest()}\\n".encode())
-"""
 
 BIG = 100 * 1024 * 1024
 

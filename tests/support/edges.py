@@ -1,7 +1,8 @@
 """The base class of the tests that run ``twist schannel`` in front of a real
 backend process (:class:`Edge`: a folder, a CA-signed server certificate,
 starting backends and the terminator), the backends themselves (echo,
-recorder, the first-bytes recorder with waiting for its record), and
+recorder, the first-bytes recorder with waiting for its record, the
+digest server that answers only at end of stream), and
 reading a TLS stream to its end.
 """
 
@@ -52,6 +53,23 @@ def echo(connection):
 while True:
     connection, _ = server.accept()
     threading.Thread(target=echo, args=(connection,), daemon=True).start()
+"""
+
+
+#: Reads until end of stream, then answers "<length> <sha256>\n" and closes:
+#: it only answers if the half-close reached it.
+DIGEST_SERVER = LISTENER + """
+while True:
+    connection, _ = server.accept()
+    with connection:
+        digest, size = hashlib.sha256(), 0
+        while True:
+            data = connection.recv(65536)
+            if not data:
+                break
+            digest.update(data)
+            size += len(data)
+        connection.sendall(f"{size} {digest.hexdigest()}\\n".encode())
 """
 
 
