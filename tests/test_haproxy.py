@@ -8,6 +8,8 @@ handshake.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import select
 import socket
 import ssl
@@ -18,13 +20,17 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, serverFromString
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
+from zope.interface import implementer
 
-from tests.support.edges import ECHO, RECORD_BYTES, Edge, wait_for_record
+from tests.support.edges import DIGEST_SERVER, ECHO, RECORD_BYTES, Edge, wait_for_record
 from tests.support.peers import free_port
 from tests.support.twist import Twist
 from txschannel.haproxy import (
@@ -33,8 +39,10 @@ from txschannel.haproxy import (
     HeaderReader,
     ProxyHeaderFactory,
     ProxyHeaderRefused,
+    server_from_string,
 )
 from txschannel.terminator.proxyheader import V2_SIGNATURE
+from txschannel.testing import CertificateAuthority
 
 
 def v2(family: int, body: bytes, command: int = 0x21) -> bytes:
@@ -394,3 +402,246 @@ class HAProxyWorkersTests(Edge):
                 b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 443\r\n"
             )
         )
+
+
+#: What a balancer sends first on every connection of the half-close tests.
+HEADER = b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 443\r\n"
+
+
+def digest_line(data: bytes) -> bytes:
+    """The answer of a protocol that read *data* to its end: "<length> <sha256>\\n"."""
+    return f"{len(data)} {hashlib.sha256(data).hexdigest()}\n".encode()
+
+
+@implementer(IHalfCloseableProtocol)
+class _AnswerAtEnd(Protocol):
+    """Reads until the client has finished sending, then answers
+    :func:`digest_line` of what it read and closes.
+
+    The answer follows a moment after the client's end of stream, as a
+    backend's would: by then a transport that took the FIN for the end of
+    the whole connection has closed it, whatever order the reactor runs in.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.ended = False
+        self.reason: Failure | None = None
+        self.lost: Deferred[None] = Deferred()
+        self._answer: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def readConnectionLost(self) -> None:
+        self.ended = True
+        self._answer = reactor.callLater(0.2, self.answer)  # type: ignore[attr-defined]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def answer(self) -> None:
+        self._answer = None
+        assert self.transport is not None
+        self.transport.write(digest_line(self.received))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._answer is not None:
+            self._answer.cancel()
+        self.reason = reason
+        self.lost.callback(None)
+
+
+class _Collect(Protocol):
+    """A protocol that cannot half-close: it collects, and says how it ended."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.reason: Failure | None = None
+        self.lost: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.reason = reason
+        self.lost.callback(None)
+
+
+def half_close_plain(port: int, request: bytes) -> bytes:
+    """Send the header and *request*, shut down writing, read to the end (blocking)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(HEADER + request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+        return answer
+
+
+def half_close_tls(port: int, cafile: str, request: bytes) -> tuple[bytes, bool]:
+    """The header, a TLS handshake with Python's ``ssl``, *request*, then
+    close_notify and a FIN (blocking): what came back, and whether it ended
+    with the server's close_notify."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context(cafile=cafile).wrap_bio(
+        incoming, outgoing, server_hostname="localhost"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(HEADER)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                data = sock.recv(65536)
+                if not data:
+                    raise FailTest("the server closed during the handshake") from None
+                incoming.write(data)
+        tls.write(request)
+        try:
+            tls.unwrap()  # our close_notify; the server's comes later
+        except ssl.SSLWantReadError:
+            pass
+        sock.sendall(outgoing.read())
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while True:
+            try:
+                chunk = tls.read(65536)
+                if not chunk:
+                    return answer, True
+                answer += chunk
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                return answer, True
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                return answer, False
+            incoming.write(data)
+
+
+class HalfCloseTests(TestCase):
+    """A client that shuts down its sending side after its request still gets
+    the answer through a ``haproxy:`` listener, as through ``tcp:``."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def listen(self, description: str, protocol: type[Protocol]):  # type: ignore[no-untyped-def]
+        servers: list[Protocol] = []
+
+        def server() -> Protocol:
+            servers.append(protocol())
+            return servers[-1]
+
+        endpoint = (
+            serverFromString(reactor, description)
+            if description.startswith("schannel:")
+            else server_from_string(reactor, description)
+        )
+        port = yield endpoint.listen(Factory.forProtocol(server))
+        self.addCleanup(port.stopListening)
+        return port.getHost().port, servers
+
+    @inlineCallbacks
+    def test_plain_listener_half_close_reaches_the_protocol_and_the_answer_comes_back(self):  # type: ignore[no-untyped-def]
+        port, servers = yield self.listen("haproxy:tcp:0:interface=127.0.0.1", _AnswerAtEnd)
+        request = os.urandom(200_000)
+        answer = yield deferToThread(half_close_plain, port, request)
+        # Before, the FIN closed the whole connection: the protocol never
+        # heard of the end of the request, and the client read nothing.
+        self.assertEqual(answer, digest_line(request))
+        (server,) = servers
+        yield server.lost.addTimeout(10, reactor)
+        self.assertTrue(server.ended)
+        self.assertIsInstance(server.reason.value, ConnectionDone)
+        self.assertEqual(server.transport.getPeer().host, "192.0.2.7")  # type: ignore[union-attr]
+
+    @inlineCallbacks
+    def test_tls_listener_answers_after_close_notify_and_fin(self):  # type: ignore[no-untyped-def]
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        ca = CertificateAuthority()
+        ca.write(folder / "ca.pem")
+        ca.issue("localhost", "127.0.0.1").write(folder / "server.pem")
+        port, servers = yield self.listen(
+            f"schannel:haproxy:tcp:0:interface=127.0.0.1:certificate={folder}/server.pem",
+            _AnswerAtEnd,
+        )
+        request = os.urandom(100_000)
+        answer, clean = yield deferToThread(half_close_tls, port, str(folder / "ca.pem"), request)
+        # Before, the close_notify reached the protocol, but the FIN right
+        # behind it closed the TCP connection under the TLS layer: no answer.
+        self.assertEqual((answer, clean), (digest_line(request), True))
+        (server,) = servers
+        yield server.lost.addTimeout(10, reactor)
+        self.assertTrue(server.ended)
+
+    @inlineCallbacks
+    def test_a_protocol_that_cannot_half_close_still_ends_at_the_fin(self):  # type: ignore[no-untyped-def]
+        port, servers = yield self.listen("haproxy:tcp:0:interface=127.0.0.1", _Collect)
+        answer = yield deferToThread(half_close_plain, port, b"request")
+        # As on a bare TCP listener: the connection ends, cleanly, at the FIN.
+        self.assertEqual(answer, b"")
+        (server,) = servers
+        yield server.lost.addTimeout(10, reactor)
+        self.assertIsInstance(server.reason.value, ConnectionDone)
+        self.assertEqual(server.received, b"request")
+
+
+class HalfCloseRelayTests(Edge):
+    """``twist schannel --listen haproxy:...``: the relay passes the half-close on."""
+
+    def test_half_close_passes_through_to_the_backend_and_back(self) -> None:
+        backend = self.backend(DIGEST_SERVER)
+        port = free_port()
+        twist = Twist(
+            self, "--listen", f"haproxy:tcp:{port}:interface=127.0.0.1",
+            "--connect", f"tcp:127.0.0.1:{backend}",
+        )
+        twist.wait_for("listening on")
+        payload = os.urandom(3 * 1024 * 1024)
+        # Before, the client's FIN closed both connections: no answer.
+        self.assertEqual(half_close_plain(port, payload), digest_line(payload))
+        # The client finished first (its FIN), the backend's close followed.
+        twist.wait_for(r'connection closed peer=192\.0\.2\.7:51234 .*reason="client closed"')
+
+    def test_a_fin_before_the_header_is_complete_refuses_it_at_once(self) -> None:
+        backend = self.backend(ECHO)
+        port = free_port()
+        twist = Twist(
+            self, "--listen", f"haproxy:tcp:{port}:interface=127.0.0.1",
+            "--connect", f"tcp:127.0.0.1:{backend}", "--max-connections", "1",
+        )
+        twist.wait_for("listening on")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"PROXY TCP4 1.2")
+            raw.shutdown(socket.SHUT_WR)
+            try:
+                self.assertEqual(raw.recv(1), b"")
+            except ConnectionResetError:
+                pass
+        # Refused for its FIN, not later for the header timeout; before, it
+        # left without a word.
+        twist.wait_for(
+            r"127\.0\.0\.1:\d+: PROXY header refused: the connection ended after "
+            r"'PROXY TCP4 1\.2', before the header was complete"
+        )
+        # Its one slot was given back: the next connection is served.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(HEADER + b"hello")
+            self.assertEqual(raw.recv(5), b"hello")
+        self.assertEqual(twist.output.count("PROXY header refused"), 1, twist.output)
+        self.assertNotIn("not complete within", twist.output)
+        self.assertNotIn("Traceback", twist.output)

@@ -37,6 +37,12 @@ differs where a header is hostile or broken:
   anything else the header must arrive within :data:`HEADER_TIMEOUT`,
   and a connection waiting for its header can be counted toward a limit
   on open connections from its accept (:attr:`ProxyHeaderFactory.connections`);
+- half-close passes through: a client that shuts down its sending side
+  after its request (TCP FIN, after TLS's close_notify or not) still gets
+  the reply of a protocol behind that can half-close (a TLS layer,
+  ``twist schannel``'s relay); Twisted's wrapper, and this one before,
+  closed the whole connection at the FIN. A FIN before the header is
+  complete refuses the connection at once;
 - a refused connection is aborted. A protocol already started (TLS) is
   told why: its ``connectionLost`` reason is a :class:`ProxyHeaderRefused`
   whose text quotes the peer's bytes escaped (``twist schannel`` writes it
@@ -60,10 +66,12 @@ from typing import Protocol as _Interface
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import ConnectionClosed
+from twisted.internet.error import ConnectionClosed, ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IFileDescriptor,
+    IHalfCloseableProtocol,
     IListeningPort,
     IProtocol,
     IProtocolFactory,
@@ -327,6 +335,7 @@ class HeaderReader:
         return _parse_v2(buffer[:size]), buffer[size:]
 
 
+@implementer(IHalfCloseableProtocol)
 class _ProxyHeaderProtocol(ProtocolWrapper):
     """Reads the header, then passes the stream on; reports its addresses.
 
@@ -339,6 +348,12 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
     then cover the header too. A protocol not started yet is never told of
     the connection at all; a refusal is then logged here, and a header not
     complete within ``timeout`` seconds is refused.
+
+    Half-close passes through: the transport sees an
+    ``IHalfCloseableProtocol`` here (declared on the class, so that the
+    interfaces copied from the transport in :meth:`makeConnection` keep
+    it), and the peer's end of stream reaches the protocol behind as it
+    would on the bare transport (see :meth:`readConnectionLost`).
     """
 
     factory: ProxyHeaderFactory
@@ -477,6 +492,50 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
             abort()
         else:
             self.transport.loseConnection()
+
+    def readConnectionLost(self) -> None:
+        """The peer finished sending (TCP FIN): pass it on as the transport would.
+
+        Before the header is complete it is a refusal: the header can never
+        complete, so the connection is aborted at once (not held until the
+        header timeout) and logged like any refused header. After it, a
+        half-close-aware protocol behind is told (it may still write its
+        reply); any other protocol loses the connection the way Twisted's
+        TCP transport ends it for a protocol that cannot half-close.
+        """
+        reader = self._reader
+        if reader is not None:
+            held = reader._buffer
+            self._refuse(
+                ProxyHeaderRefused(
+                    "PROXY header refused: the connection ended after "
+                    f"{_quote(held)}, before the header was complete"
+                    if held
+                    else "PROXY header refused: the connection ended before sending one"
+                )
+            )
+            return
+        if self._refusal is not None or not self._started:
+            # Already being aborted.
+            return
+        halfClose = IHalfCloseableProtocol(self.wrappedProtocol, None)
+        if halfClose is not None:
+            halfClose.readConnectionLost()
+        elif IFileDescriptor.providedBy(self.transport):
+            # What tcp.Connection.readConnectionLost does when its protocol
+            # cannot half-close: the whole connection ends now, with the
+            # clean ConnectionDone, exactly as before this layer declared
+            # IHalfCloseableProtocol.
+            self.transport.connectionLost(Failure(ConnectionDone()))
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Our writing half was shut: tell the protocol behind if it can half-close."""
+        if self._started and self._refusal is None:
+            halfClose = IHalfCloseableProtocol(self.wrappedProtocol, None)
+            if halfClose is not None:
+                halfClose.writeConnectionLost()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._reader = None
