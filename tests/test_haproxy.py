@@ -161,6 +161,25 @@ class HAProxyListenerTests(Edge):
         twist.wait_for(f"bad PROXY header: a version 2 header of 65551 bytes; this listener "
                        f"takes at most {MAX_HEADER}")
 
+    def test_a_fin_before_the_header_is_complete_is_the_connections_reason(self) -> None:
+        twist, port, record = self.start(listen_options=":handshakeTimeout=120")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"PROXY TCP4 1.2")
+            raw.shutdown(socket.SHUT_WR)
+            try:
+                # Refused at once: the 10 s read would time out if it
+                # waited for the 120 s handshake timeout.
+                self.assertEqual(raw.recv(1), b"")
+            except ConnectionResetError:
+                pass
+        # Before, the reason was "client closed before the TLS handshake
+        # completed", without a word of the header.
+        twist.wait_for(
+            r"reason=.*PROXY header refused: the connection ended after 'PROXY TCP4 1\.2', "
+            r"before the header was complete"
+        )
+        self.assertFalse(record.exists())
+
     def test_unfinished_headers_are_charged_to_the_handshake_budget(self) -> None:
         budget = 131445  # the smallest handshakeMemory: one largest ClientHello
         twist, port, _ = self.start(
