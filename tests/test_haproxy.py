@@ -666,3 +666,23 @@ class HalfCloseRelayTests(Edge):
         self.assertEqual(twist.output.count("PROXY header refused"), 1, twist.output)
         self.assertNotIn("not complete within", twist.output)
         self.assertNotIn("Traceback", twist.output)
+
+    def test_a_connection_that_sends_nothing_ends_quietly_at_its_fin(self) -> None:
+        # A balancer's connect-and-close health check: no line for it (one per
+        # check would fill the log), and its slot is given back.
+        backend = self.backend(ECHO)
+        port = free_port()
+        twist = Twist(
+            self, "--listen", f"haproxy:tcp:{port}:interface=127.0.0.1",
+            "--connect", f"tcp:127.0.0.1:{backend}", "--max-connections", "1",
+        )  # fmt: skip
+        twist.wait_for("listening on")
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                raw.shutdown(socket.SHUT_WR)
+                self.assertEqual(raw.recv(1), b"")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(HEADER + b"hello")
+            self.assertEqual(raw.recv(5), b"hello")
+        self.assertNotIn("PROXY header refused", twist.output)
+        self.assertNotIn("Traceback", twist.output)

@@ -498,7 +498,9 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
 
         Before the header is complete it is a refusal: the header can never
         complete, so the connection is aborted at once (not held until the
-        header timeout) and logged like any refused header. After it, a
+        header timeout) and logged like any refused header, except a
+        connection that sent nothing to a protocol not started yet (a
+        balancer's connect-and-close check), which ends quietly. After it, a
         half-close-aware protocol behind is told (it may still write its
         reply); any other protocol loses the connection the way Twisted's
         TCP transport ends it for a protocol that cannot half-close.
@@ -506,14 +508,20 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
         reader = self._reader
         if reader is not None:
             held = reader._buffer
-            self._refuse(
-                ProxyHeaderRefused(
-                    "PROXY header refused: the connection ended after "
-                    f"{_quote(held)}, before the header was complete"
-                    if held
-                    else "PROXY header refused: the connection ended before sending one"
+            if held or self._started:
+                self._refuse(
+                    ProxyHeaderRefused(
+                        "PROXY header refused: the connection ended after "
+                        f"{_quote(held)}, before the header was complete"
+                        if held
+                        else "PROXY header refused: the connection ended before sending one"
+                    )
                 )
-            )
+            else:
+                # Nothing sent and nothing started: a balancer's connect-and-
+                # close health check, which ends as quietly as it always has
+                # (a warning each time would fill the log).
+                self._end()
             return
         if self._refusal is not None or not self._started:
             # Already being aborted.
@@ -521,7 +529,13 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
         halfClose = IHalfCloseableProtocol(self.wrappedProtocol, None)
         if halfClose is not None:
             halfClose.readConnectionLost()
-        elif IFileDescriptor.providedBy(self.transport):
+        else:
+            self._end()
+
+    def _end(self) -> None:
+        """End the whole connection at the peer's FIN, as Twisted does for a
+        protocol that cannot half-close."""
+        if IFileDescriptor.providedBy(self.transport):
             # What tcp.Connection.readConnectionLost does when its protocol
             # cannot half-close: the whole connection ends now, with the
             # clean ConnectionDone, exactly as before this layer declared
