@@ -540,7 +540,7 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
             # cannot half-close: the whole connection ends now, with the
             # clean ConnectionDone, exactly as before this layer declared
             # IHalfCloseableProtocol.
-            self.transport.connectionLost(Failure(ConnectionDone()))
+            self.transport.connectionLost(Failure(ConnectionDone()))  # type: ignore[no-untyped-call]
         else:
             self.transport.loseConnection()
 
