@@ -163,15 +163,9 @@ class HAProxyListenerTests(Edge):
 
     def test_a_fin_before_the_header_is_complete_is_the_connections_reason(self) -> None:
         twist, port, record = self.start(listen_options=":handshakeTimeout=120")
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            raw.sendall(b"PROXY TCP4 1.2")
-            raw.shutdown(socket.SHUT_WR)
-            try:
-                # Refused at once: the 10 s read would time out if it
-                # waited for the 120 s handshake timeout.
-                self.assertEqual(raw.recv(1), b"")
-            except ConnectionResetError:
-                pass
+        # Refused at once: the 10 s read would time out if it waited for
+        # the 120 s handshake timeout.
+        send_and_finish(port, b"PROXY TCP4 1.2")
         # Before, the reason was "client closed before the TLS handshake
         # completed", without a word of the header.
         twist.wait_for(
@@ -488,6 +482,19 @@ class _Collect(Protocol):
         self.lost.callback(None)
 
 
+def send_and_finish(port: int, data: bytes) -> None:
+    """Connect, send *data*, half-close, and see the server end the
+    connection (a FIN or a reset) within the socket's 10 s timeout."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        if data:
+            raw.sendall(data)
+        raw.shutdown(socket.SHUT_WR)
+        try:
+            assert raw.recv(1) == b"", "the server sent bytes instead of ending"
+        except ConnectionResetError:
+            pass
+
+
 def half_close_plain(port: int, request: bytes) -> bytes:
     """Send the header and *request*, shut down writing, read to the end (blocking)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -638,38 +645,8 @@ class HalfCloseRelayTests(Edge):
         # The client finished first (its FIN), the backend's close followed.
         twist.wait_for(r'connection closed peer=192\.0\.2\.7:51234 .*reason="client closed"')
 
-    def test_a_fin_before_the_header_is_complete_refuses_it_at_once(self) -> None:
-        backend = self.backend(ECHO)
-        port = free_port()
-        twist = Twist(
-            self, "--listen", f"haproxy:tcp:{port}:interface=127.0.0.1",
-            "--connect", f"tcp:127.0.0.1:{backend}", "--max-connections", "1",
-        )
-        twist.wait_for("listening on")
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            raw.sendall(b"PROXY TCP4 1.2")
-            raw.shutdown(socket.SHUT_WR)
-            try:
-                self.assertEqual(raw.recv(1), b"")
-            except ConnectionResetError:
-                pass
-        # Refused for its FIN, not later for the header timeout; before, it
-        # left without a word.
-        twist.wait_for(
-            r"127\.0\.0\.1:\d+: PROXY header refused: the connection ended after "
-            r"'PROXY TCP4 1\.2', before the header was complete"
-        )
-        # Its one slot was given back: the next connection is served.
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            raw.sendall(HEADER + b"hello")
-            self.assertEqual(raw.recv(5), b"hello")
-        self.assertEqual(twist.output.count("PROXY header refused"), 1, twist.output)
-        self.assertNotIn("not complete within", twist.output)
-        self.assertNotIn("Traceback", twist.output)
-
-    def test_a_connection_that_sends_nothing_ends_quietly_at_its_fin(self) -> None:
-        # A balancer's connect-and-close health check: no line for it (one per
-        # check would fill the log), and its slot is given back.
+    def one_slot_relay(self) -> tuple[Twist, int]:
+        """A relay behind a plain haproxy: listener, with one connection slot."""
         backend = self.backend(ECHO)
         port = free_port()
         twist = Twist(
@@ -677,12 +654,34 @@ class HalfCloseRelayTests(Edge):
             "--connect", f"tcp:127.0.0.1:{backend}", "--max-connections", "1",
         )  # fmt: skip
         twist.wait_for("listening on")
-        for _ in range(3):
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-                raw.shutdown(socket.SHUT_WR)
-                self.assertEqual(raw.recv(1), b"")
+        return twist, port
+
+    def assert_served(self, port: int) -> None:
+        """The next connection is served (the one slot was given back)."""
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             raw.sendall(HEADER + b"hello")
             self.assertEqual(raw.recv(5), b"hello")
+
+    def test_a_fin_before_the_header_is_complete_refuses_it_at_once(self) -> None:
+        twist, port = self.one_slot_relay()
+        send_and_finish(port, b"PROXY TCP4 1.2")
+        # Refused for its FIN, not later for the header timeout; before, it
+        # left without a word.
+        twist.wait_for(
+            r"127\.0\.0\.1:\d+: PROXY header refused: the connection ended after "
+            r"'PROXY TCP4 1\.2', before the header was complete"
+        )
+        self.assert_served(port)
+        self.assertEqual(twist.output.count("PROXY header refused"), 1, twist.output)
+        self.assertNotIn("not complete within", twist.output)
+        self.assertNotIn("Traceback", twist.output)
+
+    def test_a_connection_that_sends_nothing_ends_quietly_at_its_fin(self) -> None:
+        # A balancer's connect-and-close health check: no line for it (one per
+        # check would fill the log), and its slot is given back.
+        twist, port = self.one_slot_relay()
+        for _ in range(3):
+            send_and_finish(port, b"")
+        self.assert_served(port)
         self.assertNotIn("PROXY header refused", twist.output)
         self.assertNotIn("Traceback", twist.output)
