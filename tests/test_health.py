@@ -8,8 +8,10 @@ The fleet behind haproxy is in tests/test_docs_howto.py (FleetHowToTests).
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import socket
+import ssl
 import threading
 import time
 
@@ -224,3 +226,83 @@ class DrainDelayWorkersTests(Edge):
             twist.wait_for(rf"worker {pid} stopped", timeout=20)
         self.assertNotIn("still accepting for", twist.output)
         self.assertEqual(healthz(status), (200, "ok\n"))
+
+
+class AtLimitWorkersTests(Edge):
+    """With --workers, /healthz says at limit for the whole service: while any
+    worker that accepts holds its --max-connections, whichever one answers."""
+
+    timeout = 120
+
+    def start(self, setup: Setup, status: int, *extra: str) -> tuple[Twist, list[int]]:
+        backend, _ = start_echo_server(self)
+        twist = Twist(
+            self, "--workers", "2", "--listen", setup.listen(),
+            "--connect", f"tcp:127.0.0.1:{backend}", "--status", f"tcp:{status}",
+            "--max-connections", "1", *extra, group=True,
+        )  # fmt: skip
+        pids = workers_started(twist, 2)
+        wait_listening(twist, 2)
+        return twist, pids
+
+    def hold(self, setup: Setup) -> ssl.SSLSocket:
+        """One relayed connection, open until the test closes it: one worker
+        (whichever the kernel chose) is at its limit of one."""
+        raw = socket.create_connection(("127.0.0.1", setup.port), timeout=10)
+        client = setup.client_context().wrap_socket(raw, server_hostname="localhost")
+        self.addCleanup(client.close)
+        client.sendall(b"x")
+        self.assertEqual(client.recv(1), b"x")
+        return client
+
+    def answers(self, status: int) -> set[tuple[int, str]]:
+        # Each check is a new connection, spread over both workers' status
+        # sockets by the kernel: 20 all on one worker would be a 1 in
+        # 500,000 chance.
+        return {healthz(status) for _ in range(20)}
+
+    def test_at_limit_whichever_worker_answers(self) -> None:
+        setup = Setup(self)
+        status = free_port()
+        self.start(setup, status)
+        self.assertEqual(self.answers(status), {(200, "ok\n")})
+        client = self.hold(setup)
+        wait_for_health(status, (503, "at limit\n"))
+        # Before, only the worker at its limit said so: about half the checks.
+        self.assertEqual(self.answers(status), {(503, "at limit\n")})
+        client.close()
+        wait_for_health(status, (200, "ok\n"))
+        self.assertEqual(self.answers(status), {(200, "ok\n")})
+
+    def test_a_replaced_worker_at_its_limit_no_longer_counts(self) -> None:
+        setup = Setup(self)
+        status = free_port()
+        twist, _ = self.start(setup, status, "--drain-timeout", "60")
+        client = self.hold(setup)
+        wait_for_health(status, (503, "at limit\n"))
+        twist.send_signal(signal.SIGHUP)
+        workers_started(twist, 2, generation=2)
+        # The old worker drains its connection and accepts no one: the new
+        # generation takes every client. (Before, the old worker, whose
+        # status socket stays open while it drains, still said at limit.)
+        wait_for_health(status, (200, "ok\n"))
+        self.assertEqual(self.answers(status), {(200, "ok\n")})
+        # Still held, by the old worker: the drain is not over.
+        client.sendall(b"y")
+        self.assertEqual(client.recv(1), b"y")
+        self.assertNotIn("Traceback", twist.output)
+
+    def test_a_worker_killed_at_its_limit_leaves_no_trace(self) -> None:
+        setup = Setup(self)
+        status = free_port()
+        twist, pids = self.start(setup, status)
+        self.hold(setup)
+        wait_for_health(status, (503, "at limit\n"))
+        # Whichever holds the connection dies at its limit, without a word.
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            twist.wait_for(rf"worker {pid} was killed by SIGKILL")
+        wait_listening(twist, 4)
+        wait_for_health(status, (200, "ok\n"))
+        self.assertEqual(self.answers(status), {(200, "ok\n")})

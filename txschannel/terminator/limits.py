@@ -16,6 +16,11 @@ file descriptor (whose accepting cannot be paused or capped) can still
 hand over a client over the limit: that one is aborted (a reset, nothing
 read) and counted, so the limit is never exceeded.
 
+With ``--workers``, each worker counts its own connections against its own
+limit, and a :class:`LimitBoard` (memory the supervisor shares with every
+worker it forks) says which of them are at it: ``/healthz`` answers for the
+whole service, whichever worker takes the check.
+
 A plain ``haproxy:`` listener starts the connection's gate (which counts
 it) only once the PROXY header is read. Its connections are counted from
 accept all the same: :meth:`ConnectionLimit.add_port` gives the limit to
@@ -31,6 +36,7 @@ crowd out the others: ``--status``.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -54,6 +60,7 @@ __all__ = [
     "STATUS_REQUEST_TIMEOUT",
     "BoundedFactory",
     "ConnectionLimit",
+    "LimitBoard",
 ]
 
 _log = Logger(namespace="txschannel")
@@ -74,6 +81,50 @@ STATUS_IDLE_TIMEOUT = 10.0
 STATUS_REQUEST_TIMEOUT = 5.0
 
 
+class LimitBoard:
+    """Which workers of a ``--workers`` service are at ``--max-connections``.
+
+    One byte per worker, in anonymous shared memory made by the supervisor
+    before it forks: every worker it starts inherits the same pages. The
+    supervisor gives each worker a cell of its own (:meth:`take`) and takes
+    it back once the worker is gone (:meth:`give_back`, which clears it, so
+    a worker that died at its limit leaves no trace); a worker writes only
+    its own cell (:meth:`mark`), and anyone reads them all
+    (:meth:`any_at_limit`). One-byte writes need no lock.
+
+    :param cells: the most workers alive at once that get a cell (old
+        generations that still drain count); a worker started beyond it
+        gets none and is never reported at its limit.
+    """
+
+    def __init__(self, cells: int = mmap.PAGESIZE) -> None:
+        self._memory = mmap.mmap(-1, cells)
+        self._taken: set[int] = set()
+
+    def take(self) -> int | None:
+        """A free cell for a worker about to start (in the supervisor), or None."""
+        for cell in range(len(self._memory)):
+            if cell not in self._taken:
+                self._taken.add(cell)
+                self._memory[cell] = 0
+                return cell
+        return None
+
+    def give_back(self, cell: int | None) -> None:
+        """Clear and free the cell of a worker that is gone (in the supervisor)."""
+        if cell is not None:
+            self._memory[cell] = 0
+            self._taken.discard(cell)
+
+    def mark(self, cell: int, at_limit: bool) -> None:
+        """Say whether the worker of *cell* is at its limit (in that worker)."""
+        self._memory[cell] = 1 if at_limit else 0
+
+    def any_at_limit(self) -> bool:
+        """Whether some worker is at its limit now."""
+        return self._memory.find(b"\x01") != -1
+
+
 class ConnectionLimit:
     """Counts the open connections and pauses listening at *maximum*.
 
@@ -86,6 +137,10 @@ class ConnectionLimit:
     :ivar refused: connections aborted since the last pause because they
         were accepted over the limit (only by a port that cannot be capped).
     :ivar paused: whether the listening ports are paused.
+    :ivar on_turn: called with True when the limit pauses its ports and
+        with False when it resumes them, and once with False when its ports
+        are forgotten (:meth:`remove_ports`), after which never again (a
+        ``--workers`` worker marks its :class:`LimitBoard` cell with it).
     """
 
     def __init__(self, maximum: int | None = None, *, announce: bool = True) -> None:
@@ -94,6 +149,7 @@ class ConnectionLimit:
         self.open = 0
         self.refused = 0
         self.paused = False
+        self.on_turn: Callable[[bool], None] | None = None
         self._ports: list[IListeningPort] = []
         #: Slots being handed over (hand_over): the next opened() takes one.
         self._handing_over = 0
@@ -120,8 +176,15 @@ class ConnectionLimit:
             _pause(port)
 
     def remove_ports(self) -> None:
-        """Forget every port (they are stopping): never resume them again."""
+        """Forget every port (they are stopping): never resume them again.
+
+        A process that no longer accepts is no longer at its limit for
+        anyone choosing where to send clients, whatever it still holds.
+        """
         self._ports = []
+        on_turn, self.on_turn = self.on_turn, None
+        if on_turn is not None:
+            on_turn(False)
 
     def opened(self) -> bool:
         """A connection was accepted: count it, or return False when it is over the limit.
@@ -141,6 +204,8 @@ class ConnectionLimit:
             self.paused = True
             for port in self._ports:
                 _pause(port)
+            if self.on_turn is not None:
+                self.on_turn(True)
             if self.announce:
                 _log.warn(
                     "at --max-connections {maximum}: stopped accepting until a connection closes",
@@ -175,6 +240,8 @@ class ConnectionLimit:
             self.paused = False
             for port in self._ports:
                 _resume(port)
+            if self.on_turn is not None:
+                self.on_turn(False)
             refused, self.refused = self.refused, 0
             if not self.announce:
                 return

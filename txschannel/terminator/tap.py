@@ -101,6 +101,11 @@ def makeService(options: Options) -> SchannelService:
         worker=worker is not None,
         replaced=worker.replaced if worker is not None else None,
     )
+    if worker is not None and worker.board is not None and worker.cell is not None:
+        # /healthz answers for every worker: each marks its own cell.
+        board, cell = worker.board, worker.cell
+        limit.on_turn = lambda at_limit: board.mark(cell, at_limit)
+        service.health.board = board
     if metrics is not None and plan.status is not None:
         description, endpoint = plan.status
         service.status = (description, endpoint, status_site(metrics, service, reactor))

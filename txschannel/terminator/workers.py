@@ -64,6 +64,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from txschannel.terminator import notify
+from txschannel.terminator.limits import LimitBoard
 
 __all__ = [
     "ListenRequest",
@@ -329,13 +330,17 @@ class AdoptingReactor:
 
 @dataclass
 class Worker:
-    """What a forked worker is told: which of the workers it is, and its sockets."""
+    """What a forked worker is told: which of the workers it is, its sockets,
+    and its cell on the supervisor's :class:`LimitBoard` (``None``: none was
+    free)."""
 
     slot: int
     count: int
     generation: int
     sockets: Mapping[tuple[object, ...], socket.socket]
     supervisor: int
+    board: LimitBoard | None = None
+    cell: int | None = None
 
     def replaced(self) -> bool:
         """Whether this worker stops because a new generation took over.
@@ -364,6 +369,7 @@ class _Running:
     generation: int
     started: float
     stopping: bool = False
+    cell: int | None = None
 
 
 #: The folders where supervisors keep their workers' ``--status`` figures
@@ -517,6 +523,8 @@ class Supervisor:
         supervisor kills them at shutdown (beyond their own limit).
     :param on_exit: called with each pid that exited (the metrics files).
     :param cleanup: called once, when the supervisor exits.
+    :ivar board: which workers are at ``--max-connections``, shared with
+        each worker forked (see :class:`LimitBoard`).
     """
 
     count: int
@@ -529,6 +537,7 @@ class Supervisor:
     validity_interval: float | None = None
     on_exit: Callable[[int], None] = lambda pid: None
     cleanup: Callable[[], None] = lambda: None
+    board: LimitBoard = field(default_factory=LimitBoard)
     _running: dict[int, _Running] = field(default_factory=dict)
     _generation: int = 0
     _waiting: dict[int, float] = field(default_factory=dict)  # slot -> when to start
@@ -646,6 +655,7 @@ class Supervisor:
     def _start(self, slot: int) -> Worker | None:
         sys.stdout.flush()
         sys.stderr.flush()
+        cell = self.board.take()
         pid = os.fork()
         if pid == 0:
             supervisor = os.getppid()
@@ -661,8 +671,11 @@ class Supervisor:
                 for listening in sockets.values():
                     if id(listening) not in own:
                         listening.close()
-            return Worker(slot, self.count, self._generation, self.sockets[slot], supervisor)
-        self._running[pid] = _Running(slot, self._generation, time.monotonic())
+            return Worker(
+                slot, self.count, self._generation, self.sockets[slot], supervisor,
+                self.board, cell,
+            )
+        self._running[pid] = _Running(slot, self._generation, time.monotonic(), cell=cell)
         self.log.info(
             "worker {pid} started ({slot} of {count}, generation {generation})",
             pid=pid, slot=slot + 1, count=self.count, generation=self._generation,
@@ -681,6 +694,8 @@ class Supervisor:
             self.on_exit(pid)
             if running is None:
                 continue
+            # Gone: it holds no connection, and its cell may serve another.
+            self.board.give_back(running.cell)
             how = _exit_text(status)
             if running.stopping or self._stopping_since is not None:
                 self.log.info("worker {pid} stopped", pid=pid)
