@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import warnings
 import weakref
 from collections.abc import Callable
@@ -1641,9 +1642,13 @@ class DocumentationTests(SynchronousTestCase):
 
         programs = self.programs()
         self.assertEqual(len(programs), 2)
+        # The import path this process has (absolute: site made it so), not
+        # PYTHONPATH as given, which may be relative to the directory trial
+        # left for its _trial_temp.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         for code, printed in programs:
             result = subprocess.run(
-                [sys.executable, "-c", code], capture_output=True, timeout=60
+                [sys.executable, "-c", code], capture_output=True, timeout=60, env=env
             )
             self.assertEqual(result.returncode, 0, result.stderr.decode())
             expected = printed.split("TLS_")[0] if "TLS_" in printed else printed
