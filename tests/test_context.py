@@ -379,6 +379,59 @@ class ExtraTests(SynchronousTestCase):
 # -- closing -----------------------------------------------------------------
 
 
+# -- giving back buffer memory ------------------------------------------------------
+
+
+def _bios(context: ClientContext | ServerContext) -> tuple[int, int]:
+    """The addresses of the memory BIOs OpenSSL reads from and writes to."""
+    from OpenSSL._util import ffi  # (pyOpenSSL's: the public path has no other)
+
+    connection = context.openssl_connection
+    assert connection is not None
+    return (int(ffi.cast("uintptr_t", connection._into_ssl)),
+            int(ffi.cast("uintptr_t", connection._from_ssl)))
+
+
+class ReleaseBuffersTests(SynchronousTestCase):
+    """release_buffers() gives OpenSSL an empty pair of memory BIOs (the fast
+    path), loses nothing, and refuses when it cannot."""
+
+    def test_after_large_pieces_a_new_pair_carries_on(self) -> None:
+        for version in ("TLSv1.2", "TLSv1.3"):
+            pair = connected(version=version)
+            # 64 KiB pieces both ways: each BIO held one of them at once.
+            self.assertEqual(pair.client_to_server(b"a" * 65536), b"a" * 65536)
+            self.assertEqual(pair.server_to_client(b"b" * 65536), b"b" * 65536)
+            for side in (pair.client, pair.server):
+                before = _bios(side.context)
+                released = side.context.release_buffers()
+                self.assertEqual(released, _openssl.FAST, version)
+                after = _bios(side.context)
+                # Both new ones are allocated before the old pair is freed:
+                # different addresses mean different BIOs.
+                self.assertEqual(len(set(before + after)), 4 if released else 2, version)
+            # The new pair carries what follows, both ways.
+            self.assertEqual(pair.client_to_server(b"ping"), b"ping")
+            self.assertEqual(pair.server_to_client(b"pong"), b"pong")
+
+    def test_nothing_is_released_before_the_handshake_after_delete_or_with_bytes_held(
+        self,
+    ) -> None:
+        client = ClientContext(client_credentials(), NAME)
+        self.assertFalse(client.release_buffers())
+        pair = connected()
+        server = pair.server.context
+        # Bytes in a BIO would be lost with it: the pair is kept.
+        connection = server.openssl_connection
+        assert connection is not None
+        before = _bios(server)
+        connection.bio_write(b"\x17\x03\x03")
+        self.assertFalse(server.release_buffers())
+        self.assertEqual(_bios(server), before)
+        server.delete()
+        self.assertFalse(server.release_buffers())
+
+
 class CloseTests(SynchronousTestCase):
     def test_close_notify_is_context_expired_with_data_before_it_intact(self) -> None:
         for version in ("TLSv1.2", "TLSv1.3"):

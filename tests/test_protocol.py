@@ -53,7 +53,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from tests.support import hellos
-from txschannel import Credentials, SecurityError, Status
+from txschannel import Credentials, SecurityError, Status, _openssl
 from txschannel import protocol as protocol_module
 from txschannel.protocol import (
     ConnectionTruncated,
@@ -688,6 +688,103 @@ class CoalescingTests(SynchronousTestCase):
     def test_write_rejects_text(self) -> None:
         pair = Pair()
         self.assertRaises(TypeError, pair.client.write, "text")
+
+
+def _bios(protocol: SchannelProtocol) -> tuple[int, int]:
+    """The addresses of the memory BIOs under *protocol*'s context."""
+    from OpenSSL._util import ffi  # (pyOpenSSL's: the public path has no other)
+
+    connection = protocol.getHandle()
+    assert connection is not None
+    return (int(ffi.cast("uintptr_t", connection._into_ssl)),
+            int(ffi.cast("uintptr_t", connection._from_ssl)))
+
+
+def _quiet_looks(clock: Clock) -> list[Any]:
+    """The factory timers that look for quiet connections, still to run."""
+    return [call for call in clock.getDelayedCalls()
+            if getattr(call.func, "__name__", "") == "_look"]
+
+
+def _releasing_pair() -> Pair:
+    """A Pair whose factories release quiet connections' buffers."""
+    on = {"release_quiet_buffers": True}
+    return Pair(client_kwargs=on, server_kwargs=on)
+
+
+class QuietReleaseTests(SynchronousTestCase):
+    """A connection that went quiet after moving large pieces (or after its
+    handshake) gets empty memory BIOs: an idle connection keeps none of the
+    64 KiB pieces a memory BIO would otherwise hold for its life."""
+
+    def test_a_quiet_connection_gets_empty_buffers_and_carries_on(self) -> None:
+        pair = _releasing_pair()
+        pair.flush()
+        pair.server.write(b"x" * 100_000)
+        pair.client.write(b"y" * 100_000)
+        pair.flush()
+        before = {"client": _bios(pair.client), "server": _bios(pair.server)}
+        pair.clock.advance(protocol_module._QUIET_PERIOD)  # noted in this period: kept
+        self.assertEqual(_bios(pair.server), before["server"])
+        pair.clock.advance(protocol_module._QUIET_PERIOD)  # a whole period quiet
+        for side, protocol in (("client", pair.client), ("server", pair.server)):
+            after = _bios(protocol)
+            if _openssl.FAST:
+                self.assertEqual(len(set(before[side] + after)), 4, side)
+            else:  # the public path cannot replace them
+                self.assertEqual(after, before[side], side)
+        # Nothing noted any more: the factories' look is not scheduled again.
+        self.assertEqual(_quiet_looks(pair.clock), [])
+        # The new pair carries what follows, both ways.
+        pair.server.write(b"after")
+        pair.client.write(b"back")
+        pair.flush()
+        self.assertEqual(pair.client_app.received, b"x" * 100_000 + b"after")  # type: ignore[attr-defined]
+        self.assertEqual(pair.server_app.received, b"y" * 100_000 + b"back")  # type: ignore[attr-defined]
+
+    def test_a_busy_connection_keeps_its_buffers_until_it_is_quiet(self) -> None:
+        pair = _releasing_pair()
+        pair.flush()
+        for _ in range(3):
+            pair.server.write(b"x" * 100_000)
+            pair.flush()
+            before = _bios(pair.server)
+            pair.clock.advance(protocol_module._QUIET_PERIOD)
+            self.assertEqual(_bios(pair.server), before)  # a large piece every period
+        pair.clock.advance(protocol_module._QUIET_PERIOD)
+        self.assertEqual(_bios(pair.server) != before, _openssl.FAST)
+
+    def test_small_pieces_do_not_wake_the_look(self) -> None:
+        pair = _releasing_pair()
+        pair.flush()
+        for _ in range(2):  # the handshakes' BIOs, quiet for a whole period
+            pair.clock.advance(protocol_module._QUIET_PERIOD)
+        self.assertEqual(_quiet_looks(pair.clock), [])
+        for _ in range(100):
+            pair.server.write(b"z" * 1000)
+            pair.flush()
+        self.assertEqual(_quiet_looks(pair.clock), [])
+
+    def test_a_connection_that_ends_leaves_no_timer(self) -> None:
+        pair = _releasing_pair()
+        pair.flush()
+        pair.server.write(b"x" * 100_000)
+        pair.flush()
+        self.assertEqual(len(_quiet_looks(pair.clock)), 2)  # one per factory
+        pair.client.loseConnection()
+        pair.flush()
+        pair.clock.advance(60)  # the close sequence's timers, if any
+        self.assertTrue(pair.client_app.lost and pair.server_app.lost)  # type: ignore[attr-defined]
+        self.assertEqual(_quiet_looks(pair.clock), [])
+
+
+    def test_off_by_default_no_timer_after_a_handshake(self) -> None:
+        # As TLSMemoryBIOFactory: a factory made directly leaves no timer.
+        pair = Pair()
+        pair.flush()
+        pair.server.write(b"x" * 100_000)
+        pair.flush()
+        self.assertEqual(_quiet_looks(pair.clock), [])
 
 
 class CloseTests(SynchronousTestCase):

@@ -70,7 +70,11 @@ PUBLIC_API_VARIABLE = "TXSCHANNEL_PUBLIC_API"
 # Everything the fast path calls in the binding: one missing name (a
 # pyOpenSSL that binds less) and the public path is taken for everything.
 _FUNCTIONS = (
+    "BIO_free",
+    "BIO_get_mem_data",
+    "BIO_new",
     "BIO_read",
+    "BIO_s_mem",
     "BIO_write",
     "ERR_clear_error",
     "SSL_CTX_set1_curves_list",
@@ -82,6 +86,7 @@ _FUNCTIONS = (
     "SSL_get_verify_result",
     "SSL_read",
     "SSL_session_reused",
+    "SSL_set_bio",
     "SSL_write",
     "X509_STORE_CTX_get_current_cert",
     "X509_STORE_CTX_get_error",
@@ -318,6 +323,16 @@ class Engine(Protocol):
         """Everything OpenSSL has written for the peer, as one bytes object."""
 
     @staticmethod
+    def fresh_buffers(connection: SSL.Connection) -> bool:
+        """Give OpenSSL new, empty memory BIOs for its input and output, the
+        old ones freed; False (nothing done) when either holds bytes.
+
+        A memory BIO keeps the largest size it ever held: the pair that
+        carried a handshake's flights, or 64 KiB pieces, would keep that
+        memory for as long as the connection lives. The public path cannot
+        replace them: it does nothing and returns False."""
+
+    @staticmethod
     def write_input(
         connection: SSL.Connection, data: bytes | bytearray | memoryview, size: int
     ) -> None:
@@ -423,6 +438,31 @@ class FastEngine:
     @staticmethod
     def drain(connection: SSL.Connection, size_hint: int) -> bytes:
         return _read_bio(connection._from_ssl, size_hint)
+
+    @staticmethod
+    def fresh_buffers(connection: SSL.Connection) -> bool:
+        # Only an empty pair is replaced: bytes left in either would be
+        # lost with it.
+        if (
+            lib.BIO_get_mem_data(connection._into_ssl, ffi.NULL) != 0
+            or lib.BIO_get_mem_data(connection._from_ssl, ffi.NULL) != 0
+        ):
+            return False
+        into = lib.BIO_new(lib.BIO_s_mem())
+        out = lib.BIO_new(lib.BIO_s_mem())
+        if into == ffi.NULL or out == ffi.NULL:
+            # Out of memory: keep the old ones, which work.
+            for bio in (into, out):
+                if bio != ffi.NULL:
+                    lib.BIO_free(bio)
+            return False
+        # SSL_set_bio frees the old pair (the SSL owns them, as it owns
+        # these) and points the record layers at the new ones; pyOpenSSL
+        # keeps its own pointers to the pair for bio_read and bio_write.
+        lib.SSL_set_bio(connection._ssl, into, out)
+        connection._into_ssl = into
+        connection._from_ssl = out
+        return True
 
     @staticmethod
     def write_input(
@@ -548,6 +588,10 @@ class PublicEngine:
     @staticmethod
     def drain(connection: SSL.Connection, size_hint: int) -> bytes:
         return _read_all(_public_bio_read, connection, size_hint)
+
+    @staticmethod
+    def fresh_buffers(connection: SSL.Connection) -> bool:
+        return False
 
     @staticmethod
     def write_input(

@@ -76,6 +76,7 @@ _do_handshake = _openssl.engine.handshake
 _encrypt = _openssl.engine.encrypt
 _read_records = _openssl.engine.read_records
 _read_available = _openssl.engine.read_available
+_fresh_buffers = _openssl.engine.fresh_buffers
 
 
 class Step(NamedTuple):
@@ -562,6 +563,23 @@ class SecurityContext:
         except _openssl.ShortWrite as e:
             error = self._fail(Status.INTERNAL_ERROR, str(e), b"")
         raise error
+
+    def release_buffers(self) -> bool:
+        """Give back the memory of OpenSSL's buffers between this context and
+        its caller; whether it could.
+
+        OpenSSL keeps the largest piece each of them ever held (a
+        handshake's flights, a 64 KiB write or read) for the connection's
+        life. Call this when the connection has gone quiet after moving
+        large pieces: the next ones grow the buffers again. It does nothing
+        (False) before the handshake returned OK, after :meth:`delete`, and
+        on the public pyOpenSSL path (``TXSCHANNEL_PUBLIC_API``), which
+        cannot replace them. Nothing is ever lost: both are empty between
+        calls, and a buffer that is not is kept.
+        """
+        if self._state is not _ESTABLISHED or self._connection is None:
+            return False
+        return _fresh_buffers(self._connection)
 
     def decrypt(self, data: bytes | bytearray | memoryview) -> Unwrapped:
         """Decrypt every complete record in *data*.

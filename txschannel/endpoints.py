@@ -293,6 +293,7 @@ class SchannelServerEndpoint:
                 max_pre_handshake_buffer=self.max_pre_handshake_buffer,
                 handshake_memory=self.handshake_memory,
                 keep_client_hello=self.keep_client_hello,
+                release_quiet_buffers=True,
             )
         except (TypeError, ValueError):
             return fail()
@@ -420,6 +421,7 @@ class SchannelClientEndpoint:
                 protocolFactory,
                 self._clock,
                 target_name=self.target_name,
+                release_quiet_buffers=True,
             )
         except (TypeError, ValueError):
             return fail()

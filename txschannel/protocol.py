@@ -467,6 +467,9 @@ class _Handshake:
         protocol = self.protocol
         protocol._established = True
         protocol._update_write_state()
+        if protocol._quiet is not None:
+            # The BIOs that carried the flights keep them otherwise.
+            protocol._quiet.note(protocol)
         waiters = self._end()
         self._log_done()
         # Writes held during the handshake go first, ahead of anything the
@@ -1078,6 +1081,74 @@ class _Coalescer:
             self.resume = None
 
 
+#: A read or write of more than this many bytes grows OpenSSL's memory
+#: BIOs past what an idle connection should keep (they keep the largest
+#: piece they held; see _QuietRelease).
+_LARGE_PIECE = 4096
+#: Seconds between two looks at the connections that moved large pieces: one
+#: that moved none for a whole period has its memory BIOs replaced by empty
+#: ones, so it gives back their memory between 5 and 10 seconds after its
+#: last large piece.
+_QUIET_PERIOD = 5.0
+
+
+class _QuietRelease:
+    """Gives back the buffer memory of a factory's connections that went quiet.
+
+    A memory BIO keeps the largest piece it ever held: after a 64 KiB
+    response an idle relayed connection kept about 64 KB more than one that
+    only shook hands (and that one its handshake's flights, about 2 KB).
+    Replacing the BIOs after each large piece would cost the bulk path a
+    free and a regrowth per piece; so each large piece (and each completed
+    handshake) only notes the connection here, a dict store, and one timer
+    for the whole factory (running only while some connection is noted)
+    replaces the BIOs of those that moved no large piece for a whole
+    period (:meth:`SecurityContext.release_buffers`).
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        #: Noted connections, with the period of their last large piece.
+        self._noted: dict[SchannelProtocol, int] = {}
+        self._period = 0
+        self._call: IDelayedCall | None = None
+
+    def note(self, protocol: SchannelProtocol) -> None:
+        """*protocol* just moved a large piece (or finished its handshake)."""
+        self._noted[protocol] = self._period
+        if self._call is None:
+            self._call = self._clock.callLater(_QUIET_PERIOD, self._look)
+
+    def forget(self, protocol: SchannelProtocol) -> None:
+        """*protocol*'s connection is over."""
+        if self._noted.pop(protocol, None) is not None and not self._noted:
+            self.stop()
+
+    def _look(self) -> None:
+        self._call = None
+        period = self._period
+        self._period += 1
+        quiet = [protocol for protocol, last in self._noted.items() if last < period]
+        released = 0
+        for protocol in quiet:
+            del self._noted[protocol]
+            # A context that still holds bytes keeps its buffers, as it does
+            # on the public path, which cannot replace them.
+            released += protocol.securityContext.release_buffers()
+        if released and _MALLOC_TRIM is not None:
+            # Freed, the buffers lie between live allocations: without a
+            # trim the allocator keeps their pages (see _HandshakeBudget).
+            _MALLOC_TRIM()
+        if self._noted:
+            self._call = self._clock.callLater(_QUIET_PERIOD, self._look)
+
+    def stop(self) -> None:
+        """Cancel the timer (the factory stopped, or nothing is noted)."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
 @implementer(ISSLTransport, INegotiated, ISystemHandle, IHalfCloseableProtocol)
 class SchannelProtocol(ProtocolWrapper):
     """A TLS connection: the wrapped protocol's transport, driving a security context.
@@ -1157,6 +1228,7 @@ class SchannelProtocol(ProtocolWrapper):
         # write() is ours, bound once for speed (see _Coalescer).
         self._outgoing = _Coalescer(self, factory._clock if factory is not None else _NO_CLOCK)
         self.write = self._outgoing.write  # type: ignore[method-assign]
+        self._quiet = factory._quiet if factory is not None else None
 
     # -- connection setup -------------------------------------------------
 
@@ -1242,6 +1314,8 @@ class SchannelProtocol(ProtocolWrapper):
         except SecurityError as e:
             self._security_failed(e, "connection")
             return
+        if len(data) > _LARGE_PIECE and self._quiet is not None:
+            self._quiet.note(self)
         if token:
             self.transport.write(token)
         if plaintext:
@@ -1332,6 +1406,8 @@ class SchannelProtocol(ProtocolWrapper):
             self._fail(_failure(e))
             return
         self.bytesSent += len(data)
+        if len(data) > _LARGE_PIECE and self._quiet is not None:
+            self._quiet.note(self)
         self.transport.write(records)
 
     # -- producers and consumers ------------------------------------------
@@ -1492,6 +1568,8 @@ class SchannelProtocol(ProtocolWrapper):
         """
         self._reason = None
         self._producer = None
+        if self._quiet is not None:
+            self._quiet.forget(self)
         self._outgoing.drop()
         self._outgoing._protocol = None
         if self._closing is not _NOT_CLOSING:
@@ -1617,6 +1695,15 @@ class SchannelFactory(WrappingFactory):
     :param keep_client_hello: (server) have each connection's context keep
         the client's ClientHello (see :attr:`ServerContext.client_hello`),
         for an application that shows or judges what clients offer.
+    :param release_quiet_buffers: give back the memory OpenSSL's buffers
+        keep of large pieces (and of the handshake) once a connection has
+        moved none for 5 to 10 seconds (:meth:`SecurityContext.release_buffers`):
+        one timer for the factory, running while some connection moved a
+        large piece. ``schannel:`` endpoints (and so ``twist schannel``)
+        set it; it is off by default, so that a factory made directly has
+        no timer of its own left once its handshakes are done, as
+        ``TLSMemoryBIOFactory`` has none (trial would call the reactor
+        unclean for a test that leaves a connection open).
     :raises ValueError: credentials for the wrong side, a client without a
         name to check, or a bad limit.
     :raises TypeError: *credentials_or_creator* is not a TLS configuration.
@@ -1646,6 +1733,7 @@ class SchannelFactory(WrappingFactory):
         close_timeout: float | None = 5.0,
         handshake_memory: int | None = DEFAULT_HANDSHAKE_MEMORY,
         keep_client_hello: bool = False,
+        release_quiet_buffers: bool = False,
     ) -> None:
         cast(Any, super()).__init__(wrappedFactory)
         self.isClient = bool(isClient)
@@ -1676,6 +1764,7 @@ class SchannelFactory(WrappingFactory):
 
             clock = cast(IReactorTime, reactor)
         self._clock = clock
+        self._quiet = _QuietRelease(clock) if release_quiet_buffers else None
         self._budget = (
             _HandshakeBudget(handshake_memory, clock)
             if handshake_memory is not None and not self.isClient
@@ -1816,9 +1905,12 @@ class SchannelFactory(WrappingFactory):
         return self.protocol(self, wrapped)
 
     def stopFactory(self) -> None:
-        """No more ports use this factory: cancel the handshake budget's timers."""
+        """No more ports use this factory: cancel the handshake budget's timers
+        and the look for quiet connections."""
         if self._budget is not None:
             self._budget.stop()
+        if self._quiet is not None:
+            self._quiet.stop()
 
     def logPrefix(self) -> str:
         """The wrapped factory's log prefix, marked as TLS."""
