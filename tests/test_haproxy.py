@@ -174,6 +174,21 @@ class HAProxyListenerTests(Edge):
         )
         self.assertFalse(record.exists())
 
+    def test_a_connection_that_sends_nothing_ends_as_on_a_tls_listener(self) -> None:
+        # A balancer's connect-and-close check (HAProxy's plain "check"
+        # sends no PROXY header): it ends as it did before half-close passed
+        # through, and as on a schannel:tcp: listener, a clean close before
+        # the handshake, not a refused header.
+        twist, port, record = self.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.shutdown(socket.SHUT_WR)
+            # Closed (a FIN), not reset (the abort of a refusal).
+            self.assertEqual(raw.recv(1), b"")
+        line = twist.wait_for(r"connection closed peer=127\.0\.0\.1:\d+ .*\n")
+        self.assertIn('reason="client closed before the TLS handshake completed"', line.group())
+        self.assertNotIn("PROXY header refused", twist.output)
+        self.assertFalse(record.exists())
+
     def test_unfinished_headers_are_charged_to_the_handshake_budget(self) -> None:
         budget = 131445  # the smallest handshakeMemory: one largest ClientHello
         twist, port, _ = self.start(

@@ -41,8 +41,9 @@ differs where a header is hostile or broken:
   after its request (TCP FIN, after TLS's close_notify or not) still gets
   the reply of a protocol behind that can half-close (a TLS layer,
   ``twist schannel``'s relay); Twisted's wrapper, and this one before,
-  closed the whole connection at the FIN. A FIN before the header is
-  complete refuses the connection at once;
+  closed the whole connection at the FIN. A FIN after part of the header
+  refuses the connection at once; one with nothing sent before it (a
+  balancer's connect-and-close check) ends as it would without the header;
 - a refused connection is aborted. A protocol already started (TLS) is
   told why: its ``connectionLost`` reason is a :class:`ProxyHeaderRefused`
   whose text quotes the peer's bytes escaped (``twist schannel`` writes it
@@ -499,8 +500,10 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
         Before the header is complete it is a refusal: the header can never
         complete, so the connection is aborted at once (not held until the
         header timeout) and logged like any refused header, except a
-        connection that sent nothing to a protocol not started yet (a
-        balancer's connect-and-close check), which ends quietly. After it, a
+        connection that sent nothing (a balancer's connect-and-close check),
+        which ends as a FIN always ended it: quietly behind a protocol not
+        started yet, and as a clean close for a TLS layer started at once
+        (as on a bare TLS listener, not a refused header). After it, a
         half-close-aware protocol behind is told (it may still write its
         reply); any other protocol loses the connection the way Twisted's
         TCP transport ends it for a protocol that cannot half-close.
@@ -508,19 +511,19 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
         reader = self._reader
         if reader is not None:
             held = reader._buffer
-            if held or self._started:
+            if held:
                 self._refuse(
                     ProxyHeaderRefused(
                         "PROXY header refused: the connection ended after "
                         f"{_quote(held)}, before the header was complete"
-                        if held
-                        else "PROXY header refused: the connection ended before sending one"
                     )
                 )
             else:
-                # Nothing sent and nothing started: a balancer's connect-and-
-                # close health check, which ends as quietly as it always has
-                # (a warning each time would fill the log).
+                # Nothing sent: a balancer's connect-and-close health check
+                # (HAProxy's plain "check" sends no header), which ends as it
+                # always has: without a line (a warning each time would fill
+                # the log), or behind TLS as a clean close before the
+                # handshake, not a refused header and an abort.
                 self._end()
             return
         if self._refusal is not None or not self._started:
