@@ -8,18 +8,22 @@ second while paused".
 
 from __future__ import annotations
 
+import errno
+import os
 import queue
 import socket
 import ssl
 import threading
 import time
 
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.edges import ECHO, RECORDER, Edge, read_to_end
 from tests.support.peers import free_port
 from tests.support.twist import Twist, assert_one_line, run_twist
-from txschannel.terminator.limits import ConnectionLimit
+from txschannel.terminator.limits import ConnectionLimit, LimitBoard
+from txschannel.terminator.workers import Supervisor
 
 
 class MaxConnectionsTests(Edge):
@@ -229,3 +233,44 @@ class BadLimitTests(SynchronousTestCase):
         self.assertRefused("--idle-timeout", "-1", "must be above 0")
         self.assertRefused("--idle-timeout", "nan", "must be above 0")
         self.assertRefused("--connect-timeout", "soon", "expected a number of seconds")
+
+
+class LimitBoardTests(SynchronousTestCase):
+    """The workers' board: one cell each, seen across fork, freed with the worker."""
+
+    def test_a_mark_in_a_forked_child_is_seen_by_its_parent(self) -> None:
+        board = LimitBoard(cells=4)
+        cell = board.take()
+        assert cell is not None
+        self.assertFalse(board.any_at_limit())
+        pid = os.fork()
+        if pid == 0:  # the child: a worker marking its own cell
+            board.mark(cell, True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        self.assertTrue(board.any_at_limit())
+        # Given back (the worker is gone): cleared, and free for the next.
+        board.give_back(cell)
+        self.assertFalse(board.any_at_limit())
+        self.assertEqual(board.take(), cell)
+
+    def test_cells_run_out_and_come_back(self) -> None:
+        board = LimitBoard(cells=2)
+        first, second = board.take(), board.take()
+        self.assertEqual({first, second}, {0, 1})
+        self.assertIsNone(board.take())
+        board.give_back(first)
+        self.assertEqual(board.take(), first)
+
+    def test_a_fork_that_fails_gives_its_cell_back(self) -> None:
+        supervisor = Supervisor(
+            1, [{}], Logger(), reload=lambda why: False, check_validity=lambda: None,
+            drain_timeout=1.0, board=LimitBoard(cells=1),
+        )
+
+        def no_fork() -> int:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        self.patch(os, "fork", no_fork)
+        self.assertRaises(OSError, supervisor._start, 0)
+        self.assertEqual(supervisor.board.take(), 0)

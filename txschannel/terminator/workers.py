@@ -656,7 +656,12 @@ class Supervisor:
         sys.stdout.flush()
         sys.stderr.flush()
         cell = self.board.take()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            # No worker: its cell is free again.
+            self.board.give_back(cell)
+            raise
         if pid == 0:
             supervisor = os.getppid()
             signal.signal(_REPLACED, _on_replaced)
