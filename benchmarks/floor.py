@@ -54,6 +54,7 @@ kept (the lowest CPU, the highest MB/s). Run from the repository root::
     python benchmarks/floor.py               # 3 rounds, about two minutes
     python benchmarks/floor.py --rounds 5 --size-mib 512
     python benchmarks/floor.py --rounds 0 --idle 5000   # idle memory only
+    python benchmarks/floor.py --rounds 0 --idle 1000 --idle-burst 262144 --idle-quiet 12
 """
 
 from __future__ import annotations
@@ -155,6 +156,10 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=256, help="download size")
     parser.add_argument("--idle", type=int, default=2000,
                         help="idle connections for KB/idle conn (0: not measured)")
+    parser.add_argument("--idle-burst", type=int, default=0, metavar="BYTES",
+                        help="each idle connection first downloads BYTES (idle_memory.py --burst)")
+    parser.add_argument("--idle-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="seconds more before each idle reading (idle_memory.py --quiet)")
     arguments = parser.parse_args()
     if arguments.idle:
         raise_fd_limit(2 * (arguments.idle + 100))
@@ -221,7 +226,8 @@ def main() -> None:
             try:
                 assert row.terminator.process is not None
                 row.idle = idle_kb(row.terminator.process.pid, row.terminator.port,
-                                   folder / "ca.pem" if row.tls else None, arguments.idle)
+                                   folder / "ca.pem" if row.tls else None, arguments.idle,
+                                   burst=arguments.idle_burst, quiet=arguments.idle_quiet)
             except (OSError, RuntimeError) as e:
                 print(f"idle memory: {row.terminator.name}: {e}", file=sys.stderr)
             finally:
@@ -260,7 +266,10 @@ def main() -> None:
     print(f"\nA relay's floor, loopback, {os.cpu_count()} CPUs, body {arguments.size_mib} MiB, "
           f"best of {arguments.rounds} round(s); load average {load_before:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after. Ratios are against twist portforward; "
-          f"KB/idle conn over {arguments.idle} connections.")
+          f"KB/idle conn over {arguments.idle} connections"
+          + (f", each after a {arguments.idle_burst:,}-byte download"
+             if arguments.idle_burst else "")
+          + (f", {arguments.idle_quiet:g} s quiet" if arguments.idle_quiet else "") + ".")
     width = max(len(row.terminator.name) for row in rows) + 2
     print(f"{'server':<{width}}{'CPU ms/conn':>13}{'ratio':>8}{'MB/s':>8}{'ratio':>8}"
           f"{'KB/idle conn':>14}")

@@ -7,6 +7,7 @@ its ``floor-idle-kb`` row; run on its own it measures one ``twist schannel``
 
     python benchmarks/idle_memory.py                    # 2,000 connections
     python benchmarks/idle_memory.py --connections 5000
+    python benchmarks/idle_memory.py --burst 262144 --quiet 12   # idle after a download
 
 A client in a process of its own (this file with ``client``, on asyncio)
 opens ``--base`` (100) connections through the terminator, a bounded number
@@ -61,7 +62,7 @@ def raise_fd_limit(needed: int) -> None:
 # -- the client (a process of its own) ----------------------------------------
 
 
-async def _client(port: int, ca: str | None, stages: list[int]) -> None:
+async def _client(port: int, ca: str | None, stages: list[int], burst: int = 0) -> None:
     context: ssl.SSLContext | None = None
     if ca:
         context = ssl.create_default_context(cafile=ca)
@@ -71,10 +72,16 @@ async def _client(port: int, ca: str | None, stages: list[int]) -> None:
     async def open_one() -> None:
         async with gate:
             # open_connection returns once the TLS handshake is done.
-            _, writer = await asyncio.wait_for(
+            reader, writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", port, ssl=context,
                                         server_hostname="localhost" if context else None),
                 30)
+            if burst:
+                # A response of *burst* bytes through the terminator, then idle.
+                writer.write(b"GET /hold/%d HTTP/1.1\r\nHost: x\r\n\r\n" % burst)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                assert head.startswith(b"HTTP/1.1 200"), head
+                await asyncio.wait_for(reader.readexactly(burst), 60)
             held.append(writer)
 
     loop = asyncio.get_running_loop()
@@ -88,7 +95,7 @@ async def _client(port: int, ca: str | None, stages: list[int]) -> None:
 
 def client_main(arguments: argparse.Namespace) -> None:
     raise_fd_limit(max(arguments.stages))
-    asyncio.run(_client(arguments.port, arguments.ca, arguments.stages))
+    asyncio.run(_client(arguments.port, arguments.ca, arguments.stages, arguments.burst))
 
 
 # -- the measurement ----------------------------------------------------------
@@ -169,31 +176,37 @@ def _read_stage(client: subprocess.Popen[str], timeout: float) -> int:
     return int(line[0].split()[1])
 
 
-def idle_kb(pid: int, port: int, ca: Path | None, count: int = 2000, base: int = 100
-            ) -> float:
+def idle_kb(pid: int, port: int, ca: Path | None, count: int = 2000, base: int = 100,
+            burst: int = 0, quiet: float = 0.0) -> float:
     """KB (10^3 bytes) of VmRSS per idle connection through *port*: the
     VmRSS of every process in *pid*'s process group (hitch's and ``twist
     --workers``' workers included).
 
     *ca* given: TLS connections verified with it (server name
-    ``localhost``); None: plain TCP. Raises RuntimeError if the client
-    fails or takes too long.
+    ``localhost``); None: plain TCP. *burst*: each connection first
+    downloads that many bytes through the terminator (the backend keeps it
+    open after). *quiet*: seconds more to wait, once the terminator is idle,
+    before each reading. Raises RuntimeError if the client fails or takes
+    too long.
     """
     raise_fd_limit(2 * (base + count))
     pid = os.getpgid(pid)
     start_fds = _fds(pid)
     argv = [sys.executable, str(Path(__file__).resolve()), "client", "--port", str(port),
-            "--stages", f"{base},{base + count}", *(["--ca", str(ca)] if ca else [])]
+            "--stages", f"{base},{base + count}", "--burst", str(burst),
+            *(["--ca", str(ca)] if ca else [])]
     client = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         opened = _read_stage(client, 60)
         _settle(pid, start_fds + 2 * opened)
+        time.sleep(quiet)
         before = rss_kib(pid)
         assert client.stdin is not None
         client.stdin.write("go\n")
         client.stdin.flush()
-        opened = _read_stage(client, 60 + count / 20)
+        opened = _read_stage(client, 60 + count / 20 + count * burst / 50e6)
         _settle(pid, start_fds + 2 * opened)
+        time.sleep(quiet)
         after = rss_kib(pid)
         if opened != base + count:
             raise RuntimeError(f"idle client opened {opened} connections, not {base + count}")
@@ -210,6 +223,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="fresh servers, one after another")
     parser.add_argument("--plain", action="store_true",
                         help="twist schannel on a plain tcp: listener instead")
+    parser.add_argument("--burst", type=int, default=0, metavar="BYTES",
+                        help="each connection first downloads BYTES, then idles")
+    parser.add_argument("--quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="wait this long more before each reading (quiet "
+                             "connections give back their buffers after 5 to 10 s)")
     arguments = parser.parse_args()
     raise_fd_limit(2 * (arguments.base + arguments.connections))
     sys.path.insert(0, str(HERE))
@@ -236,12 +254,15 @@ def main() -> None:
                 assert terminator.process is not None
                 figure = idle_kb(terminator.process.pid, port,
                                  None if arguments.plain else folder / "ca.pem",
-                                 arguments.connections, arguments.base)
+                                 arguments.connections, arguments.base,
+                                 arguments.burst, arguments.quiet)
             finally:
                 terminator.stop()
             figures.append(figure)
+            after = f", after {arguments.burst:,} bytes each" if arguments.burst else ""
             print(f"{terminator.name}: {figure:.1f} KB per idle connection "
-                  f"({arguments.connections})", flush=True)
+                  f"({arguments.connections}{after}, {arguments.quiet:g} s quiet)",
+                  flush=True)
         figures.sort()
         print(f"median of {len(figures)}: {figures[len(figures) // 2]:.1f} KB")
     finally:
@@ -256,6 +277,7 @@ if __name__ == "__main__":
         client_parser.add_argument("--ca")
         client_parser.add_argument("--stages", type=lambda s: [int(x) for x in s.split(",")],
                                    required=True)
+        client_parser.add_argument("--burst", type=int, default=0)
         client_main(client_parser.parse_args(sys.argv[2:]))
     else:
         main()

@@ -89,6 +89,15 @@ def answer(connection):
             if not data:
                 return
             request += data
+        if request.startswith(b"GET /hold/"):
+            # N bytes, then the connection stays open until the client ends
+            # it (idle_memory.py --burst: a connection idle after a burst).
+            size = int(request.split(b" ")[1].rsplit(b"/", 1)[1])
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+            connection.sendall(b"x" * size)
+            while connection.recv(65536):
+                pass
+            return
         if request.startswith(b"GET /big"):
             connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % big)
             left = big
