@@ -777,7 +777,6 @@ class QuietReleaseTests(SynchronousTestCase):
         self.assertTrue(pair.client_app.lost and pair.server_app.lost)  # type: ignore[attr-defined]
         self.assertEqual(_quiet_looks(pair.clock), [])
 
-
     def test_off_by_default_no_timer_after_a_handshake(self) -> None:
         # As TLSMemoryBIOFactory: a factory made directly leaves no timer.
         pair = Pair()
