@@ -14,10 +14,12 @@ from __future__ import annotations
 import atexit
 import datetime
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -1374,3 +1376,168 @@ class ValidityWarningTests(SynchronousTestCase):
 
 DAY = datetime.timedelta(days=1)
 HOUR = datetime.timedelta(hours=1)
+
+
+# -- quiet connections give back their buffers: nothing lost ----------------------
+
+
+class Echo(Protocol):
+    """Server side: send back everything, keep it all to compare."""
+
+    def connectionMade(self) -> None:
+        self.received = b""
+        self.lost: Deferred[None] = Deferred()
+        self.factory.protocols.append(self)  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost.callback(None)
+
+
+class EchoFactory(ReplyFactory):
+    protocol = Echo  # type: ignore[assignment]
+
+
+def _bursts(port: int, version: str, seed: int, pause: float) -> tuple[bytes, bytes]:
+    """Python's ``ssl`` client: bursts of 1 B to 1 MiB with pauses around
+    *pause*, reading the echo all along (one thread: an ``ssl`` socket is
+    not safe to read and write from two). (what was sent, what came back)."""
+    import random
+    import select
+    import socket
+    import ssl
+
+    rng = random.Random(seed)
+    context = ssl.create_default_context(cafile=pki().ca)
+    context.minimum_version = context.maximum_version = ssl.TLSVersion[version.replace(".", "_")]
+    sent = bytearray()
+    back = bytearray()
+    deadline = time.monotonic() + 30
+    with context.wrap_socket(
+        socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost"
+    ) as tls:
+        tls.setblocking(False)
+
+        def pump(data: bytes, until: float) -> None:
+            # Send *data* while reading, then keep reading until *until*.
+            view = memoryview(data)
+            done = 0
+            while (done < len(view) or time.monotonic() < until) and time.monotonic() < deadline:
+                try:
+                    chunk = tls.recv(1 << 20)
+                    if not chunk:
+                        raise ConnectionError("closed by the server")
+                    back.extend(chunk)
+                    continue
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+                if done < len(view):
+                    try:
+                        done += tls.send(view[done : done + 65536])
+                        continue
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        pass
+                select.select([tls], [tls] if done < len(view) else [], [], 0.01)
+
+        for _ in range(8):
+            size = rng.choice([1, 4096, 4097, 65536, 300_000, rng.randint(1, 1 << 20)])
+            data = rng.randbytes(size)
+            sent += data
+            pump(data, time.monotonic() + rng.choice([0, pause / 2, pause * 1.5, pause * 3]))
+        while len(back) < len(sent) and time.monotonic() < deadline:
+            pump(b"", time.monotonic() + 0.05)
+    return bytes(sent), bytes(back)
+
+
+def _key_updates(port: int, pause: float, folder: str) -> tuple[list[bytes], bytes]:
+    """``openssl s_client`` (TLS 1.3) sends 6 KB lines and a KeyUpdate
+    (``K`` asks for one back, ``k`` does not) between them, pausing long
+    enough for the server to release its buffers. (lines sent, its output)."""
+    output = Path(folder) / "s_client.out"
+    lines: list[bytes] = []
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                "openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
+                "-CAfile", pki().ca, "-servername", "localhost",
+            ],
+            stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        assert process.stdin is not None
+        try:
+            for i in range(6):
+                for line in (f"L{i}-".encode() + b"x" * 6000 + b"\n", b"K\n" if i % 2 else b"k\n"):
+                    if line[:1] == b"L":
+                        lines.append(line)
+                    process.stdin.write(line)
+                    process.stdin.flush()
+                    time.sleep(pause * 3)
+            process.stdin.close()
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return lines, output.read_bytes()
+
+
+class QuietReleasePeerTests(LiveTestCase):
+    """A ``schannel:`` server gives back quiet connections' buffers (every
+    0.05 s here, not 5 s): real peers' bytes still arrive whole and in order,
+    both ways, across the releases and KeyUpdates."""
+
+    def setUp(self) -> None:
+        from txschannel import protocol as protocol_module
+        from txschannel.context import SecurityContext
+
+        self.patch(protocol_module, "_QUIET_PERIOD", 0.05)
+        self.released = 0
+        release = SecurityContext.release_buffers
+
+        def counting(context: SecurityContext) -> bool:
+            done = release(context)
+            self.released += done
+            return done
+
+        self.patch(SecurityContext, "release_buffers", counting)
+
+    def assert_released(self) -> None:
+        from txschannel import _openssl
+
+        if _openssl.FAST:
+            self.assertGreater(self.released, 0)
+        else:  # the public path keeps its buffers
+            self.assertEqual(self.released, 0)
+
+    @inlineCallbacks
+    def test_bursts_both_ways_across_releases(self) -> Any:
+        factory = EchoFactory()
+        port = yield serverFromString(reactor, server_string()).listen(factory)
+        self.addCleanup(self._stop, port, factory)
+        for seed, version in enumerate(("TLSv1.2", "TLSv1.3") * 2):
+            sent, back = yield deferToThread(_bursts, port.getHost().port, version, seed, 0.05)
+            yield factory.protocols[-1].lost
+            self.assertEqual(len(back), len(sent), version)
+            self.assertEqual(hashlib.sha256(back).digest(), hashlib.sha256(sent).digest(), version)
+            self.assertEqual(factory.protocols[-1].received, sent, version)  # type: ignore[attr-defined]
+        self.assert_released()
+
+    @inlineCallbacks
+    def test_key_updates_between_releases(self) -> Any:
+        require("openssl")
+        factory = EchoFactory()
+        port = yield serverFromString(reactor, server_string()).listen(factory)
+        self.addCleanup(self._stop, port, factory)
+        folder = self.mktemp()
+        os.makedirs(folder)
+        lines, output = yield deferToThread(_key_updates, port.getHost().port, 0.05, folder)
+        yield factory.protocols[-1].lost
+        self.assertEqual(factory.protocols[-1].received, b"".join(lines))  # type: ignore[attr-defined]
+        echoed = [line + b"\n" for line in output.split(b"\n") if line.startswith(b"L")]
+        self.assertEqual(echoed, lines)
+        self.assertEqual(output.count(b"KEYUPDATE"), 6)
+        self.assert_released()
