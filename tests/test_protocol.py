@@ -770,12 +770,61 @@ class QuietReleaseTests(SynchronousTestCase):
         pair.flush()
         pair.server.write(b"x" * 100_000)
         pair.flush()
-        self.assertEqual(len(_quiet_looks(pair.clock)), 2)  # one per factory
+        # One per factory (none on the public path, which cannot release).
+        self.assertEqual(len(_quiet_looks(pair.clock)), 2 if _openssl.FAST else 0)
         pair.client.loseConnection()
         pair.flush()
         pair.clock.advance(60)  # the close sequence's timers, if any
         self.assertTrue(pair.client_app.lost and pair.server_app.lost)  # type: ignore[attr-defined]
         self.assertEqual(_quiet_looks(pair.clock), [])
+
+    def test_many_quiet_connections_are_released_a_batch_per_turn(self) -> None:
+        # The look's scheduling alone (its releases are the real ones in the
+        # tests above): 450 connections going quiet together are released
+        # at most 200 per call, each batch its own reactor turn (callLater
+        # 0), not in one long turn; one noted again between batches, and
+        # one lost between them, are not released.
+        clock = Clock()
+        released: list[int] = []
+        batches: list[int] = []
+        connections: list[Any] = []
+
+        class Batches(protocol_module._QuietRelease):
+            def _release_batch(self) -> None:
+                before = len(released)
+                super()._release_batch()
+                batches.append(len(released) - before)
+                if len(released) == 200 and batches[-1]:  # after the first batch
+                    self.note(connections[300])  # busy again
+                    self.forget(connections[301])  # gone
+
+        class Context:
+            def __init__(self, number: int) -> None:
+                self.number = number
+
+            def release_buffers(self) -> bool:
+                released.append(self.number)
+                return True
+
+        class Connection:
+            def __init__(self, number: int) -> None:
+                self.securityContext = Context(number)
+
+        quiet = Batches(clock)
+        connections.extend(Connection(n) for n in range(450))
+        for connection in connections:
+            quiet.note(connection)
+        clock.advance(protocol_module._QUIET_PERIOD)  # noted in this period: kept
+        self.assertEqual(released, [])
+        clock.advance(protocol_module._QUIET_PERIOD)  # the look and its batches
+        # (The first look found nothing quiet yet: an empty batch.)
+        self.assertEqual(batches, [0, 200, 198, 50])  # (two of the second skipped)
+        self.assertNotIn(300, released)
+        self.assertNotIn(301, released)
+        # Only the busy one is still noted: the next look is due, nothing sooner.
+        self.assertEqual([call.getTime() for call in clock.getDelayedCalls()],
+                         [clock.seconds() + protocol_module._QUIET_PERIOD])
+        quiet.stop()
 
     def test_off_by_default_no_timer_after_a_handshake(self) -> None:
         # As TLSMemoryBIOFactory: a factory made directly leaves no timer.
