@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support.contexts import (
     NAME,
     authority,
+    bio_addresses,
     client_credentials,
     expired_pem,
     self_signed_pem,
@@ -383,13 +384,8 @@ class ExtraTests(SynchronousTestCase):
 
 
 def _bios(context: ClientContext | ServerContext) -> tuple[int, int]:
-    """The addresses of the memory BIOs OpenSSL reads from and writes to."""
-    from OpenSSL._util import ffi  # (pyOpenSSL's: the public path has no other)
-
-    connection = context.openssl_connection
-    assert connection is not None
-    return (int(ffi.cast("uintptr_t", connection._into_ssl)),
-            int(ffi.cast("uintptr_t", connection._from_ssl)))
+    """The addresses of the memory BIOs under *context*."""
+    return bio_addresses(context.openssl_connection)
 
 
 class ReleaseBuffersTests(SynchronousTestCase):

@@ -53,6 +53,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from tests.support import hellos
+from tests.support.contexts import bio_addresses
 from txschannel import Credentials, SecurityError, Status, _openssl
 from txschannel import protocol as protocol_module
 from txschannel.protocol import (
@@ -692,12 +693,7 @@ class CoalescingTests(SynchronousTestCase):
 
 def _bios(protocol: SchannelProtocol) -> tuple[int, int]:
     """The addresses of the memory BIOs under *protocol*'s context."""
-    from OpenSSL._util import ffi  # (pyOpenSSL's: the public path has no other)
-
-    connection = protocol.getHandle()
-    assert connection is not None
-    return (int(ffi.cast("uintptr_t", connection._into_ssl)),
-            int(ffi.cast("uintptr_t", connection._from_ssl)))
+    return bio_addresses(protocol.getHandle())
 
 
 def _quiet_looks(clock: Clock) -> list[Any]:

@@ -11,6 +11,7 @@ import functools
 from dataclasses import dataclass
 
 import trustme
+from OpenSSL import SSL
 
 from txschannel import Credentials
 
@@ -100,3 +101,13 @@ def server_credentials(key_type: str = "ECDSA", **options: object) -> Credential
 def client_credentials(key_type: str = "ECDSA", **options: object) -> Credentials:
     options.setdefault("trust_roots", authority(key_type).roots)
     return Credentials.client(**options)  # type: ignore[arg-type]
+
+
+def bio_addresses(connection: SSL.Connection | None) -> tuple[int, int]:
+    """The addresses of the memory BIOs *connection*'s OpenSSL reads from
+    and writes to (to see whether they were replaced)."""
+    from OpenSSL._util import ffi  # (pyOpenSSL's: the public path has no other)
+
+    assert connection is not None
+    return (int(ffi.cast("uintptr_t", connection._into_ssl)),
+            int(ffi.cast("uintptr_t", connection._from_ssl)))
